@@ -1,0 +1,57 @@
+#pragma once
+// Asio plumbing shared by the session and server components: sockets, errors as values, and
+// whole-message reads into a MessageBuffer.
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <chrono>
+#include <span>
+
+#include "pgsluice/net/message_buffer.hpp"
+#include "pgsluice/protocol/message.hpp"
+#include "pgsluice/protocol/startup.hpp"
+
+namespace pgsluice::net {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using error_code = boost::system::error_code;
+template <class T>
+using awaitable = asio::awaitable<T>;
+
+// Completion token: errors come back as values, never as exceptions.
+inline constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
+
+// Reads whatever the socket has into the buffer. Returns the error (eof included) or success.
+awaitable<error_code> read_some(tcp::socket& socket, MessageBuffer& buffer, std::size_t min_free = 4096);
+// Writes all bytes.
+awaitable<error_code> write_all(tcp::socket& socket, std::span<const std::uint8_t> bytes);
+
+// Reads until one whole typed message is at the front of the buffer and returns a view of it (the
+// caller consumes it). A malformed frame is returned as an error with its SQLSTATE; a socket error
+// as 08006.
+awaitable<protocol::Result<protocol::MessageView>> read_message(tcp::socket& socket, MessageBuffer& buffer,
+                                                                 std::size_t max_message_size);
+// Same for an untyped startup-phase packet: returns its size.
+awaitable<protocol::Result<std::size_t>> read_startup_packet(tcp::socket& socket, MessageBuffer& buffer);
+
+// A one-shot or repeatable event for coroutines on one strand: wait() suspends until notify().
+class Event {
+ public:
+  explicit Event(const asio::any_io_executor& executor) : timer_(executor) {
+    timer_.expires_at(std::chrono::steady_clock::time_point::max());
+  }
+  awaitable<void> wait();
+  void notify() {
+    signalled_ = true;
+    timer_.cancel();
+  }
+
+ private:
+  asio::steady_timer timer_;
+  bool signalled_ = false;
+};
+
+}  // namespace pgsluice::net

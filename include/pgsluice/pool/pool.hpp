@@ -1,0 +1,96 @@
+#pragma once
+// A per-service bounded pool of server connections (DESIGN §3). It knows a connection only as
+// "healthy and reusable, or not": no wire format here. Waiting is a coroutine suspension with a
+// deadline; waiters are served first in, first out.
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace pgsluice::pool {
+
+using Clock = std::chrono::steady_clock;
+
+// What a pool holds. ServerConnection derives from it.
+class Connection {
+ public:
+  virtual ~Connection() = default;
+  Clock::time_point created_at = Clock::now();
+  Clock::time_point last_used = Clock::now();
+};
+
+struct PoolSettings {
+  std::string service;
+  int max_connections = 10;
+  int min_connections = 0;
+  std::chrono::milliseconds acquire_timeout{1000};
+  int max_waiting_clients = 1000;
+};
+
+// Why an acquire failed; the session turns it into the SQLSTATE of DESIGN §7.
+enum class AcquireError { timeout, too_many_waiting, connect_failed, closed };
+
+struct AcquireResult {
+  std::unique_ptr<Connection> connection;  // set on success
+  AcquireError error = AcquireError::timeout;
+  std::string message;  // for the client: names the service and the pool's state
+  explicit operator bool() const { return connection != nullptr; }
+};
+
+// Opens one new connection; returns nullptr and sets `error` on failure.
+using Connector = std::function<boost::asio::awaitable<std::unique_ptr<Connection>>(std::string& error)>;
+
+struct PoolStats {
+  int idle = 0;
+  int busy = 0;
+  int connecting = 0;
+  int waiting = 0;
+  std::uint64_t acquires = 0;
+  std::uint64_t acquire_timeouts = 0;
+  std::uint64_t too_many_waiting = 0;
+  std::uint64_t connects = 0;
+  std::uint64_t connect_failures = 0;
+};
+
+class Pool : public std::enable_shared_from_this<Pool> {
+ public:
+  Pool(PoolSettings settings, Connector connector);
+  ~Pool();
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+
+  // Leases a connection for the calling coroutine (which runs on `executor`): an idle one, else a
+  // new one under max, else waits (FIFO) until acquire_timeout.
+  boost::asio::awaitable<AcquireResult> acquire(boost::asio::any_io_executor executor);
+  // Gives a leased connection back. `reusable` false (broken, dirty, failed reset) closes it.
+  void release(std::unique_ptr<Connection> connection, bool reusable);
+
+  PoolStats stats() const;
+  const PoolSettings& settings() const { return settings_; }
+  // Closes idle connections and fails every waiter; leases still out are closed when released.
+  void close();
+
+ private:
+  struct Waiter;
+  std::string state_text_locked() const;
+  void hand_over_locked(std::unique_ptr<Connection> connection);
+  void wake_locked(const std::shared_ptr<Waiter>& waiter);
+
+  PoolSettings settings_;
+  Connector connector_;
+  mutable std::mutex mutex_;
+  std::vector<std::unique_ptr<Connection>> idle_;  // most recently used at the back
+  std::deque<std::shared_ptr<Waiter>> waiters_;
+  int busy_ = 0;        // leased out
+  int connecting_ = 0;  // slots reserved for connects in progress
+  bool closed_ = false;
+  PoolStats counters_;
+};
+
+}  // namespace pgsluice::pool

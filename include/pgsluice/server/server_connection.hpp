@@ -1,0 +1,91 @@
+#pragma once
+// One connection from pgsluice to Postgres: connect, authenticate (SCRAM-SHA-256, MD5, cleartext,
+// trust), remember what the server reported (ParameterStatus, BackendKeyData), reset, and the
+// session parameters pgsluice applied on behalf of clients.
+#include <chrono>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "pgsluice/net/io.hpp"
+#include "pgsluice/pool/pool.hpp"
+#include "pgsluice/protocol/backend_messages.hpp"
+
+namespace pgsluice::server {
+
+// Where and as whom to connect.
+struct ServerTarget {
+  std::string host;
+  std::uint16_t port = 5432;
+  std::string user;
+  std::optional<std::string> password;
+  std::string database;
+  std::chrono::milliseconds connect_timeout{2000};
+  std::size_t max_message_size = 64u * 1024u * 1024u;
+};
+
+// Case-insensitive, as GUC names are.
+struct GucNameLess {
+  bool operator()(const std::string& a, const std::string& b) const;
+};
+using ParameterMap = std::map<std::string, std::string, GucNameLess>;
+
+// The reported parameters whose value a client sees restored on every connection it is given.
+bool is_tracked_parameter(std::string_view name);
+
+class ServerConnection : public pool::Connection {
+ public:
+  // Connects and authenticates; on failure returns nullptr and sets `error` (never a secret).
+  static net::awaitable<std::unique_ptr<ServerConnection>> connect(
+      net::asio::any_io_executor executor, std::shared_ptr<const ServerTarget> target, std::string& error);
+  ~ServerConnection() override;
+
+  net::tcp::socket& socket() { return socket_; }
+  net::MessageBuffer& buffer() { return buffer_; }
+  const ServerTarget& target() const { return *target_; }
+  // The key this connection's backend gave us, for forwarding CancelRequests.
+  protocol::BackendKeyData backend_key() const { return key_; }
+  // What the server reported through ParameterStatus, kept current by whoever relays its messages.
+  ParameterMap& parameters() { return parameters_; }
+  const ParameterMap& parameters() const { return parameters_; }
+
+  // Makes the server's session parameters match `wanted` (startup parameters and reported values a
+  // client caused) with set_config, pipelined in one round trip. Parameters the server rejects are
+  // skipped. Returns false when the connection is no longer usable.
+  net::awaitable<bool> apply_parameters(const ParameterMap& wanted);
+  // Runs one simple query whose results are discarded (DISCARD ALL, health check). False on any
+  // error or if the server did not end idle.
+  net::awaitable<bool> run_discarding(std::string_view sql);
+  // After DISCARD ALL / RESET ALL: what pgsluice had applied is gone.
+  void forget_applied_parameters() { applied_.clear(); }
+  // Sends Terminate and closes the socket.
+  void close();
+
+ private:
+  ServerConnection(net::tcp::socket socket, std::shared_ptr<const ServerTarget> target);
+  net::awaitable<bool> startup(std::string& error);
+  net::awaitable<bool> authenticate(const protocol::Authentication& request, std::string& error);
+  // Reads messages until `ready_count` ReadyForQuery messages have arrived, updating parameters.
+  // Counts errors into `errors`. False if the connection broke.
+  net::awaitable<bool> drain_until_ready(int ready_count, int& errors, char& status);
+
+  net::tcp::socket socket_;
+  std::shared_ptr<const ServerTarget> target_;
+  net::MessageBuffer buffer_;
+  protocol::BackendKeyData key_;
+  ParameterMap parameters_;
+  // What the server reported right after startup: the values a client that did not ask for
+  // anything must see, whoever used the connection before.
+  ParameterMap initial_parameters_;
+  // Values pgsluice set on this connection for parameters the server does not report.
+  ParameterMap applied_;
+};
+
+// Sends a CancelRequest for `key` on a new connection to `target` (docs §55.2.7).
+net::awaitable<void> send_cancel(net::asio::any_io_executor executor, ServerTarget target,
+                                 protocol::BackendKeyData key);
+
+}  // namespace pgsluice::server

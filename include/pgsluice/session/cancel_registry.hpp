@@ -1,0 +1,32 @@
+#pragma once
+// pgsluice's own BackendKeyData keys (random, CSPRNG) and the sessions they belong to, so that a
+// CancelRequest arriving on a new connection reaches the server connection that session holds.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <utility>
+
+namespace pgsluice::session {
+
+class ClientSession;
+
+class CancelRegistry {
+ public:
+  struct Key {
+    std::uint32_t process_id = 0;
+    std::uint32_t secret_key = 0;
+  };
+  // Draws a fresh key not in use and registers the session under it.
+  Key add(const std::shared_ptr<ClientSession>& session);
+  void remove(Key key);
+  // The session the key belongs to; a wrong key finds nothing (and is ignored, like Postgres).
+  std::shared_ptr<ClientSession> find(Key key) const;
+  std::size_t size() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::pair<std::uint32_t, std::uint32_t>, std::weak_ptr<ClientSession>> sessions_;
+};
+
+}  // namespace pgsluice::session

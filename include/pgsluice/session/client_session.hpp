@@ -1,0 +1,87 @@
+#pragma once
+// One client connection: startup, authentication, then the relay between the client and the server
+// connection it holds (DESIGN §1–2). Two coroutines share the session's strand:
+//  - the client reader owns reading the client socket and writing to the server;
+//  - the server reader runs while a server connection is attached, relays what the server sends to
+//    the client, watches ReadyForQuery, and in transaction mode gives the connection back.
+// While a server is attached only the server reader writes to the client; otherwise only the client
+// reader does. That rule is what keeps writes from interleaving.
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "pgsluice/net/io.hpp"
+#include "pgsluice/protocol/builder.hpp"
+#include "pgsluice/server/server_connection.hpp"
+#include "pgsluice/session/session_context.hpp"
+
+namespace pgsluice::session {
+
+class ClientSession : public std::enable_shared_from_this<ClientSession> {
+ public:
+  ClientSession(net::tcp::socket socket, std::shared_ptr<SessionContext> context);
+  ~ClientSession();
+
+  // Runs the session to its end; the socket's executor must be a strand.
+  net::awaitable<void> run();
+
+  // From the cancel registry, on any thread: cancel what the server connection held now is running.
+  void forward_cancel();
+
+ private:
+  enum class LoginOutcome { proceed, closed, cancel_request };
+
+  net::awaitable<LoginOutcome> startup();
+  net::awaitable<bool> authenticate(const std::string& user);
+  net::awaitable<bool> finish_login();
+  net::awaitable<void> relay();
+  net::awaitable<void> server_reader();
+
+  // Leases a server connection and makes its session parameters this client's.
+  net::awaitable<bool> attach_server(std::string& sqlstate, std::string& error);
+  void release_server(bool reusable);
+  net::awaitable<void> stop_server_reader();
+  net::awaitable<void> finish_server();
+  // Answers the messages of a run the proxy could not send on (no server connection), the way
+  // Postgres answers a failed statement: an ErrorResponse, then ReadyForQuery at each Sync/Query.
+  void fail_run(protocol::Bytes run, const std::string& sqlstate, const std::string& error, protocol::Buffer& out);
+  net::awaitable<void> send_fatal(std::string_view sqlstate, std::string_view message);
+  net::awaitable<bool> write_client(const protocol::Buffer& bytes);
+
+  net::tcp::socket socket_;
+  std::shared_ptr<SessionContext> context_;
+  std::shared_ptr<const config::Config> config_;
+  std::size_t max_message_size_;
+  net::MessageBuffer buffer_;
+  std::string peer_;
+
+  // Login results.
+  std::string user_;
+  std::string database_;
+  std::shared_ptr<Service> service_;
+  server::ParameterMap parameters_;  // what this client wants on any server connection it is given
+  std::optional<CancelRegistry::Key> cancel_key_;
+
+  // Relay state (on the strand).
+  std::unique_ptr<server::ServerConnection> server_;
+  bool server_reader_running_ = false;
+  bool stop_server_reader_ = false;
+  net::Event server_reader_done_;
+  int expected_ready_ = 0;          // ReadyForQuery messages the server still owes
+  bool in_extended_batch_ = false;  // extended-protocol messages sent since the last Sync
+  bool client_writing_ = false;     // the client reader is writing to the server
+  bool skip_until_sync_ = false;    // a failed extended batch: drop messages until Sync
+  char transaction_status_ = 'I';
+  bool closing_ = false;
+
+  // What forward_cancel() needs, guarded: it runs on another connection's strand.
+  std::mutex cancel_mutex_;
+  std::shared_ptr<const server::ServerTarget> cancel_target_;
+  protocol::BackendKeyData cancel_backend_key_;
+};
+
+// Entry point for an accepted connection.
+net::awaitable<void> run_client_session(net::tcp::socket socket, std::shared_ptr<SessionContext> context);
+
+}  // namespace pgsluice::session

@@ -1,0 +1,46 @@
+#pragma once
+// What every client session shares: the configuration in force, the users' secrets prepared for
+// authentication, the services with their pools, and the cancel-key registry.
+#include <atomic>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "pgsluice/config/config.hpp"
+#include "pgsluice/pool/pool.hpp"
+#include "pgsluice/protocol/scram.hpp"
+#include "pgsluice/server/server_connection.hpp"
+#include "pgsluice/session/cancel_registry.hpp"
+
+namespace pgsluice::session {
+
+// A user's secret in the forms the authentication methods need, derived once at load.
+struct UserSecret {
+  config::AuthMethod method = config::AuthMethod::scram_sha_256;
+  std::optional<protocol::scram::Verifier> verifier;  // scram-sha-256
+  std::optional<std::string> password;                // md5 (plain), when given in plain text
+  std::optional<std::string> md5_hash;                // md5 (stored "md5..." form)
+};
+
+struct Service {
+  config::ServiceConfig config;
+  std::shared_ptr<const server::ServerTarget> target;
+  std::shared_ptr<pool::Pool> pool;
+};
+
+struct SessionContext {
+  std::shared_ptr<const config::Config> config;
+  std::map<std::string, UserSecret> users;
+  std::map<std::string, std::shared_ptr<Service>> services;  // by service name
+  CancelRegistry cancels;
+  std::string mock_secret;  // makes the mock SCRAM salt of unknown users stable but unguessable
+  std::atomic<int> clients{0};
+
+  std::shared_ptr<Service> find_service(const std::string& user, const std::string& database) const;
+};
+
+// Builds the secrets for every configured user (SCRAM verifiers from plain passwords, etc.).
+std::map<std::string, UserSecret> prepare_user_secrets(const config::Config& config);
+
+}  // namespace pgsluice::session

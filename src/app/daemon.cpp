@@ -1,0 +1,122 @@
+#include "daemon.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <spdlog/spdlog.h>
+#include <thread>
+#include <vector>
+
+#include "pgsluice/net/io.hpp"
+#include "pgsluice/protocol/scram.hpp"
+#include "pgsluice/server/server_connection.hpp"
+#include "pgsluice/session/client_session.hpp"
+
+namespace pgsluice::app {
+
+namespace asio = boost::asio;
+using net::tcp;
+
+namespace {
+
+std::shared_ptr<session::Service> make_service(const config::Config& config, const config::ServiceConfig& service) {
+  const auto& backend = config.backends.at(service.backend);
+  auto target = std::make_shared<server::ServerTarget>();
+  target->host = backend.host;
+  target->port = backend.port;
+  target->user = service.server_user;
+  target->password = service.server_password;
+  target->database = service.server_database;
+  target->connect_timeout = backend.connect_timeout;
+  target->max_message_size = config.max_message_size;
+
+  pool::PoolSettings settings{
+      .service = service.name,
+      .max_connections = service.max_connections,
+      .min_connections = service.min_connections,
+      .acquire_timeout = service.acquire_timeout,
+      .max_waiting_clients = service.max_waiting_clients,
+  };
+  std::shared_ptr<const server::ServerTarget> shared_target = target;
+  auto connector = [shared_target](std::string& error) -> asio::awaitable<std::unique_ptr<pool::Connection>> {
+    auto executor = co_await asio::this_coro::executor;
+    auto connection = co_await server::ServerConnection::connect(executor, shared_target, error);
+    co_return std::unique_ptr<pool::Connection>(std::move(connection));
+  };
+  auto out = std::make_shared<session::Service>();
+  out->config = service;
+  out->target = shared_target;
+  out->pool = std::make_shared<pool::Pool>(std::move(settings), std::move(connector));
+  return out;
+}
+
+asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context) {
+  auto& io = static_cast<asio::io_context&>(acceptor.get_executor().context());
+  for (;;) {
+    auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(io), net::use_nothrow);
+    if (ec == asio::error::operation_aborted) co_return;
+    if (ec) {
+      // EMFILE and friends: log, back off briefly, keep serving the clients we have.
+      spdlog::warn("listener: accept failed: {}", ec.message());
+      asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(50));
+      co_await pause.async_wait(net::use_nothrow);
+      continue;
+    }
+    net::error_code ignored;
+    socket.set_option(tcp::no_delay(true), ignored);
+    auto executor = socket.get_executor();
+    asio::co_spawn(executor, session::run_client_session(std::move(socket), context), asio::detached);
+  }
+}
+
+}  // namespace
+
+int run_daemon(std::shared_ptr<const config::Config> config) {
+  const int workers = config->workers > 0 ? config->workers : std::max(1u, std::thread::hardware_concurrency());
+  asio::io_context io(workers);
+
+  auto context = std::make_shared<session::SessionContext>();
+  context->config = config;
+  context->users = session::prepare_user_secrets(*config);
+  context->mock_secret = protocol::scram::random_bytes(32);
+  for (const auto& service : config->services) context->services[service.name] = make_service(*config, service);
+
+  tcp::acceptor acceptor(io);
+  try {
+    auto address = asio::ip::make_address(config->listen.host);
+    tcp::endpoint endpoint(address, config->listen.port);
+    acceptor.open(endpoint.protocol());
+    acceptor.set_option(tcp::acceptor::reuse_address(true));
+    acceptor.bind(endpoint);
+    acceptor.listen(asio::socket_base::max_listen_connections);
+  } catch (const std::exception& e) {
+    spdlog::critical("cannot listen on {}:{}: {}", config->listen.host, config->listen.port, e.what());
+    return 1;
+  }
+  spdlog::info("pgsluice {} listening on {}:{} with {} worker(s), {} service(s)", PGSLUICE_VERSION,
+               config->listen.host, config->listen.port, workers, config->services.size());
+
+  asio::co_spawn(io, accept_loop(acceptor, context), asio::detached);
+
+  asio::signal_set signals(io, SIGTERM, SIGINT);
+  signals.async_wait([&](const net::error_code& ec, int signal) {
+    if (ec) return;
+    spdlog::info("received signal {}: shutting down", signal);
+    net::error_code ignored;
+    acceptor.close(ignored);
+    for (auto& [name, service] : context->services) service->pool->close();
+    io.stop();
+  });
+
+  std::vector<std::thread> threads;
+  for (int i = 1; i < workers; ++i) threads.emplace_back([&io] { io.run(); });
+  io.run();
+  for (auto& thread : threads) thread.join();
+  spdlog::info("pgsluice stopped");
+  return 0;
+}
+
+}  // namespace pgsluice::app

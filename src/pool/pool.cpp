@@ -1,0 +1,165 @@
+#include "pgsluice/pool/pool.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <fmt/format.h>
+
+namespace pgsluice::pool {
+
+namespace asio = boost::asio;
+
+struct Pool::Waiter {
+  explicit Waiter(const asio::any_io_executor& executor) : timer(executor) {}
+  asio::steady_timer timer;
+  std::unique_ptr<Connection> connection;  // handed over by release()
+  bool may_connect = false;                // a connect slot was reserved for this waiter
+  bool resolved = false;                   // served or failed: no longer in waiters_
+};
+
+Pool::Pool(PoolSettings settings, Connector connector)
+    : settings_(std::move(settings)), connector_(std::move(connector)) {}
+
+Pool::~Pool() = default;
+
+std::string Pool::state_text_locked() const {
+  return fmt::format("{}/{} busy, {} waiting", busy_ + connecting_, settings_.max_connections, waiters_.size());
+}
+
+void Pool::wake_locked(const std::shared_ptr<Waiter>& waiter) {
+  waiter->resolved = true;
+  // The timer belongs to the waiter's strand: cancel it there, not from this thread.
+  asio::post(waiter->timer.get_executor(), [waiter] { waiter->timer.cancel(); });
+}
+
+void Pool::hand_over_locked(std::unique_ptr<Connection> connection) {
+  auto waiter = waiters_.front();
+  waiters_.pop_front();
+  waiter->connection = std::move(connection);
+  wake_locked(waiter);
+}
+
+asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
+  std::shared_ptr<Waiter> waiter;  // none: a connect slot was reserved for this call
+  {
+    std::lock_guard lock(mutex_);
+    ++counters_.acquires;
+    if (closed_) co_return AcquireResult{nullptr, AcquireError::closed, "pgsluice: service \"" + settings_.service + "\" is shutting down"};
+    if (!idle_.empty() && waiters_.empty()) {
+      auto connection = std::move(idle_.back());
+      idle_.pop_back();
+      ++busy_;
+      co_return AcquireResult{std::move(connection), {}, {}};
+    }
+    if (busy_ + connecting_ + static_cast<int>(idle_.size()) < settings_.max_connections && waiters_.empty()) {
+      ++connecting_;
+    } else if (static_cast<int>(waiters_.size()) >= settings_.max_waiting_clients) {
+      ++counters_.too_many_waiting;
+      co_return AcquireResult{nullptr, AcquireError::too_many_waiting,
+                              fmt::format("pgsluice: too many clients waiting for service \"{}\" ({}; "
+                                          "max_waiting_clients {})",
+                                          settings_.service, state_text_locked(), settings_.max_waiting_clients)};
+    } else {
+      waiter = std::make_shared<Waiter>(executor);
+      waiter->timer.expires_after(settings_.acquire_timeout);
+      waiters_.push_back(waiter);
+    }
+  }
+
+  if (waiter) {
+    auto [ec] = co_await waiter->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    (void)ec;  // expired or cancelled: the waiter's state says which
+    std::lock_guard lock(mutex_);
+    if (waiter->connection) {
+      waiter->connection->last_used = Clock::now();
+      co_return AcquireResult{std::move(waiter->connection), {}, {}};
+    }
+    if (waiter->may_connect) {
+      // The slot was already counted in connecting_: fall through to connect.
+    } else if (waiter->resolved) {
+      co_return AcquireResult{nullptr, AcquireError::closed,
+                              "pgsluice: service \"" + settings_.service + "\" is shutting down"};
+    } else {
+      std::erase(waiters_, waiter);
+      ++counters_.acquire_timeouts;
+      co_return AcquireResult{
+          nullptr, AcquireError::timeout,
+          fmt::format("pgsluice: no server connection for service \"{}\" within acquire_timeout {}ms ({})",
+                      settings_.service, settings_.acquire_timeout.count(), state_text_locked())};
+    }
+  }
+
+  // A slot is reserved in connecting_ for this connect.
+  std::string error;
+  std::unique_ptr<Connection> connection;
+  try {
+    connection = co_await connector_(error);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  std::lock_guard lock(mutex_);
+  --connecting_;
+  if (connection) {
+    ++counters_.connects;
+    ++busy_;
+    co_return AcquireResult{std::move(connection), {}, {}};
+  }
+  ++counters_.connect_failures;
+  // The slot is free again: let the next waiter try its own connect rather than time out.
+  if (!waiters_.empty() && !closed_) {
+    auto next = waiters_.front();
+    waiters_.pop_front();
+    next->may_connect = true;
+    ++connecting_;
+    wake_locked(next);
+  }
+  co_return AcquireResult{nullptr, AcquireError::connect_failed,
+                          fmt::format("pgsluice: cannot connect to the database for service \"{}\": {}",
+                                      settings_.service, error)};
+}
+
+void Pool::release(std::unique_ptr<Connection> connection, bool reusable) {
+  std::unique_ptr<Connection> doomed;  // destroyed outside the lock
+  std::lock_guard lock(mutex_);
+  if (reusable && !closed_) {
+    connection->last_used = Clock::now();
+    if (!waiters_.empty()) {
+      hand_over_locked(std::move(connection));  // stays busy: the lease passes to the waiter
+      return;
+    }
+    --busy_;
+    idle_.push_back(std::move(connection));
+    return;
+  }
+  --busy_;
+  doomed = std::move(connection);
+  if (!waiters_.empty() && !closed_) {
+    auto next = waiters_.front();
+    waiters_.pop_front();
+    next->may_connect = true;
+    ++connecting_;
+    wake_locked(next);
+  }
+}
+
+PoolStats Pool::stats() const {
+  std::lock_guard lock(mutex_);
+  PoolStats out = counters_;
+  out.idle = static_cast<int>(idle_.size());
+  out.busy = busy_;
+  out.connecting = connecting_;
+  out.waiting = static_cast<int>(waiters_.size());
+  return out;
+}
+
+void Pool::close() {
+  std::vector<std::unique_ptr<Connection>> doomed;
+  std::lock_guard lock(mutex_);
+  closed_ = true;
+  doomed.swap(idle_);
+  for (auto& waiter : waiters_) wake_locked(waiter);
+  waiters_.clear();
+}
+
+}  // namespace pgsluice::pool

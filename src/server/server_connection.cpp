@@ -1,0 +1,344 @@
+#include "pgsluice/server/server_connection.hpp"
+
+#include <algorithm>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <spdlog/spdlog.h>
+#include <strings.h>
+
+#include "pgsluice/protocol/builder.hpp"
+#include "pgsluice/protocol/md5.hpp"
+#include "pgsluice/protocol/scram.hpp"
+
+namespace pgsluice::server {
+
+namespace asio = net::asio;
+using namespace asio::experimental::awaitable_operators;
+using protocol::Buffer;
+
+namespace {
+
+// The reported parameters a client gets restored to the connection's startup value when it did not
+// ask for its own (DESIGN §2, session parameters).
+constexpr std::string_view kTrackedParameters[] = {"application_name", "client_encoding", "DateStyle", "TimeZone",
+                                                   "IntervalStyle", "standard_conforming_strings"};
+
+std::string describe_error(protocol::Bytes payload) {
+  auto fields = protocol::parse_error_response(payload);
+  if (!fields) return "malformed error from server";
+  return fields->sqlstate + " " + fields->message;
+}
+
+}  // namespace
+
+bool is_tracked_parameter(std::string_view name) {
+  for (auto tracked : kTrackedParameters) {
+    if (tracked.size() == name.size() && ::strncasecmp(tracked.data(), name.data(), name.size()) == 0) return true;
+  }
+  return false;
+}
+
+bool GucNameLess::operator()(const std::string& a, const std::string& b) const {
+  return ::strcasecmp(a.c_str(), b.c_str()) < 0;
+}
+
+ServerConnection::ServerConnection(net::tcp::socket socket, std::shared_ptr<const ServerTarget> target)
+    : socket_(std::move(socket)), target_(std::move(target)) {}
+
+ServerConnection::~ServerConnection() { close(); }
+
+void ServerConnection::close() {
+  if (!socket_.is_open()) return;
+  // Best effort Terminate so the backend exits at once instead of logging an unexpected EOF.
+  static const std::uint8_t kTerminate[] = {'X', 0, 0, 0, 4};
+  net::error_code ec;
+  socket_.non_blocking(true, ec);
+  socket_.write_some(asio::buffer(kTerminate), ec);
+  socket_.close(ec);
+}
+
+net::awaitable<std::unique_ptr<ServerConnection>> ServerConnection::connect(
+    asio::any_io_executor executor, std::shared_ptr<const ServerTarget> target, std::string& error) {
+  auto attempt = [executor, target, &error]() -> net::awaitable<std::unique_ptr<ServerConnection>> {
+    net::tcp::resolver resolver(executor);
+    auto [rec, endpoints] =
+        co_await resolver.async_resolve(target->host, std::to_string(target->port), net::use_nothrow);
+    if (rec) {
+      error = "cannot resolve " + target->host + ": " + rec.message();
+      co_return nullptr;
+    }
+    net::tcp::socket socket(executor);
+    auto [cec, endpoint] = co_await asio::async_connect(socket, endpoints, net::use_nothrow);
+    if (cec) {
+      error = "connect to " + target->host + ":" + std::to_string(target->port) + " failed: " + cec.message();
+      co_return nullptr;
+    }
+    (void)endpoint;
+    net::error_code ignored;
+    socket.set_option(net::tcp::no_delay(true), ignored);
+    socket.set_option(asio::socket_base::keep_alive(true), ignored);
+    std::unique_ptr<ServerConnection> connection(new ServerConnection(std::move(socket), target));
+    if (!co_await connection->startup(error)) co_return nullptr;
+    co_return connection;
+  };
+
+  asio::steady_timer timer(executor);
+  timer.expires_after(target->connect_timeout);
+  auto outcome = co_await (attempt() || timer.async_wait(net::use_nothrow));
+  if (outcome.index() == 1) {
+    error = "connect_timeout " + std::to_string(target->connect_timeout.count()) + "ms expired connecting to " +
+            target->host + ":" + std::to_string(target->port);
+    co_return nullptr;
+  }
+  co_return std::move(std::get<0>(outcome));
+}
+
+net::awaitable<bool> ServerConnection::startup(std::string& error) {
+  Buffer out;
+  protocol::append_startup_message(out, {{"user", target_->user}, {"database", target_->database}});
+  if (auto ec = co_await net::write_all(socket_, out)) {
+    error = "write failed: " + ec.message();
+    co_return false;
+  }
+  for (;;) {
+    auto message = co_await net::read_message(socket_, buffer_, target_->max_message_size);
+    if (!message) {
+      error = message.error().message;
+      co_return false;
+    }
+    const auto type = message->type;
+    const auto payload = message->payload;
+    bool ok = true;
+    switch (type) {
+      case 'R': {
+        auto request = protocol::parse_authentication(payload);
+        if (!request) {
+          error = request.error().message;
+          co_return false;
+        }
+        if (request->code != 0) {
+          // Copy what the request carries: authenticate() reads more into the same buffer.
+          std::string data = std::string(protocol::as_string_view(request->data));
+          protocol::Authentication copy{request->code, {}};
+          buffer_.consume(message->frame.size());
+          copy.data = protocol::Bytes(reinterpret_cast<const std::uint8_t*>(data.data()), data.size());
+          if (!co_await authenticate(copy, error)) co_return false;
+          continue;
+        }
+        break;
+      }
+      case 'S': {
+        auto status = protocol::parse_parameter_status(payload);
+        if (status) parameters_[std::string(status->name)] = std::string(status->value);
+        break;
+      }
+      case 'K': {
+        auto key = protocol::parse_backend_key_data(payload);
+        if (key) key_ = *key;
+        break;
+      }
+      case 'E':
+        error = "server refused the connection: " + describe_error(payload);
+        ok = false;
+        break;
+      case 'N':
+      case 'v':  // NegotiateProtocolVersion: we asked for 3.0 with no options, nothing to do
+        break;
+      case 'Z':
+        buffer_.consume(message->frame.size());
+        initial_parameters_ = parameters_;
+        co_return true;
+      default:
+        error = std::string("unexpected message '") + type + "' during server startup";
+        ok = false;
+    }
+    buffer_.consume(message->frame.size());
+    if (!ok) co_return false;
+  }
+}
+
+net::awaitable<bool> ServerConnection::authenticate(const protocol::Authentication& request, std::string& error) {
+  using protocol::AuthRequest;
+  const auto code = static_cast<AuthRequest>(request.code);
+  Buffer out;
+  auto need_password = [&]() -> bool {
+    if (target_->password) return true;
+    error = "the server asks for a password but the service has no server_password";
+    return false;
+  };
+  switch (code) {
+    case AuthRequest::cleartext:
+      if (!need_password()) co_return false;
+      protocol::append_password_message(out, *target_->password);
+      break;
+    case AuthRequest::md5: {
+      if (!need_password()) co_return false;
+      protocol::md5::Salt salt{};
+      std::copy(request.data.begin(), request.data.end(), salt.begin());
+      protocol::append_password_message(out, protocol::md5::salted_response(target_->user, *target_->password, salt));
+      break;
+    }
+    case AuthRequest::sasl: {
+      if (!need_password()) co_return false;
+      bool offered = false;
+      for (auto mechanism : protocol::sasl_mechanisms(request.data)) offered |= mechanism == protocol::scram::kMechanism;
+      if (!offered) {
+        error = "the server offers no SASL mechanism pgsluice supports";
+        co_return false;
+      }
+      protocol::scram::ClientExchange exchange(*target_->password);
+      protocol::append_sasl_initial_response(out, protocol::scram::kMechanism, exchange.client_first());
+      if (auto ec = co_await net::write_all(socket_, out)) {
+        error = "write failed: " + ec.message();
+        co_return false;
+      }
+      // AuthenticationSASLContinue, then AuthenticationSASLFinal.
+      for (int step = 0; step < 2; ++step) {
+        auto message = co_await net::read_message(socket_, buffer_, target_->max_message_size);
+        if (!message) {
+          error = message.error().message;
+          co_return false;
+        }
+        if (message->type == 'E') {
+          error = "server authentication failed: " + describe_error(message->payload);
+          co_return false;
+        }
+        auto reply = protocol::parse_authentication(message->payload);
+        const auto expected = step == 0 ? AuthRequest::sasl_continue : AuthRequest::sasl_final;
+        if (message->type != 'R' || !reply || reply->code != static_cast<std::int32_t>(expected)) {
+          error = "unexpected message during SCRAM authentication";
+          co_return false;
+        }
+        const std::string data(protocol::as_string_view(reply->data));
+        buffer_.consume(message->frame.size());
+        if (step == 0) {
+          auto final_message = exchange.handle_server_first(data);
+          if (!final_message) {
+            error = "SCRAM: " + final_message.error().message;
+            co_return false;
+          }
+          out.clear();
+          protocol::append_sasl_response(out, *final_message);
+          if (auto ec = co_await net::write_all(socket_, out)) {
+            error = "write failed: " + ec.message();
+            co_return false;
+          }
+        } else if (auto verified = exchange.verify_server_final(data); !verified) {
+          error = "SCRAM: the server's signature is wrong: " + verified.error().message;
+          co_return false;
+        }
+      }
+      co_return true;
+    }
+    default:
+      error = "unsupported authentication request " + std::to_string(request.code) + " from the server";
+      co_return false;
+  }
+  if (auto ec = co_await net::write_all(socket_, out)) {
+    error = "write failed: " + ec.message();
+    co_return false;
+  }
+  co_return true;
+}
+
+net::awaitable<bool> ServerConnection::drain_until_ready(int ready_count, int& errors, char& status) {
+  while (ready_count > 0) {
+    auto message = co_await net::read_message(socket_, buffer_, target_->max_message_size);
+    if (!message) co_return false;
+    switch (message->type) {
+      case 'Z': {
+        auto ready = protocol::parse_ready_for_query(message->payload);
+        if (!ready) co_return false;
+        status = *ready;
+        --ready_count;
+        break;
+      }
+      case 'S': {
+        auto parameter = protocol::parse_parameter_status(message->payload);
+        if (parameter) parameters_[std::string(parameter->name)] = std::string(parameter->value);
+        break;
+      }
+      case 'E':
+        ++errors;
+        spdlog::debug("server: injected statement failed: {}", describe_error(message->payload));
+        break;
+      default:
+        break;
+    }
+    buffer_.consume(message->frame.size());
+  }
+  co_return true;
+}
+
+net::awaitable<bool> ServerConnection::apply_parameters(const ParameterMap& wanted) {
+  ParameterMap effective;
+  for (auto name : kTrackedParameters) {
+    auto it = initial_parameters_.find(std::string(name));
+    if (it != initial_parameters_.end()) effective[it->first] = it->second;
+  }
+  for (const auto& [name, value] : wanted) effective[name] = value;
+
+  Buffer out;
+  int statements = 0;
+  std::vector<std::pair<std::string, std::string>> unreported;
+  for (const auto& [name, value] : effective) {
+    auto reported = parameters_.find(name);
+    if (reported != parameters_.end()) {
+      if (reported->second == value) continue;
+    } else {
+      auto applied = applied_.find(name);
+      if (applied != applied_.end() && applied->second == value) continue;
+      unreported.emplace_back(name, value);
+    }
+    // set_config takes the value as the startup packet would (lists such as search_path included)
+    // and needs no quoting: parameters travel out of band.
+    protocol::append_parse(out, "", "SELECT pg_catalog.set_config($1, $2, false)");
+    protocol::append_bind_text(out, "", "", {name, value});
+    protocol::append_execute(out, "");
+    protocol::append_sync(out);
+    ++statements;
+  }
+  if (statements == 0) co_return true;
+  if (auto ec = co_await net::write_all(socket_, out)) co_return false;
+  int errors = 0;
+  char status = 'I';
+  if (!co_await drain_until_ready(statements, errors, status)) co_return false;
+  for (auto& [name, value] : unreported) applied_[name] = value;
+  if (errors > 0) spdlog::debug("server: {} of {} session parameters were refused", errors, statements);
+  co_return status == 'I';
+}
+
+net::awaitable<bool> ServerConnection::run_discarding(std::string_view sql) {
+  Buffer out;
+  protocol::append_query(out, sql);
+  if (auto ec = co_await net::write_all(socket_, out)) co_return false;
+  int errors = 0;
+  char status = 'I';
+  if (!co_await drain_until_ready(1, errors, status)) co_return false;
+  co_return errors == 0 && status == 'I';
+}
+
+net::awaitable<void> send_cancel(asio::any_io_executor executor, ServerTarget target, protocol::BackendKeyData key) {
+  auto attempt = [&]() -> net::awaitable<void> {
+    net::tcp::resolver resolver(executor);
+    auto [rec, endpoints] = co_await resolver.async_resolve(target.host, std::to_string(target.port), net::use_nothrow);
+    if (rec) co_return;
+    net::tcp::socket socket(executor);
+    auto [cec, endpoint] = co_await asio::async_connect(socket, endpoints, net::use_nothrow);
+    (void)endpoint;
+    if (cec) co_return;
+    Buffer out;
+    protocol::append_cancel_request(out, key.process_id, key.secret_key);
+    co_await net::write_all(socket, out);
+    // Postgres closes the connection after reading the request; wait for that so it was read.
+    net::MessageBuffer scratch(64);
+    co_await net::read_some(socket, scratch, 64);
+  };
+  asio::steady_timer timer(executor);
+  timer.expires_after(target.connect_timeout);
+  co_await (attempt() || timer.async_wait(net::use_nothrow));
+}
+
+}  // namespace pgsluice::server

@@ -1,0 +1,38 @@
+#include "pgsluice/session/cancel_registry.hpp"
+
+#include <cstring>
+
+#include "pgsluice/protocol/scram.hpp"
+
+namespace pgsluice::session {
+
+CancelRegistry::Key CancelRegistry::add(const std::shared_ptr<ClientSession>& session) {
+  for (;;) {
+    const std::string random = protocol::scram::random_bytes(8);
+    Key key;
+    std::memcpy(&key.process_id, random.data(), 4);
+    std::memcpy(&key.secret_key, random.data() + 4, 4);
+    key.process_id &= 0x7fffffff;  // clients print it as a signed pid
+    std::lock_guard lock(mutex_);
+    auto [it, inserted] = sessions_.try_emplace({key.process_id, key.secret_key}, session);
+    if (inserted) return key;
+  }
+}
+
+void CancelRegistry::remove(Key key) {
+  std::lock_guard lock(mutex_);
+  sessions_.erase({key.process_id, key.secret_key});
+}
+
+std::shared_ptr<ClientSession> CancelRegistry::find(Key key) const {
+  std::lock_guard lock(mutex_);
+  auto it = sessions_.find({key.process_id, key.secret_key});
+  return it == sessions_.end() ? nullptr : it->second.lock();
+}
+
+std::size_t CancelRegistry::size() const {
+  std::lock_guard lock(mutex_);
+  return sessions_.size();
+}
+
+}  // namespace pgsluice::session

@@ -1,0 +1,250 @@
+// The login half of a client session: startup packet, SSL/GSS refusal, cancel requests, client
+// authentication (SCRAM-SHA-256, MD5, trust) and the service lookup (DESIGN §2).
+#include <openssl/crypto.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <spdlog/spdlog.h>
+
+#include "pgsluice/protocol/backend_messages.hpp"
+#include "pgsluice/protocol/md5.hpp"
+#include "pgsluice/protocol/scram.hpp"
+#include "pgsluice/session/client_session.hpp"
+
+namespace pgsluice::session {
+
+namespace asio = net::asio;
+using namespace asio::experimental::awaitable_operators;
+using protocol::Buffer;
+
+namespace {
+
+// "-c name=value" and "--name=value" pairs from the startup `options` parameter (libpq's PGOPTIONS).
+void parse_options(std::string_view options, server::ParameterMap& out) {
+  std::vector<std::string> words;
+  std::string word;
+  bool escaped = false;
+  for (char c : options) {
+    if (escaped) {
+      word.push_back(c);
+      escaped = false;
+    } else if (c == '\\') {
+      escaped = true;
+    } else if (c == ' ' || c == '\t') {
+      if (!word.empty()) words.push_back(std::move(word));
+      word.clear();
+    } else {
+      word.push_back(c);
+    }
+  }
+  if (!word.empty()) words.push_back(std::move(word));
+  for (std::size_t i = 0; i < words.size(); ++i) {
+    std::string_view setting;
+    if (words[i] == "-c" && i + 1 < words.size()) {
+      setting = words[++i];
+    } else if (words[i].starts_with("--")) {
+      setting = std::string_view(words[i]).substr(2);
+    } else if (words[i].starts_with("-c")) {
+      setting = std::string_view(words[i]).substr(2);
+    } else {
+      continue;
+    }
+    const auto eq = setting.find('=');
+    if (eq == std::string_view::npos || eq == 0) continue;
+    std::string name(setting.substr(0, eq));
+    for (auto& c : name) if (c == '-') c = '_';
+    out[name] = std::string(setting.substr(eq + 1));
+  }
+}
+
+}  // namespace
+
+net::awaitable<ClientSession::LoginOutcome> ClientSession::startup() {
+  for (;;) {
+    auto size = co_await net::read_startup_packet(socket_, buffer_);
+    if (!size) {
+      if (size.error().sqlstate != "08006") co_await send_fatal(size.error().sqlstate, size.error().message);
+      co_return LoginOutcome::closed;
+    }
+    auto packet = protocol::parse_startup_packet(buffer_.readable().first(*size));
+    buffer_.consume(*size);
+    if (!packet) {
+      co_await send_fatal(packet.error().sqlstate, packet.error().message);
+      co_return LoginOutcome::closed;
+    }
+    if (std::holds_alternative<protocol::SslRequest>(*packet) ||
+        std::holds_alternative<protocol::GssEncRequest>(*packet)) {
+      // No TLS or GSS encryption yet: 'N' and the client goes on in plain text (docs §55.2.10).
+      static const std::uint8_t kNo[] = {'N'};
+      if (auto ec = co_await net::write_all(socket_, kNo)) co_return LoginOutcome::closed;
+      continue;
+    }
+    if (auto* cancel = std::get_if<protocol::CancelRequest>(&*packet)) {
+      if (auto session = context_->cancels.find({cancel->process_id, cancel->secret_key})) {
+        session->forward_cancel();
+      }
+      co_return LoginOutcome::cancel_request;
+    }
+    auto& message = std::get<protocol::StartupMessage>(*packet);
+    Buffer out;
+    std::vector<std::string> unrecognized;
+    for (const auto& [name, value] : message.parameters) {
+      if (name == "user") {
+        user_ = value;
+      } else if (name == "database") {
+        database_ = value;
+      } else if (name == "replication") {
+        if (value != "false" && value != "0" && value != "off" && value != "no") {
+          co_await send_fatal("0A000", "pgsluice: replication connections are not supported");
+          co_return LoginOutcome::closed;
+        }
+      } else if (name == "options") {
+        parse_options(value, parameters_);
+      } else if (name.starts_with("_pq_.")) {
+        unrecognized.push_back(name);
+      } else {
+        parameters_[name] = value;
+      }
+    }
+    if (user_.empty()) {
+      co_await send_fatal("28000", "no PostgreSQL user name specified in startup packet");
+      co_return LoginOutcome::closed;
+    }
+    if (database_.empty()) database_ = user_;
+    if ((message.protocol_version & 0xffff) != 0 || !unrecognized.empty()) {
+      // Like Postgres: name the newest minor version we speak and the options we ignore.
+      protocol::append_negotiate_protocol_version(out, 0, unrecognized);
+      if (!co_await write_client(out)) co_return LoginOutcome::closed;
+    }
+    if (context_->clients.load() > config_->max_client_connections) {
+      co_await send_fatal("53300", "pgsluice: too many client connections (max_client_connections " +
+                                       std::to_string(config_->max_client_connections) + ")");
+      co_return LoginOutcome::closed;
+    }
+    co_return LoginOutcome::proceed;
+  }
+}
+
+net::awaitable<bool> ClientSession::authenticate(const std::string& user) {
+  const std::string failed = "password authentication failed for user \"" + user + "\"";
+  auto it = context_->users.find(user);
+  const UserSecret* secret = it == context_->users.end() ? nullptr : &it->second;
+  Buffer out;
+
+  if (secret != nullptr && secret->method == config::AuthMethod::trust) co_return true;
+
+  auto read_password_message = [&]() -> net::awaitable<protocol::Result<protocol::MessageView>> {
+    auto message = co_await net::read_message(socket_, buffer_, max_message_size_);
+    if (message && message->type != 'p') {
+      co_return protocol::protocol_violation("expected password response, got message type '" +
+                                             std::string(1, message->type) + "'");
+    }
+    co_return message;
+  };
+
+  if (secret != nullptr && secret->method == config::AuthMethod::md5) {
+    const std::string salt_bytes = protocol::scram::random_bytes(4);
+    std::uint8_t salt[4];
+    protocol::md5::Salt md5_salt{};
+    for (int i = 0; i < 4; ++i) md5_salt[i] = salt[i] = static_cast<std::uint8_t>(salt_bytes[i]);
+    protocol::append_authentication_md5(out, salt);
+    if (!co_await write_client(out)) co_return false;
+    auto message = co_await read_password_message();
+    if (!message) {
+      if (message.error().sqlstate != "08006") co_await send_fatal(message.error().sqlstate, message.error().message);
+      co_return false;
+    }
+    const std::string response(protocol::password_message_text(message->payload));
+    buffer_.consume(message->frame.size());
+    const std::string expected = protocol::md5::salted_response_from_hash(*secret->md5_hash, md5_salt);
+    if (response.size() != expected.size() || CRYPTO_memcmp(response.data(), expected.data(), expected.size()) != 0) {
+      co_await send_fatal("28P01", failed);
+      co_return false;
+    }
+    co_return true;
+  }
+
+  // SCRAM-SHA-256, also for unknown users (with a mock verifier) so they fail at the same step.
+  protocol::scram::Verifier verifier = secret != nullptr && secret->verifier
+                                           ? *secret->verifier
+                                           : protocol::scram::mock_verifier(user, context_->mock_secret);
+  protocol::scram::ServerExchange exchange(verifier);
+  protocol::append_authentication_sasl(out, {protocol::scram::kMechanism});
+  if (!co_await write_client(out)) co_return false;
+
+  auto initial = co_await read_password_message();
+  if (!initial) {
+    if (initial.error().sqlstate != "08006") co_await send_fatal(initial.error().sqlstate, initial.error().message);
+    co_return false;
+  }
+  auto sasl = protocol::parse_sasl_initial_response(initial->payload);
+  if (!sasl) {
+    co_await send_fatal(sasl.error().sqlstate, sasl.error().message);
+    co_return false;
+  }
+  if (sasl->mechanism != protocol::scram::kMechanism) {
+    co_await send_fatal("28000", "client selected an invalid SASL authentication mechanism");
+    co_return false;
+  }
+  auto server_first = exchange.handle_client_first(sasl->data);
+  buffer_.consume(initial->frame.size());
+  if (!server_first) {
+    co_await send_fatal(server_first.error().sqlstate, server_first.error().message);
+    co_return false;
+  }
+  out.clear();
+  protocol::append_authentication_sasl_continue(out, *server_first);
+  if (!co_await write_client(out)) co_return false;
+
+  auto final_message = co_await read_password_message();
+  if (!final_message) {
+    if (final_message.error().sqlstate != "08006") {
+      co_await send_fatal(final_message.error().sqlstate, final_message.error().message);
+    }
+    co_return false;
+  }
+  auto server_final = exchange.handle_client_final(protocol::as_string_view(final_message->payload));
+  buffer_.consume(final_message->frame.size());
+  if (!server_final || secret == nullptr) {
+    if (!server_final && server_final.error().sqlstate == "08P01") {
+      co_await send_fatal("08P01", server_final.error().message);
+    } else {
+      co_await send_fatal("28P01", failed);
+    }
+    co_return false;
+  }
+  out.clear();
+  protocol::append_authentication_sasl_final(out, *server_final);
+  if (!co_await write_client(out)) co_return false;
+  co_return true;
+}
+
+net::awaitable<bool> ClientSession::finish_login() {
+  service_ = context_->find_service(user_, database_);
+  if (!service_) {
+    co_await send_fatal("3D000", "database \"" + database_ + "\" does not exist (pgsluice: no service matches user \"" +
+                                     user_ + "\" and database \"" + database_ + "\")");
+    co_return false;
+  }
+  // A server connection now: it proves the backend is reachable and gives the ParameterStatus set
+  // the client must see. Transaction and statement modes give it back at once.
+  std::string sqlstate;
+  std::string error;
+  if (!co_await attach_server(sqlstate, error)) {
+    co_await send_fatal(sqlstate, error);
+    co_return false;
+  }
+  cancel_key_ = context_->cancels.add(shared_from_this());
+
+  Buffer out;
+  protocol::append_authentication_ok(out);
+  for (const auto& [name, value] : server_->parameters()) protocol::append_parameter_status(out, name, value);
+  protocol::append_backend_key_data(out, cancel_key_->process_id, cancel_key_->secret_key);
+  protocol::append_ready_for_query(out, 'I');
+  if (service_->config.mode != config::PoolMode::session) release_server(true);
+  co_return co_await write_client(out);
+}
+
+}  // namespace pgsluice::session

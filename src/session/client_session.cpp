@@ -1,0 +1,340 @@
+// The relay half of a client session (see client_session.hpp for the two-coroutine design).
+#include "pgsluice/session/client_session.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <spdlog/spdlog.h>
+
+#include "pgsluice/protocol/backend_messages.hpp"
+
+namespace pgsluice::session {
+
+namespace asio = net::asio;
+using namespace asio::experimental::awaitable_operators;
+using protocol::Buffer;
+
+ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionContext> context)
+    : socket_(std::move(socket)),
+      context_(std::move(context)),
+      config_(context_->config),
+      max_message_size_(config_->max_message_size),
+      server_reader_done_(socket_.get_executor()) {
+  net::error_code ec;
+  auto endpoint = socket_.remote_endpoint(ec);
+  if (!ec) peer_ = endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+  ++context_->clients;
+}
+
+ClientSession::~ClientSession() {
+  if (cancel_key_) context_->cancels.remove(*cancel_key_);
+  --context_->clients;
+}
+
+net::awaitable<bool> ClientSession::write_client(const Buffer& bytes) {
+  auto ec = co_await net::write_all(socket_, bytes);
+  co_return !ec;
+}
+
+net::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate, std::string_view message) {
+  Buffer out;
+  protocol::append_error_response(out, protocol::Severity::fatal, sqlstate, message);
+  co_await write_client(out);
+}
+
+net::awaitable<void> ClientSession::run() {
+  // client_login_timeout bounds everything up to the first ReadyForQuery (DESIGN §8).
+  auto login = [this]() -> net::awaitable<LoginOutcome> {
+    auto outcome = co_await startup();
+    if (outcome != LoginOutcome::proceed) co_return outcome;
+    if (!co_await authenticate(user_)) co_return LoginOutcome::closed;
+    co_return LoginOutcome::proceed;
+  };
+  asio::steady_timer timer(socket_.get_executor());
+  timer.expires_after(config_->client_login_timeout);
+  auto outcome = co_await (login() || timer.async_wait(net::use_nothrow));
+  if (outcome.index() == 1) {
+    spdlog::info("session {}: client_login_timeout expired before login finished", peer_);
+    co_await send_fatal("08P01", "pgsluice: client_login_timeout expired before startup and authentication finished");
+    co_return;
+  }
+  if (std::get<0>(outcome) != LoginOutcome::proceed) co_return;
+  if (!co_await finish_login()) {
+    co_await finish_server();
+    co_return;
+  }
+  spdlog::debug("session {}: user {} database {} service {}", peer_, user_, database_, service_->config.name);
+  co_await relay();
+  co_await finish_server();
+}
+
+net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::string& error) {
+  auto lease = co_await service_->pool->acquire(co_await asio::this_coro::executor);
+  if (!lease) {
+    switch (lease.error) {
+      case pool::AcquireError::timeout:
+      case pool::AcquireError::too_many_waiting: sqlstate = "53300"; break;
+      case pool::AcquireError::connect_failed: sqlstate = "57P03"; break;
+      case pool::AcquireError::closed: sqlstate = "57P01"; break;
+    }
+    error = lease.message;
+    co_return false;
+  }
+  server_.reset(static_cast<server::ServerConnection*>(lease.connection.release()));
+  if (!co_await server_->apply_parameters(parameters_)) {
+    release_server(false);
+    sqlstate = "08006";
+    error = "pgsluice: server connection failed while applying session parameters";
+    co_return false;
+  }
+  {
+    std::lock_guard lock(cancel_mutex_);
+    cancel_target_ = service_->target;
+    cancel_backend_key_ = server_->backend_key();
+  }
+  co_return true;
+}
+
+void ClientSession::release_server(bool reusable) {
+  {
+    std::lock_guard lock(cancel_mutex_);
+    cancel_target_.reset();
+  }
+  if (!server_) return;
+  server_->buffer().shrink_if_idle();
+  service_->pool->release(std::move(server_), reusable && server_->buffer().empty());
+}
+
+void ClientSession::forward_cancel() {
+  std::shared_ptr<const server::ServerTarget> target;
+  protocol::BackendKeyData key;
+  {
+    std::lock_guard lock(cancel_mutex_);
+    target = cancel_target_;
+    key = cancel_backend_key_;
+  }
+  if (!target) return;  // nothing running on a server for this client: nothing to cancel
+  asio::co_spawn(socket_.get_executor(), server::send_cancel(socket_.get_executor(), *target, key), asio::detached);
+}
+
+void ClientSession::fail_run(protocol::Bytes run, const std::string& sqlstate, const std::string& error,
+                             Buffer& out) {
+  bool error_sent = skip_until_sync_;
+  std::size_t offset = 0;
+  while (offset < run.size()) {
+    auto frame = protocol::next_frame(run.subspan(offset), max_message_size_);
+    offset += frame.message.frame.size();
+    switch (frame.message.type) {
+      case 'Q':
+      case 'F':
+        protocol::append_error_response(out, protocol::Severity::error, sqlstate, error);
+        protocol::append_ready_for_query(out, transaction_status_);
+        break;
+      case 'S':
+        if (!error_sent) protocol::append_error_response(out, protocol::Severity::error, sqlstate, error);
+        protocol::append_ready_for_query(out, transaction_status_);
+        error_sent = false;
+        break;
+      case 'P': case 'B': case 'D': case 'E': case 'C':
+        if (!error_sent) protocol::append_error_response(out, protocol::Severity::error, sqlstate, error);
+        error_sent = true;
+        break;
+      default:  // Flush, COPY messages with no COPY in progress: nothing to answer
+        break;
+    }
+  }
+  skip_until_sync_ = error_sent;
+}
+
+net::awaitable<void> ClientSession::relay() {
+  for (;;) {
+    // Cut every whole message off the buffer; the run of them is forwarded with one write.
+    auto data = buffer_.readable();
+    std::size_t offset = 0;
+    std::size_t want = 0;
+    bool terminate = false;
+    while (offset < data.size()) {
+      auto frame = protocol::next_frame(data.subspan(offset), max_message_size_);
+      if (frame.status == protocol::FrameStatus::incomplete) {
+        want = frame.needed > 0 ? frame.needed : 0;
+        break;
+      }
+      if (frame.status == protocol::FrameStatus::malformed) {
+        co_await stop_server_reader();
+        co_await send_fatal(frame.error.sqlstate, "pgsluice: " + frame.error.message);
+        co_return;
+      }
+      const char type = frame.message.type;
+      if (!protocol::is_frontend_message_type(type)) {
+        co_await stop_server_reader();
+        co_await send_fatal("08P01", std::string("pgsluice: invalid frontend message type ") +
+                                         std::to_string(static_cast<unsigned char>(type)));
+        co_return;
+      }
+      if (type == 'X') {
+        terminate = true;
+        break;
+      }
+      switch (type) {
+        case 'Q': case 'F': ++expected_ready_; break;
+        case 'S': ++expected_ready_; in_extended_batch_ = false; break;
+        case 'P': case 'B': case 'D': case 'E': case 'C': case 'H': in_extended_batch_ = true; break;
+        default: break;
+      }
+      offset += frame.message.frame.size();
+    }
+
+    if (offset > 0) {
+      auto run = data.first(offset);
+      if (!server_) {
+        std::string sqlstate;
+        std::string error;
+        const bool skipping = skip_until_sync_;
+        bool attached = !skipping && co_await attach_server(sqlstate, error);
+        if (!attached) {
+          // Nothing was sent: undo the accounting and answer every message here.
+          expected_ready_ = 0;
+          in_extended_batch_ = false;
+          Buffer out;
+          fail_run(run, sqlstate, error, out);
+          buffer_.consume(offset);
+          if (!out.empty() && !co_await write_client(out)) co_return;
+          continue;
+        }
+      }
+      if (!server_reader_running_) {
+        stop_server_reader_ = false;
+        server_reader_running_ = true;
+        asio::co_spawn(socket_.get_executor(), server_reader(), asio::detached);
+      }
+      client_writing_ = true;
+      auto ec = co_await net::write_all(server_->socket(), run);
+      client_writing_ = false;
+      buffer_.consume(offset);
+      if (ec) {
+        // The server reader sees the same failure and tells the client.
+        co_return;
+      }
+    }
+    if (terminate) co_return;
+    if (closing_) co_return;
+
+    const std::size_t missing = want > buffer_.size() ? want - buffer_.size() : 0;
+    if (auto ec = co_await net::read_some(socket_, buffer_, std::max<std::size_t>(missing, 4096))) co_return;
+  }
+}
+
+net::awaitable<void> ClientSession::server_reader() {
+  auto self = shared_from_this();
+  bool server_lost = false;
+  std::string lost_reason;
+  auto& buffer = server_->buffer();
+  const std::size_t max_size = server_->target().max_message_size;
+  while (!stop_server_reader_) {
+    if (auto ec = co_await net::read_some(server_->socket(), buffer)) {
+      if (!stop_server_reader_) {
+        server_lost = true;
+        lost_reason = ec.message();
+      }
+      break;
+    }
+    if (stop_server_reader_) break;
+    auto data = buffer.readable();
+    std::size_t offset = 0;
+    bool ready_seen = false;
+    while (offset < data.size()) {
+      auto frame = protocol::next_frame(data.subspan(offset), max_size);
+      if (frame.status == protocol::FrameStatus::incomplete) break;
+      if (frame.status == protocol::FrameStatus::malformed || !protocol::is_backend_message_type(frame.message.type)) {
+        server_lost = true;
+        lost_reason = "malformed message from server";
+        break;
+      }
+      const auto& message = frame.message;
+      if (message.type == 'Z') {
+        auto status = protocol::parse_ready_for_query(message.payload);
+        if (!status) {
+          server_lost = true;
+          lost_reason = "malformed ReadyForQuery from server";
+          break;
+        }
+        transaction_status_ = *status;
+        if (expected_ready_ > 0) --expected_ready_;
+        ready_seen = true;
+      } else if (message.type == 'S') {
+        if (auto parameter = protocol::parse_parameter_status(message.payload)) {
+          std::string name(parameter->name);
+          std::string value(parameter->value);
+          // A value the client caused (SET TimeZone ...) follows it to its next server connection.
+          if (server::is_tracked_parameter(name) || parameters_.contains(name)) parameters_[name] = value;
+          server_->parameters()[std::move(name)] = std::move(value);
+        }
+      }
+      offset += message.frame.size();
+    }
+    if (server_lost) break;
+    if (offset > 0) {
+      auto ec = co_await net::write_all(socket_, data.first(offset));
+      buffer.consume(offset);
+      if (ec) {
+        closing_ = true;  // the client is gone; the client reader will notice too
+        break;
+      }
+    }
+    if (ready_seen && service_->config.mode != config::PoolMode::session && transaction_status_ == 'I' &&
+        expected_ready_ == 0 && !in_extended_batch_ && !client_writing_ && buffer.empty() && !stop_server_reader_) {
+      release_server(true);
+      break;
+    }
+  }
+  if (server_lost) {
+    spdlog::warn("session {}: server connection for service {} lost: {}", peer_, service_->config.name, lost_reason);
+    release_server(false);
+    closing_ = true;
+    Buffer out;
+    protocol::append_error_response(out, protocol::Severity::fatal, "08006",
+                                    "pgsluice: server connection lost (" + lost_reason + ")");
+    co_await write_client(out);
+    net::error_code ignored;
+    socket_.shutdown(net::tcp::socket::shutdown_both, ignored);
+    socket_.cancel(ignored);
+  }
+  server_reader_running_ = false;
+  server_reader_done_.notify();
+}
+
+net::awaitable<void> ClientSession::stop_server_reader() {
+  if (!server_reader_running_) co_return;
+  stop_server_reader_ = true;
+  if (server_) {
+    net::error_code ignored;
+    server_->socket().cancel(ignored);
+  }
+  while (server_reader_running_) co_await server_reader_done_.wait();
+}
+
+net::awaitable<void> ClientSession::finish_server() {
+  co_await stop_server_reader();
+  if (!server_) co_return;
+  const bool clean = transaction_status_ == 'I' && expected_ready_ == 0 && !in_extended_batch_ &&
+                     server_->buffer().empty();
+  bool reusable = clean;
+  if (clean && service_->config.mode == config::PoolMode::session) {
+    // Session mode: whatever the client changed is reset before the next client (DESIGN §2).
+    reusable = co_await server_->run_discarding("DISCARD ALL");
+    server_->forget_applied_parameters();
+  }
+  release_server(reusable);
+}
+
+net::awaitable<void> run_client_session(net::tcp::socket socket, std::shared_ptr<SessionContext> context) {
+  auto session = std::make_shared<ClientSession>(std::move(socket), std::move(context));
+  try {
+    co_await session->run();
+  } catch (const std::exception& e) {
+    spdlog::error("session: unexpected error: {}", e.what());
+  }
+}
+
+}  // namespace pgsluice::session
