@@ -1,0 +1,210 @@
+// The bounded pool's lease/return, FIFO waiting and failure paths, driven by a fake connector on a
+// real io_context (no network).
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <catch.hpp>
+
+#include "pgsluice/pool/pool.hpp"
+
+namespace asio = boost::asio;
+using namespace pgsluice::pool;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct FakeConnection : Connection {
+  explicit FakeConnection(int id) : id(id) {}
+  int id;
+};
+
+struct Harness {
+  asio::io_context io;
+  int next_id = 1;
+  bool fail_connects = false;
+  std::shared_ptr<Pool> pool;
+
+  explicit Harness(int max, std::chrono::milliseconds timeout = 200ms, int max_waiting = 100) {
+    PoolSettings settings{.service = "feed", .max_connections = max, .min_connections = 0,
+                          .acquire_timeout = timeout, .max_waiting_clients = max_waiting};
+    pool = std::make_shared<Pool>(settings, [this](std::string& error) -> asio::awaitable<std::unique_ptr<Connection>> {
+      if (fail_connects) {
+        error = "connection refused";
+        co_return nullptr;
+      }
+      co_return std::make_unique<FakeConnection>(next_id++);
+    });
+  }
+
+  // Runs `body` as a coroutine to completion.
+  template <class F>
+  void run(F body) {
+    asio::co_spawn(asio::make_strand(io), body(), asio::detached);
+    io.run();
+    io.restart();
+  }
+};
+
+int id_of(const AcquireResult& result) { return static_cast<FakeConnection*>(result.connection.get())->id; }
+
+}  // namespace
+
+TEST_CASE("acquire opens connections up to max and reuses released ones", "[pool]") {
+  Harness h(2);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto a = co_await h.pool->acquire(executor);
+    auto b = co_await h.pool->acquire(executor);
+    REQUIRE(a);
+    REQUIRE(b);
+    CHECK(id_of(a) == 1);
+    CHECK(id_of(b) == 2);
+    CHECK(h.pool->stats().busy == 2);
+    h.pool->release(std::move(a.connection), true);
+    CHECK(h.pool->stats().idle == 1);
+    auto c = co_await h.pool->acquire(executor);
+    REQUIRE(c);
+    CHECK(id_of(c) == 1);
+    h.pool->release(std::move(b.connection), true);
+    h.pool->release(std::move(c.connection), true);
+  });
+  CHECK(h.pool->stats().idle == 2);
+  CHECK(h.pool->stats().busy == 0);
+  CHECK(h.pool->stats().connects == 2);
+}
+
+TEST_CASE("acquire fails with timeout after acquire_timeout and names the pool state", "[pool]") {
+  Harness h(1, 150ms);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto held = co_await h.pool->acquire(executor);
+    REQUIRE(held);
+    const auto start = std::chrono::steady_clock::now();
+    auto waited = co_await h.pool->acquire(executor);
+    const auto elapsed = std::chrono::steady_clock::now() - start;
+    CHECK_FALSE(waited);
+    CHECK(waited.error == AcquireError::timeout);
+    CHECK(elapsed >= 150ms);
+    CHECK(elapsed < 400ms);
+    CHECK(waited.message.find("\"feed\"") != std::string::npos);
+    CHECK(waited.message.find("1/1 busy") != std::string::npos);
+    h.pool->release(std::move(held.connection), true);
+  });
+  CHECK(h.pool->stats().acquire_timeouts == 1);
+  CHECK(h.pool->stats().waiting == 0);
+}
+
+TEST_CASE("waiters are served first in, first out", "[pool]") {
+  Harness h(1, 2000ms);
+  std::vector<int> order;
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto held = co_await h.pool->acquire(executor);
+    REQUIRE(held);
+    for (int waiter = 1; waiter <= 3; ++waiter) {
+      asio::co_spawn(executor, [&h, &order, waiter]() -> asio::awaitable<void> {
+        auto lease = co_await h.pool->acquire(co_await asio::this_coro::executor);
+        REQUIRE(lease);
+        order.push_back(waiter);
+        asio::steady_timer pause(co_await asio::this_coro::executor, 5ms);
+        co_await pause.async_wait(asio::use_awaitable);
+        h.pool->release(std::move(lease.connection), true);
+      }, asio::detached);
+      asio::steady_timer pause(executor, 5ms);  // let each waiter queue in turn
+      co_await pause.async_wait(asio::use_awaitable);
+    }
+    CHECK(h.pool->stats().waiting == 3);
+    h.pool->release(std::move(held.connection), true);
+  });
+  CHECK(order == std::vector<int>{1, 2, 3});
+  CHECK(h.pool->stats().connects == 1);
+}
+
+TEST_CASE("past max_waiting_clients acquire fails at once", "[pool]") {
+  Harness h(1, 500ms, 1);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto held = co_await h.pool->acquire(executor);
+    asio::co_spawn(executor, [&h]() -> asio::awaitable<void> {
+      auto lease = co_await h.pool->acquire(co_await asio::this_coro::executor);
+      if (lease) h.pool->release(std::move(lease.connection), true);
+    }, asio::detached);
+    asio::steady_timer pause(executor, 10ms);
+    co_await pause.async_wait(asio::use_awaitable);
+    const auto start = std::chrono::steady_clock::now();
+    auto refused = co_await h.pool->acquire(executor);
+    CHECK(std::chrono::steady_clock::now() - start < 50ms);
+    CHECK(refused.error == AcquireError::too_many_waiting);
+    CHECK(refused.message.find("max_waiting_clients 1") != std::string::npos);
+    h.pool->release(std::move(held.connection), true);
+  });
+  CHECK(h.pool->stats().too_many_waiting == 1);
+}
+
+TEST_CASE("a failed connect reports connect_failed and frees its slot", "[pool]") {
+  Harness h(1);
+  h.fail_connects = true;
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto failed = co_await h.pool->acquire(executor);
+    CHECK(failed.error == AcquireError::connect_failed);
+    CHECK(failed.message.find("connection refused") != std::string::npos);
+    h.fail_connects = false;
+    auto ok = co_await h.pool->acquire(executor);
+    REQUIRE(ok);
+    h.pool->release(std::move(ok.connection), true);
+  });
+  CHECK(h.pool->stats().connect_failures == 1);
+  CHECK(h.pool->stats().connecting == 0);
+}
+
+TEST_CASE("a connection released as not reusable is closed and a waiter connects anew", "[pool]") {
+  Harness h(1, 1000ms);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto held = co_await h.pool->acquire(executor);
+    int got = 0;
+    asio::co_spawn(executor, [&h, &got]() -> asio::awaitable<void> {
+      auto lease = co_await h.pool->acquire(co_await asio::this_coro::executor);
+      REQUIRE(lease);
+      got = id_of(lease);
+      h.pool->release(std::move(lease.connection), true);
+    }, asio::detached);
+    asio::steady_timer pause(executor, 10ms);
+    co_await pause.async_wait(asio::use_awaitable);
+    h.pool->release(std::move(held.connection), false);
+    asio::steady_timer settle(executor, 10ms);
+    co_await settle.async_wait(asio::use_awaitable);
+    CHECK(got == 2);
+  });
+  CHECK(h.pool->stats().idle == 1);
+  CHECK(h.pool->stats().busy == 0);
+}
+
+TEST_CASE("close fails waiters and refuses new acquires", "[pool]") {
+  Harness h(1, 1000ms);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto held = co_await h.pool->acquire(executor);
+    AcquireError waiter_error = AcquireError::timeout;
+    asio::co_spawn(executor, [&h, &waiter_error]() -> asio::awaitable<void> {
+      auto lease = co_await h.pool->acquire(co_await asio::this_coro::executor);
+      waiter_error = lease.error;
+    }, asio::detached);
+    asio::steady_timer pause(executor, 10ms);
+    co_await pause.async_wait(asio::use_awaitable);
+    const auto start = std::chrono::steady_clock::now();
+    h.pool->close();
+    asio::steady_timer settle(executor, 10ms);
+    co_await settle.async_wait(asio::use_awaitable);
+    CHECK(waiter_error == AcquireError::closed);
+    CHECK(std::chrono::steady_clock::now() - start < 500ms);
+    auto refused = co_await h.pool->acquire(executor);
+    CHECK(refused.error == AcquireError::closed);
+    h.pool->release(std::move(held.connection), true);
+  });
+  CHECK(h.pool->stats().idle == 0);
+}
