@@ -2,6 +2,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/strand.hpp>
@@ -19,6 +20,7 @@ namespace pgsluice::app {
 
 namespace asio = boost::asio;
 using net::tcp;
+using namespace asio::experimental::awaitable_operators;
 
 namespace {
 
@@ -39,6 +41,9 @@ std::shared_ptr<session::Service> make_service(const config::Config& config, con
       .min_connections = service.min_connections,
       .acquire_timeout = service.acquire_timeout,
       .max_waiting_clients = service.max_waiting_clients,
+      .idle_timeout = service.idle_timeout,
+      .max_lifetime = service.max_lifetime,
+      .health_check_after_idle = service.health_check_after_idle,
   };
   std::shared_ptr<const server::ServerTarget> shared_target = target;
   auto connector = [shared_target](std::string& error) -> asio::awaitable<std::unique_ptr<pool::Connection>> {
@@ -46,10 +51,17 @@ std::shared_ptr<session::Service> make_service(const config::Config& config, con
     auto connection = co_await server::ServerConnection::connect(executor, shared_target, error);
     co_return std::unique_ptr<pool::Connection>(std::move(connection));
   };
+  // An empty query: the cheapest round trip that proves the backend still answers (DESIGN §3).
+  auto health_check = [shared_target](pool::Connection& connection) -> asio::awaitable<bool> {
+    auto& server = static_cast<server::ServerConnection&>(connection);
+    asio::steady_timer timer(co_await asio::this_coro::executor, shared_target->connect_timeout);
+    auto outcome = co_await (server.run_discarding("") || timer.async_wait(net::use_nothrow));
+    co_return outcome.index() == 0 && std::get<0>(outcome);
+  };
   auto out = std::make_shared<session::Service>();
   out->config = service;
   out->target = shared_target;
-  out->pool = std::make_shared<pool::Pool>(std::move(settings), std::move(connector));
+  out->pool = std::make_shared<pool::Pool>(std::move(settings), std::move(connector), std::move(health_check));
   return out;
 }
 
@@ -100,6 +112,9 @@ int run_daemon(std::shared_ptr<const config::Config> config) {
                config->listen.host, config->listen.port, workers, config->services.size());
 
   asio::co_spawn(io, accept_loop(acceptor, context), asio::detached);
+  for (auto& [name, service] : context->services) {
+    asio::co_spawn(asio::make_strand(io), service->pool->maintain(), asio::detached);
+  }
 
   asio::signal_set signals(io, SIGTERM, SIGINT);
   signals.async_wait([&](const net::error_code& ec, int signal) {

@@ -4,7 +4,10 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <fmt/format.h>
+
+#include <random>
 
 namespace pgsluice::pool {
 
@@ -18,10 +21,58 @@ struct Pool::Waiter {
   bool resolved = false;                   // served or failed: no longer in waiters_
 };
 
-Pool::Pool(PoolSettings settings, Connector connector)
-    : settings_(std::move(settings)), connector_(std::move(connector)) {}
+Pool::Pool(PoolSettings settings, Connector connector, HealthCheck health_check)
+    : settings_(std::move(settings)), connector_(std::move(connector)), health_check_(std::move(health_check)) {}
+
+Clock::time_point Pool::lifetime_deadline() const {
+  if (settings_.max_lifetime.count() <= 0) return Clock::time_point::max();
+  // ±10 % jitter so that connections opened together are not all closed together.
+  thread_local std::minstd_rand random(std::random_device{}());
+  const auto spread = settings_.max_lifetime.count() / 5;
+  const auto jitter = spread > 0 ? static_cast<std::int64_t>(random() % static_cast<std::uint64_t>(spread)) - spread / 2 : 0;
+  return Clock::now() + settings_.max_lifetime + std::chrono::milliseconds(jitter);
+}
+
+asio::awaitable<std::unique_ptr<Connection>> Pool::take_idle() {
+  for (;;) {
+    std::unique_ptr<Connection> connection;
+    {
+      std::lock_guard lock(mutex_);
+      if (idle_.empty() || !waiters_.empty() || closed_) co_return nullptr;
+      connection = std::move(idle_.back());
+      idle_.pop_back();
+      ++busy_;  // counted while checked, so the slot is not given away meanwhile
+    }
+    const auto now = Clock::now();
+    bool usable = now < connection->expires_at;
+    bool lifetime_expired = !usable;
+    if (usable && health_check_ && now - connection->last_used > settings_.health_check_after_idle) {
+      try {
+        usable = co_await health_check_(*connection);
+      } catch (const std::exception&) {
+        usable = false;
+      }
+    }
+    if (usable) {
+      connection->last_used = Clock::now();
+      co_return connection;
+    }
+    std::lock_guard lock(mutex_);
+    --busy_;
+    if (lifetime_expired) {
+      ++counters_.closed_lifetime;
+    } else {
+      ++counters_.health_check_failures;
+    }
+    // `connection` is closed as it goes out of scope; the lease goes on with the next one.
+  }
+}
 
 Pool::~Pool() = default;
+
+AcquireResult Pool::closed_result() const {
+  return AcquireResult{nullptr, AcquireError::closed, "pgsluice: service \"" + settings_.service + "\" is shutting down"};
+}
 
 std::string Pool::state_text_locked() const {
   return fmt::format("{}/{} busy, {} waiting", busy_ + connecting_, settings_.max_connections, waiters_.size());
@@ -45,14 +96,13 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
   {
     std::lock_guard lock(mutex_);
     ++counters_.acquires;
-    if (closed_) co_return AcquireResult{nullptr, AcquireError::closed, "pgsluice: service \"" + settings_.service + "\" is shutting down"};
-    if (!idle_.empty() && waiters_.empty()) {
-      auto connection = std::move(idle_.back());
-      idle_.pop_back();
-      ++busy_;
-      co_return AcquireResult{std::move(connection), {}, {}};
-    }
-    if (busy_ + connecting_ + static_cast<int>(idle_.size()) < settings_.max_connections && waiters_.empty()) {
+    if (closed_) co_return closed_result();
+  }
+  if (auto connection = co_await take_idle()) co_return AcquireResult{std::move(connection), {}, {}};
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) co_return closed_result();
+    if (total_locked() < settings_.max_connections && waiters_.empty()) {
       ++connecting_;
     } else if (static_cast<int>(waiters_.size()) >= settings_.max_waiting_clients) {
       ++counters_.too_many_waiting;
@@ -78,8 +128,7 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
     if (waiter->may_connect) {
       // The slot was already counted in connecting_: fall through to connect.
     } else if (waiter->resolved) {
-      co_return AcquireResult{nullptr, AcquireError::closed,
-                              "pgsluice: service \"" + settings_.service + "\" is shutting down"};
+      co_return closed_result();
     } else {
       std::erase(waiters_, waiter);
       ++counters_.acquire_timeouts;
@@ -98,6 +147,7 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
   } catch (const std::exception& e) {
     error = e.what();
   }
+  if (connection) connection->expires_at = lifetime_deadline();
   std::lock_guard lock(mutex_);
   --connecting_;
   if (connection) {
@@ -122,8 +172,13 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
 void Pool::release(std::unique_ptr<Connection> connection, bool reusable) {
   std::unique_ptr<Connection> doomed;  // destroyed outside the lock
   std::lock_guard lock(mutex_);
+  const auto now = Clock::now();
+  if (reusable && now >= connection->expires_at) {
+    reusable = false;
+    ++counters_.closed_lifetime;
+  }
   if (reusable && !closed_) {
-    connection->last_used = Clock::now();
+    connection->last_used = now;
     if (!waiters_.empty()) {
       hand_over_locked(std::move(connection));  // stays busy: the lease passes to the waiter
       return;
@@ -140,6 +195,62 @@ void Pool::release(std::unique_ptr<Connection> connection, bool reusable) {
     next->may_connect = true;
     ++connecting_;
     wake_locked(next);
+  }
+}
+
+asio::awaitable<void> Pool::maintain() {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  for (;;) {
+    std::vector<std::unique_ptr<Connection>> doomed;
+    int to_open = 0;
+    {
+      std::lock_guard lock(mutex_);
+      if (closed_) co_return;
+      const auto now = Clock::now();
+      // Oldest-used first: idle_ keeps the most recently used at the back.
+      for (auto it = idle_.begin(); it != idle_.end();) {
+        const bool expired = now >= (*it)->expires_at;
+        const bool surplus = total_locked() - static_cast<int>(doomed.size()) > settings_.min_connections &&
+                             now - (*it)->last_used >= settings_.idle_timeout;
+        if (expired || surplus) {
+          ++(expired ? counters_.closed_lifetime : counters_.closed_idle);
+          doomed.push_back(std::move(*it));
+          it = idle_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      to_open = std::max(0, settings_.min_connections - total_locked());
+      connecting_ += to_open;
+    }
+    doomed.clear();
+    for (int i = 0; i < to_open; ++i) {
+      std::string error;
+      std::unique_ptr<Connection> connection;
+      try {
+        connection = co_await connector_(error);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      if (connection) connection->expires_at = lifetime_deadline();
+      std::lock_guard lock(mutex_);
+      --connecting_;
+      if (!connection) {
+        ++counters_.connect_failures;
+        connecting_ -= to_open - i - 1;  // give back the slots of the connects not tried
+        break;
+      }
+      ++counters_.connects;
+      if (closed_) break;
+      if (!waiters_.empty()) {
+        ++busy_;
+        hand_over_locked(std::move(connection));
+      } else {
+        idle_.push_back(std::move(connection));
+      }
+    }
+    timer.expires_after(std::chrono::seconds(1));
+    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
   }
 }
 

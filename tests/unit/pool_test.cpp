@@ -8,6 +8,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <catch.hpp>
 
+#include <set>
+
 #include "pgsluice/pool/pool.hpp"
 
 namespace asio = boost::asio;
@@ -27,16 +29,26 @@ struct Harness {
   bool fail_connects = false;
   std::shared_ptr<Pool> pool;
 
-  explicit Harness(int max, std::chrono::milliseconds timeout = 200ms, int max_waiting = 100) {
-    PoolSettings settings{.service = "feed", .max_connections = max, .min_connections = 0,
-                          .acquire_timeout = timeout, .max_waiting_clients = max_waiting};
-    pool = std::make_shared<Pool>(settings, [this](std::string& error) -> asio::awaitable<std::unique_ptr<Connection>> {
-      if (fail_connects) {
-        error = "connection refused";
-        co_return nullptr;
-      }
-      co_return std::make_unique<FakeConnection>(next_id++);
-    });
+  std::set<int> unhealthy;  // ids whose health check fails
+
+  explicit Harness(int max, std::chrono::milliseconds timeout = 200ms, int max_waiting = 100,
+                   PoolSettings settings = {}) {
+    settings.service = "feed";
+    settings.max_connections = max;
+    settings.acquire_timeout = timeout;
+    settings.max_waiting_clients = max_waiting;
+    pool = std::make_shared<Pool>(
+        settings,
+        [this](std::string& error) -> asio::awaitable<std::unique_ptr<Connection>> {
+          if (fail_connects) {
+            error = "connection refused";
+            co_return nullptr;
+          }
+          co_return std::make_unique<FakeConnection>(next_id++);
+        },
+        [this](Connection& connection) -> asio::awaitable<bool> {
+          co_return !unhealthy.contains(static_cast<FakeConnection&>(connection).id);
+        });
   }
 
   // Runs `body` as a coroutine to completion.
@@ -207,4 +219,56 @@ TEST_CASE("close fails waiters and refuses new acquires", "[pool]") {
     h.pool->release(std::move(held.connection), true);
   });
   CHECK(h.pool->stats().idle == 0);
+}
+
+TEST_CASE("maintain opens min_connections before any client asks", "[pool]") {
+  PoolSettings settings;
+  settings.min_connections = 3;
+  Harness h(5, 200ms, 100, settings);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    asio::co_spawn(executor, h.pool->maintain(), asio::detached);
+    asio::steady_timer pause(executor, 50ms);
+    co_await pause.async_wait(asio::use_awaitable);
+    CHECK(h.pool->stats().idle == 3);
+    CHECK(h.pool->stats().connects == 3);
+    h.pool->close();
+  });
+}
+
+TEST_CASE("an idle connection that fails its health check is discarded and the lease goes on", "[pool]") {
+  PoolSettings settings;
+  settings.health_check_after_idle = 0ms;
+  Harness h(2, 200ms, 100, settings);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto first = co_await h.pool->acquire(executor);
+    REQUIRE(id_of(first) == 1);
+    h.pool->release(std::move(first.connection), true);
+    h.unhealthy.insert(1);
+    asio::steady_timer pause(executor, 2ms);
+    co_await pause.async_wait(asio::use_awaitable);
+    auto next = co_await h.pool->acquire(executor);
+    REQUIRE(next);
+    CHECK(id_of(next) == 2);
+    h.pool->release(std::move(next.connection), true);
+  });
+  CHECK(h.pool->stats().health_check_failures == 1);
+  CHECK(h.pool->stats().idle == 1);
+}
+
+TEST_CASE("a connection past max_lifetime is closed when returned", "[pool]") {
+  PoolSettings settings;
+  settings.max_lifetime = 20ms;
+  Harness h(1, 200ms, 100, settings);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto lease = co_await h.pool->acquire(executor);
+    asio::steady_timer pause(executor, 40ms);
+    co_await pause.async_wait(asio::use_awaitable);
+    h.pool->release(std::move(lease.connection), true);
+  });
+  CHECK(h.pool->stats().closed_lifetime == 1);
+  CHECK(h.pool->stats().idle == 0);
+  CHECK(h.pool->stats().busy == 0);
 }

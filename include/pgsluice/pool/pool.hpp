@@ -23,6 +23,7 @@ class Connection {
   virtual ~Connection() = default;
   Clock::time_point created_at = Clock::now();
   Clock::time_point last_used = Clock::now();
+  Clock::time_point expires_at = Clock::time_point::max();  // max_lifetime, with jitter
 };
 
 struct PoolSettings {
@@ -31,6 +32,9 @@ struct PoolSettings {
   int min_connections = 0;
   std::chrono::milliseconds acquire_timeout{1000};
   int max_waiting_clients = 1000;
+  std::chrono::milliseconds idle_timeout{600'000};             // idle above min are closed after this
+  std::chrono::milliseconds max_lifetime{3'600'000};           // 0 = unlimited; ±10 % jitter
+  std::chrono::milliseconds health_check_after_idle{30'000};   // idle longer: checked before lease
 };
 
 // Why an acquire failed; the session turns it into the SQLSTATE of DESIGN §7.
@@ -45,6 +49,8 @@ struct AcquireResult {
 
 // Opens one new connection; returns nullptr and sets `error` on failure.
 using Connector = std::function<boost::asio::awaitable<std::unique_ptr<Connection>>(std::string& error)>;
+// Tells whether an idle connection still works (the server layer runs an empty query).
+using HealthCheck = std::function<boost::asio::awaitable<bool>(Connection&)>;
 
 struct PoolStats {
   int idle = 0;
@@ -56,11 +62,14 @@ struct PoolStats {
   std::uint64_t too_many_waiting = 0;
   std::uint64_t connects = 0;
   std::uint64_t connect_failures = 0;
+  std::uint64_t health_check_failures = 0;
+  std::uint64_t closed_idle = 0;      // idle_timeout
+  std::uint64_t closed_lifetime = 0;  // max_lifetime
 };
 
 class Pool : public std::enable_shared_from_this<Pool> {
  public:
-  Pool(PoolSettings settings, Connector connector);
+  Pool(PoolSettings settings, Connector connector, HealthCheck health_check = {});
   ~Pool();
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
@@ -71,6 +80,10 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // Gives a leased connection back. `reusable` false (broken, dirty, failed reset) closes it.
   void release(std::unique_ptr<Connection> connection, bool reusable);
 
+  // Background upkeep until close(): opens connections up to min_connections, closes idle ones past
+  // idle_timeout (above min) or max_lifetime. Spawn once per pool on any executor.
+  boost::asio::awaitable<void> maintain();
+
   PoolStats stats() const;
   const PoolSettings& settings() const { return settings_; }
   // Closes idle connections and fails every waiter; leases still out are closed when released.
@@ -79,11 +92,17 @@ class Pool : public std::enable_shared_from_this<Pool> {
  private:
   struct Waiter;
   std::string state_text_locked() const;
+  AcquireResult closed_result() const;
+  int total_locked() const { return busy_ + connecting_ + static_cast<int>(idle_.size()); }
+  Clock::time_point lifetime_deadline() const;
+  // An idle connection to lease, health-checked when it sat idle too long; nullptr when none.
+  boost::asio::awaitable<std::unique_ptr<Connection>> take_idle();
   void hand_over_locked(std::unique_ptr<Connection> connection);
   void wake_locked(const std::shared_ptr<Waiter>& waiter);
 
   PoolSettings settings_;
   Connector connector_;
+  HealthCheck health_check_;
   mutable std::mutex mutex_;
   std::vector<std::unique_ptr<Connection>> idle_;  // most recently used at the back
   std::deque<std::shared_ptr<Waiter>> waiters_;
