@@ -51,9 +51,11 @@ std::shared_ptr<session::Service> make_service(const config::Config& config, con
     auto connection = co_await server::ServerConnection::connect(executor, shared_target, error);
     co_return std::unique_ptr<pool::Connection>(std::move(connection));
   };
-  // An empty query: the cheapest round trip that proves the backend still answers (DESIGN §3).
-  auto health_check = [shared_target](pool::Connection& connection) -> asio::awaitable<bool> {
+  // An empty query is the cheapest round trip that proves the backend still answers (DESIGN §3).
+  auto health_check = [shared_target](pool::Connection& connection, bool thorough) -> asio::awaitable<bool> {
     auto& server = static_cast<server::ServerConnection&>(connection);
+    if (!server.idle_and_open()) co_return false;
+    if (!thorough) co_return true;
     asio::steady_timer timer(co_await asio::this_coro::executor, shared_target->connect_timeout);
     auto outcome = co_await (server.run_discarding("") || timer.async_wait(net::use_nothrow));
     co_return outcome.index() == 0 && std::get<0>(outcome);

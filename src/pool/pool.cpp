@@ -46,9 +46,10 @@ asio::awaitable<std::unique_ptr<Connection>> Pool::take_idle() {
     const auto now = Clock::now();
     bool usable = now < connection->expires_at;
     bool lifetime_expired = !usable;
-    if (usable && health_check_ && now - connection->last_used > settings_.health_check_after_idle) {
+    if (usable && health_check_) {
+      const bool thorough = now - connection->last_used > settings_.health_check_after_idle;
       try {
-        usable = co_await health_check_(*connection);
+        usable = co_await health_check_(*connection, thorough);
       } catch (const std::exception&) {
         usable = false;
       }

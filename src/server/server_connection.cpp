@@ -7,6 +7,9 @@
 #include <boost/asio/this_coro.hpp>
 #include <spdlog/spdlog.h>
 #include <strings.h>
+#include <sys/socket.h>
+
+#include <cerrno>
 
 #include "pgsluice/protocol/builder.hpp"
 #include "pgsluice/protocol/md5.hpp"
@@ -57,6 +60,13 @@ void ServerConnection::close() {
   socket_.non_blocking(true, ec);
   socket_.write_some(asio::buffer(kTerminate), ec);
   socket_.close(ec);
+}
+
+bool ServerConnection::idle_and_open() {
+  if (!socket_.is_open() || !buffer_.empty()) return false;
+  std::uint8_t probe;
+  const auto received = ::recv(socket_.native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+  return received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 net::awaitable<std::unique_ptr<ServerConnection>> ServerConnection::connect(

@@ -30,6 +30,7 @@ struct Harness {
   std::shared_ptr<Pool> pool;
 
   std::set<int> unhealthy;  // ids whose health check fails
+  int thorough_checks = 0;
 
   explicit Harness(int max, std::chrono::milliseconds timeout = 200ms, int max_waiting = 100,
                    PoolSettings settings = {}) {
@@ -46,7 +47,8 @@ struct Harness {
           }
           co_return std::make_unique<FakeConnection>(next_id++);
         },
-        [this](Connection& connection) -> asio::awaitable<bool> {
+        [this](Connection& connection, bool thorough) -> asio::awaitable<bool> {
+          if (thorough) ++thorough_checks;
           co_return !unhealthy.contains(static_cast<FakeConnection&>(connection).id);
         });
   }
@@ -254,6 +256,7 @@ TEST_CASE("an idle connection that fails its health check is discarded and the l
     h.pool->release(std::move(next.connection), true);
   });
   CHECK(h.pool->stats().health_check_failures == 1);
+  CHECK(h.thorough_checks == 1);
   CHECK(h.pool->stats().idle == 1);
 }
 

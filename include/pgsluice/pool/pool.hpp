@@ -49,8 +49,9 @@ struct AcquireResult {
 
 // Opens one new connection; returns nullptr and sets `error` on failure.
 using Connector = std::function<boost::asio::awaitable<std::unique_ptr<Connection>>(std::string& error)>;
-// Tells whether an idle connection still works (the server layer runs an empty query).
-using HealthCheck = std::function<boost::asio::awaitable<bool>(Connection&)>;
+// Tells whether an idle connection still works. `thorough` (idle past health_check_after_idle): a
+// round trip to the server; otherwise a cheap local look (did the server close it meanwhile?).
+using HealthCheck = std::function<boost::asio::awaitable<bool>(Connection&, bool thorough)>;
 
 struct PoolStats {
   int idle = 0;

@@ -61,6 +61,10 @@ class ServerConnection : public pool::Connection {
   net::awaitable<bool> run_discarding(std::string_view sql);
   // After DISCARD ALL / RESET ALL: what pgsluice had applied is gone.
   void forget_applied_parameters() { applied_.clear(); }
+  // A look at an idle connection's socket without a round trip: false when the server closed it or
+  // sent something (an idle server sends nothing but a FATAL before it goes, e.g. after
+  // pg_terminate_backend).
+  bool idle_and_open();
   // Sends Terminate and closes the socket.
   void close();
 
