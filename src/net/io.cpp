@@ -18,6 +18,16 @@ awaitable<error_code> write_all(tcp::socket& socket, std::span<const std::uint8_
   co_return ec;
 }
 
+awaitable<error_code> write_all(tcp::socket& socket, const std::vector<std::span<const std::uint8_t>>& pieces) {
+  if (pieces.size() == 1) co_return co_await write_all(socket, pieces.front());
+  std::vector<asio::const_buffer> buffers;
+  buffers.reserve(pieces.size());
+  for (auto piece : pieces) buffers.emplace_back(piece.data(), piece.size());
+  auto [ec, n] = co_await asio::async_write(socket, buffers, use_nothrow);
+  (void)n;
+  co_return ec;
+}
+
 awaitable<protocol::Result<protocol::MessageView>> read_message(tcp::socket& socket, MessageBuffer& buffer,
                                                                  std::size_t max_message_size) {
   for (;;) {

@@ -1,6 +1,7 @@
 #include "pgsluice/server/server_connection.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -34,6 +35,11 @@ std::string describe_error(protocol::Bytes payload) {
   return fields->sqlstate + " " + fields->message;
 }
 
+std::uint64_t next_connection_id() {
+  static std::atomic<std::uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
 }  // namespace
 
 bool is_tracked_parameter(std::string_view name) {
@@ -48,7 +54,7 @@ bool GucNameLess::operator()(const std::string& a, const std::string& b) const {
 }
 
 ServerConnection::ServerConnection(net::tcp::socket socket, std::shared_ptr<const ServerTarget> target)
-    : socket_(std::move(socket)), target_(std::move(target)) {}
+    : socket_(std::move(socket)), target_(std::move(target)), id_(next_connection_id()) {}
 
 ServerConnection::~ServerConnection() { close(); }
 

@@ -223,6 +223,7 @@ net::awaitable<bool> ClientSession::authenticate(const std::string& user) {
 
 net::awaitable<bool> ClientSession::finish_login() {
   service_ = context_->find_service(user_, database_);
+  if (service_) rewrite_statements_ = service_->config.mode != config::PoolMode::session;
   if (!service_) {
     co_await send_fatal("3D000", "database \"" + database_ + "\" does not exist (pgsluice: no service matches user \"" +
                                      user_ + "\" and database \"" + database_ + "\")");

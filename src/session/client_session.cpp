@@ -20,7 +20,8 @@ ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionCon
       context_(std::move(context)),
       config_(context_->config),
       max_message_size_(config_->max_message_size),
-      server_reader_done_(socket_.get_executor()) {
+      server_reader_done_(socket_.get_executor()),
+      client_write_unlocked_(socket_.get_executor()) {
   net::error_code ec;
   auto endpoint = socket_.remote_endpoint(ec);
   if (!ec) peer_ = endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
@@ -35,6 +36,33 @@ ClientSession::~ClientSession() {
 net::awaitable<bool> ClientSession::write_client(const Buffer& bytes) {
   auto ec = co_await net::write_all(socket_, bytes);
   co_return !ec;
+}
+
+net::awaitable<void> ClientSession::lock_client_writes() {
+  while (client_write_locked_) co_await client_write_unlocked_.wait();
+  client_write_locked_ = true;
+}
+
+void ClientSession::unlock_client_writes() {
+  client_write_locked_ = false;
+  client_write_unlocked_.notify();
+}
+
+net::awaitable<bool> ClientSession::write_client_locked(Outgoing& out) {
+  co_await lock_client_writes();
+  auto ec = co_await net::write_all(socket_, out.pieces());
+  unlock_client_writes();
+  co_return !ec;
+}
+
+net::awaitable<bool> ClientSession::send_due_replies() {
+  co_await lock_client_writes();
+  Outgoing out;
+  statements_.take_due_replies(out);
+  bool ok = true;
+  if (!out.empty()) ok = !co_await net::write_all(socket_, out.pieces());
+  unlock_client_writes();
+  co_return ok;
 }
 
 net::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate, std::string_view message) {
@@ -208,14 +236,28 @@ net::awaitable<void> ClientSession::relay() {
         server_reader_running_ = true;
         asio::co_spawn(socket_.get_executor(), server_reader(), asio::detached);
       }
-      client_writing_ = true;
-      auto ec = co_await net::write_all(server_->socket(), run);
-      client_writing_ = false;
+      Outgoing out;
+      if (rewrite_statements_) {
+        for (std::size_t at = 0; at < offset;) {
+          auto frame = protocol::next_frame(run.subspan(at), max_message_size_);
+          statements_.client_message(frame.message, server_->statements(), server_->id(), out);
+          at += frame.message.frame.size();
+        }
+      } else {
+        out.append(run);
+      }
+      net::error_code ec;
+      if (!out.empty()) {
+        client_writing_ = true;
+        ec = co_await net::write_all(server_->socket(), out.pieces());
+        client_writing_ = false;
+      }
       buffer_.consume(offset);
       if (ec) {
         // The server reader sees the same failure and tells the client.
         co_return;
       }
+      if (rewrite_statements_ && statements_.has_due_replies() && !co_await send_due_replies()) co_return;
     }
     if (terminate) co_return;
     if (closing_) co_return;
@@ -275,15 +317,31 @@ net::awaitable<void> ClientSession::server_reader() {
     }
     if (server_lost) break;
     if (offset > 0) {
-      auto ec = co_await net::write_all(socket_, data.first(offset));
+      Outgoing out;
+      if (rewrite_statements_) {
+        for (std::size_t at = 0; at < offset;) {
+          auto frame = protocol::next_frame(data.subspan(at), max_size);
+          statements_.take_due_replies(out);
+          if (statements_.server_message(frame.message.type, server_->statements()) ==
+              StatementTracker::Disposition::relay) {
+            out.append(frame.message.frame);
+          }
+          at += frame.message.frame.size();
+        }
+        statements_.take_due_replies(out);
+      } else {
+        out.append(data.first(offset));
+      }
+      bool ok = out.empty() || co_await write_client_locked(out);
       buffer.consume(offset);
-      if (ec) {
+      if (!ok) {
         closing_ = true;  // the client is gone; the client reader will notice too
         break;
       }
     }
     if (ready_seen && service_->config.mode != config::PoolMode::session && transaction_status_ == 'I' &&
-        expected_ready_ == 0 && !in_extended_batch_ && !client_writing_ && buffer.empty() && !stop_server_reader_) {
+        expected_ready_ == 0 && !in_extended_batch_ && !client_writing_ && buffer.empty() && !stop_server_reader_ &&
+        statements_.idle()) {
       release_server(true);
       break;
     }
@@ -295,7 +353,9 @@ net::awaitable<void> ClientSession::server_reader() {
     Buffer out;
     protocol::append_error_response(out, protocol::Severity::fatal, "08006",
                                     "pgsluice: server connection lost (" + lost_reason + ")");
+    co_await lock_client_writes();
     co_await write_client(out);
+    unlock_client_writes();
     net::error_code ignored;
     socket_.shutdown(net::tcp::socket::shutdown_both, ignored);
     socket_.cancel(ignored);
@@ -317,13 +377,14 @@ net::awaitable<void> ClientSession::stop_server_reader() {
 net::awaitable<void> ClientSession::finish_server() {
   co_await stop_server_reader();
   if (!server_) co_return;
-  const bool clean = transaction_status_ == 'I' && expected_ready_ == 0 && !in_extended_batch_ &&
+  const bool clean = transaction_status_ == 'I' && expected_ready_ == 0 && !in_extended_batch_ && statements_.idle() &&
                      server_->buffer().empty();
   bool reusable = clean;
   if (clean && service_->config.mode == config::PoolMode::session) {
     // Session mode: whatever the client changed is reset before the next client (DESIGN §2).
     reusable = co_await server_->run_discarding("DISCARD ALL");
     server_->forget_applied_parameters();
+    server_->statements().clear();
   }
   release_server(reusable);
 }

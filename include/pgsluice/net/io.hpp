@@ -8,6 +8,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <chrono>
 #include <span>
+#include <vector>
 
 #include "pgsluice/net/message_buffer.hpp"
 #include "pgsluice/protocol/message.hpp"
@@ -28,6 +29,8 @@ inline constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
 awaitable<error_code> read_some(tcp::socket& socket, MessageBuffer& buffer, std::size_t min_free = 4096);
 // Writes all bytes.
 awaitable<error_code> write_all(tcp::socket& socket, std::span<const std::uint8_t> bytes);
+// Writes all pieces, in order, with one gathered write.
+awaitable<error_code> write_all(tcp::socket& socket, const std::vector<std::span<const std::uint8_t>>& pieces);
 
 // Reads until one whole typed message is at the front of the buffer and returns a view of it (the
 // caller consumes it). A malformed frame is returned as an error with its SQLSTATE; a socket error

@@ -13,6 +13,7 @@
 #include "pgsluice/net/io.hpp"
 #include "pgsluice/pool/pool.hpp"
 #include "pgsluice/protocol/backend_messages.hpp"
+#include "pgsluice/server/server_statements.hpp"
 
 namespace pgsluice::server {
 
@@ -44,6 +45,9 @@ class ServerConnection : public pool::Connection {
   ~ServerConnection() override;
 
   net::tcp::socket& socket() { return socket_; }
+  // Unique per connection for the life of the process (tells whether a client moved).
+  std::uint64_t id() const { return id_; }
+  ServerStatements& statements() { return statements_; }
   net::MessageBuffer& buffer() { return buffer_; }
   const ServerTarget& target() const { return *target_; }
   // The key this connection's backend gave us, for forwarding CancelRequests.
@@ -78,6 +82,8 @@ class ServerConnection : public pool::Connection {
 
   net::tcp::socket socket_;
   std::shared_ptr<const ServerTarget> target_;
+  std::uint64_t id_;
+  ServerStatements statements_;
   net::MessageBuffer buffer_;
   protocol::BackendKeyData key_;
   ParameterMap parameters_;

@@ -15,6 +15,7 @@
 #include "pgsluice/protocol/builder.hpp"
 #include "pgsluice/server/server_connection.hpp"
 #include "pgsluice/session/session_context.hpp"
+#include "pgsluice/session/statement_tracker.hpp"
 
 namespace pgsluice::session {
 
@@ -48,6 +49,13 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void fail_run(protocol::Bytes run, const std::string& sqlstate, const std::string& error, protocol::Buffer& out);
   net::awaitable<void> send_fatal(std::string_view sqlstate, std::string_view message);
   net::awaitable<bool> write_client(const protocol::Buffer& bytes);
+  // Both coroutines may owe the client bytes in transaction mode (replies pgsluice makes itself):
+  // whoever writes to the client holds this, so runs never interleave.
+  net::awaitable<void> lock_client_writes();
+  void unlock_client_writes();
+  net::awaitable<bool> write_client_locked(Outgoing& out);
+  // Replies made by pgsluice that nothing the server owes comes before (e.g. CloseComplete + Flush).
+  net::awaitable<bool> send_due_replies();
 
   net::tcp::socket socket_;
   std::shared_ptr<SessionContext> context_;
@@ -74,6 +82,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool skip_until_sync_ = false;    // a failed extended batch: drop messages until Sync
   char transaction_status_ = 'I';
   bool closing_ = false;
+  bool rewrite_statements_ = false;  // transaction and statement modes: named statements are mapped
+  StatementTracker statements_;
+  bool client_write_locked_ = false;
+  net::Event client_write_unlocked_;
 
   // What forward_cancel() needs, guarded: it runs on another connection's strand.
   std::mutex cancel_mutex_;

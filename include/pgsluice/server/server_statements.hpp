@@ -1,0 +1,33 @@
+#pragma once
+// The prepared statements pgsluice created on one server connection, under its own names, with an
+// LRU bound (DESIGN §2). The same statement text and parameter types get the same name everywhere,
+// so a statement used by many clients is parsed once per server connection.
+#include <cstddef>
+#include <list>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+namespace pgsluice::server {
+
+class ServerStatements {
+ public:
+  explicit ServerStatements(std::size_t capacity = 512) : capacity_(capacity) {}
+
+  bool contains(const std::string& name) const { return index_.contains(name); }
+  // Counted from the moment its Parse is sent, so that a pipeline does not parse it twice.
+  void add(const std::string& name);
+  void forget(const std::string& name);
+  void touch(const std::string& name);
+  void clear();
+  std::size_t size() const { return index_.size(); }
+  // When full: the least recently used name, removed here; the caller closes it on the server.
+  std::optional<std::string> evict_if_full();
+
+ private:
+  std::size_t capacity_;
+  std::list<std::string> order_;  // most recently used at the front
+  std::unordered_map<std::string, std::list<std::string>::iterator> index_;
+};
+
+}  // namespace pgsluice::server

@@ -1,0 +1,76 @@
+#pragma once
+// Transaction-mode prepared statements (DESIGN §2). A client's named statements live in pgsluice,
+// mapped to server-side names keyed by (query text, parameter types); whichever server connection
+// the client is given, missing statements are parsed there first and the injected replies are
+// swallowed. Every message sent to the server queues what it will answer, so that replies pgsluice
+// makes itself (ParseComplete for a statement the server already has, CloseComplete, 42P05) go to
+// the client at exactly the place Postgres would have put them, and so that an ErrorResponse
+// unwinds the bookkeeping the way the server skips messages up to the next Sync.
+// No sockets here: the session feeds messages in and writes what comes out.
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <unordered_map>
+
+#include "pgsluice/protocol/message.hpp"
+#include "pgsluice/server/server_statements.hpp"
+#include "pgsluice/session/outgoing.hpp"
+
+namespace pgsluice::session {
+
+class StatementTracker {
+ public:
+  enum class Disposition { relay, swallow };
+
+  // One client message: appends what goes to the server to `to_server` (possibly nothing).
+  void client_message(const protocol::MessageView& message, server::ServerStatements& server,
+                      std::uint64_t server_id, Outgoing& to_server);
+  // One server message, in order: relay it to the client or swallow it (a reply to an injection).
+  Disposition server_message(char type, server::ServerStatements& server);
+  // Replies pgsluice makes itself that are due now (nothing the server owes comes before them).
+  void take_due_replies(Outgoing& to_client);
+  bool has_due_replies() const { return !queue_.empty() && queue_.front().fake; }
+  // No reply outstanding: the server connection may go back to the pool.
+  bool idle() const { return queue_.empty(); }
+
+  // The server-side name for a statement: the same text and types give the same name.
+  static std::string server_name(std::string_view query, protocol::Bytes parameter_types);
+
+  std::size_t client_statement_count() const { return statements_.size(); }
+
+ private:
+  struct Statement {
+    std::string query;
+    std::string parameter_types;  // as sent in Parse
+    std::string server_name;
+  };
+  enum class Kind : std::uint8_t { parse, bind, describe_statement, describe_portal, close, execute, sync, simple };
+  struct Expectation {
+    Kind kind;
+    bool swallow = false;          // injected by pgsluice: the client never sees the reply
+    bool fake = false;             // not sent: `reply` goes to the client in its place
+    protocol::Buffer reply{};      // fake only
+    std::string server_name{};     // parse: forgotten on the server if it fails or is skipped
+    std::string client_name{};     // parse: the client's name, dropped if the Parse fails or is skipped
+    bool eviction = false;         // close: an LRU eviction (the statement stays if it is skipped)
+  };
+
+  void expect(Kind kind, bool swallow = false) { queue_.push_back(Expectation{.kind = kind, .swallow = swallow}); }
+  void expect_fake(protocol::Buffer reply, std::string client_name = {});
+  // Makes sure `statement` exists on the server, injecting a Parse (and an eviction Close) if not.
+  void ensure_on_server(const Statement& statement, server::ServerStatements& server, Outgoing& to_server);
+  void ensure_unnamed_on_server(std::uint64_t server_id, Outgoing& to_server);
+  // The server will never answer this one (error, skipped): undo what it would have done.
+  void abandon(const Expectation& expectation, server::ServerStatements& server);
+  // Handles DEALLOCATE / DISCARD ALL sent as a simple query. True when the query was answered here.
+  bool simple_query(const protocol::MessageView& message, server::ServerStatements& server, Outgoing& to_server);
+
+  std::unordered_map<std::string, Statement> statements_;  // by the client's name
+  Statement unnamed_;
+  bool has_unnamed_ = false;
+  std::uint64_t unnamed_server_id_ = 0;  // the server connection the unnamed statement was parsed on
+  bool skip_until_sync_ = false;         // after a 42P05 pgsluice answered, like the server would
+  std::deque<Expectation> queue_;
+};
+
+}  // namespace pgsluice::session

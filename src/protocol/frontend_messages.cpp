@@ -1,0 +1,58 @@
+#include "pgsluice/protocol/frontend_messages.hpp"
+
+namespace pgsluice::protocol {
+
+Result<ParseView> parse_parse(Bytes payload) {
+  PayloadReader reader(payload);
+  ParseView view;
+  view.statement = reader.cstring();
+  view.query = reader.cstring();
+  view.parameter_types = reader.rest();
+  if (!reader.ok() || view.parameter_types.size() < 2) return protocol_violation("malformed Parse message");
+  const auto count = read_u16(view.parameter_types.data());
+  if (view.parameter_types.size() != 2 + std::size_t{count} * 4) return protocol_violation("malformed Parse message");
+  return view;
+}
+
+Result<BindView> parse_bind(Bytes payload) {
+  PayloadReader reader(payload);
+  BindView view;
+  view.portal = reader.cstring();
+  view.statement = reader.cstring();
+  view.rest = reader.rest();
+  if (!reader.ok()) return protocol_violation("malformed Bind message");
+  return view;
+}
+
+Result<TargetView> parse_describe_or_close(Bytes payload) {
+  PayloadReader reader(payload);
+  TargetView view;
+  view.kind = static_cast<char>(reader.byte());
+  view.name = reader.cstring();
+  if (!reader.ok() || !reader.at_end() || (view.kind != 'S' && view.kind != 'P')) {
+    return protocol_violation("malformed Describe or Close message");
+  }
+  return view;
+}
+
+void append_parse(Buffer& out, std::string_view statement, std::string_view query, Bytes parameter_types) {
+  MessageBuilder(out).begin('P').cstring(statement).cstring(query).bytes(as_string_view(parameter_types)).end();
+}
+
+void append_bind(Buffer& out, std::string_view portal, std::string_view statement, Bytes rest) {
+  MessageBuilder(out).begin('B').cstring(portal).cstring(statement).bytes(as_string_view(rest)).end();
+}
+
+void append_describe(Buffer& out, char kind, std::string_view name) {
+  MessageBuilder(out).begin('D').byte(static_cast<std::uint8_t>(kind)).cstring(name).end();
+}
+
+void append_close(Buffer& out, char kind, std::string_view name) {
+  MessageBuilder(out).begin('C').byte(static_cast<std::uint8_t>(kind)).cstring(name).end();
+}
+
+void append_parse_complete(Buffer& out) { MessageBuilder(out).begin('1').end(); }
+
+void append_close_complete(Buffer& out) { MessageBuilder(out).begin('3').end(); }
+
+}  // namespace pgsluice::protocol

@@ -1,0 +1,38 @@
+#include "pgsluice/server/server_statements.hpp"
+
+namespace pgsluice::server {
+
+void ServerStatements::add(const std::string& name) {
+  if (auto it = index_.find(name); it != index_.end()) {
+    order_.splice(order_.begin(), order_, it->second);
+    return;
+  }
+  order_.push_front(name);
+  index_.emplace(name, order_.begin());
+}
+
+void ServerStatements::forget(const std::string& name) {
+  auto it = index_.find(name);
+  if (it == index_.end()) return;
+  order_.erase(it->second);
+  index_.erase(it);
+}
+
+void ServerStatements::touch(const std::string& name) {
+  if (auto it = index_.find(name); it != index_.end()) order_.splice(order_.begin(), order_, it->second);
+}
+
+void ServerStatements::clear() {
+  order_.clear();
+  index_.clear();
+}
+
+std::optional<std::string> ServerStatements::evict_if_full() {
+  if (index_.size() < capacity_ || order_.empty()) return std::nullopt;
+  std::string victim = std::move(order_.back());
+  order_.pop_back();
+  index_.erase(victim);
+  return victim;
+}
+
+}  // namespace pgsluice::server

@@ -1,0 +1,337 @@
+#include "pgsluice/session/statement_tracker.hpp"
+
+#include <cctype>
+#include <fmt/format.h>
+
+#include "pgsluice/protocol/backend_messages.hpp"
+#include "pgsluice/protocol/frontend_messages.hpp"
+
+namespace pgsluice::session {
+
+using protocol::Buffer;
+using protocol::Bytes;
+
+namespace {
+
+Bytes bytes_of(const std::string& text) { return {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()}; }
+
+// Case-insensitive keyword match at the front of `text`, after white space; advances past it.
+bool take_keyword(std::string_view& text, std::string_view keyword) {
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.remove_prefix(1);
+  if (text.size() < keyword.size()) return false;
+  for (std::size_t i = 0; i < keyword.size(); ++i) {
+    if (std::toupper(static_cast<unsigned char>(text[i])) != keyword[i]) return false;
+  }
+  if (text.size() > keyword.size()) {
+    const char next = text[keyword.size()];
+    if (std::isalnum(static_cast<unsigned char>(next)) || next == '_') return false;
+  }
+  text.remove_prefix(keyword.size());
+  return true;
+}
+
+// An identifier as DEALLOCATE takes it: bare (folded to lower case) or double-quoted.
+std::optional<std::string> take_identifier(std::string_view& text) {
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.remove_prefix(1);
+  std::string name;
+  if (!text.empty() && text.front() == '"') {
+    std::size_t i = 1;
+    for (; i < text.size(); ++i) {
+      if (text[i] == '"') {
+        if (i + 1 < text.size() && text[i + 1] == '"') {
+          name.push_back('"');
+          ++i;
+          continue;
+        }
+        break;
+      }
+      name.push_back(text[i]);
+    }
+    if (i >= text.size()) return std::nullopt;
+    text.remove_prefix(i + 1);
+    return name;
+  }
+  std::size_t i = 0;
+  while (i < text.size() && (std::isalnum(static_cast<unsigned char>(text[i])) || text[i] == '_' || text[i] == '$')) {
+    name.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(text[i]))));
+    ++i;
+  }
+  if (name.empty()) return std::nullopt;
+  text.remove_prefix(i);
+  return name;
+}
+
+bool only_terminator_left(std::string_view text) {
+  for (char c : text) {
+    if (c != ';' && c != '\0' && !std::isspace(static_cast<unsigned char>(c))) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string StatementTracker::server_name(std::string_view query, Bytes parameter_types) {
+  // FNV-1a, 64 bits: stable across processes and versions, unlike std::hash.
+  std::uint64_t hash = 1469598103934665603ull;
+  auto mix = [&hash](std::string_view bytes) {
+    for (unsigned char c : bytes) {
+      hash ^= c;
+      hash *= 1099511628211ull;
+    }
+  };
+  mix(query);
+  mix(std::string_view("\0", 1));
+  mix(protocol::as_string_view(parameter_types));
+  return fmt::format("pgsluice_{:016x}", hash);
+}
+
+void StatementTracker::expect_fake(Buffer reply, std::string client_name) {
+  Expectation expectation{.kind = Kind::parse, .fake = true};
+  expectation.reply = std::move(reply);
+  expectation.client_name = std::move(client_name);
+  queue_.push_back(std::move(expectation));
+}
+
+void StatementTracker::ensure_on_server(const Statement& statement, server::ServerStatements& server,
+                                        Outgoing& to_server) {
+  if (server.contains(statement.server_name)) {
+    server.touch(statement.server_name);
+    return;
+  }
+  if (auto victim = server.evict_if_full()) {
+    protocol::append_close(to_server.build(), 'S', *victim);
+    Expectation close{.kind = Kind::close, .swallow = true};
+    close.server_name = std::move(*victim);
+    close.eviction = true;
+    queue_.push_back(std::move(close));
+  }
+  server.add(statement.server_name);
+  protocol::append_parse(to_server.build(), statement.server_name, statement.query, bytes_of(statement.parameter_types));
+  Expectation parse{.kind = Kind::parse, .swallow = true};
+  parse.server_name = statement.server_name;
+  queue_.push_back(std::move(parse));
+}
+
+void StatementTracker::ensure_unnamed_on_server(std::uint64_t server_id, Outgoing& to_server) {
+  // The unnamed statement was parsed on another server connection: parse it again here (PgBouncer
+  // fails this case; drivers such as pgjdbc rely on it).
+  if (!has_unnamed_ || unnamed_server_id_ == server_id) return;
+  protocol::append_parse(to_server.build(), "", unnamed_.query, bytes_of(unnamed_.parameter_types));
+  expect(Kind::parse, /*swallow=*/true);
+  unnamed_server_id_ = server_id;
+}
+
+void StatementTracker::client_message(const protocol::MessageView& message, server::ServerStatements& server,
+                                      std::uint64_t server_id, Outgoing& to_server) {
+  const char type = message.type;
+  if (skip_until_sync_) {
+    if (type != 'S') return;  // Postgres ignores everything up to Sync after an error
+    skip_until_sync_ = false;
+  }
+  switch (type) {
+    case 'P': {
+      auto parse = protocol::parse_parse(message.payload);
+      if (!parse) break;  // malformed: the server's own error is relayed
+      if (parse->statement.empty()) {
+        unnamed_ = Statement{std::string(parse->query), std::string(protocol::as_string_view(parse->parameter_types)), ""};
+        has_unnamed_ = true;
+        unnamed_server_id_ = server_id;
+        break;
+      }
+      std::string client_name(parse->statement);
+      if (statements_.contains(client_name)) {
+        Buffer error;
+        protocol::append_error_response(error, protocol::Severity::error, "42P05",
+                                        "prepared statement \"" + client_name + "\" already exists");
+        expect_fake(std::move(error));
+        skip_until_sync_ = true;
+        return;
+      }
+      Statement statement{std::string(parse->query), std::string(protocol::as_string_view(parse->parameter_types)),
+                          server_name(parse->query, parse->parameter_types)};
+      const bool present = server.contains(statement.server_name);
+      if (present) {
+        server.touch(statement.server_name);
+        Buffer complete;
+        protocol::append_parse_complete(complete);
+        expect_fake(std::move(complete), client_name);
+      } else {
+        if (auto victim = server.evict_if_full()) {
+          protocol::append_close(to_server.build(), 'S', *victim);
+          Expectation close{.kind = Kind::close, .swallow = true};
+          close.server_name = std::move(*victim);
+          close.eviction = true;
+          queue_.push_back(std::move(close));
+        }
+        server.add(statement.server_name);
+        protocol::append_parse(to_server.build(), statement.server_name, statement.query, parse->parameter_types);
+        Expectation expectation{.kind = Kind::parse};
+        expectation.server_name = statement.server_name;
+        expectation.client_name = client_name;
+        queue_.push_back(std::move(expectation));
+      }
+      statements_.emplace(std::move(client_name), std::move(statement));
+      return;
+    }
+    case 'B': {
+      auto bind = protocol::parse_bind(message.payload);
+      if (!bind) break;
+      if (bind->statement.empty()) {
+        ensure_unnamed_on_server(server_id, to_server);
+        break;
+      }
+      auto it = statements_.find(std::string(bind->statement));
+      if (it == statements_.end()) break;  // the server answers 26000 with the client's name
+      ensure_on_server(it->second, server, to_server);
+      protocol::append_bind(to_server.build(), bind->portal, it->second.server_name, bind->rest);
+      expect(Kind::bind);
+      return;
+    }
+    case 'D': {
+      auto describe = protocol::parse_describe_or_close(message.payload);
+      if (!describe) break;
+      if (describe->kind == 'P') {
+        to_server.append(message.frame);
+        expect(Kind::describe_portal);
+        return;
+      }
+      if (describe->name.empty()) {
+        ensure_unnamed_on_server(server_id, to_server);
+        to_server.append(message.frame);
+        expect(Kind::describe_statement);
+        return;
+      }
+      auto it = statements_.find(std::string(describe->name));
+      if (it == statements_.end()) {
+        to_server.append(message.frame);
+        expect(Kind::describe_statement);
+        return;
+      }
+      ensure_on_server(it->second, server, to_server);
+      protocol::append_describe(to_server.build(), 'S', it->second.server_name);
+      expect(Kind::describe_statement);
+      return;
+    }
+    case 'C': {
+      auto close = protocol::parse_describe_or_close(message.payload);
+      if (close && close->kind == 'S' && !close->name.empty()) {
+        // Answered here: the server statement is shared and stays (DESIGN §2).
+        statements_.erase(std::string(close->name));
+        Buffer complete;
+        protocol::append_close_complete(complete);
+        expect_fake(std::move(complete));
+        return;
+      }
+      if (close && close->kind == 'S') has_unnamed_ = false;
+      to_server.append(message.frame);
+      expect(Kind::close);
+      return;
+    }
+    case 'E': to_server.append(message.frame); expect(Kind::execute); return;
+    case 'S': to_server.append(message.frame); expect(Kind::sync); return;
+    case 'Q':
+      if (simple_query(message, server, to_server)) return;
+      to_server.append(message.frame);
+      expect(Kind::simple);
+      return;
+    case 'F': to_server.append(message.frame); expect(Kind::simple); return;
+    default: to_server.append(message.frame); return;  // Flush, COPY data: no reply of their own
+  }
+  // Passed on unchanged: Parse of the unnamed statement, Bind of an unknown or unnamed one, ...
+  to_server.append(message.frame);
+  expect(type == 'P' ? Kind::parse : type == 'B' ? Kind::bind : Kind::describe_statement);
+}
+
+bool StatementTracker::simple_query(const protocol::MessageView& message, server::ServerStatements& server,
+                                    Outgoing& to_server) {
+  std::string_view text = protocol::as_string_view(message.payload);
+  if (!text.empty() && text.back() == '\0') text.remove_suffix(1);
+  std::string_view rest = text;
+  if (take_keyword(rest, "DISCARD") && take_keyword(rest, "ALL")) {
+    // Runs on the server and drops every statement there too.
+    statements_.clear();
+    has_unnamed_ = false;
+    server.clear();
+    return false;
+  }
+  rest = text;
+  if (!take_keyword(rest, "DEALLOCATE")) return false;
+  take_keyword(rest, "PREPARE");
+  std::string_view all = rest;
+  if (take_keyword(all, "ALL") && only_terminator_left(all)) {
+    statements_.clear();
+  } else {
+    auto name = take_identifier(rest);
+    if (!name || !only_terminator_left(rest)) return false;  // let the server judge it
+    if (!statements_.erase(*name)) return false;             // unknown here: the server's 26000
+  }
+  // Answered here, with the server's ReadyForQuery: a Sync outside an extended batch yields just that.
+  Buffer complete;
+  protocol::MessageBuilder(complete).begin('C').cstring("DEALLOCATE").end();
+  expect_fake(std::move(complete));
+  static const std::uint8_t kSync[] = {'S', 0, 0, 0, 4};
+  to_server.append(Bytes(kSync, sizeof kSync));
+  expect(Kind::sync);
+  return true;
+}
+
+void StatementTracker::take_due_replies(Outgoing& to_client) {
+  while (!queue_.empty() && queue_.front().fake) {
+    auto& reply = to_client.build();
+    reply.insert(reply.end(), queue_.front().reply.begin(), queue_.front().reply.end());
+    queue_.pop_front();
+  }
+}
+
+void StatementTracker::abandon(const Expectation& expectation, server::ServerStatements& server) {
+  if (expectation.kind == Kind::parse && !expectation.fake && !expectation.server_name.empty()) {
+    server.forget(expectation.server_name);
+  }
+  if (expectation.kind == Kind::close && expectation.eviction) server.add(expectation.server_name);
+  if (!expectation.client_name.empty()) statements_.erase(expectation.client_name);
+}
+
+StatementTracker::Disposition StatementTracker::server_message(char type, server::ServerStatements& server) {
+  // Messages that may come at any time belong to no request.
+  if (type == 'N' || type == 'A' || type == 'S' || queue_.empty()) return Disposition::relay;
+  Expectation& front = queue_.front();
+  if (front.kind == Kind::simple) {
+    if (type == 'Z') queue_.pop_front();
+    return Disposition::relay;
+  }
+  if (type == 'E') {
+    // The server skips to the next Sync: so does the bookkeeping (replies made here included).
+    abandon(front, server);
+    queue_.pop_front();
+    while (!queue_.empty() && queue_.front().kind != Kind::sync && queue_.front().kind != Kind::simple) {
+      abandon(queue_.front(), server);
+      queue_.pop_front();
+    }
+    return Disposition::relay;  // even for an injected Parse: the client learns why its Bind failed
+  }
+  if (type == 'Z' && front.kind != Kind::sync) {
+    // Out of step (should not happen): resynchronise on this ReadyForQuery.
+    while (!queue_.empty() && queue_.front().kind != Kind::sync) {
+      abandon(queue_.front(), server);
+      queue_.pop_front();
+    }
+    if (!queue_.empty()) queue_.pop_front();
+    return Disposition::relay;
+  }
+  const bool swallow = front.swallow;
+  bool done = false;
+  switch (front.kind) {
+    case Kind::parse: done = type == '1'; break;
+    case Kind::bind: done = type == '2'; break;
+    case Kind::close: done = type == '3'; break;
+    case Kind::describe_statement: done = type == 'T' || type == 'n'; break;  // after 't'
+    case Kind::describe_portal: done = type == 'T' || type == 'n'; break;
+    case Kind::execute: done = type == 'C' || type == 'I' || type == 's'; break;
+    case Kind::sync: done = type == 'Z'; break;
+    case Kind::simple: break;
+  }
+  if (done) queue_.pop_front();
+  return swallow ? Disposition::swallow : Disposition::relay;
+}
+
+}  // namespace pgsluice::session
