@@ -1,0 +1,225 @@
+// The transaction-mode statement mapping, message by message, with no network: what goes to the
+// server, which server replies the client sees, and which replies pgsluice makes itself.
+#include <catch.hpp>
+
+#include "pgsluice/protocol/frontend_messages.hpp"
+#include "pgsluice/session/statement_tracker.hpp"
+
+using namespace pgsluice;
+using protocol::Buffer;
+using session::Outgoing;
+using session::StatementTracker;
+
+namespace {
+
+const Buffer kNoTypes{0, 0};
+
+// Feeds every message in `bytes` to the tracker; returns the types (and names) sent to the server.
+std::string feed(StatementTracker& tracker, server::ServerStatements& server, std::uint64_t server_id,
+                 const Buffer& bytes) {
+  Outgoing out;
+  std::size_t at = 0;
+  while (at < bytes.size()) {
+    auto frame = protocol::next_frame(protocol::Bytes(bytes).subspan(at), 1 << 20);
+    REQUIRE(frame.status == protocol::FrameStatus::complete);
+    tracker.client_message(frame.message, server, server_id, out);
+    at += frame.message.frame.size();
+  }
+  std::string sent;
+  for (auto piece : out.pieces()) {
+    std::size_t offset = 0;
+    while (offset < piece.size()) {
+      auto frame = protocol::next_frame(piece.subspan(offset), 1 << 20);
+      REQUIRE(frame.status == protocol::FrameStatus::complete);
+      sent.push_back(frame.message.type);
+      if (frame.message.type == 'P') {
+        auto parse = protocol::parse_parse(frame.message.payload);
+        sent += "(" + std::string(parse->statement) + ")";
+      } else if (frame.message.type == 'B') {
+        auto bind = protocol::parse_bind(frame.message.payload);
+        sent += "(" + std::string(bind->statement) + ")";
+      }
+      offset += frame.message.frame.size();
+    }
+  }
+  return sent;
+}
+
+// Server replies in order; returns what the client receives: relayed types, and pgsluice's own
+// replies marked with '+'.
+std::string answer(StatementTracker& tracker, server::ServerStatements& server, const std::string& replies) {
+  std::string client;
+  auto take = [&] {
+    Outgoing due;
+    tracker.take_due_replies(due);
+    for (auto piece : due.pieces()) {
+      std::size_t offset = 0;
+      while (offset < piece.size()) {
+        auto frame = protocol::next_frame(piece.subspan(offset), 1 << 20);
+        client += "+";
+        client.push_back(frame.message.type);
+        offset += frame.message.frame.size();
+      }
+    }
+  };
+  for (char type : replies) {
+    take();
+    if (tracker.server_message(type, server) == StatementTracker::Disposition::relay) client.push_back(type);
+  }
+  take();
+  return client;
+}
+
+Buffer parse(std::string_view name, std::string_view query) {
+  Buffer out;
+  protocol::append_parse(out, name, query, protocol::Bytes(kNoTypes));
+  return out;
+}
+
+Buffer bind(std::string_view statement) {
+  Buffer out;
+  const Buffer rest{0, 0, 0, 0, 0, 0};  // no formats, no parameters, no result formats
+  protocol::append_bind(out, "", statement, protocol::Bytes(rest));
+  return out;
+}
+
+Buffer then(Buffer a, const Buffer& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+Buffer execute_sync() {
+  Buffer out;
+  protocol::append_execute(out, "");
+  protocol::append_sync(out);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a named Parse is sent under the shared server name and its reply relayed", "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  const auto name = StatementTracker::server_name("select 1", protocol::Bytes(kNoTypes));
+  CHECK(feed(tracker, server, 1, then(parse("s1", "select 1"), execute_sync())) == "P(" + name + ")ES");
+  CHECK(server.contains(name));
+  CHECK(answer(tracker, server, "1CZ") == "1CZ");
+  CHECK(tracker.idle());
+}
+
+TEST_CASE("a statement the server already has is not parsed again; ParseComplete comes from pgsluice",
+          "[session][statements]") {
+  server::ServerStatements server;
+  StatementTracker first;
+  feed(first, server, 1, then(parse("a", "select 1"), execute_sync()));
+  answer(first, server, "1CZ");
+
+  StatementTracker second;  // another client, same text, same server connection
+  Buffer sync;
+  protocol::append_sync(sync);
+  CHECK(feed(second, server, 1, then(parse("b", "select 1"), sync)) == "S");
+  CHECK(answer(second, server, "Z") == "+1Z");
+}
+
+TEST_CASE("Bind on a server connection without the statement injects a Parse and swallows its reply",
+          "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements first_server;
+  feed(tracker, first_server, 1, then(parse("s1", "select 2"), execute_sync()));
+  answer(tracker, first_server, "1CZ");
+
+  server::ServerStatements second_server;  // the client was given another connection
+  const auto name = StatementTracker::server_name("select 2", protocol::Bytes(kNoTypes));
+  CHECK(feed(tracker, second_server, 2, then(bind("s1"), execute_sync())) == "P(" + name + ")B(" + name + ")ES");
+  CHECK(answer(tracker, second_server, "12DCZ") == "2DCZ");
+  CHECK(second_server.contains(name));
+}
+
+TEST_CASE("Close of a named statement is answered by pgsluice and keeps the server statement",
+          "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  feed(tracker, server, 1, then(parse("s1", "select 3"), execute_sync()));
+  answer(tracker, server, "1CZ");
+  Buffer close;
+  protocol::append_close(close, 'S', "s1");
+  protocol::append_sync(close);
+  CHECK(feed(tracker, server, 1, close) == "S");
+  CHECK(answer(tracker, server, "Z") == "+3Z");
+  CHECK(tracker.client_statement_count() == 0);
+  CHECK(server.size() == 1);
+}
+
+TEST_CASE("an error unwinds up to the Sync: the failed statement exists neither for the client nor the server",
+          "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  Buffer batch = then(then(parse("bad", "selec 1"), bind("bad")), execute_sync());
+  feed(tracker, server, 1, batch);
+  CHECK(answer(tracker, server, "EZ") == "EZ");
+  CHECK(tracker.idle());
+  CHECK(tracker.client_statement_count() == 0);
+  CHECK(server.size() == 0);
+  // The name is free again, as in Postgres.
+  feed(tracker, server, 1, then(parse("bad", "select 1"), execute_sync()));
+  CHECK(answer(tracker, server, "1CZ") == "1CZ");
+}
+
+TEST_CASE("re-Parsing a live name gets 42P05 from pgsluice and the rest up to Sync is skipped",
+          "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  feed(tracker, server, 1, then(parse("dup", "select 4"), execute_sync()));
+  answer(tracker, server, "1CZ");
+  CHECK(feed(tracker, server, 1, then(then(parse("dup", "select 5"), bind("dup")), execute_sync())) == "S");
+  CHECK(answer(tracker, server, "Z") == "+EZ");
+  CHECK(tracker.client_statement_count() == 1);
+}
+
+TEST_CASE("the unnamed statement is parsed again when the client moved to another connection",
+          "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements first_server;
+  Buffer describe;
+  protocol::append_describe(describe, 'S', "");
+  protocol::append_sync(describe);
+  CHECK(feed(tracker, first_server, 1, then(parse("", "select $1"), describe)) == "P()DS");
+  CHECK(answer(tracker, first_server, "1tTZ") == "1tTZ");
+
+  server::ServerStatements second_server;
+  CHECK(feed(tracker, second_server, 2, then(bind(""), execute_sync())) == "P()B()ES");
+  CHECK(answer(tracker, second_server, "12DCZ") == "2DCZ");
+  // Same connection again: no second Parse.
+  CHECK(feed(tracker, second_server, 2, then(bind(""), execute_sync())) == "B()ES");
+}
+
+TEST_CASE("DEALLOCATE of a client statement is answered with the server's ReadyForQuery", "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  feed(tracker, server, 1, then(parse("s9", "select 9"), execute_sync()));
+  answer(tracker, server, "1CZ");
+  Buffer query;
+  protocol::append_query(query, "DEALLOCATE s9;");
+  CHECK(feed(tracker, server, 1, query) == "S");
+  CHECK(answer(tracker, server, "Z") == "+CZ");
+  CHECK(tracker.client_statement_count() == 0);
+  CHECK(server.size() == 1);
+}
+
+TEST_CASE("the per-connection LRU closes the least recently used statement", "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server(2);
+  for (int i = 0; i < 3; ++i) {
+    const std::string query = "select " + std::to_string(i);
+    const std::string sent = feed(tracker, server, 1, then(parse("s" + std::to_string(i), query), execute_sync()));
+    if (i < 2) {
+      CHECK(sent.front() == 'P');
+      CHECK(answer(tracker, server, "1CZ") == "1CZ");
+    } else {
+      CHECK(sent.front() == 'C');  // eviction Close first, its CloseComplete swallowed
+      CHECK(answer(tracker, server, "31CZ") == "1CZ");
+    }
+  }
+  CHECK(server.size() == 2);
+  CHECK_FALSE(server.contains(StatementTracker::server_name("select 0", protocol::Bytes(kNoTypes))));
+}
