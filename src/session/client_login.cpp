@@ -229,22 +229,33 @@ net::awaitable<bool> ClientSession::finish_login() {
                                      user_ + "\" and database \"" + database_ + "\")");
     co_return false;
   }
-  // A server connection now: it proves the backend is reachable and gives the ParameterStatus set
-  // the client must see. Transaction and statement modes give it back at once.
+  // The ParameterStatus set the client must see. Session mode leases its server connection now. The
+  // pooled modes learn the server's values from the service's first connection and then log clients
+  // in without a lease, so that a burst of new clients does not queue for server connections.
   std::string sqlstate;
   std::string error;
-  if (!co_await attach_server(sqlstate, error)) {
-    co_await send_fatal(sqlstate, error);
-    co_return false;
+  auto reported = service_->reported_parameters();
+  if (service_->config.mode == config::PoolMode::session || !reported) {
+    if (!co_await attach_server(sqlstate, error)) {
+      co_await send_fatal(sqlstate, error);
+      co_return false;
+    }
+    reported = server_->parameters();
+    service_->remember_reported_parameters(server_->initial_parameters());
+  } else {
+    // What the server would report once this client's startup parameters are applied.
+    for (auto& [name, value] : *reported) {
+      if (auto it = parameters_.find(name); it != parameters_.end()) value = it->second;
+    }
   }
   cancel_key_ = context_->cancels.add(shared_from_this());
 
   Buffer out;
   protocol::append_authentication_ok(out);
-  for (const auto& [name, value] : server_->parameters()) protocol::append_parameter_status(out, name, value);
+  for (const auto& [name, value] : *reported) protocol::append_parameter_status(out, name, value);
   protocol::append_backend_key_data(out, cancel_key_->process_id, cancel_key_->secret_key);
   protocol::append_ready_for_query(out, 'I');
-  if (service_->config.mode != config::PoolMode::session) release_server(true);
+  if (server_ && service_->config.mode != config::PoolMode::session) release_server(true);
   co_return co_await write_client(out);
 }
 

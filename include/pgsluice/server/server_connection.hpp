@@ -55,6 +55,8 @@ class ServerConnection : public pool::Connection {
   // What the server reported through ParameterStatus, kept current by whoever relays its messages.
   ParameterMap& parameters() { return parameters_; }
   const ParameterMap& parameters() const { return parameters_; }
+  // What the server reported right after startup.
+  const ParameterMap& initial_parameters() const { return initial_parameters_; }
 
   // Makes the server's session parameters match `wanted` (startup parameters and reported values a
   // client caused) with set_config, pipelined in one round trip. Parameters the server rejects are

@@ -3,6 +3,7 @@
 // authentication, the services with their pools, and the cancel-key registry.
 #include <atomic>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <optional>
 #include <string>
@@ -27,6 +28,20 @@ struct Service {
   config::ServiceConfig config;
   std::shared_ptr<const server::ServerTarget> target;
   std::shared_ptr<pool::Pool> pool;
+
+  // The ParameterStatus values a fresh server connection of this service reports, once known.
+  std::optional<server::ParameterMap> reported_parameters() const {
+    std::lock_guard lock(mutex_);
+    return reported_parameters_;
+  }
+  void remember_reported_parameters(const server::ParameterMap& parameters) {
+    std::lock_guard lock(mutex_);
+    reported_parameters_ = parameters;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::optional<server::ParameterMap> reported_parameters_;
 };
 
 struct SessionContext {
