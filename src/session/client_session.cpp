@@ -322,7 +322,7 @@ net::awaitable<void> ClientSession::server_reader() {
         for (std::size_t at = 0; at < offset;) {
           auto frame = protocol::next_frame(data.subspan(at), max_size);
           statements_.take_due_replies(out);
-          if (statements_.server_message(frame.message.type, server_->statements()) ==
+          if (statements_.server_message(frame.message, server_->statements()) ==
               StatementTracker::Disposition::relay) {
             out.append(frame.message.frame);
           }

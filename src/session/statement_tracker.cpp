@@ -68,6 +68,18 @@ bool only_terminator_left(std::string_view text) {
   return true;
 }
 
+// "DEALLOCATE [PREPARE] name|ALL [;]": the name ("" for ALL), or nothing for any other statement.
+std::optional<std::string> deallocate_target(std::string_view text) {
+  if (!text.empty() && text.back() == '\0') text.remove_suffix(1);
+  if (!take_keyword(text, "DEALLOCATE")) return std::nullopt;
+  take_keyword(text, "PREPARE");
+  std::string_view all = text;
+  if (take_keyword(all, "ALL") && only_terminator_left(all)) return std::string();
+  auto name = take_identifier(text);
+  if (!name || name->empty() || !only_terminator_left(text)) return std::nullopt;
+  return name;
+}
+
 }  // namespace
 
 std::string StatementTracker::server_name(std::string_view query, Bytes parameter_types) {
@@ -133,6 +145,18 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
       auto parse = protocol::parse_parse(message.payload);
       if (!parse) break;  // malformed: the server's own error is relayed
       if (parse->statement.empty()) {
+        if (auto target = deallocate_target(parse->query); target && !target->empty() && statements_.erase(*target)) {
+          // DEALLOCATE of a client statement through the extended protocol (psycopg 3 evicts so): the
+          // server never had that name. Deallocate a throwaway statement instead, so the client gets
+          // every reply (ParseComplete ... CommandComplete "DEALLOCATE") from the server itself.
+          const std::string stand_in = fmt::format("pgsluice_deallocate_{}", ++stand_ins_);
+          protocol::append_parse(to_server.build(), stand_in, "SELECT 1", bytes_of(std::string("\0\0", 2)));
+          expect(Kind::parse, /*swallow=*/true);
+          protocol::append_parse(to_server.build(), "", "DEALLOCATE " + stand_in, parse->parameter_types);
+          expect(Kind::parse);
+          has_unnamed_ = false;
+          return;
+        }
         unnamed_ = Statement{std::string(parse->query), std::string(protocol::as_string_view(parse->parameter_types)), ""};
         has_unnamed_ = true;
         unnamed_server_id_ = server_id;
@@ -230,7 +254,7 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
     case 'E': to_server.append(message.frame); expect(Kind::execute); return;
     case 'S': to_server.append(message.frame); expect(Kind::sync); return;
     case 'Q':
-      if (simple_query(message, server, to_server)) return;
+      if (simple_query(message, to_server)) return;
       to_server.append(message.frame);
       expect(Kind::simple);
       return;
@@ -242,30 +266,14 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
   expect(type == 'P' ? Kind::parse : type == 'B' ? Kind::bind : Kind::describe_statement);
 }
 
-bool StatementTracker::simple_query(const protocol::MessageView& message, server::ServerStatements& server,
-                                    Outgoing& to_server) {
-  std::string_view text = protocol::as_string_view(message.payload);
-  if (!text.empty() && text.back() == '\0') text.remove_suffix(1);
-  std::string_view rest = text;
-  if (take_keyword(rest, "DISCARD") && take_keyword(rest, "ALL")) {
-    // Runs on the server and drops every statement there too.
-    statements_.clear();
-    has_unnamed_ = false;
-    server.clear();
-    return false;
-  }
-  rest = text;
-  if (!take_keyword(rest, "DEALLOCATE")) return false;
-  take_keyword(rest, "PREPARE");
-  std::string_view all = rest;
-  if (take_keyword(all, "ALL") && only_terminator_left(all)) {
-    statements_.clear();
-  } else {
-    auto name = take_identifier(rest);
-    if (!name || !only_terminator_left(rest)) return false;  // let the server judge it
-    if (!statements_.erase(*name)) return false;             // unknown here: the server's 26000
-  }
-  // Answered here, with the server's ReadyForQuery: a Sync outside an extended batch yields just that.
+bool StatementTracker::simple_query(const protocol::MessageView& message, Outgoing& to_server) {
+  // DISCARD ALL and DEALLOCATE ALL run on the server; their CommandComplete clears the bookkeeping
+  // (server_message). DEALLOCATE of one client statement is answered here.
+  auto target = deallocate_target(protocol::as_string_view(message.payload));
+  if (!target || target->empty()) return false;
+  if (!statements_.erase(*target)) return false;  // unknown here: the server's own 26000
+  // The CommandComplete comes from pgsluice, the ReadyForQuery from the server: a Sync outside an
+  // extended batch yields just that, with the true transaction status.
   Buffer complete;
   protocol::MessageBuilder(complete).begin('C').cstring("DEALLOCATE").end();
   expect_fake(std::move(complete));
@@ -291,7 +299,19 @@ void StatementTracker::abandon(const Expectation& expectation, server::ServerSta
   if (!expectation.client_name.empty()) statements_.erase(expectation.client_name);
 }
 
-StatementTracker::Disposition StatementTracker::server_message(char type, server::ServerStatements& server) {
+StatementTracker::Disposition StatementTracker::server_message(const protocol::MessageView& message,
+                                                               server::ServerStatements& server) {
+  const char type = message.type;
+  if (type == 'C') {
+    // However it was sent (simple query, extended protocol, a function), once the server says it ran
+    // DEALLOCATE ALL or DISCARD ALL, every statement on that connection is gone.
+    const auto tag = protocol::as_string_view(message.payload);
+    if (tag.starts_with("DEALLOCATE ALL") || tag.starts_with("DISCARD ALL")) {
+      server.clear();
+      statements_.clear();
+      has_unnamed_ = false;
+    }
+  }
   // Messages that may come at any time belong to no request.
   if (type == 'N' || type == 'A' || type == 'S' || queue_.empty()) return Disposition::relay;
   Expectation& front = queue_.front();

@@ -64,7 +64,18 @@ std::string answer(StatementTracker& tracker, server::ServerStatements& server, 
   };
   for (char type : replies) {
     take();
-    if (tracker.server_message(type, server) == StatementTracker::Disposition::relay) client.push_back(type);
+    Buffer reply;
+    if (type == 'C') {
+      protocol::MessageBuilder(reply).begin('C').cstring("SELECT 1").end();
+    } else if (type == 'X') {  // stands for CommandComplete "DEALLOCATE ALL"
+      protocol::MessageBuilder(reply).begin('C').cstring("DEALLOCATE ALL").end();
+    } else {
+      protocol::MessageBuilder(reply).begin(type).end();
+    }
+    auto frame = protocol::next_frame(protocol::Bytes(reply), 1 << 20);
+    if (tracker.server_message(frame.message, server) == StatementTracker::Disposition::relay) {
+      client.push_back(type == 'X' ? 'C' : type);
+    }
   }
   take();
   return client;
@@ -222,4 +233,30 @@ TEST_CASE("the per-connection LRU closes the least recently used statement", "[s
   }
   CHECK(server.size() == 2);
   CHECK_FALSE(server.contains(StatementTracker::server_name("select 0", protocol::Bytes(kNoTypes))));
+}
+
+TEST_CASE("DEALLOCATE ALL run on the server, however sent, clears both maps", "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  feed(tracker, server, 1, then(parse("s1", "select 1"), execute_sync()));
+  answer(tracker, server, "1CZ");
+  REQUIRE(server.size() == 1);
+  // Extended protocol through the unnamed statement: passed on, and its tag noticed.
+  CHECK(feed(tracker, server, 1, then(then(parse("", "deallocate all"), bind("")), execute_sync())) == "P()B()ES");
+  CHECK(answer(tracker, server, "12XZ") == "12CZ");
+  CHECK(server.size() == 0);
+  CHECK(tracker.client_statement_count() == 0);
+}
+
+TEST_CASE("DEALLOCATE of a client statement through the extended protocol deallocates a stand-in",
+          "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  feed(tracker, server, 1, then(parse("_pg3_1", "select 1"), execute_sync()));
+  answer(tracker, server, "1CZ");
+  CHECK(feed(tracker, server, 1, then(then(parse("", "DEALLOCATE _pg3_1"), bind("")), execute_sync())) ==
+        "P(pgsluice_deallocate_1)P()B()ES");
+  CHECK(answer(tracker, server, "112CZ") == "12CZ");
+  CHECK(tracker.client_statement_count() == 0);
+  CHECK(server.size() == 1);  // the shared statement stays for other clients
 }

@@ -26,7 +26,7 @@ class StatementTracker {
   void client_message(const protocol::MessageView& message, server::ServerStatements& server,
                       std::uint64_t server_id, Outgoing& to_server);
   // One server message, in order: relay it to the client or swallow it (a reply to an injection).
-  Disposition server_message(char type, server::ServerStatements& server);
+  Disposition server_message(const protocol::MessageView& message, server::ServerStatements& server);
   // Replies pgsluice makes itself that are due now (nothing the server owes comes before them).
   void take_due_replies(Outgoing& to_client);
   bool has_due_replies() const { return !queue_.empty() && queue_.front().fake; }
@@ -63,13 +63,14 @@ class StatementTracker {
   // The server will never answer this one (error, skipped): undo what it would have done.
   void abandon(const Expectation& expectation, server::ServerStatements& server);
   // Handles DEALLOCATE / DISCARD ALL sent as a simple query. True when the query was answered here.
-  bool simple_query(const protocol::MessageView& message, server::ServerStatements& server, Outgoing& to_server);
+  bool simple_query(const protocol::MessageView& message, Outgoing& to_server);
 
   std::unordered_map<std::string, Statement> statements_;  // by the client's name
   Statement unnamed_;
   bool has_unnamed_ = false;
   std::uint64_t unnamed_server_id_ = 0;  // the server connection the unnamed statement was parsed on
   bool skip_until_sync_ = false;         // after a 42P05 pgsluice answered, like the server would
+  std::uint64_t stand_ins_ = 0;          // throwaway statements for DEALLOCATE (see client_message)
   std::deque<Expectation> queue_;
 };
 
