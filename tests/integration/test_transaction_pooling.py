@@ -330,3 +330,43 @@ def test_client_vanishing_mid_copy_leaves_no_dirty_connection(pg):
                 cur.execute("select count(*) from tx_items where note = 'copied'")
                 assert cur.fetchone() == (0,)
         assert server_connections(pg) <= 1
+
+
+def test_cancel_reaches_only_the_connection_the_client_holds(pg):
+    with pgsluice(pg, max_connections=2) as target:
+        a = psycopg2.connect(dsn(target))
+        b = psycopg2.connect(dsn(target))
+        a.autocommit = b.autocommit = True
+        outcome = {}
+
+        def run(name, conn, seconds):
+            started = time.monotonic()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f"select pg_sleep({seconds})")
+                outcome[name] = ("ok", time.monotonic() - started)
+            except psycopg2.Error as e:
+                outcome[name] = (e.pgcode, time.monotonic() - started)
+
+        ta = threading.Thread(target=run, args=("a", a, 10))
+        tb = threading.Thread(target=run, args=("b", b, 1.5))
+        ta.start()
+        tb.start()
+        time.sleep(0.5)
+        a.cancel()
+        ta.join()
+        tb.join()
+        assert outcome["a"][0] == "57014" and outcome["a"][1] < 2.0, outcome
+        assert outcome["b"][0] == "ok" and outcome["b"][1] >= 1.5, outcome
+        # A cancel while the client holds no server connection touches nobody.
+        tb = threading.Thread(target=run, args=("b", b, 1))
+        tb.start()
+        time.sleep(0.2)
+        a.cancel()
+        tb.join()
+        assert outcome["b"][0] == "ok", outcome
+        with a.cursor() as cur:
+            cur.execute("select 1")
+            assert cur.fetchone() == (1,)
+        a.close()
+        b.close()
