@@ -54,9 +54,10 @@ awaitable<protocol::Result<std::size_t>> read_startup_packet(tcp::socket& socket
 
 awaitable<void> Event::wait() {
   while (!signalled_) {
-    auto [ec] = co_await timer_.async_wait(use_nothrow);
+    waiting_ = true;
+    auto [ec] = co_await timer_.async_wait(use_nothrow);  // cancelled by notify(); expires never
     (void)ec;
-    timer_.expires_at(std::chrono::steady_clock::time_point::max());
+    waiting_ = false;
   }
   signalled_ = false;
 }

@@ -29,6 +29,11 @@ namespace {
 constexpr std::string_view kTrackedParameters[] = {"application_name", "client_encoding", "DateStyle", "TimeZone",
                                                    "IntervalStyle", "standard_conforming_strings"};
 
+const std::vector<std::string>& tracked_parameter_names() {
+  static const std::vector<std::string> names(std::begin(kTrackedParameters), std::end(kTrackedParameters));
+  return names;
+}
+
 std::string describe_error(protocol::Bytes payload) {
   auto fields = protocol::parse_error_response(payload);
   if (!fields) return "malformed error from server";
@@ -289,23 +294,17 @@ net::awaitable<bool> ServerConnection::drain_until_ready(int ready_count, int& e
 }
 
 net::awaitable<bool> ServerConnection::apply_parameters(const ParameterMap& wanted) {
-  ParameterMap effective;
-  for (auto name : kTrackedParameters) {
-    auto it = initial_parameters_.find(std::string(name));
-    if (it != initial_parameters_.end()) effective[it->first] = it->second;
-  }
-  for (const auto& [name, value] : wanted) effective[name] = value;
-
+  // Called on every lease in transaction mode: compare in place, build nothing unless a value differs.
   Buffer out;
   int statements = 0;
   std::vector<std::pair<std::string, std::string>> unreported;
-  for (const auto& [name, value] : effective) {
+  auto apply = [&](const std::string& name, const std::string& value) {
     auto reported = parameters_.find(name);
     if (reported != parameters_.end()) {
-      if (reported->second == value) continue;
+      if (reported->second == value) return;
     } else {
       auto applied = applied_.find(name);
-      if (applied != applied_.end() && applied->second == value) continue;
+      if (applied != applied_.end() && applied->second == value) return;
       unreported.emplace_back(name, value);
     }
     // set_config takes the value as the startup packet would (lists such as search_path included)
@@ -315,7 +314,15 @@ net::awaitable<bool> ServerConnection::apply_parameters(const ParameterMap& want
     protocol::append_execute(out, "");
     protocol::append_sync(out);
     ++statements;
+  };
+  for (const auto& key : tracked_parameter_names()) {
+    if (wanted.contains(key)) continue;
+    // Not asked for by this client: the value this connection started with, whoever used it since.
+    if (auto initial = initial_parameters_.find(key); initial != initial_parameters_.end()) {
+      apply(initial->first, initial->second);
+    }
   }
+  for (const auto& [name, value] : wanted) apply(name, value);
   if (statements == 0) co_return true;
   if (auto ec = co_await net::write_all(socket_, out)) co_return false;
   int errors = 0;

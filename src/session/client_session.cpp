@@ -236,7 +236,8 @@ net::awaitable<void> ClientSession::relay() {
         server_reader_running_ = true;
         asio::co_spawn(socket_.get_executor(), server_reader(), asio::detached);
       }
-      Outgoing out;
+      Outgoing& out = to_server_;
+      out.clear();
       if (rewrite_statements_) {
         for (std::size_t at = 0; at < offset;) {
           auto frame = protocol::next_frame(run.subspan(at), max_message_size_);
@@ -317,7 +318,8 @@ net::awaitable<void> ClientSession::server_reader() {
     }
     if (server_lost) break;
     if (offset > 0) {
-      Outgoing out;
+      Outgoing& out = to_client_;
+      out.clear();
       if (rewrite_statements_) {
         for (std::size_t at = 0; at < offset;) {
           auto frame = protocol::next_frame(data.subspan(at), max_size);

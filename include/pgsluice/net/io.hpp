@@ -40,7 +40,9 @@ awaitable<protocol::Result<protocol::MessageView>> read_message(tcp::socket& soc
 // Same for an untyped startup-phase packet: returns its size.
 awaitable<protocol::Result<std::size_t>> read_startup_packet(tcp::socket& socket, MessageBuffer& buffer);
 
-// A one-shot or repeatable event for coroutines on one strand: wait() suspends until notify().
+// A repeatable event for coroutines on one strand: wait() suspends until notify(). notify() with
+// nobody waiting only sets a flag: touching the timer would cost the reactor a syscall, and this is
+// on the relay's hot path.
 class Event {
  public:
   explicit Event(const asio::any_io_executor& executor) : timer_(executor) {
@@ -49,12 +51,13 @@ class Event {
   awaitable<void> wait();
   void notify() {
     signalled_ = true;
-    timer_.cancel();
+    if (waiting_) timer_.cancel();
   }
 
  private:
   asio::steady_timer timer_;
   bool signalled_ = false;
+  bool waiting_ = false;
 };
 
 }  // namespace pgsluice::net

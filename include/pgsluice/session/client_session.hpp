@@ -84,6 +84,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool closing_ = false;
   bool rewrite_statements_ = false;  // transaction and statement modes: named statements are mapped
   StatementTracker statements_;
+  Outgoing to_server_;  // the client reader's run, reused
+  Outgoing to_client_;  // the server reader's run, reused
   bool client_write_locked_ = false;
   net::Event client_write_unlocked_;
 

@@ -1,7 +1,7 @@
 #pragma once
 // A run of bytes to write with one gathered write: spans of received messages passed on unchanged,
-// and messages built by the proxy (kept alive here until the write is done).
-#include <deque>
+// and messages built by the proxy (kept alive here until the write is done). Reused run after run:
+// clear() keeps the memory, so the steady state allocates nothing.
 #include <vector>
 
 #include "pgsluice/protocol/builder.hpp"
@@ -13,21 +13,23 @@ class Outgoing {
  public:
   void append(protocol::Bytes bytes) {
     if (bytes.empty()) return;
-    if (!pieces_.empty() && pieces_.back().data() + pieces_.back().size() == bytes.data() && !last_owned_) {
+    if (!pieces_.empty() && !last_owned_ && pieces_.back().data() + pieces_.back().size() == bytes.data()) {
       pieces_.back() = protocol::Bytes(pieces_.back().data(), pieces_.back().size() + bytes.size());
       return;
     }
     pieces_.push_back(bytes);
     last_owned_ = false;
   }
-  // A buffer to build one or more messages into; it joins the run at this position.
+  // A buffer to build one or more messages into; it joins the run at this position. The reference
+  // is good until the next call to build().
   protocol::Buffer& build() {
-    if (last_owned_) return storage_.back();
-    storage_.emplace_back();
+    if (last_owned_) return storage_[used_ - 1];
+    if (used_ == storage_.size()) storage_.emplace_back();
+    storage_[used_].clear();
+    owned_slots_.push_back(pieces_.size());
+    pieces_.emplace_back();  // filled in by pieces()
     last_owned_ = true;
-    pieces_.emplace_back();  // patched by pieces()
-    owned_slots_.push_back(pieces_.size() - 1);
-    return storage_.back();
+    return storage_[used_++];
   }
   // The pieces in order (owned buffers may have grown since they were added: take views now).
   const std::vector<protocol::Bytes>& pieces() {
@@ -39,14 +41,15 @@ class Outgoing {
   bool empty() const { return pieces_.empty(); }
   void clear() {
     pieces_.clear();
-    storage_.clear();
     owned_slots_.clear();
+    used_ = 0;
     last_owned_ = false;
   }
 
  private:
   std::vector<protocol::Bytes> pieces_;
-  std::deque<protocol::Buffer> storage_;
+  std::vector<protocol::Buffer> storage_;
+  std::size_t used_ = 0;
   std::vector<std::size_t> owned_slots_;
   bool last_owned_ = false;
 };
