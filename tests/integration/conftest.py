@@ -1,0 +1,153 @@
+"""Fixtures for the integration tests: one throwaway Postgres per run, one pgsluice per module.
+
+Run with Debian's interpreter: `PGSLUICE_BIN=build/asan/pgsluice /usr/bin/python3 -m pytest -q tests/integration`.
+
+Environment:
+  PGSLUICE_BIN          the binary to test (default: build/{asan,release,debug}/pgsluice)
+  PGSLUICE_TEST_MODE    pool mode of the services under test (default: session)
+  PGSLUICE_TEST_TARGET  `pgsluice` (default), or `direct` to run the same client-visible tests
+                        straight against Postgres: a check of the tests themselves. Tests of
+                        pgsluice-only behaviour are skipped there.
+
+A module changes its pgsluice config by defining `pgsluice_config(config, pg)`, which edits the
+dict from pgharness.base_config in place.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
+
+import pgharness  # noqa: E402
+
+TARGET = os.environ.get("PGSLUICE_TEST_TARGET", "pgsluice")
+POOL_MODE = os.environ.get("PGSLUICE_TEST_MODE", "session")
+assert TARGET in ("pgsluice", "direct"), f"PGSLUICE_TEST_TARGET={TARGET}"
+assert POOL_MODE in ("session", "transaction", "statement"), f"PGSLUICE_TEST_MODE={POOL_MODE}"
+
+
+@dataclass
+class Login:
+    user: str
+    password: str | None
+    database: str
+
+
+@dataclass
+class Target:
+    """Where the clients of a test connect: pgsluice, or Postgres itself (TARGET=direct)."""
+
+    kind: str
+    host: str
+    port: int
+    mode: str
+    logins: dict[str, Login]
+    proxy: pgharness.Pgsluice | None = None
+    pg: pgharness.LocalPostgres | None = None
+    extra: dict = field(default_factory=dict)
+
+    def login(self, name: str = "app") -> Login:
+        return self.logins[name]
+
+    def dsn(self, name: str = "app", password: str | None = ..., database: str | None = None, **params) -> str:
+        login = self.logins[name]
+        dsn = pgharness.libpq_dsn(self.host, self.port, login.user,
+                                  login.password if password is ... else password,
+                                  login.database if database is None else database)
+        return " ".join([dsn, *(f"{k}={v}" for k, v in params.items())])
+
+    def url(self, name: str = "app") -> str:
+        login = self.logins[name]
+        auth = login.user if login.password is None else f"{login.user}:{login.password}"
+        return f"postgres://{auth}@{self.host}:{self.port}/{login.database}"
+
+    def raw(self, timeout: float = 10.0) -> pgharness.RawConnection:
+        return pgharness.RawConnection(self.host, self.port, timeout)
+
+    def log_text(self) -> str:
+        return self.proxy.log_text() if self.proxy else ""
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "proxy_only: tests pgsluice's own behaviour; skipped for TARGET=direct")
+
+
+def pytest_collection_modifyitems(config, items):
+    if TARGET != "direct":
+        return
+    skip = pytest.mark.skip(reason="pgsluice-only behaviour (PGSLUICE_TEST_TARGET=direct)")
+    for item in items:
+        if item.get_closest_marker("proxy_only"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def pg():
+    with pgharness.LocalPostgres(max_connections=400) as pg:
+        yield pg
+
+
+def direct_target(pg: pgharness.LocalPostgres) -> Target:
+    # The roles that play pgsluice's users when the tests talk to Postgres itself.
+    logins = {
+        "app": Login("app", "secret-app", "app"),
+        "md5": Login("md5_user", "secret-md5_user", "postgres"),
+        "trust": Login("trust_user", None, "postgres"),
+    }
+    for role in pgharness.ROLES:
+        logins.setdefault(role, Login(role, pgharness.password_for(role), "postgres"))
+    return Target("direct", pg.host, pg.port, POOL_MODE, logins, pg=pg)
+
+
+def make_config(pg: pgharness.LocalPostgres, module=None) -> dict:
+    """pgharness.base_config on a free port, every service in POOL_MODE, then the module's changes."""
+    config = pgharness.base_config(pg, pgharness.free_port(), mode=POOL_MODE)
+    for service in config["services"].values():
+        service["mode"] = POOL_MODE
+    configure = getattr(module, "pgsluice_config", None)
+    if configure is not None:
+        configure(config, pg)
+    return config
+
+
+def start_pgsluice(pg: pgharness.LocalPostgres, config: dict, env: dict | None = None) -> Target:
+    proxy = pgharness.Pgsluice(config, env=env).start()
+    logins = {
+        "app": Login("app", "secret-app", "app"),
+        "md5": Login("md5client", "x", "app"),
+        "trust": Login("trusty", None, "app"),
+    }
+    for name, user in config["users"].items():
+        if name not in ("app", "md5client", "trusty"):
+            service = next((s for s in config["services"].values() if s["match"]["user"] == name), None)
+            logins[name] = Login(name, user.get("password"), service["match"]["database"] if service else "app")
+    return Target("pgsluice", "127.0.0.1", proxy.port, POOL_MODE, logins, proxy=proxy, pg=pg)
+
+
+def stop_pgsluice(target: Target) -> None:
+    """Stops pgsluice; fails the test run if it did not exit cleanly or a sanitizer reported."""
+    proxy = target.proxy
+    code = proxy.stop()
+    reports = proxy.sanitizer_reports()
+    tail = "\n".join(proxy.log_text().splitlines()[-60:])
+    proxy.cleanup()
+    assert not reports, "sanitizer reports in the pgsluice log:\n" + "\n".join(reports) + "\n--- log tail:\n" + tail
+    assert code == 0, f"pgsluice exited with {code} on SIGTERM; log tail:\n{tail}"
+
+
+@pytest.fixture(scope="module")
+def target(request, pg):
+    """The module's pgsluice (its config from pgharness.base_config + the module's pgsluice_config)."""
+    if TARGET == "direct":
+        yield direct_target(pg)
+        return
+    t = start_pgsluice(pg, make_config(pg, request.module))
+    try:
+        yield t
+    finally:
+        stop_pgsluice(t)

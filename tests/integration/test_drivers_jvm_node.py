@@ -1,0 +1,259 @@
+"""Drivers that do not use libpq, through pgsluice: pgjdbc (Debian's libpostgresql-jdbc-java),
+node-postgres (`pg`) and postgres.js (`postgres`), each with the habits that break poolers
+(DESIGN §2): named server-side statements reused after a threshold, pipelines with one Sync or
+many, Flush without Sync, portals read in batches, errors mid-pipeline, 20 clients at once.
+
+The programs doing the work are tests/drivers/java/DriverCheck.java (compiled once per run with
+javac) and tests/drivers/node/check.mjs; each runs one scenario and prints a JSON line of what it
+saw. tests/drivers/install.sh installs the JDK, the jar, Node and the pinned npm packages.
+
+In transaction mode the `app` service gets max_connections = 3, so the 20 concurrent JDBC and node
+clients share 3 server connections and their named statements must move between them.
+
+    bash tests/drivers/install.sh
+    PGSLUICE_TEST_MODE=transaction /usr/bin/python3 -m pytest -q tests/integration/test_drivers_jvm_node.py
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import POOL_MODE, TARGET
+
+DRIVERS = Path(__file__).resolve().parents[1] / "drivers"
+JAVA_SOURCE = DRIVERS / "java" / "DriverCheck.java"
+NODE_DIR = DRIVERS / "node"
+JDBC_JAR = Path("/usr/share/java/postgresql.jar")
+INSTALL_HINT = "run `bash tests/drivers/install.sh`"
+
+# A zone with a 45-minute offset: a timestamptz rendered as text proves the client's TimeZone
+# startup parameter is in force on whichever server connection ran the query.
+JVM_TIMEZONE = "Asia/Kathmandu"
+
+requires_java = pytest.mark.skipif(shutil.which("javac") is None or shutil.which("java") is None,
+                                   reason=f"no JDK (javac/java) on this machine: {INSTALL_HINT}")
+requires_node = pytest.mark.skipif(shutil.which("node") is None,
+                                   reason=f"no Node.js on this machine: {INSTALL_HINT}")
+session_only = pytest.mark.skipif(
+    TARGET == "pgsluice" and POOL_MODE != "session",
+    reason="LISTEN is not transparent in transaction/statement mode (DESIGN §2)")
+
+
+def pgsluice_config(config, pg):
+    app = config["services"]["app"]
+    if app["mode"] != "session":
+        # 20 concurrent clients on 3 server connections: statements must move between them.
+        app["max_connections"] = 3
+    # 20 clients queue for 3 connections under ASan on 2 cores; this test is about correctness,
+    # not about acquire_timeout, which has its own tests.
+    app["acquire_timeout"] = "10s"
+
+
+# -- running the driver programs ---------------------------------------------------------------------
+
+def run_check(target, argv: list[str], timeout: float, cwd: Path | None = None) -> dict:
+    """Runs a driver program; fails the test with its output and pgsluice's log tail unless it
+    exits 0. Returns the JSON object on its last line of stdout."""
+    try:
+        proc = subprocess.run(argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"{argv[-1]} did not finish within {timeout:.0f} s\nstdout:\n{err.stdout}\n"
+                    f"stderr:\n{err.stderr}\n{log_tail(target)}")
+    if proc.returncode != 0:
+        pytest.fail(f"{argv[-1]} exited with {proc.returncode}\nstdout:\n{proc.stdout}\n"
+                    f"stderr:\n{proc.stderr}\n{log_tail(target)}")
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"{argv[-1]} printed nothing; stderr:\n{proc.stderr}"
+    return json.loads(lines[-1])
+
+
+def log_tail(target, lines: int = 40) -> str:
+    text = target.log_text()
+    return "--- pgsluice log tail:\n" + "\n".join(text.splitlines()[-lines:]) if text else ""
+
+
+@pytest.fixture(scope="session")
+def java_classes(tmp_path_factory) -> Path:
+    """DriverCheck.java compiled once per run against the Debian pgjdbc jar."""
+    if not JDBC_JAR.is_file():
+        pytest.fail(f"{JDBC_JAR} is missing (Debian package libpostgresql-jdbc-java): {INSTALL_HINT}")
+    out = tmp_path_factory.mktemp("driver-check-java")
+    proc = subprocess.run(["javac", "-encoding", "UTF-8", "-cp", str(JDBC_JAR), "-d", str(out), str(JAVA_SOURCE)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"javac failed:\n{proc.stdout}\n{proc.stderr}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    """The pinned npm packages in tests/drivers/node/node_modules, at the versions package.json pins."""
+    pinned = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    for name, version in pinned.items():
+        manifest = NODE_DIR / "node_modules" / name / "package.json"
+        if not manifest.is_file():
+            pytest.fail(f"npm package {name} is not installed in {NODE_DIR}: {INSTALL_HINT}")
+        installed = json.loads(manifest.read_text())["version"]
+        if installed != version:
+            pytest.fail(f"npm package {name} is {installed}, package.json pins {version}: {INSTALL_HINT}")
+    return NODE_DIR / "node_modules"
+
+
+def jdbc(target, java_classes: Path, scenario: str, timeout: float = 90) -> dict:
+    login = target.login("app")
+    url = (f"jdbc:postgresql://{target.host}:{target.port}/{login.database}"
+           "?ApplicationName=driver-check&connectTimeout=10&loginTimeout=20&socketTimeout=60")
+    argv = ["java", f"-Duser.timezone={JVM_TIMEZONE}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            "-cp", f"{JDBC_JAR}:{java_classes}", "DriverCheck", url, login.user, login.password or "", scenario]
+    return run_check(target, argv, timeout)
+
+
+def node(target, scenario: str, timeout: float = 90) -> dict:
+    return run_check(target, ["node", str(NODE_DIR / "check.mjs"), target.url("app"), scenario], timeout,
+                     cwd=NODE_DIR)
+
+
+def recreate_table(target, name: str) -> None:
+    """An empty table `name (id int primary key, note text)` owned by app, made on Postgres directly."""
+    target.pg.sql(f"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (id int PRIMARY KEY, note text)",
+                  user="app", db="app")
+
+
+def md5_hex(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def app_server_connections(target) -> int:
+    return target.pg.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND datname = 'app' "
+                         "AND pid <> pg_backend_pid()", user="app", db="app")[0][0]
+
+
+# -- pgjdbc ----------------------------------------------------------------------------------------
+
+@requires_java
+def test_jdbc_prepared_statement_runs_20_times_across_the_named_statement_switch(target, java_classes):
+    r = jdbc(target, java_classes, "prepared")
+    assert (r["executions"], r["prepare_threshold"], r["server_prepared"]) == (20, 5, True), r
+
+
+@requires_java
+def test_jdbc_batch_of_100_inserts_lands_every_row(target, java_classes):
+    target.pg.sql("DROP TABLE IF EXISTS jdbc_items; CREATE TABLE jdbc_items (id int PRIMARY KEY, name text)",
+                  user="app", db="app")
+    r = jdbc(target, java_classes, "batch")
+    assert (r["update_counts"], r["count"], r["sum_id"], r["max_name"]) == (100, 100, 5050, "item-99"), r
+    assert target.pg.sql("SELECT count(*), sum(id) FROM jdbc_items", user="app", db="app") == [(100, 5050)]
+
+
+@requires_java
+def test_jdbc_transaction_commits_and_rolls_back(target, java_classes):
+    recreate_table(target, "jdbc_tx")
+    r = jdbc(target, java_classes, "transaction")
+    assert (r["rows"], r["other_sees"]) == ("1=committed", "committed"), r
+    assert target.pg.sql("SELECT id, note FROM jdbc_tx ORDER BY id", user="app", db="app") == [(1, "committed")]
+
+
+@requires_java
+def test_jdbc_fetch_size_reads_1000_rows_from_a_portal_in_batches_of_10(target, java_classes):
+    r = jdbc(target, java_classes, "fetch")
+    # pg_cursors lists the suspended named portal and the side query's own unnamed one.
+    assert (r["rows"], r["sum"], r["md5_500"], r["side_query"]) == (1000, 500500, md5_hex("500"), "side 2"), r
+
+
+@requires_java
+def test_jdbc_types_round_trip_in_text_and_binary_with_the_client_timezone(target, java_classes):
+    r = jdbc(target, java_classes, "types")
+    assert (r["runs"], r["server_prepared"], r["jvm_timezone"]) == (8, True, JVM_TIMEZONE), r
+    # 2024-02-29 23:59:58.123456-07 is 2024-03-01 06:59:58.123456 UTC, +05:45 in Kathmandu.
+    assert (r["timezone"], r["timestamptz_text"]) == (JVM_TIMEZONE, "2024-03-01 12:44:58.123456+05:45"), r
+
+
+@requires_java
+def test_jdbc_20_connections_run_prepared_statements_concurrently(target, java_classes):
+    r = jdbc(target, java_classes, "many", timeout=150)
+    assert (r["threads"], r["ok"], r["executions"], r["server_prepared"]) == (20, 20, 400, True), r
+    if TARGET == "pgsluice" and POOL_MODE != "session":
+        assert app_server_connections(target) <= 3
+
+
+# -- node-postgres ---------------------------------------------------------------------------------
+
+@requires_node
+def test_pg_named_prepared_statements_are_reused_20_times(target, node_modules):
+    r = node(target, "pg-prepared")
+    assert (r["executions"], r["parsed"]) == (20, ["concat_it", "double_it"]), r
+
+
+@requires_node
+def test_pg_queued_and_pipelined_queries_on_one_client_with_an_error_in_the_pipeline(target, node_modules):
+    r = node(target, "pg-pipeline")
+    assert (r["queued"], r["pipelined"], r["pipelined_error"], r["after"]) == (50, 50, "22012", 42), r
+
+
+@requires_node
+def test_pg_pool_of_20_clients_runs_50_queries_each(target, node_modules):
+    r = node(target, "pg-pool")
+    # sum over workers w < 20 and queries i < 50 of w*1000 + i
+    assert (r["workers"], r["queries"], r["total"]) == (20, 1000, 9_524_500), r
+    if TARGET == "pgsluice" and POOL_MODE != "session":
+        assert app_server_connections(target) <= 3
+
+
+@requires_node
+def test_pg_rows_option_reads_a_portal_in_batches_inside_and_outside_a_transaction(target, node_modules):
+    r = node(target, "pg-portal")
+    assert (r["rows_outside"], r["rows_inside"], r["md5_500"]) == (1000, 1000, md5_hex("500")), r
+
+
+@requires_node
+def test_pg_transaction_commits_and_rolls_back(target, node_modules):
+    recreate_table(target, "node_tx")
+    r = node(target, "pg-transaction")
+    assert r["rows"] == "1=committed", r
+
+
+@requires_node
+def test_pg_client_stays_usable_after_division_by_zero_in_every_protocol_path(target, node_modules):
+    r = node(target, "pg-error")
+    assert (r["simple_message"], r["after"]) == ("division by zero", "after"), r
+
+
+@requires_node
+@session_only
+def test_pg_listen_receives_a_notification(target, node_modules):
+    r = node(target, "pg-listen")
+    assert (r["channel"], r["payload"]) == ("check_channel", "hello from node"), r
+
+
+# -- postgres.js -----------------------------------------------------------------------------------
+
+@requires_node
+def test_postgresjs_named_statements_are_reused_150_times(target, node_modules):
+    r = node(target, "postgres-prepared")
+    names = r["statement_names"]
+    # Two statement texts, each parsed once under a name of its own (not the unnamed statement).
+    assert (r["executions"], len(names), all(names)) == (150, 2, True), r
+
+
+@requires_node
+def test_postgresjs_begin_commits_rolls_back_and_uses_savepoints(target, node_modules):
+    recreate_table(target, "postgres_tx")
+    r = node(target, "postgres-begin")
+    assert (r["inside"], r["rows"]) == ("committed", "1=committed,3=savepoint"), r
+
+
+@requires_node
+def test_postgresjs_200_concurrent_queries_on_10_connections(target, node_modules):
+    r = node(target, "postgres-concurrent")
+    assert (r["queries"], r["total"]) == (200, 3 * sum(range(200))), r
+
+
+@requires_node
+def test_postgresjs_cursor_reads_1000_rows_in_batches_of_10_without_a_transaction(target, node_modules):
+    r = node(target, "postgres-cursor")
+    assert (r["rows"], r["sum"], r["batches"], r["side_queries"], r["after"]) == (1000, 500500, 100, 30, "ok"), r

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (`.ci/run`): dependencies, the ASan+UBSan build, the unit
+# tests (ctest), then the integration tests (pytest) against that build and a throwaway Postgres.
+# Run from anywhere: `bash tests/run.sh`. Extra arguments go to pytest (e.g. `-k cancel`).
+# Exits non-zero if any step fails.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 1
+
+LOG_DIR="$ROOT/build/test-logs"
+declare -a STEP_NAMES=() STEP_RESULTS=() STEP_SECONDS=()
+failed=0
+unit_passed=0 unit_failed=0 integ_passed=0 integ_failed=0 integ_skipped=0
+
+banner() { printf '\n==== %s ====\n' "$*"; }
+
+# run_step NAME COMMAND...: runs COMMAND with its output shown and kept in $LOG_DIR/NAME.log.
+run_step() {
+  local name=$1
+  shift
+  banner "$name: $*"
+  local started=$SECONDS
+  "$@" 2>&1 | tee "$LOG_DIR/$name.log"
+  local code=${PIPESTATUS[0]}
+  STEP_NAMES+=("$name")
+  STEP_SECONDS+=($((SECONDS - started)))
+  if ((code == 0)); then
+    STEP_RESULTS+=("ok")
+  else
+    STEP_RESULTS+=("FAILED (exit $code)")
+    failed=1
+  fi
+  return "$code"
+}
+
+summary() {
+  banner "summary"
+  local i
+  for i in "${!STEP_NAMES[@]}"; do
+    printf '  %-12s %-22s %4ss\n' "${STEP_NAMES[$i]}" "${STEP_RESULTS[$i]}" "${STEP_SECONDS[$i]}"
+  done
+  printf '  logs: %s\n' "$LOG_DIR"
+  if ((failed)); then
+    printf '\nRESULT: FAILED\n'
+  else
+    printf '\nRESULT: all tests passed\n'
+  fi
+  # One closing line over both runners: unit (ctest) + integration (pytest).
+  printf 'tests: %d passed, %d failed, %d skipped\n' \
+    $((unit_passed + integ_passed)) $((unit_failed + integ_failed)) "$integ_skipped"
+}
+
+# 1. Dependencies (Debian packages; installs only what is missing).
+mkdir -p "$LOG_DIR"
+if ! run_step deps bash deploy/local/install-deps.sh; then
+  summary
+  exit 1
+fi
+
+# 2. The ASan+UBSan build (CMakePresets.json: asan).
+if ! run_step build bash -c 'cmake --preset asan && cmake --build --preset asan'; then
+  summary
+  exit 1
+fi
+
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+
+# 3. Unit tests.
+run_step unit ctest --test-dir build/asan --output-on-failure
+line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$LOG_DIR/unit.log" | tail -1 || true)
+if [[ -n $line ]]; then
+  total=$(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$line")
+  unit_failed=$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line")
+  unit_passed=$((total - unit_failed))
+fi
+if ((unit_passed + unit_failed == 0)); then
+  echo "ctest ran no test" >&2
+  STEP_RESULTS[-1]="FAILED (no tests)"
+  failed=1
+fi
+
+# 4. Integration tests against the ASan build, once per pool mode (every driver habit must work in
+#    each; tests that only make sense in one mode skip themselves in the other).
+export PGSLUICE_BIN="$ROOT/build/asan/pgsluice"
+for mode in session transaction; do
+  PGSLUICE_TEST_MODE=$mode run_step "integration-$mode" /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+    --timeout=300 -o junit_family=xunit2 --junitxml="$LOG_DIR/integration-$mode.xml" tests/integration "$@"
+  last=$(grep -E '^(=+ )?[0-9]+ (passed|failed|error|skipped)|no tests ran' "$LOG_DIR/integration-$mode.log" | tail -1 || true)
+  passed=$(grep -oE '[0-9]+ passed' <<<"$last" | grep -oE '[0-9]+' || echo 0)
+  integ_passed=$((integ_passed + passed))
+  integ_failed=$((integ_failed + $(grep -oE '[0-9]+ failed' <<<"$last" | grep -oE '[0-9]+' || echo 0) + \
+    $(grep -oE '[0-9]+ errors?' <<<"$last" | grep -oE '[0-9]+' || echo 0)))
+  integ_skipped=$((integ_skipped + $(grep -oE '[0-9]+ skipped' <<<"$last" | grep -oE '[0-9]+' || echo 0)))
+  if ((passed == 0)); then
+    echo "pytest passed no test in $mode mode" >&2
+    failed=1
+  fi
+done
+
+summary
+exit "$failed"
