@@ -2,7 +2,7 @@
 when the pool is exhausted, prepared statements and session parameters that follow the client from
 connection to connection, warm minimums, health checks, and no dirty connection ever reused.
 
-Each test runs its own pgsluice in transaction mode whatever PGSLUICE_TEST_MODE says; the server
+Each test runs its own pgsluice in transaction mode (in the PGSLUICE_TEST_MODE=transaction pass); the server
 side logs in as role `scram_user`, so pg_stat_activity tells exactly what pgsluice holds."""
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ import psycopg2.errors
 import pytest
 
 import pgharness
-from conftest import TARGET, start_pgsluice, stop_pgsluice
+from conftest import POOL_MODE, TARGET, start_pgsluice, stop_pgsluice
 
 pytestmark = [pytest.mark.proxy_only]
 if TARGET == "direct":
     pytest.skip("pgsluice-only behaviour", allow_module_level=True)
+if POOL_MODE != "transaction":
+    pytest.skip("runs in the transaction-mode pass (PGSLUICE_TEST_MODE=transaction)", allow_module_level=True)
 
 SERVER_ROLE = "scram_user"
 
