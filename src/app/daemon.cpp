@@ -8,6 +8,7 @@
 #include <boost/asio/strand.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <spdlog/spdlog.h>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -86,6 +87,27 @@ asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<sessi
   }
 }
 
+// Waits for the clients to leave, forces the rest out at shutdown_timeout, then stops the loop.
+asio::awaitable<void> drain(std::shared_ptr<session::SessionContext> context, std::chrono::milliseconds timeout,
+                            asio::io_context& io) {
+  asio::steady_timer tick(co_await asio::this_coro::executor);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  bool forced = false;
+  while (context->clients.load() > 0) {
+    if (!forced && std::chrono::steady_clock::now() >= deadline) {
+      forced = true;
+      spdlog::warn("shutdown_timeout expired with {} client(s) left: closing them", context->clients.load());
+      for (auto& session : context->cancels.sessions()) session->force_shutdown();
+    }
+    if (forced && std::chrono::steady_clock::now() >= deadline + std::chrono::seconds(2)) break;
+    tick.expires_after(std::chrono::milliseconds(20));
+    co_await tick.async_wait(net::use_nothrow);
+  }
+  for (auto& [name, service] : context->services) service->pool->close();
+  spdlog::info("all clients gone: stopping");
+  io.stop();
+}
+
 }  // namespace
 
 int run_daemon(std::shared_ptr<const config::Config> config) {
@@ -118,15 +140,28 @@ int run_daemon(std::shared_ptr<const config::Config> config) {
     asio::co_spawn(asio::make_strand(io), service->pool->maintain(), asio::detached);
   }
 
+  // SIGTERM/SIGINT: stop accepting, let transactions in flight finish (up to shutdown_timeout), tell
+  // every client 57P01, exit 0. A second signal exits at once.
   asio::signal_set signals(io, SIGTERM, SIGINT);
-  signals.async_wait([&](const net::error_code& ec, int signal) {
+  bool stopping = false;
+  std::function<void(const net::error_code&, int)> on_signal = [&](const net::error_code& ec, int signal) {
     if (ec) return;
-    spdlog::info("received signal {}: shutting down", signal);
+    if (stopping) {
+      spdlog::warn("received signal {} again: exiting now", signal);
+      io.stop();
+      return;
+    }
+    stopping = true;
+    spdlog::info("received signal {}: draining clients (shutdown_timeout {}ms)", signal,
+                 config->shutdown_timeout.count());
     net::error_code ignored;
     acceptor.close(ignored);
-    for (auto& [name, service] : context->services) service->pool->close();
-    io.stop();
-  });
+    context->draining = true;
+    for (auto& session : context->cancels.sessions()) session->begin_shutdown();
+    asio::co_spawn(io, drain(context, config->shutdown_timeout, io), asio::detached);
+    signals.async_wait(on_signal);
+  };
+  signals.async_wait(on_signal);
 
   std::vector<std::thread> threads;
   for (int i = 1; i < workers; ++i) threads.emplace_back([&io] { io.run(); });

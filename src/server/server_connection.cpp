@@ -343,6 +343,12 @@ net::awaitable<bool> ServerConnection::run_discarding(std::string_view sql) {
   co_return errors == 0 && status == 'I';
 }
 
+net::awaitable<bool> ServerConnection::run_discarding(std::string_view sql, std::chrono::milliseconds timeout) {
+  asio::steady_timer timer(socket_.get_executor(), timeout);
+  auto outcome = co_await (run_discarding(sql) || timer.async_wait(net::use_nothrow));
+  co_return outcome.index() == 0 && std::get<0>(outcome);
+}
+
 net::awaitable<void> send_cancel(asio::any_io_executor executor, ServerTarget target, protocol::BackendKeyData key) {
   auto attempt = [&]() -> net::awaitable<void> {
     net::tcp::resolver resolver(executor);

@@ -30,6 +30,16 @@ std::shared_ptr<ClientSession> CancelRegistry::find(Key key) const {
   return it == sessions_.end() ? nullptr : it->second.lock();
 }
 
+std::vector<std::shared_ptr<ClientSession>> CancelRegistry::sessions() const {
+  std::vector<std::shared_ptr<ClientSession>> out;
+  std::lock_guard lock(mutex_);
+  out.reserve(sessions_.size());
+  for (const auto& [key, session] : sessions_) {
+    if (auto live = session.lock()) out.push_back(std::move(live));
+  }
+  return out;
+}
+
 std::size_t CancelRegistry::size() const {
   std::lock_guard lock(mutex_);
   return sessions_.size();

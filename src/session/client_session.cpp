@@ -3,6 +3,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <spdlog/spdlog.h>
@@ -21,7 +22,8 @@ ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionCon
       config_(context_->config),
       max_message_size_(config_->max_message_size),
       server_reader_done_(socket_.get_executor()),
-      client_write_unlocked_(socket_.get_executor()) {
+      client_write_unlocked_(socket_.get_executor()),
+      timer_(socket_.get_executor()) {
   net::error_code ec;
   auto endpoint = socket_.remote_endpoint(ec);
   if (!ec) peer_ = endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
@@ -88,13 +90,96 @@ net::awaitable<void> ClientSession::run() {
     co_return;
   }
   if (std::get<0>(outcome) != LoginOutcome::proceed) co_return;
+  if (context_->draining) {
+    co_await send_fatal("57P01", "pgsluice: shutting down; connect again to another instance");
+    co_return;
+  }
   if (!co_await finish_login()) {
     co_await finish_server();
     co_return;
   }
   spdlog::debug("session {}: user {} database {} service {}", peer_, user_, database_, service_->config.name);
   co_await relay();
+  closing_ = true;
+  disarm_timer();
   co_await finish_server();
+}
+
+bool ClientSession::between_transactions() const {
+  return transaction_status_ == 'I' && expected_ready_ == 0 && !in_extended_batch_ && statements_.idle();
+}
+
+void ClientSession::arm_timer(TimerPurpose purpose, std::chrono::milliseconds after) {
+  ++timer_generation_;
+  timer_purpose_ = purpose;
+  timer_.expires_after(after);  // cancels the previous watch, which sees a stale generation and ends
+  asio::co_spawn(socket_.get_executor(), watch_timer(timer_generation_), asio::detached);
+}
+
+void ClientSession::disarm_timer() {
+  if (timer_purpose_ == TimerPurpose::none) return;
+  ++timer_generation_;
+  timer_purpose_ = TimerPurpose::none;
+  timer_.cancel();
+}
+
+net::awaitable<void> ClientSession::watch_timer(std::uint64_t generation) {
+  auto self = shared_from_this();
+  auto [ec] = co_await timer_.async_wait(net::use_nothrow);
+  if (ec || generation != timer_generation_ || closing_) co_return;
+  const auto purpose = timer_purpose_;
+  timer_purpose_ = TimerPurpose::none;
+  if (purpose == TimerPurpose::query && server_ && expected_ready_ > 0) {
+    // Cancel on the server like a client's own cancel would; the 57014 that comes back is rewritten
+    // to say which limit fired (server_reader).
+    spdlog::info("session {}: query_timeout {}ms of service {} expired; cancelling the statement", peer_,
+                 service_->config.query_timeout.count(), service_->config.name);
+    timeout_cancel_pending_ = true;
+    forward_cancel();
+  } else if (purpose == TimerPurpose::idle_in_transaction && server_ && transaction_status_ != 'I' &&
+             expected_ready_ == 0) {
+    spdlog::info("session {}: idle_in_transaction_timeout {}ms of service {} expired; closing the client", peer_,
+                 service_->config.idle_in_transaction_timeout.count(), service_->config.name);
+    co_await close_with("25P03", "pgsluice: idle_in_transaction_timeout (" +
+                                     std::to_string(service_->config.idle_in_transaction_timeout.count()) +
+                                     "ms) of service \"" + service_->config.name +
+                                     "\" expired; the transaction was rolled back and the connection closed");
+  }
+}
+
+net::awaitable<void> ClientSession::close_with(std::string sqlstate, std::string message) {
+  if (closing_) co_return;
+  closing_ = true;
+  co_await stop_server_reader();
+  co_await lock_client_writes();
+  co_await send_fatal(sqlstate, message);
+  unlock_client_writes();
+  // Half-close and keep reading (the relay discards input once closing_): a client that writes
+  // before it reads still gets the FATAL instead of a reset that would lose it. Bounded.
+  net::error_code ignored;
+  socket_.shutdown(net::tcp::socket::shutdown_send, ignored);
+  asio::steady_timer linger(socket_.get_executor(), std::chrono::seconds(2));
+  auto self = shared_from_this();
+  co_await linger.async_wait(net::use_nothrow);
+  socket_.cancel(ignored);  // the relay's read ends; it then gives the server connection back
+}
+
+void ClientSession::begin_shutdown() {
+  asio::post(socket_.get_executor(), [self = shared_from_this()] {
+    self->draining_ = true;
+    if (self->between_transactions() && !self->client_writing_) {
+      asio::co_spawn(self->socket_.get_executor(),
+                     self->close_with("57P01", "pgsluice: shutting down; connect again"), asio::detached);
+    }
+  });
+}
+
+void ClientSession::force_shutdown() {
+  asio::post(socket_.get_executor(), [self = shared_from_this()] {
+    asio::co_spawn(self->socket_.get_executor(),
+                   self->close_with("57P01", "pgsluice: shutting down (shutdown_timeout expired)"),
+                   asio::detached);
+  });
 }
 
 net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::string& error) {
@@ -177,6 +262,12 @@ void ClientSession::fail_run(protocol::Bytes run, const std::string& sqlstate, c
 
 net::awaitable<void> ClientSession::relay() {
   for (;;) {
+    if (closing_) {
+      // The session is ending (close_with): what the client still sends is read and dropped.
+      buffer_.consume(buffer_.size());
+      if (co_await net::read_some(socket_, buffer_)) co_return;
+      continue;
+    }
     // Cut every whole message off the buffer; the run of them is forwarded with one write.
     auto data = buffer_.readable();
     std::size_t offset = 0;
@@ -215,6 +306,11 @@ net::awaitable<void> ClientSession::relay() {
 
     if (offset > 0) {
       auto run = data.first(offset);
+      if (timer_purpose_ == TimerPurpose::idle_in_transaction) disarm_timer();
+      if (expected_ready_ > 0 && timer_purpose_ == TimerPurpose::none &&
+          service_->config.query_timeout.count() > 0) {
+        arm_timer(TimerPurpose::query, service_->config.query_timeout);
+      }
       if (!server_) {
         std::string sqlstate;
         std::string error;
@@ -227,7 +323,13 @@ net::awaitable<void> ClientSession::relay() {
           Buffer out;
           fail_run(run, sqlstate, error, out);
           buffer_.consume(offset);
-          if (!out.empty() && !co_await write_client(out)) co_return;
+          disarm_timer();
+          if (!out.empty()) {
+            co_await lock_client_writes();
+            const bool written = co_await write_client(out);
+            unlock_client_writes();
+            if (!written) co_return;
+          }
           continue;
         }
       }
@@ -271,6 +373,7 @@ net::awaitable<void> ClientSession::relay() {
 net::awaitable<void> ClientSession::server_reader() {
   auto self = shared_from_this();
   bool server_lost = false;
+  bool drained = false;  // SIGTERM and the transaction in flight is done
   std::string lost_reason;
   auto& buffer = server_->buffer();
   const std::size_t max_size = server_->target().max_message_size;
@@ -320,17 +423,31 @@ net::awaitable<void> ClientSession::server_reader() {
     if (offset > 0) {
       Outgoing& out = to_client_;
       out.clear();
-      if (rewrite_statements_) {
+      if (rewrite_statements_ || timeout_cancel_pending_) {
         for (std::size_t at = 0; at < offset;) {
           auto frame = protocol::next_frame(data.subspan(at), max_size);
-          statements_.take_due_replies(out);
-          if (statements_.server_message(frame.message, server_->statements()) ==
-              StatementTracker::Disposition::relay) {
-            out.append(frame.message.frame);
+          const auto& message = frame.message;
+          at += message.frame.size();
+          if (rewrite_statements_) {
+            statements_.take_due_replies(out);
+            if (statements_.server_message(message, server_->statements()) == StatementTracker::Disposition::swallow) {
+              continue;
+            }
           }
-          at += frame.message.frame.size();
+          if (timeout_cancel_pending_ && message.type == 'E') {
+            auto fields = protocol::parse_error_response(message.payload);
+            if (fields && fields->sqlstate == "57014") {
+              timeout_cancel_pending_ = false;
+              protocol::append_error_response(
+                  out.build(), protocol::Severity::error, "57014",
+                  "pgsluice: query_timeout (" + std::to_string(service_->config.query_timeout.count()) +
+                      "ms) of service \"" + service_->config.name + "\" expired; the statement was cancelled");
+              continue;
+            }
+          }
+          out.append(message.frame);
         }
-        statements_.take_due_replies(out);
+        if (rewrite_statements_) statements_.take_due_replies(out);
       } else {
         out.append(data.first(offset));
       }
@@ -338,6 +455,18 @@ net::awaitable<void> ClientSession::server_reader() {
       buffer.consume(offset);
       if (!ok) {
         closing_ = true;  // the client is gone; the client reader will notice too
+        break;
+      }
+    }
+    if (ready_seen && expected_ready_ == 0) {
+      timeout_cancel_pending_ = false;
+      if (timer_purpose_ == TimerPurpose::query) disarm_timer();
+      if (transaction_status_ != 'I' && service_->config.idle_in_transaction_timeout.count() > 0) {
+        arm_timer(TimerPurpose::idle_in_transaction, service_->config.idle_in_transaction_timeout);
+      }
+      if (draining_ && between_transactions() && !client_writing_ && buffer.empty()) {
+        drained = true;
+        if (service_->config.mode != config::PoolMode::session) release_server(true);
         break;
       }
     }
@@ -364,6 +493,7 @@ net::awaitable<void> ClientSession::server_reader() {
   }
   server_reader_running_ = false;
   server_reader_done_.notify();
+  if (drained) co_await close_with("57P01", "pgsluice: shutting down; connect again");
 }
 
 net::awaitable<void> ClientSession::stop_server_reader() {
@@ -379,12 +509,16 @@ net::awaitable<void> ClientSession::stop_server_reader() {
 net::awaitable<void> ClientSession::finish_server() {
   co_await stop_server_reader();
   if (!server_) co_return;
-  const bool clean = transaction_status_ == 'I' && expected_ready_ == 0 && !in_extended_batch_ && statements_.idle() &&
-                     server_->buffer().empty();
-  bool reusable = clean;
-  if (clean && service_->config.mode == config::PoolMode::session) {
+  const auto timeout = service_->target->connect_timeout;
+  const bool settled = expected_ready_ == 0 && !in_extended_batch_ && statements_.idle() && server_->buffer().empty();
+  bool reusable = settled;
+  if (settled && transaction_status_ != 'I') {
+    // The client left inside a transaction: roll it back and keep the connection.
+    reusable = co_await server_->run_discarding("ROLLBACK", timeout);
+  }
+  if (reusable && service_->config.mode == config::PoolMode::session) {
     // Session mode: whatever the client changed is reset before the next client (DESIGN §2).
-    reusable = co_await server_->run_discarding("DISCARD ALL");
+    reusable = co_await server_->run_discarding("DISCARD ALL", timeout);
     server_->forget_applied_parameters();
     server_->statements().clear();
   }

@@ -65,6 +65,8 @@ class ServerConnection : public pool::Connection {
   // Runs one simple query whose results are discarded (DISCARD ALL, health check). False on any
   // error or if the server did not end idle.
   net::awaitable<bool> run_discarding(std::string_view sql);
+  // The same, failing (false) if the server has not answered within `timeout`.
+  net::awaitable<bool> run_discarding(std::string_view sql, std::chrono::milliseconds timeout);
   // After DISCARD ALL / RESET ALL: what pgsluice had applied is gone.
   void forget_applied_parameters() { applied_.clear(); }
   // A look at an idle connection's socket without a round trip: false when the server closed it or

@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <utility>
+#include <vector>
 
 namespace pgsluice::session {
 
@@ -23,6 +24,8 @@ class CancelRegistry {
   // The session the key belongs to; a wrong key finds nothing (and is ignored, like Postgres).
   std::shared_ptr<ClientSession> find(Key key) const;
   std::size_t size() const;
+  // Every live session (for shutdown).
+  std::vector<std::shared_ptr<ClientSession>> sessions() const;
 
  private:
   mutable std::mutex mutex_;

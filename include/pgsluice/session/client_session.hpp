@@ -29,6 +29,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   // From the cancel registry, on any thread: cancel what the server connection held now is running.
   void forward_cancel();
+  // SIGTERM, from any thread: close at once if idle, else after the transaction in flight ends.
+  void begin_shutdown();
+  // shutdown_timeout expired, from any thread: close now with 57P01 whatever is in flight.
+  void force_shutdown();
 
  private:
   enum class LoginOutcome { proceed, closed, cancel_request };
@@ -56,6 +60,16 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   net::awaitable<bool> write_client_locked(Outgoing& out);
   // Replies made by pgsluice that nothing the server owes comes before (e.g. CloseComplete + Flush).
   net::awaitable<bool> send_due_replies();
+
+  // query_timeout and idle_in_transaction_timeout share one timer: at most one of them runs.
+  enum class TimerPurpose { none, query, idle_in_transaction };
+  void arm_timer(TimerPurpose purpose, std::chrono::milliseconds after);
+  void disarm_timer();
+  net::awaitable<void> watch_timer(std::uint64_t generation);
+  // Ends the session from outside the relay: stops the server reader, sends a FATAL, closes.
+  net::awaitable<void> close_with(std::string sqlstate, std::string message);
+  // The client may leave now (no statement in flight, no transaction open).
+  bool between_transactions() const;
 
   net::tcp::socket socket_;
   std::shared_ptr<SessionContext> context_;
@@ -88,6 +102,12 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   Outgoing to_client_;  // the server reader's run, reused
   bool client_write_locked_ = false;
   net::Event client_write_unlocked_;
+
+  net::asio::steady_timer timer_;
+  TimerPurpose timer_purpose_ = TimerPurpose::none;
+  std::uint64_t timer_generation_ = 0;
+  bool timeout_cancel_pending_ = false;  // the 57014 that comes back is pgsluice's query_timeout
+  bool draining_ = false;                // SIGTERM: close as soon as between transactions
 
   // What forward_cancel() needs, guarded: it runs on another connection's strand.
   std::mutex cancel_mutex_;

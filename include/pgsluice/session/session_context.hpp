@@ -51,6 +51,7 @@ struct SessionContext {
   CancelRegistry cancels;
   std::string mock_secret;  // makes the mock SCRAM salt of unknown users stable but unguessable
   std::atomic<int> clients{0};
+  std::atomic<bool> draining{false};  // SIGTERM received: no new logins
 
   std::shared_ptr<Service> find_service(const std::string& user, const std::string& database) const;
 };
