@@ -58,6 +58,12 @@ if ! run_step deps bash deploy/local/install-deps.sh; then
   exit 1
 fi
 
+# 1b. What the driver tests need beyond Debian's Python drivers: a JDK, pgjdbc, node-postgres, postgres.js.
+if ! run_step deps-drivers bash tests/drivers/install.sh; then
+  summary
+  exit 1
+fi
+
 # 2. The ASan+UBSan build (CMakePresets.json: asan).
 if ! run_step build bash -c 'cmake --preset asan && cmake --build --preset asan'; then
   summary

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "pgsluice/net/io.hpp"
+#include "pgsluice/pool/circuit_breaker.hpp"
 #include "pgsluice/protocol/scram.hpp"
 #include "pgsluice/server/server_connection.hpp"
 #include "pgsluice/session/client_session.hpp"
@@ -119,6 +120,29 @@ int run_daemon(std::shared_ptr<const config::Config> config) {
   context->users = session::prepare_user_secrets(*config);
   context->mock_secret = protocol::scram::random_bytes(32);
   for (const auto& service : config->services) context->services[service.name] = make_service(*config, service);
+  // One circuit breaker per backend, shared by its services' pools: when it opens, all of them drop
+  // their idle connections and fail their waiters at once.
+  for (const auto& [backend_name, backend] : config->backends) {
+    auto breaker = std::make_shared<pool::CircuitBreaker>(pool::CircuitBreakerSettings{
+        .failure_threshold = backend.breaker.failure_threshold,
+        .open_for = backend.breaker.open_for,
+        .max_open_for = backend.breaker.max_open_for,
+    });
+    std::vector<std::shared_ptr<pool::Pool>> pools;
+    for (auto& [name, service] : context->services) {
+      if (service->config.backend == backend_name) pools.push_back(service->pool);
+    }
+    std::vector<std::weak_ptr<pool::Pool>> weak_pools(pools.begin(), pools.end());
+    auto on_trip = [weak_pools, backend_name, breaker] {
+      spdlog::warn("backend {}: circuit breaker open after {} consecutive failures; failing fast for {} ms",
+                   backend_name, breaker->settings().failure_threshold,
+                   std::chrono::duration_cast<std::chrono::milliseconds>(breaker->open_for()).count());
+      for (auto& weak : weak_pools) {
+        if (auto pool = weak.lock()) pool->trip();
+      }
+    };
+    for (auto& pool : pools) pool->set_breaker(breaker, on_trip);
+  }
 
   tcp::acceptor acceptor(io);
   try {

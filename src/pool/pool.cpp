@@ -19,7 +19,43 @@ struct Pool::Waiter {
   std::unique_ptr<Connection> connection;  // handed over by release()
   bool may_connect = false;                // a connect slot was reserved for this waiter
   bool resolved = false;                   // served or failed: no longer in waiters_
+  bool circuit_open = false;               // failed by trip()
 };
+
+void Pool::set_breaker(std::shared_ptr<CircuitBreaker> breaker, std::function<void()> on_trip) {
+  breaker_ = std::move(breaker);
+  on_trip_ = std::move(on_trip);
+}
+
+AcquireResult Pool::circuit_open_result(Clock::duration retry_in) const {
+  const auto seconds = std::chrono::duration_cast<std::chrono::milliseconds>(retry_in).count();
+  std::string when = retry_in.count() > 0
+                         ? fmt::format("retrying in {:.1f} s", static_cast<double>(seconds) / 1000.0)
+                         : std::string("a probe connection is being tried now");
+  return AcquireResult{nullptr, AcquireError::circuit_open,
+                       fmt::format("pgsluice: database unavailable, circuit open for service \"{}\"; {}",
+                                   settings_.service, when)};
+}
+
+void Pool::record_outcome(bool success) {
+  if (!breaker_) return;
+  if (success) {
+    breaker_->record_success();
+  } else if (breaker_->record_failure() && on_trip_) {
+    on_trip_();
+  }
+}
+
+void Pool::trip() {
+  std::vector<std::unique_ptr<Connection>> doomed;
+  std::lock_guard lock(mutex_);
+  doomed.swap(idle_);
+  for (auto& waiter : waiters_) {
+    waiter->circuit_open = true;
+    wake_locked(waiter);
+  }
+  waiters_.clear();
+}
 
 Pool::Pool(PoolSettings settings, Connector connector, HealthCheck health_check)
     : settings_(std::move(settings)), connector_(std::move(connector)), health_check_(std::move(health_check)) {}
@@ -53,6 +89,7 @@ asio::awaitable<std::unique_ptr<Connection>> Pool::take_idle() {
       } catch (const std::exception&) {
         usable = false;
       }
+      if (thorough) record_outcome(usable);
     }
     if (usable) {
       connection->last_used = Clock::now();
@@ -99,11 +136,25 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
     ++counters_.acquires;
     if (closed_) co_return closed_result();
   }
-  if (auto connection = co_await take_idle()) co_return AcquireResult{std::move(connection), {}, {}};
+  bool probe = false;
+  if (breaker_ && breaker_->state() != CircuitBreaker::State::closed) {
+    // Fail fast while the backend is known to be down (DESIGN §3): no connect, no wait.
+    auto admission = breaker_->admit();
+    if (!admission.may_connect()) co_return circuit_open_result(admission.retry_in);
+    probe = admission.is_probe();
+  }
+  if (!probe) {
+    if (auto connection = co_await take_idle()) co_return AcquireResult{std::move(connection), {}, {}};
+  }
   {
     std::lock_guard lock(mutex_);
-    if (closed_) co_return closed_result();
-    if (total_locked() < settings_.max_connections && waiters_.empty()) {
+    if (closed_) {
+      if (probe) breaker_->record_failure();  // the probe must report; this one never ran
+      co_return closed_result();
+    }
+    if (probe) {
+      ++connecting_;  // the probe connects even at max: the pool holds nothing while the circuit is open
+    } else if (total_locked() < settings_.max_connections && waiters_.empty()) {
       ++connecting_;
     } else if (static_cast<int>(waiters_.size()) >= settings_.max_waiting_clients) {
       ++counters_.too_many_waiting;
@@ -126,6 +177,7 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
       waiter->connection->last_used = Clock::now();
       co_return AcquireResult{std::move(waiter->connection), {}, {}};
     }
+    if (waiter->circuit_open) co_return circuit_open_result(breaker_->retry_in());
     if (waiter->may_connect) {
       // The slot was already counted in connecting_: fall through to connect.
     } else if (waiter->resolved) {
@@ -149,6 +201,7 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
     error = e.what();
   }
   if (connection) connection->expires_at = lifetime_deadline();
+  record_outcome(connection != nullptr);
   std::lock_guard lock(mutex_);
   --connecting_;
   if (connection) {
@@ -221,7 +274,8 @@ asio::awaitable<void> Pool::maintain() {
           ++it;
         }
       }
-      to_open = std::max(0, settings_.min_connections - total_locked());
+      const bool breaker_closed = !breaker_ || breaker_->state() == CircuitBreaker::State::closed;
+      to_open = breaker_closed ? std::max(0, settings_.min_connections - total_locked()) : 0;
       connecting_ += to_open;
     }
     doomed.clear();
@@ -234,6 +288,7 @@ asio::awaitable<void> Pool::maintain() {
         error = e.what();
       }
       if (connection) connection->expires_at = lifetime_deadline();
+      record_outcome(connection != nullptr);
       std::lock_guard lock(mutex_);
       --connecting_;
       if (!connection) {

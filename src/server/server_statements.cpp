@@ -12,6 +12,7 @@ void ServerStatements::add(const std::string& name) {
 }
 
 void ServerStatements::forget(const std::string& name) {
+  stale_.erase(name);
   auto it = index_.find(name);
   if (it == index_.end()) return;
   order_.erase(it->second);
@@ -25,6 +26,7 @@ void ServerStatements::touch(const std::string& name) {
 void ServerStatements::clear() {
   order_.clear();
   index_.clear();
+  stale_.clear();
 }
 
 std::optional<std::string> ServerStatements::evict_if_full() {

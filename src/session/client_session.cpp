@@ -188,7 +188,8 @@ net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::st
     switch (lease.error) {
       case pool::AcquireError::timeout:
       case pool::AcquireError::too_many_waiting: sqlstate = "53300"; break;
-      case pool::AcquireError::connect_failed: sqlstate = "57P03"; break;
+      case pool::AcquireError::connect_failed:
+      case pool::AcquireError::circuit_open: sqlstate = "57P03"; break;
       case pool::AcquireError::closed: sqlstate = "57P01"; break;
     }
     error = lease.message;
@@ -200,6 +201,13 @@ net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::st
     sqlstate = "08006";
     error = "pgsluice: server connection failed while applying session parameters";
     co_return false;
+  }
+  // Take the server's spelling of what was applied ("ISO" comes back as "ISO, MDY"), so the next
+  // lease compares equal and sends nothing.
+  for (auto& [name, value] : parameters_) {
+    if (auto reported = server_->parameters().find(name); reported != server_->parameters().end()) {
+      value = reported->second;
+    }
   }
   {
     std::lock_guard lock(cancel_mutex_);

@@ -110,6 +110,7 @@ void StatementTracker::ensure_on_server(const Statement& statement, server::Serv
     server.touch(statement.server_name);
     return;
   }
+  close_if_stale(statement.server_name, server, to_server);
   if (auto victim = server.evict_if_full()) {
     protocol::append_close(to_server.build(), 'S', *victim);
     Expectation close{.kind = Kind::close, .swallow = true};
@@ -122,6 +123,16 @@ void StatementTracker::ensure_on_server(const Statement& statement, server::Serv
   Expectation parse{.kind = Kind::parse, .swallow = true};
   parse.server_name = statement.server_name;
   queue_.push_back(std::move(parse));
+}
+
+void StatementTracker::close_if_stale(const std::string& name, server::ServerStatements& server,
+                                      Outgoing& to_server) {
+  if (!server.take_stale(name)) return;
+  server.forget(name);
+  protocol::append_close(to_server.build(), 'S', name);
+  expect(Kind::close, /*swallow=*/true);
+  queue_.back().server_name = name;
+  queue_.back().eviction = true;  // if skipped, the statement is still there (see abandon)
 }
 
 void StatementTracker::ensure_unnamed_on_server(std::uint64_t server_id, Outgoing& to_server) {
@@ -180,6 +191,7 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
         protocol::append_parse_complete(complete);
         expect_fake(std::move(complete), client_name);
       } else {
+        close_if_stale(statement.server_name, server, to_server);
         if (auto victim = server.evict_if_full()) {
           protocol::append_close(to_server.build(), 'S', *victim);
           Expectation close{.kind = Kind::close, .swallow = true};
@@ -209,6 +221,7 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
       ensure_on_server(it->second, server, to_server);
       protocol::append_bind(to_server.build(), bind->portal, it->second.server_name, bind->rest);
       expect(Kind::bind);
+      queue_.back().server_name = it->second.server_name;
       return;
     }
     case 'D': {
@@ -320,6 +333,12 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     return Disposition::relay;
   }
   if (type == 'E') {
+    if (front.kind == Kind::bind && !front.server_name.empty()) {
+      // After DDL a shared statement's plan may be stale (0A000 "cached plan must not change result
+      // type"): the next use of that text closes and re-parses it on this connection.
+      auto fields = protocol::parse_error_response(message.payload);
+      if (fields && fields->sqlstate == "0A000") server.mark_stale(front.server_name);
+    }
     // The server skips to the next Sync: so does the bookkeeping (replies made here included).
     abandon(front, server);
     queue_.pop_front();

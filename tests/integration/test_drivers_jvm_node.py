@@ -128,9 +128,14 @@ def md5_hex(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
 
 
-def app_server_connections(target) -> int:
-    return target.pg.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND datname = 'app' "
-                         "AND pid <> pg_backend_pid()", user="app", db="app")[0][0]
+def assert_shared_backends(target, distinct_backends: int, most_of_one_client: int) -> None:
+    """20 clients: each on a server backend of its own (direct, session mode), or all on the 3 server
+    connections of the transaction pool, with clients moved between them, so their named
+    statements had to be re-Parsed where they landed."""
+    if TARGET == "pgsluice" and POOL_MODE != "session":
+        assert distinct_backends <= 3 and most_of_one_client >= 2, (distinct_backends, most_of_one_client)
+    else:
+        assert (distinct_backends, most_of_one_client) == (20, 1)
 
 
 # -- pgjdbc ----------------------------------------------------------------------------------------
@@ -139,6 +144,39 @@ def app_server_connections(target) -> int:
 def test_jdbc_prepared_statement_runs_20_times_across_the_named_statement_switch(target, java_classes):
     r = jdbc(target, java_classes, "prepared")
     assert (r["executions"], r["prepare_threshold"], r["server_prepared"]) == (20, 5, True), r
+
+
+@requires_java
+def test_jdbc_closed_statements_are_closed_and_the_same_sql_prepares_again(target, java_classes):
+    r = jdbc(target, java_classes, "reprepare")
+    assert r["executions"] == 21, r
+    if TARGET == "pgsluice" and POOL_MODE != "session":
+        # The client's three names share one server statement per server connection (keyed by
+        # text and parameter types); a client's Close never closes it.
+        assert r["prepared_statements_left"] <= 1, r
+    else:
+        assert r["prepared_statements_left"] == 0, r
+
+
+@requires_java
+def test_jdbc_deallocate_all_and_discard_all_let_the_driver_prepare_its_names_again(target, java_classes):
+    r = jdbc(target, java_classes, "deallocate")
+    assert (r["executions"], r["resets"]) == (21, ["DEALLOCATE ALL", "DISCARD ALL"]), r
+
+
+@requires_java
+def test_jdbc_heals_a_server_prepared_select_star_after_a_column_is_added(target, java_classes):
+    target.pg.sql("DROP TABLE IF EXISTS jdbc_ddl; CREATE TABLE jdbc_ddl (id int PRIMARY KEY, a text); "
+                  "INSERT INTO jdbc_ddl VALUES (1, 'one')", user="app", db="app")
+    r = jdbc(target, java_classes, "ddl")
+    assert r["widths"] == [2, 3], r
+
+
+@requires_java
+def test_jdbc_query_timeout_cancels_through_the_proxy_and_the_connection_stays_usable(target, java_classes):
+    r = jdbc(target, java_classes, "timeout")
+    assert (r["sqlstate"], r["after"]) == ("57014", "usable"), r
+    assert 1000 <= r["cancelled_after_ms"] < 5000, r
 
 
 @requires_java
@@ -177,8 +215,7 @@ def test_jdbc_types_round_trip_in_text_and_binary_with_the_client_timezone(targe
 def test_jdbc_20_connections_run_prepared_statements_concurrently(target, java_classes):
     r = jdbc(target, java_classes, "many", timeout=150)
     assert (r["threads"], r["ok"], r["executions"], r["server_prepared"]) == (20, 20, 400, True), r
-    if TARGET == "pgsluice" and POOL_MODE != "session":
-        assert app_server_connections(target) <= 3
+    assert_shared_backends(target, r["distinct_backends"], r["most_backends_of_one_connection"])
 
 
 # -- node-postgres ---------------------------------------------------------------------------------
@@ -199,9 +236,8 @@ def test_pg_queued_and_pipelined_queries_on_one_client_with_an_error_in_the_pipe
 def test_pg_pool_of_20_clients_runs_50_queries_each(target, node_modules):
     r = node(target, "pg-pool")
     # sum over workers w < 20 and queries i < 50 of w*1000 + i
-    assert (r["workers"], r["queries"], r["total"]) == (20, 1000, 9_524_500), r
-    if TARGET == "pgsluice" and POOL_MODE != "session":
-        assert app_server_connections(target) <= 3
+    assert (r["workers"], r["queries"], r["total"], r["clients_opened"]) == (20, 1000, 9_524_500, 20), r
+    assert_shared_backends(target, r["distinct_backends"], r["most_backends_of_one_client"])
 
 
 @requires_node

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "pgsluice/pool/circuit_breaker.hpp"
+
 namespace pgsluice::pool {
 
 using Clock = std::chrono::steady_clock;
@@ -38,7 +40,7 @@ struct PoolSettings {
 };
 
 // Why an acquire failed; the session turns it into the SQLSTATE of DESIGN §7.
-enum class AcquireError { timeout, too_many_waiting, connect_failed, closed };
+enum class AcquireError { timeout, too_many_waiting, connect_failed, circuit_open, closed };
 
 struct AcquireResult {
   std::unique_ptr<Connection> connection;  // set on success
@@ -81,6 +83,12 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // Gives a leased connection back. `reusable` false (broken, dirty, failed reset) closes it.
   void release(std::unique_ptr<Connection> connection, bool reusable);
 
+  // The backend's circuit breaker (shared by every pool on that backend) and what to do when it
+  // opens (trip() on each of those pools). Set before the first acquire.
+  void set_breaker(std::shared_ptr<CircuitBreaker> breaker, std::function<void()> on_trip);
+  // The breaker opened: close idle connections and fail every waiter at once with circuit_open.
+  void trip();
+
   // Background upkeep until close(): opens connections up to min_connections, closes idle ones past
   // idle_timeout (above min) or max_lifetime. Spawn once per pool on any executor.
   boost::asio::awaitable<void> maintain();
@@ -94,6 +102,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
   struct Waiter;
   std::string state_text_locked() const;
   AcquireResult closed_result() const;
+  AcquireResult circuit_open_result(Clock::duration retry_in) const;
+  // Reports a connect or thorough health-check outcome to the breaker.
+  void record_outcome(bool success);
   int total_locked() const { return busy_ + connecting_ + static_cast<int>(idle_.size()); }
   Clock::time_point lifetime_deadline() const;
   // An idle connection to lease, health-checked when it sat idle too long; nullptr when none.
@@ -104,6 +115,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   PoolSettings settings_;
   Connector connector_;
   HealthCheck health_check_;
+  std::shared_ptr<CircuitBreaker> breaker_;
+  std::function<void()> on_trip_;
   mutable std::mutex mutex_;
   std::vector<std::unique_ptr<Connection>> idle_;  // most recently used at the back
   std::deque<std::shared_ptr<Waiter>> waiters_;

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace pgsluice::server {
 
@@ -14,7 +15,14 @@ class ServerStatements {
  public:
   explicit ServerStatements(std::size_t capacity = 512) : capacity_(capacity) {}
 
-  bool contains(const std::string& name) const { return index_.contains(name); }
+  bool contains(const std::string& name) const { return index_.contains(name) && !stale_.contains(name); }
+  // The server still has it, but its plan is stale (0A000 "cached plan must not change result
+  // type" after DDL): it must be closed before it is parsed again.
+  void mark_stale(const std::string& name) {
+    if (index_.contains(name)) stale_.insert(name);
+  }
+  // True (and forgets the mark) when `name` must be closed on the server before its next Parse.
+  bool take_stale(const std::string& name) { return stale_.erase(name) > 0; }
   // Counted from the moment its Parse is sent, so that a pipeline does not parse it twice.
   void add(const std::string& name);
   void forget(const std::string& name);
@@ -28,6 +36,7 @@ class ServerStatements {
   std::size_t capacity_;
   std::list<std::string> order_;  // most recently used at the front
   std::unordered_map<std::string, std::list<std::string>::iterator> index_;
+  std::unordered_set<std::string> stale_;
 };
 
 }  // namespace pgsluice::server

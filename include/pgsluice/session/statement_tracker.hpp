@@ -60,6 +60,8 @@ class StatementTracker {
   // Makes sure `statement` exists on the server, injecting a Parse (and an eviction Close) if not.
   void ensure_on_server(const Statement& statement, server::ServerStatements& server, Outgoing& to_server);
   void ensure_unnamed_on_server(std::uint64_t server_id, Outgoing& to_server);
+  // A statement marked stale on this connection is closed (reply swallowed) before it is parsed anew.
+  void close_if_stale(const std::string& name, server::ServerStatements& server, Outgoing& to_server);
   // The server will never answer this one (error, skipped): undo what it would have done.
   void abandon(const Expectation& expectation, server::ServerStatements& server);
   // Handles DEALLOCATE / DISCARD ALL sent as a simple query. True when the query was answered here.

@@ -3,7 +3,8 @@
 //   javac -cp /usr/share/java/postgresql.jar -d OUT DriverCheck.java
 //   java -cp /usr/share/java/postgresql.jar:OUT DriverCheck JDBC_URL USER PASSWORD SCENARIO
 //
-// Scenarios: prepared, batch, transaction, fetch, types, many (see the method of each name).
+// Scenarios: prepared, reprepare, deallocate, ddl, batch, transaction, fetch, types, many, timeout
+// (see the method of each name).
 // On success prints one JSON object (the values the scenario saw) as the last line of stdout and
 // exits 0; on a wrong value or any exception prints the stack trace (with the SQLSTATE) to stderr
 // and exits 1. tests/integration/test_drivers_jvm_node.py runs it and checks the JSON.
@@ -11,6 +12,12 @@
 // What each scenario exercises in a transaction-mode proxy (DESIGN §2):
 //   prepared     pgjdbc's switch from the unnamed statement to a named server-side one (S_n)
 //                after prepareThreshold (5) executions, then Bind-only round trips of that name
+//   reprepare    with the driver's statement cache off, closing a server-prepared statement queues
+//                a Close('S') that goes out in front of the next statement's Parse
+//   deallocate   SQL DEALLOCATE ALL / DISCARD ALL from the client: the driver forgets its S_n and
+//                Parses the same names again, which must not meet "already exists" (42P05)
+//   ddl          a column added under a server-prepared `select *`: "cached plan must not change
+//                result type" (0A000), which the driver heals by re-preparing in autocommit
 //   batch        100 Parse/Bind/Execute groups in one pipeline with a single Sync
 //   transaction  BEGIN sent lazily in the same pipeline as the first statement; COMMIT/ROLLBACK
 //   fetch        a named portal read 10 rows at a time (Execute with a row limit, PortalSuspended)
@@ -19,6 +26,7 @@
 //                client's TimeZone startup parameter on whatever server connection serves it
 //   many         20 connections doing `prepared` at once, all naming their statement S_1 for the
 //                same SQL, so a server connection sees the same name from many clients
+//   timeout      setQueryTimeout: the driver's CancelRequest with the key pgsluice gave it
 
 import java.math.BigDecimal;
 import java.sql.Array;
@@ -78,12 +86,16 @@ public final class DriverCheck {
 
     private Map<String, Object> run(String scenario) throws Exception {
         switch (scenario) {
-            case "prepared": return prepared(0);
+            case "prepared": return prepared(0, null);
+            case "reprepare": return reprepare();
             case "batch": return batch();
             case "transaction": return transaction();
             case "fetch": return fetch();
             case "types": return types();
             case "many": return many();
+            case "timeout": return timeout();
+            case "deallocate": return deallocate();
+            case "ddl": return ddl();
             default: throw new IllegalArgumentException("unknown scenario " + scenario);
         }
     }
@@ -92,15 +104,23 @@ public final class DriverCheck {
         return DriverManager.getConnection(url, props);
     }
 
-    /** One PreparedStatement executed 20 times in autocommit; the driver names it after 5 runs. */
-    private Map<String, Object> prepared(int worker) throws SQLException {
+    /**
+     * One PreparedStatement executed 20 times in autocommit; the driver names it after 5 runs.
+     * With `connected`, waits after connecting until every worker has connected, so all of them
+     * hold a client connection at once.
+     */
+    private Map<String, Object> prepared(int worker, CountDownLatch connected) throws Exception {
         Map<String, Object> out = new LinkedHashMap<>();
         try (Connection conn = connect();
              PreparedStatement ps = conn.prepareStatement(
                      "select ?::int4 * 2 as doubled, ? || ':' || ?::int4 as label, pg_backend_pid() as pid")) {
+            if (connected != null) {
+                connected.countDown();
+                expect(connected.await(60, TimeUnit.SECONDS), true, "all workers connected");
+            }
             expect(conn.getAutoCommit(), true, "autocommit");
             int threshold = ps.unwrap(PGStatement.class).getPrepareThreshold();
-            List<Integer> pids = new ArrayList<>();
+            List<Object> pids = new ArrayList<>();
             int executions = 0;
             for (int i = 0; i < 20; i++) {
                 int n = worker * 1000 + i;
@@ -124,7 +144,131 @@ public final class DriverCheck {
             out.put("prepare_threshold", threshold);
             // true once the driver uses a named server-side statement instead of the unnamed one
             out.put("server_prepared", ps.unwrap(PGStatement.class).isUseServerPrepare());
-            out.put("distinct_backends", pids.size());
+            out.put("backends", pids);
+        }
+        return out;
+    }
+
+    /**
+     * With preparedStatementCacheQueries=0, closing a server-prepared PreparedStatement makes the
+     * driver send Close('S', S_n) ahead of the next query; the same SQL prepared again gets a new name.
+     */
+    private Map<String, Object> reprepare() throws SQLException {
+        Map<String, Object> out = new LinkedHashMap<>();
+        Properties noCache = new Properties();
+        noCache.putAll(props);
+        noCache.setProperty("preparedStatementCacheQueries", "0");
+        String sql = "select ?::int4 + 100 as n";
+        try (Connection conn = DriverManager.getConnection(url, noCache)) {
+            int executions = 0;
+            for (int round = 0; round < 3; round++) {
+                try (PreparedStatement ps = conn.prepareStatement(sql)) {
+                    for (int i = 0; i < 7; i++) {
+                        ps.setInt(1, round * 10 + i);
+                        try (ResultSet rs = ps.executeQuery()) {
+                            expect(rs.next(), true, "row");
+                            expect(rs.getInt(1), round * 10 + i + 100, "round " + round + " run " + i);
+                        }
+                        executions++;
+                    }
+                    expect(ps.unwrap(PGStatement.class).isUseServerPrepare(), true, "server prepared " + round);
+                }
+            }
+            // The Close of round 2's statement goes out with this query.
+            try (PreparedStatement st = conn.prepareStatement(
+                    "select count(*) from pg_prepared_statements where statement = ?")) {
+                st.setString(1, sql.replace("?", "$1"));
+                try (ResultSet rs = st.executeQuery()) {
+                    rs.next();
+                    out.put("prepared_statements_left", rs.getInt(1));
+                }
+            }
+            out.put("executions", executions);
+        }
+        return out;
+    }
+
+    /** A server-prepared statement, then DEALLOCATE ALL and DISCARD ALL, then the statement again. */
+    private Map<String, Object> deallocate() throws Exception {
+        Map<String, Object> out = new LinkedHashMap<>();
+        try (Connection conn = connect();
+             PreparedStatement ps = conn.prepareStatement("select ?::int4 * 3 as n")) {
+            int executions = 0;
+            List<Object> commands = new ArrayList<>();
+            for (String reset : new String[] {"DEALLOCATE ALL", "DISCARD ALL", null}) {
+                for (int i = 0; i < 7; i++) {
+                    ps.setInt(1, executions);
+                    try (ResultSet rs = ps.executeQuery()) {
+                        expect(rs.next(), true, "row");
+                        expect(rs.getInt(1), executions * 3, "after " + commands + " run " + i);
+                    }
+                    executions++;
+                }
+                expect(ps.unwrap(PGStatement.class).isUseServerPrepare(), true, "server prepared");
+                if (reset != null) {
+                    try (Statement st = conn.createStatement()) {
+                        st.execute(reset);
+                    }
+                    commands.add(reset);
+                }
+            }
+            out.put("executions", executions);
+            out.put("resets", commands);
+        }
+        return out;
+    }
+
+    /** `select *` server-prepared on jdbc_ddl (made by the test), a column added, then run again. */
+    private Map<String, Object> ddl() throws Exception {
+        Map<String, Object> out = new LinkedHashMap<>();
+        try (Connection conn = connect(); Connection admin = connect();
+             PreparedStatement ps = conn.prepareStatement("select * from jdbc_ddl where id = ?")) {
+            List<Object> widths = new ArrayList<>();
+            for (int round = 0; round < 2; round++) {
+                for (int i = 0; i < 7; i++) {
+                    ps.setInt(1, 1);
+                    try (ResultSet rs = ps.executeQuery()) {
+                        expect(rs.next(), true, "row");
+                        int width = rs.getMetaData().getColumnCount();
+                        expect(width, 2 + round, "columns in round " + round + " run " + i);
+                        if (round == 1) {
+                            expect(rs.getInt("b"), 7, "new column");
+                        }
+                        if (i == 6) {
+                            widths.add(width);
+                        }
+                    }
+                }
+                if (round == 0) {
+                    try (Statement st = admin.createStatement()) {
+                        st.execute("alter table jdbc_ddl add column b int default 7");
+                    }
+                }
+            }
+            out.put("widths", widths);
+        }
+        return out;
+    }
+
+    /** setQueryTimeout(1) on pg_sleep(30): the driver cancels it (57014); the connection stays usable. */
+    private Map<String, Object> timeout() throws SQLException {
+        Map<String, Object> out = new LinkedHashMap<>();
+        try (Connection conn = connect(); Statement st = conn.createStatement()) {
+            st.setQueryTimeout(1);
+            long started = System.nanoTime();
+            try {
+                st.executeQuery("select pg_sleep(30)");
+                throw new AssertionError("pg_sleep(30) was not cancelled");
+            } catch (SQLException e) {
+                out.put("sqlstate", e.getSQLState());
+                out.put("message", e.getMessage());
+            }
+            out.put("cancelled_after_ms", (System.nanoTime() - started) / 1_000_000);
+            st.setQueryTimeout(0);
+            try (ResultSet rs = st.executeQuery("select 'usable'")) {
+                rs.next();
+                out.put("after", rs.getString(1));
+            }
         }
         return out;
     }
@@ -298,19 +442,22 @@ public final class DriverCheck {
         int threads = 20;
         ExecutorService pool = Executors.newFixedThreadPool(threads);
         CountDownLatch start = new CountDownLatch(1);
+        CountDownLatch connected = new CountDownLatch(threads);
         List<Future<Map<String, Object>>> futures = new ArrayList<>();
         try {
             for (int w = 0; w < threads; w++) {
                 final int worker = w;
                 futures.add(pool.submit(() -> {
                     start.await();
-                    return prepared(worker);
+                    return prepared(worker, connected);
                 }));
             }
             start.countDown();
             int ok = 0;
             int executions = 0;
             boolean allServerPrepared = true;
+            java.util.Set<Object> backends = new java.util.TreeSet<>();
+            int mostBackendsOfOneWorker = 0;
             List<String> failures = new ArrayList<>();
             for (int w = 0; w < threads; w++) {
                 try {
@@ -318,6 +465,10 @@ public final class DriverCheck {
                     ok++;
                     executions += (Integer) r.get("executions");
                     allServerPrepared &= (Boolean) r.get("server_prepared");
+                    @SuppressWarnings("unchecked")
+                    List<Object> seen = (List<Object>) r.get("backends");
+                    backends.addAll(seen);
+                    mostBackendsOfOneWorker = Math.max(mostBackendsOfOneWorker, seen.size());
                 } catch (java.util.concurrent.ExecutionException e) {
                     failures.add("worker " + w + ": " + describe(e.getCause()));
                 }
@@ -330,6 +481,10 @@ public final class DriverCheck {
             out.put("ok", ok);
             out.put("executions", executions);
             out.put("server_prepared", allServerPrepared);
+            // Server backends (pg_backend_pid) that served the 20 connections, and the most that
+            // one connection was moved across: 20 and 1 when each has its own server connection.
+            out.put("distinct_backends", backends.size());
+            out.put("most_backends_of_one_connection", mostBackendsOfOneWorker);
             return out;
         } finally {
             pool.shutdownNow();
@@ -357,7 +512,7 @@ public final class DriverCheck {
         return s.toString();
     }
 
-    /** Just enough JSON for the flat result maps (strings, numbers, booleans, null). */
+    /** Just enough JSON for the result maps (strings, numbers, booleans, null, lists of those). */
     private static final class Json {
         static String of(Map<String, Object> map) {
             StringBuilder s = new StringBuilder("{");
@@ -376,6 +531,13 @@ public final class DriverCheck {
             }
             if (v instanceof Number || v instanceof Boolean) {
                 return v.toString();
+            }
+            if (v instanceof List) {
+                StringBuilder s = new StringBuilder("[");
+                for (Object item : (List<?>) v) {
+                    s.append(s.length() > 1 ? ", " : "").append(value(item));
+                }
+                return s.append(']').toString();
             }
             return quote(v.toString());
         }

@@ -150,19 +150,33 @@ const scenarios = {
     const workers = 20
     const perWorker = 50
     try {
+      const backends = new Set()
+      let mostBackendsOfOneClient = 0
+      // Every worker holds its own pool client before any starts querying, so a client released
+      // early is never handed to a second worker.
+      let connected = 0
+      let allConnected
+      const everyoneConnected = new Promise((resolve) => (allConnected = resolve))
       const sums = await Promise.all(
         Array.from({ length: workers }, async (_, w) => {
           const client = await pool.connect()
+          if (++connected === workers) allConnected()
+          await everyoneConnected
+          const seen = new Set()
           try {
             let sum = 0
             for (let i = 0; i < perWorker; i++) {
+              const text = 'select $1::int * 1000 + $2::int as v, pg_backend_pid() as pid'
               const r =
                 i % 5 === 4
-                  ? await client.query('select $1::int * 1000 + $2::int as v', [w, i])
-                  : await client.query({ name: 'pool_stmt', text: 'select $1::int * 1000 + $2::int as v', values: [w, i] })
+                  ? await client.query(text, [w, i])
+                  : await client.query({ name: 'pool_stmt', text, values: [w, i] })
               assert.equal(r.rows[0].v, w * 1000 + i, `worker ${w} query ${i}`)
               sum += r.rows[0].v
+              seen.add(r.rows[0].pid)
+              backends.add(r.rows[0].pid)
             }
+            mostBackendsOfOneClient = Math.max(mostBackendsOfOneClient, seen.size)
             return sum
           } finally {
             client.release()
@@ -170,8 +184,15 @@ const scenarios = {
         }),
       )
       const total = sums.reduce((a, b) => a + b, 0)
-      const opened = pool.totalCount
-      return { workers, queries: workers * perWorker, total, clients_opened: opened }
+      return {
+        workers,
+        queries: workers * perWorker,
+        total,
+        clients_opened: pool.totalCount,
+        // 20 and 1 when each client has a server connection of its own
+        distinct_backends: backends.size,
+        most_backends_of_one_client: mostBackendsOfOneClient,
+      }
     } finally {
       await pool.end()
     }
@@ -199,16 +220,19 @@ const scenarios = {
       const other = pgClient()
       await other.connect()
       try {
-        const note = async (c, id) => (await c.query('select note from node_tx where id = $1', [id])).rows[0]?.note ?? null
+        const note = async (c, id) =>
+          (await c.query('select note from node_tx where id = $1', [id])).rows[0]?.note ?? null
+        const insert = (id, note) =>
+          client.query({ name: 'ins', text: 'insert into node_tx (id, note) values ($1, $2)', values: [id, note] })
         await client.query('BEGIN')
-        await client.query({ name: 'ins', text: 'insert into node_tx (id, note) values ($1, $2)', values: [1, 'committed'] })
+        await insert(1, 'committed')
         assert.equal(await note(client, 1), 'committed')
         assert.equal(await note(other, 1), null, 'uncommitted row invisible to another client')
         await client.query('COMMIT')
         assert.equal(await note(other, 1), 'committed')
 
         await client.query('BEGIN')
-        await client.query({ name: 'ins', text: 'insert into node_tx (id, note) values ($1, $2)', values: [2, 'rolled back'] })
+        await insert(2, 'rolled back')
         assert.equal(await note(client, 2), 'rolled back')
         await client.query('ROLLBACK')
         assert.equal(await note(client, 2), null)
@@ -276,7 +300,9 @@ const scenarios = {
         names.add(o.statement.name)
       }
       // 50 more at once on the one connection: postgres.js pipelines them.
-      const burst = await Promise.all(Array.from({ length: 50 }, (_, i) => sql`select ${i}::int * 2 as doubled, ${'b' + i}::text as label`))
+      const burst = await Promise.all(
+        Array.from({ length: 50 }, (_, i) => sql`select ${i}::int * 2 as doubled, ${'b' + i}::text as label`),
+      )
       burst.forEach((r, i) => assert.deepEqual([r[0].doubled, r[0].label], [2 * i, `b${i}`]))
       names.add(burst[0].statement.name)
       return { executions: 150, statement_names: [...names].sort() }
