@@ -111,7 +111,7 @@ asio::awaitable<void> drain(std::shared_ptr<session::SessionContext> context, st
 
 }  // namespace
 
-int run_daemon(std::shared_ptr<const config::Config> config) {
+int run_daemon(std::shared_ptr<const config::Config> config, const std::string& config_path) {
   const int workers = config->workers > 0 ? config->workers : std::max(1u, std::thread::hardware_concurrency());
   asio::io_context io(workers);
 
@@ -186,6 +186,26 @@ int run_daemon(std::shared_ptr<const config::Config> config) {
     signals.async_wait(on_signal);
   };
   signals.async_wait(on_signal);
+
+  // SIGHUP must never kill the daemon (its default action): the file is re-read and validated, an
+  // invalid one is logged and the running config stays. Applying a valid one live is still to come.
+  asio::signal_set hangup(io, SIGHUP);
+  std::function<void(const net::error_code&, int)> on_hangup = [&](const net::error_code& ec, int) {
+    if (ec) return;
+    auto reloaded = config::load_from_file(config_path);
+    if (!reloaded.config) {
+      for (const auto& error : reloaded.errors) {
+        spdlog::error("reload: {}:{}: {}", config_path, error.line, error.message);
+      }
+      spdlog::error("reload: {} error(s); keeping the running configuration", reloaded.errors.size());
+    } else {
+      spdlog::warn("reload: {} is valid, but applying a new configuration without a restart is not "
+                   "implemented yet; restart pgsluice to apply it",
+                   config_path);
+    }
+    hangup.async_wait(on_hangup);
+  };
+  hangup.async_wait(on_hangup);
 
   std::vector<std::thread> threads;
   for (int i = 1; i < workers; ++i) threads.emplace_back([&io] { io.run(); });

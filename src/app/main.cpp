@@ -74,5 +74,5 @@ int main(int argc, char** argv) {
     std::cerr << "pgsluice: unknown log level \"" << level << "\"\n";
     return 2;
   }
-  return app::run_daemon(std::make_shared<const config::Config>(std::move(*loaded.config)));
+  return app::run_daemon(std::make_shared<const config::Config>(std::move(*loaded.config)), path);
 }

@@ -179,3 +179,20 @@ def test_sigterm_lets_transactions_finish_and_exits_0(pg):
         assert code == 0, target.log_text()[-2000:]
         assert not target.proxy.sanitizer_reports()
         target.proxy.cleanup()
+
+
+def test_sighup_with_a_broken_file_keeps_the_running_config(pg):
+    with pgsluice(pg) as target:
+        conn = connect(target)
+        config_path = target.proxy.config_path
+        good = config_path.read_text()
+        config_path.write_text(good + "\nthis is: [not valid yaml\n")
+        target.proxy.signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert target.proxy.alive()
+        assert "keeping the running configuration" in target.log_text()
+        with conn.cursor() as cur:
+            cur.execute("select 5")
+            assert cur.fetchone() == (5,)
+        config_path.write_text(good)
+        conn.close()
