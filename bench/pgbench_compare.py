@@ -1,0 +1,454 @@
+#!/usr/bin/python3
+"""Same-run pgbench comparison: direct Postgres vs pgsluice vs PgBouncer (DESIGN §9).
+
+One run starts a throwaway Postgres, loads it with `pgbench -i`, then measures the same pgbench
+workload against each target, one after the other, and prints TPS, average latency and the
+ratios to direct Postgres and to PgBouncer:
+
+    bench/pgbench_compare.py                                   # -S -c 20 -j 2 -T 15, session mode
+    bench/pgbench_compare.py --mode prepared --pool-mode transaction --clients 50 --pool-size 20
+    bench/pgbench_compare.py --targets direct,pgbouncer --json result.json
+
+Targets: `direct` (pgbench straight to Postgres), `pgsluice` (the release build, `--workers`
+threads), `pgbouncer` (Debian's /usr/sbin/pgbouncer, run as the `postgres` OS user because it
+refuses to run as root). Every target runs on this machine, so pgbench, the proxy and Postgres
+share its cores: the ratios are what this run measured, on this machine, nothing more.
+
+Ratios are computed from the median of `--rounds` rounds; rounds interleave the targets so a
+slow minute of the machine hits all of them alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import pwd
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests" / "harness"))
+
+from pgharness import (LocalPostgres, Pgsluice, base_config, free_port, password_for,  # noqa: E402
+                       wait_for_port)
+
+PGBENCH = shutil.which("pgbench") or "/usr/bin/pgbench"
+PGBOUNCER = "/usr/sbin/pgbouncer"
+ALL_TARGETS = ("direct", "pgsluice", "pgbouncer")
+USER, DATABASE = "app", "app"
+
+TPS_RE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
+LATENCY_RE = re.compile(r"^latency average = ([0-9.]+) ms", re.M)
+PROCESSED_RE = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
+FAILED_RE = re.compile(r"^number of failed transactions: (\d+)", re.M)
+ABORTED_RE = re.compile(r"client \d+ (?:script \d+ )?aborted", re.M)
+
+
+@dataclass
+class Measurement:
+    target: str
+    round: int
+    ok: bool
+    tps: float | None = None
+    latency_ms: float | None = None
+    transactions: int | None = None
+    failed: int | None = None
+    aborted_clients: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Summary:
+    target: str
+    ok: bool
+    tps: float | None = None
+    latency_ms: float | None = None
+    tps_vs_direct: float | None = None
+    tps_vs_pgbouncer: float | None = None
+    latency_vs_direct: float | None = None
+    latency_vs_pgbouncer: float | None = None
+    rounds: list = field(default_factory=list)
+    error: str | None = None
+
+
+def parse_pgbench(output: str) -> dict:
+    """The figures of one pgbench run; raises ValueError when its summary lines are missing."""
+    tps, latency = TPS_RE.search(output), LATENCY_RE.search(output)
+    if not tps or not latency:
+        raise ValueError("no 'tps = ... (without initial connection time)' or 'latency average' line")
+    processed, failed = PROCESSED_RE.search(output), FAILED_RE.search(output)
+    return {
+        "tps": float(tps.group(1)),
+        "latency_ms": float(latency.group(1)),
+        "transactions": int(processed.group(1)) if processed else None,
+        "failed": int(failed.group(1)) if failed else 0,
+        "aborted_clients": len(ABORTED_RE.findall(output)),
+    }
+
+
+def tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+# -- PgBouncer -------------------------------------------------------------------------------------
+class PgBouncer:
+    """Debian's pgbouncer in a temp dir with its own ini and userlist, as the `postgres` OS user."""
+
+    def __init__(self, pg: LocalPostgres, pool_mode: str, pool_size: int, max_clients: int):
+        self.pg, self.pool_mode, self.pool_size, self.max_clients = pg, pool_mode, pool_size, max_clients
+        self.port = free_port()
+        self.dir: Path | None = None
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "PgBouncer":
+        if not os.access(PGBOUNCER, os.X_OK):
+            raise RuntimeError(f"{PGBOUNCER} not found: apt-get install pgbouncer (bench/run.sh does)")
+        self.dir = Path(tempfile.mkdtemp(prefix="pgsluice-bench-pgbouncer-", dir="/tmp"))
+        # Clients authenticate with SCRAM against a plain-text userlist entry; PgBouncer then logs in
+        # to Postgres with SCRAM using the same password, as pgsluice does.
+        (self.dir / "userlist.txt").write_text(f'"{USER}" "{password_for(USER)}"\n')
+        (self.dir / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"{DATABASE} = host={self.pg.host} port={self.pg.port} dbname={DATABASE}\n"
+            "\n[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = scram-sha-256\nauth_file = {self.dir}/userlist.txt\n"
+            f"pool_mode = {self.pool_mode}\n"
+            f"default_pool_size = {self.pool_size}\nmin_pool_size = 0\nreserve_pool_size = 0\n"
+            f"max_client_conn = {self.max_clients + 100}\n"
+            "server_reset_query = DISCARD ALL\n"
+            "ignore_startup_parameters = extra_float_digits\n"
+            f"logfile = {self.dir}/pgbouncer.log\npidfile = {self.dir}/pgbouncer.pid\n"
+            "log_connections = 0\nlog_disconnections = 0\nstats_period = 3600\n"
+        )
+        if os.geteuid() == 0:
+            # pgbouncer refuses to run as root.
+            pw = pwd.getpwnam("postgres")
+            for path in (self.dir, *self.dir.iterdir()):
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+            os.chmod(self.dir / "userlist.txt", 0o600)
+            argv = ["runuser", "-u", "postgres", "--", PGBOUNCER, str(self.dir / "pgbouncer.ini")]
+        else:
+            argv = [PGBOUNCER, str(self.dir / "pgbouncer.ini")]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT, cwd="/tmp")
+        if not wait_for_port("127.0.0.1", self.port, 15, alive=lambda: self.proc.poll() is None):
+            log = self.log_text()
+            self.stop()
+            raise RuntimeError(f"pgbouncer did not start on port {self.port}:\n{tail(log)}")
+        return self
+
+    def version(self) -> str:
+        out = subprocess.run([PGBOUNCER, "--version"], capture_output=True, text=True).stdout
+        return out.splitlines()[0] if out else "unknown"
+
+    def log_text(self) -> str:
+        try:
+            return (self.dir / "pgbouncer.log").read_text(errors="replace")
+        except (OSError, TypeError):
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        # runuser forks: signal pgbouncer itself (its pidfile), then reap runuser. SIGTERM is
+        # pgbouncer's immediate shutdown.
+        try:
+            pid = int((self.dir / "pgbouncer.pid").read_text().strip())
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "pgbouncer":
+                os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.dir is not None and not os.environ.get("PGSLUICE_KEEP_LOGS"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "PgBouncer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+
+# -- pgsluice ------------------------------------------------------------------------------------
+def pgsluice_config(pg: LocalPostgres, port: int, args, workers: int) -> dict:
+    """The harness's base config, reduced to the one `app` service the benchmark uses."""
+    config = base_config(pg, port, mode=args.pool_mode, max_connections=args.pool_size, min_connections=0)
+    config["workers"] = workers
+    config["log"] = {"level": args.pgsluice_log_level}
+    config["users"] = {USER: config["users"][USER]}
+    config["services"] = {"app": config["services"]["app"]}
+    return config
+
+
+# -- running pgbench --------------------------------------------------------------------------------
+def pgbench_argv(port: int, args, duration: int) -> list[str]:
+    return [PGBENCH, "-h", "127.0.0.1", "-p", str(port), "-U", USER, "-n", "-S",
+            "-M", args.mode, "-c", str(args.clients), "-j", str(args.threads), "-T", str(duration), DATABASE]
+
+
+def pgbench_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGPASSWORD=password_for(USER), PGSSLMODE="disable", PGCONNECT_TIMEOUT="10")
+    return env
+
+
+def run_pgbench(target: str, port: int, args, round_no: int, duration: int) -> Measurement:
+    argv = pgbench_argv(port, args, duration)
+    try:
+        proc = subprocess.run(argv, env=pgbench_env(), capture_output=True, text=True, timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        return Measurement(target, round_no, ok=False, error=f"pgbench did not finish in {duration + 60} s")
+    output = proc.stdout + "\n" + proc.stderr
+    try:
+        figures = parse_pgbench(output)
+    except ValueError as e:
+        return Measurement(target, round_no, ok=False, error=f"{e} (exit {proc.returncode}):\n{tail(output)}")
+    m = Measurement(target, round_no, ok=True, **figures)
+    if proc.returncode != 0 or m.aborted_clients or m.failed:
+        m.ok = False
+        m.error = (f"exit {proc.returncode}, {m.aborted_clients} clients aborted, {m.failed} failed "
+                   f"transactions:\n{tail(output)}")
+    return m
+
+
+def summarize(measurements: list[Measurement], targets: list[str]) -> list[Summary]:
+    summaries = {}
+    for target in targets:
+        runs = [m for m in measurements if m.target == target]
+        good = [m for m in runs if m.ok]
+        s = Summary(target, ok=bool(runs) and len(good) == len(runs), rounds=[asdict(m) for m in runs])
+        if good:
+            s.tps = statistics.median(m.tps for m in good)
+            s.latency_ms = statistics.median(m.latency_ms for m in good)
+        bad = [m for m in runs if not m.ok]
+        if bad:
+            s.error = bad[0].error
+        summaries[target] = s
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    for s in summaries.values():
+        for ref in ("direct", "pgbouncer"):
+            base = summaries.get(ref)
+            if base is None or base.tps is None:
+                continue
+            setattr(s, f"tps_vs_{ref}", ratio(s.tps, base.tps))
+            setattr(s, f"latency_vs_{ref}", ratio(s.latency_ms, base.latency_ms))
+    return list(summaries.values())
+
+
+def format_table(summaries: list[Summary]) -> str:
+    headers = ["target", "TPS", "avg latency ms", "TPS / direct", "TPS / PgBouncer",
+               "latency / direct", "latency / PgBouncer"]
+
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    rows = [[s.target + ("" if s.ok else " (FAILED)"), num(s.tps, ",.0f"), num(s.latency_ms, ".3f"),
+             num(s.tps_vs_direct, ".2f"), num(s.tps_vs_pgbouncer, ".2f"),
+             num(s.latency_vs_direct, ".2f"), num(s.latency_vs_pgbouncer, ".2f")] for s in summaries]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(  # noqa: E731
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+    sep = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def version_of(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.splitlines()[0] if out else "unknown"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", "-c", type=int, default=20, help="pgbench -c (default 20)")
+    p.add_argument("--threads", "-j", type=int, default=2, help="pgbench -j (default 2)")
+    p.add_argument("--duration", "-T", type=int, default=15, help="seconds per measured run (default 15)")
+    p.add_argument("--mode", "-M", choices=("simple", "extended", "prepared"), default="simple",
+                   help="pgbench query mode (default simple)")
+    p.add_argument("--pool-mode", choices=("session", "transaction"), default="session",
+                   help="pool mode of pgsluice and PgBouncer (default session)")
+    p.add_argument("--pool-size", type=int, default=None,
+                   help="server connections per pool, pgsluice max_connections = PgBouncer default_pool_size "
+                        "(default: --clients in session mode, min(--clients, 20) in transaction mode)")
+    p.add_argument("--targets", default=",".join(ALL_TARGETS),
+                   help="comma-separated subset of direct,pgsluice,pgbouncer (default: all)")
+    p.add_argument("--workers", default="2",
+                   help="pgsluice `workers` threads (default 2); a list such as 1,2 runs one pgsluice "
+                        "per value (targets pgsluice-w1, pgsluice-w2)")
+    p.add_argument("--binary", default=str(REPO_ROOT / "build" / "release" / "pgsluice"),
+                   help="pgsluice binary (default: the release build, build/release/pgsluice)")
+    p.add_argument("--scale", "-s", type=int, default=10, help="pgbench -i scale factor (default 10)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every target this many times, interleaved; report medians (default 1)")
+    p.add_argument("--warmup", type=int, default=5,
+                   help="seconds of pgbench against direct Postgres before measuring, to warm its caches "
+                        "(default 5, 0 = none)")
+    p.add_argument("--pg-max-connections", type=int, default=None,
+                   help="the throwaway Postgres's max_connections "
+                        "(default: max(300, enough for every target))")
+    p.add_argument("--pgsluice-log-level", default="info", help="pgsluice log.level during the run")
+    p.add_argument("--json", metavar="FILE", help="also write parameters, environment and results as JSON")
+    args = p.parse_args(argv)
+
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in args.targets if t not in ALL_TARGETS]
+    if unknown or not args.targets:
+        p.error(f"--targets: unknown {unknown}; choose from {', '.join(ALL_TARGETS)}")
+    try:
+        args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        p.error("--workers: a number or a comma-separated list of numbers")
+    if not args.workers or min(args.workers) < 1:
+        p.error("--workers must be positive")
+    # The measured targets, in order: "pgsluice" expands to one target per workers value.
+    args.runs = []
+    for target in args.targets:
+        if target != "pgsluice":
+            args.runs.append((target, None))
+        elif len(args.workers) == 1:
+            args.runs.append(("pgsluice", args.workers[0]))
+        else:
+            args.runs.extend((f"pgsluice-w{w}", w) for w in args.workers)
+    if args.pool_size is None:
+        args.pool_size = args.clients if args.pool_mode == "session" else min(args.clients, 20)
+    if args.pool_mode == "session" and args.pool_size < args.clients:
+        p.error("session mode needs --pool-size >= --clients (each client holds a server connection)")
+    if args.clients < 1 or args.threads < 1 or args.duration < 1 or args.rounds < 1:
+        p.error("--clients, --threads, --duration and --rounds must be positive")
+    # pgsluice is started in its own temp dir: a relative path must not depend on that.
+    args.binary = str(Path(args.binary).expanduser().absolute())
+    if args.pg_max_connections is None:
+        # Poolers keep their server connections open between runs: leave room for all of them.
+        poolers = len(args.runs) - ("direct" in args.targets)
+        args.pg_max_connections = max(300, args.clients + poolers * args.pool_size + 20)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if "pgsluice" in args.targets and not os.access(args.binary, os.X_OK):
+        print(f"pgsluice binary {args.binary} not found: build it with "
+              "`cmake --preset release && cmake --build --preset release` (bench/run.sh does), "
+              "or leave pgsluice out of --targets", file=sys.stderr)
+        return 2
+
+    env_info = {
+        "host": platform.node(), "cpus": os.cpu_count(), "kernel": platform.release(),
+        "pgbench": version_of([PGBENCH, "--version"]),
+        "pgbouncer": version_of([PGBOUNCER, "--version"]) if "pgbouncer" in args.targets else None,
+        "pgsluice": (f"{version_of([args.binary, '--version'])} ({Path(args.binary).resolve()})"
+                     if "pgsluice" in args.targets else None),
+    }
+    params = {k: v for k, v in vars(args).items() if k not in ("json", "runs")}
+    params["targets"] = [name for name, _ in args.runs]
+    workers = ",".join(map(str, args.workers))
+    print(f"pgbench -S -M {args.mode} -c {args.clients} -j {args.threads} -T {args.duration}, "
+          f"pool mode {args.pool_mode}, pool size {args.pool_size}, pgsluice workers {workers}, "
+          f"scale {args.scale}, {args.rounds} round(s), {os.cpu_count()} CPUs", flush=True)
+
+    measurements: list[Measurement] = []
+    started: dict[str, object] = {}
+    with LocalPostgres(max_connections=args.pg_max_connections) as pg:
+        env_info["postgres"] = pg.sql("SHOW server_version")[0][0]
+        print(f"postgres {env_info['postgres']} on port {pg.port}; pgbench -i -s {args.scale} ...",
+              flush=True)
+        init = subprocess.run([PGBENCH, "-h", pg.host, "-p", str(pg.port), "-U", USER, "-i", "-q",
+                               "-s", str(args.scale), DATABASE], env=pgbench_env(), capture_output=True,
+                              text=True, timeout=900)
+        if init.returncode != 0:
+            print(f"pgbench -i failed:\n{init.stdout}\n{init.stderr}", file=sys.stderr)
+            return 1
+
+        ports: dict[str, int] = {}
+        try:
+            for target, workers in args.runs:
+                try:
+                    if target == "direct":
+                        ports[target] = pg.port
+                    elif target.startswith("pgsluice"):
+                        px = Pgsluice(pgsluice_config(pg, free_port(), args, workers), binary=args.binary)
+                        started[target] = px
+                        px.start()
+                        ports[target] = px.port
+                    elif target == "pgbouncer":
+                        bouncer = PgBouncer(pg, args.pool_mode, args.pool_size, args.clients)
+                        started[target] = bouncer
+                        bouncer.start()
+                        ports[target] = bouncer.port
+                except (RuntimeError, OSError) as e:
+                    print(f"{target}: could not start: {e}", file=sys.stderr, flush=True)
+                    measurements.append(Measurement(target, 0, ok=False, error=f"could not start: {e}"))
+
+            if args.warmup > 0:
+                print(f"warm-up: {args.warmup} s against direct Postgres", flush=True)
+                run_pgbench("warmup", pg.port, args, 0, args.warmup)
+
+            for round_no in range(1, args.rounds + 1):
+                for target, _ in args.runs:
+                    if target not in ports:
+                        continue
+                    print(f"round {round_no}/{args.rounds}: {target} ({args.duration} s) ...", end=" ",
+                          flush=True)
+                    m = run_pgbench(target, ports[target], args, round_no, args.duration)
+                    measurements.append(m)
+                    print(f"{m.tps:,.0f} tps, {m.latency_ms:.3f} ms" if m.ok else "FAILED", flush=True)
+                    if not m.ok:
+                        print(m.error, file=sys.stderr, flush=True)
+        finally:
+            failed = {m.target for m in measurements if not m.ok}
+            for target, proc in started.items():
+                if target in ports and target.startswith("pgsluice") and not proc.alive():
+                    print(f"{target} exited during the run ({proc.proc.returncode})", file=sys.stderr)
+                if target in failed and target in ports:
+                    print(f"{target} log tail:\n{tail(proc.log_text())}", file=sys.stderr)
+                proc.cleanup()
+
+    summaries = summarize(measurements, [name for name, _ in args.runs])
+    print()
+    print(format_table(summaries))
+    for s in summaries:
+        if s.error:
+            lines = s.error.splitlines()
+            first = next((ln for ln in lines if "error" in ln.lower()), lines[0])
+            print(f"  {s.target} failed: {first.strip()}")
+            if s.target == "pgbouncer" and args.mode == "prepared" and args.pool_mode == "transaction":
+                print("  (PgBouncer 1.18 does not support protocol-level prepared statements in transaction "
+                      "mode; 1.21 added max_prepared_statements)")
+    print(f"\n(pgbench -S -M {args.mode} -c {args.clients} -j {args.threads} -T {args.duration}; "
+          f"{args.pool_mode} mode, pool size {args.pool_size}; ratios > 1 mean more TPS / more latency "
+          f"than the reference)")
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"parameters": params, "environment": env_info, "results": [asdict(s) for s in summaries],
+             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0 if all(s.ok for s in summaries) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
