@@ -150,6 +150,7 @@ net::awaitable<void> ClientSession::watch_timer(std::uint64_t generation) {
 net::awaitable<void> ClientSession::close_with(std::string sqlstate, std::string message) {
   if (closing_) co_return;
   closing_ = true;
+  spdlog::info("session {}: closing the client: {} {}", peer_, sqlstate, message);
   co_await stop_server_reader();
   co_await lock_client_writes();
   co_await send_fatal(sqlstate, message);
@@ -382,6 +383,7 @@ net::awaitable<void> ClientSession::server_reader() {
   auto self = shared_from_this();
   bool server_lost = false;
   bool drained = false;  // SIGTERM and the transaction in flight is done
+  bool refused_transaction = false;  // statement mode: the client opened a transaction block
   std::string lost_reason;
   auto& buffer = server_->buffer();
   const std::size_t max_size = server_->target().max_message_size;
@@ -466,6 +468,13 @@ net::awaitable<void> ClientSession::server_reader() {
         break;
       }
     }
+    if (ready_seen && expected_ready_ == 0 && transaction_status_ != 'I' &&
+        service_->config.mode == config::PoolMode::statement) {
+      // Statement mode hands the connection back after every statement: a transaction block cannot
+      // span statements. Refuse it like PgBouncer does; the server side is rolled back and kept.
+      refused_transaction = true;
+      break;
+    }
     if (ready_seen && expected_ready_ == 0) {
       timeout_cancel_pending_ = false;
       if (timer_purpose_ == TimerPurpose::query) disarm_timer();
@@ -502,6 +511,10 @@ net::awaitable<void> ClientSession::server_reader() {
   server_reader_running_ = false;
   server_reader_done_.notify();
   if (drained) co_await close_with("57P01", "pgsluice: shutting down; connect again");
+  if (refused_transaction) {
+    co_await close_with("0A000", "pgsluice: transaction blocks are not allowed in statement pool mode (service \"" +
+                                     service_->config.name + "\"); use transaction mode for multi-statement transactions");
+  }
 }
 
 net::awaitable<void> ClientSession::stop_server_reader() {

@@ -372,3 +372,29 @@ def test_cancel_reaches_only_the_connection_the_client_holds(pg):
             assert cur.fetchone() == (1,)
         a.close()
         b.close()
+
+
+def test_statement_mode_runs_statements_and_refuses_transaction_blocks(pg):
+    with pgsluice(pg, mode="statement", max_connections=1) as target:
+        conn = psycopg2.connect(dsn(target))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for i in range(5):
+                cur.execute("select %s::int", (i,))
+                assert cur.fetchone() == (i,)
+        with pytest.raises(psycopg2.Error) as refused:
+            with conn.cursor() as cur:
+                cur.execute("begin")
+                cur.execute("select 1")
+        # libpq reports the FATAL that arrives unasked only as a closed connection (as with Postgres's
+        # own FATALs); the reason is in the log.
+        assert refused.value.pgcode in ("0A000", None), refused.value
+        assert conn.closed
+        assert "0A000 pgsluice: transaction blocks are not allowed in statement pool mode" in target.log_text()
+        # The one server connection was rolled back and kept: the next client gets it at once.
+        assert wait_until(lambda: server_connections(pg, "idle in transaction") == 0, timeout=5)
+        with closing(psycopg2.connect(dsn(target))) as other:
+            other.autocommit = True
+            with other.cursor() as cur:
+                cur.execute("select now() = statement_timestamp()")
+                assert cur.fetchone() == (True,)
