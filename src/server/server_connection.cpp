@@ -54,6 +54,17 @@ bool is_tracked_parameter(std::string_view name) {
   return false;
 }
 
+std::string parameter_fingerprint(const ParameterMap& parameters) {
+  std::string out;
+  for (const auto& [name, value] : parameters) {
+    out += name;
+    out += '=';
+    out += value;
+    out += '\0';
+  }
+  return out;
+}
+
 bool GucNameLess::operator()(const std::string& a, const std::string& b) const {
   return ::strcasecmp(a.c_str(), b.c_str()) < 0;
 }

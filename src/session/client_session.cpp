@@ -197,18 +197,23 @@ net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::st
     co_return false;
   }
   server_.reset(static_cast<server::ServerConnection*>(lease.connection.release()));
-  if (!co_await server_->apply_parameters(parameters_)) {
-    release_server(false);
-    sqlstate = "08006";
-    error = "pgsluice: server connection failed while applying session parameters";
-    co_return false;
-  }
-  // Take the server's spelling of what was applied ("ISO" comes back as "ISO, MDY"), so the next
-  // lease compares equal and sends nothing.
-  for (auto& [name, value] : parameters_) {
-    if (auto reported = server_->parameters().find(name); reported != server_->parameters().end()) {
-      value = reported->second;
+  if (parameters_fingerprint_.empty()) parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
+  if (server_->applied_fingerprint() != parameters_fingerprint_) {
+    if (!co_await server_->apply_parameters(parameters_)) {
+      release_server(false);
+      sqlstate = "08006";
+      error = "pgsluice: server connection failed while applying session parameters";
+      co_return false;
     }
+    // Take the server's spelling of what was applied ("ISO" comes back as "ISO, MDY"), so the next
+    // lease compares equal and sends nothing.
+    for (auto& [name, value] : parameters_) {
+      if (auto reported = server_->parameters().find(name); reported != server_->parameters().end()) {
+        value = reported->second;
+      }
+    }
+    parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
+    server_->set_applied_fingerprint(parameters_fingerprint_);
   }
   {
     std::lock_guard lock(cancel_mutex_);
@@ -423,8 +428,12 @@ net::awaitable<void> ClientSession::server_reader() {
           std::string name(parameter->name);
           std::string value(parameter->value);
           // A value the client caused (SET TimeZone ...) follows it to its next server connection.
-          if (server::is_tracked_parameter(name) || parameters_.contains(name)) parameters_[name] = value;
+          if (server::is_tracked_parameter(name) || parameters_.contains(name)) {
+            parameters_[name] = value;
+            parameters_fingerprint_.clear();
+          }
           server_->parameters()[std::move(name)] = std::move(value);
+          server_->set_applied_fingerprint({});  // the server's state moved: compare in full next time
         }
       }
       offset += message.frame.size();

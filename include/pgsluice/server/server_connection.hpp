@@ -36,6 +36,8 @@ using ParameterMap = std::map<std::string, std::string, GucNameLess>;
 
 // The reported parameters whose value a client sees restored on every connection it is given.
 bool is_tracked_parameter(std::string_view name);
+// "name=value\0name=value\0..." in map order: equal exactly when two parameter sets are equal.
+std::string parameter_fingerprint(const ParameterMap& parameters);
 
 class ServerConnection : public pool::Connection {
  public:
@@ -68,7 +70,15 @@ class ServerConnection : public pool::Connection {
   // The same, failing (false) if the server has not answered within `timeout`.
   net::awaitable<bool> run_discarding(std::string_view sql, std::chrono::milliseconds timeout);
   // After DISCARD ALL / RESET ALL: what pgsluice had applied is gone.
-  void forget_applied_parameters() { applied_.clear(); }
+  void forget_applied_parameters() {
+    applied_.clear();
+    applied_fingerprint_.clear();
+  }
+  // The exact parameter set (see parameter_fingerprint) this connection was last made to match, so
+  // that the next client with the same set costs a string compare instead of a map walk. Cleared
+  // whenever the server reports a change.
+  const std::string& applied_fingerprint() const { return applied_fingerprint_; }
+  void set_applied_fingerprint(std::string fingerprint) { applied_fingerprint_ = std::move(fingerprint); }
   // A look at an idle connection's socket without a round trip: false when the server closed it or
   // sent something (an idle server sends nothing but a FATAL before it goes, e.g. after
   // pg_terminate_backend).
@@ -96,6 +106,7 @@ class ServerConnection : public pool::Connection {
   ParameterMap initial_parameters_;
   // Values pgsluice set on this connection for parameters the server does not report.
   ParameterMap applied_;
+  std::string applied_fingerprint_;
 };
 
 // Sends a CancelRequest for `key` on a new connection to `target` (docs §55.2.7).

@@ -83,6 +83,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::string database_;
   std::shared_ptr<Service> service_;
   server::ParameterMap parameters_;  // what this client wants on any server connection it is given
+  std::string parameters_fingerprint_;  // of parameters_; empty = to be computed
   std::optional<CancelRegistry::Key> cancel_key_;
 
   // Relay state (on the strand).
