@@ -37,6 +37,18 @@ AcquireResult Pool::circuit_open_result(Clock::duration retry_in) const {
                                    settings_.service, when)};
 }
 
+asio::awaitable<std::unique_ptr<Connection>> Pool::connect_one(std::string& error) {
+  std::unique_ptr<Connection> connection;
+  try {
+    connection = co_await connector_(error);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  if (connection) connection->expires_at = lifetime_deadline();
+  record_outcome(connection != nullptr);
+  co_return connection;
+}
+
 void Pool::record_outcome(bool success) {
   if (!breaker_) return;
   if (success) {
@@ -194,14 +206,7 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
 
   // A slot is reserved in connecting_ for this connect.
   std::string error;
-  std::unique_ptr<Connection> connection;
-  try {
-    connection = co_await connector_(error);
-  } catch (const std::exception& e) {
-    error = e.what();
-  }
-  if (connection) connection->expires_at = lifetime_deadline();
-  record_outcome(connection != nullptr);
+  auto connection = co_await connect_one(error);
   std::lock_guard lock(mutex_);
   --connecting_;
   if (connection) {
@@ -281,14 +286,7 @@ asio::awaitable<void> Pool::maintain() {
     doomed.clear();
     for (int i = 0; i < to_open; ++i) {
       std::string error;
-      std::unique_ptr<Connection> connection;
-      try {
-        connection = co_await connector_(error);
-      } catch (const std::exception& e) {
-        error = e.what();
-      }
-      if (connection) connection->expires_at = lifetime_deadline();
-      record_outcome(connection != nullptr);
+      auto connection = co_await connect_one(error);
       std::lock_guard lock(mutex_);
       --connecting_;
       if (!connection) {

@@ -110,6 +110,11 @@ void StatementTracker::ensure_on_server(const Statement& statement, server::Serv
     server.touch(statement.server_name);
     return;
   }
+  send_parse(statement, server, to_server, /*client_name=*/{});
+}
+
+void StatementTracker::send_parse(const Statement& statement, server::ServerStatements& server,
+                                  Outgoing& to_server, std::string client_name) {
   close_if_stale(statement.server_name, server, to_server);
   if (auto victim = server.evict_if_full()) {
     protocol::append_close(to_server.build(), 'S', *victim);
@@ -120,8 +125,10 @@ void StatementTracker::ensure_on_server(const Statement& statement, server::Serv
   }
   server.add(statement.server_name);
   protocol::append_parse(to_server.build(), statement.server_name, statement.query, bytes_of(statement.parameter_types));
-  Expectation parse{.kind = Kind::parse, .swallow = true};
+  // The client's own Parse is answered to it; one pgsluice injects (no client name) is swallowed.
+  Expectation parse{.kind = Kind::parse, .swallow = client_name.empty()};
   parse.server_name = statement.server_name;
+  parse.client_name = std::move(client_name);
   queue_.push_back(std::move(parse));
 }
 
@@ -191,20 +198,7 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
         protocol::append_parse_complete(complete);
         expect_fake(std::move(complete), client_name);
       } else {
-        close_if_stale(statement.server_name, server, to_server);
-        if (auto victim = server.evict_if_full()) {
-          protocol::append_close(to_server.build(), 'S', *victim);
-          Expectation close{.kind = Kind::close, .swallow = true};
-          close.server_name = std::move(*victim);
-          close.eviction = true;
-          queue_.push_back(std::move(close));
-        }
-        server.add(statement.server_name);
-        protocol::append_parse(to_server.build(), statement.server_name, statement.query, parse->parameter_types);
-        Expectation expectation{.kind = Kind::parse};
-        expectation.server_name = statement.server_name;
-        expectation.client_name = client_name;
-        queue_.push_back(std::move(expectation));
+        send_parse(statement, server, to_server, client_name);
       }
       statements_.emplace(std::move(client_name), std::move(statement));
       return;

@@ -103,6 +103,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::string state_text_locked() const;
   AcquireResult closed_result() const;
   AcquireResult circuit_open_result(Clock::duration retry_in) const;
+  // Runs the connector (the caller holds a connect slot), stamps max_lifetime, tells the breaker.
+  boost::asio::awaitable<std::unique_ptr<Connection>> connect_one(std::string& error);
   // Reports a connect or thorough health-check outcome to the breaker.
   void record_outcome(bool success);
   int total_locked() const { return busy_ + connecting_ + static_cast<int>(idle_.size()); }

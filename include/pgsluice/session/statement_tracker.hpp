@@ -59,6 +59,10 @@ class StatementTracker {
   void expect_fake(protocol::Buffer reply, std::string client_name = {});
   // Makes sure `statement` exists on the server, injecting a Parse (and an eviction Close) if not.
   void ensure_on_server(const Statement& statement, server::ServerStatements& server, Outgoing& to_server);
+  // Sends a Parse under the server name (closing a stale copy or an LRU victim first). With a client
+  // name it answers the client's own Parse; without, it is an injection whose reply is swallowed.
+  void send_parse(const Statement& statement, server::ServerStatements& server, Outgoing& to_server,
+                  std::string client_name);
   void ensure_unnamed_on_server(std::uint64_t server_id, Outgoing& to_server);
   // A statement marked stale on this connection is closed (reply swallowed) before it is parsed anew.
   void close_if_stale(const std::string& name, server::ServerStatements& server, Outgoing& to_server);
