@@ -196,3 +196,34 @@ def test_sighup_with_a_broken_file_keeps_the_running_config(pg):
             assert cur.fetchone() == (5,)
         config_path.write_text(good)
         conn.close()
+
+
+def test_sigterm_during_pgbench_reports_every_committed_transaction(pg, tmp_path):
+    import re
+    import subprocess
+    pg.sql("drop table if exists sigterm_log")
+    pg.sql("create table sigterm_log (client int)")
+    pg.sql(f"grant all on sigterm_log to {SERVER_ROLE}")
+    script = tmp_path / "tx.sql"
+    script.write_text("BEGIN;\nINSERT INTO sigterm_log VALUES (:client_id);\nSELECT pg_sleep(0.02);\nEND;\n")
+    with pgsluice(pg, stop=False, max_connections=10) as target:  # session mode: one per client
+        bench = subprocess.Popen(
+            ["pgbench", "-h", "127.0.0.1", "-p", str(target.port), "-U", "timed", "-n", "-c", "10", "-j", "2",
+             "-T", "20", "-f", str(script), "postgres"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(2)
+        target.proxy.signal(signal.SIGTERM)
+        started = time.monotonic()
+        output, _ = bench.communicate(timeout=30)
+        assert time.monotonic() - started < 10, "a client hung after SIGTERM"
+        code = target.proxy.stop(timeout=10)
+        assert code == 0, target.log_text()[-2000:]
+        assert not target.proxy.sanitizer_reports()
+        target.proxy.cleanup()
+    processed = re.search(r"number of transactions actually processed: (\d+)", output)
+    assert processed, output
+    committed = pg.sql("select count(*) from sigterm_log")[0][0]
+    # Every transaction that committed was reported to its client, and none was left half done.
+    assert int(processed.group(1)) == committed, output
+    assert committed > 0
+    assert "57P01" in output or "shutting down" in output, output
