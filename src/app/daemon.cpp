@@ -7,16 +7,17 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+#include <atomic>
 #include <functional>
 #include <thread>
 #include <vector>
 
 #include "pgsluice/net/io.hpp"
-#include "pgsluice/pool/circuit_breaker.hpp"
 #include "pgsluice/protocol/scram.hpp"
-#include "pgsluice/server/server_connection.hpp"
 #include "pgsluice/session/client_session.hpp"
+#include "runtime.hpp"
 
 namespace pgsluice::app {
 
@@ -25,49 +26,6 @@ using net::tcp;
 using namespace asio::experimental::awaitable_operators;
 
 namespace {
-
-std::shared_ptr<session::Service> make_service(const config::Config& config, const config::ServiceConfig& service) {
-  const auto& backend = config.backends.at(service.backend);
-  auto target = std::make_shared<server::ServerTarget>();
-  target->host = backend.host;
-  target->port = backend.port;
-  target->user = service.server_user;
-  target->password = service.server_password;
-  target->database = service.server_database;
-  target->connect_timeout = backend.connect_timeout;
-  target->max_message_size = config.max_message_size;
-
-  pool::PoolSettings settings{
-      .service = service.name,
-      .max_connections = service.max_connections,
-      .min_connections = service.min_connections,
-      .acquire_timeout = service.acquire_timeout,
-      .max_waiting_clients = service.max_waiting_clients,
-      .idle_timeout = service.idle_timeout,
-      .max_lifetime = service.max_lifetime,
-      .health_check_after_idle = service.health_check_after_idle,
-  };
-  std::shared_ptr<const server::ServerTarget> shared_target = target;
-  auto connector = [shared_target](std::string& error) -> asio::awaitable<std::unique_ptr<pool::Connection>> {
-    auto executor = co_await asio::this_coro::executor;
-    auto connection = co_await server::ServerConnection::connect(executor, shared_target, error);
-    co_return std::unique_ptr<pool::Connection>(std::move(connection));
-  };
-  // An empty query is the cheapest round trip that proves the backend still answers (DESIGN §3).
-  auto health_check = [shared_target](pool::Connection& connection, bool thorough) -> asio::awaitable<bool> {
-    auto& server = static_cast<server::ServerConnection&>(connection);
-    if (!server.idle_and_open()) co_return false;
-    if (!thorough) co_return true;
-    asio::steady_timer timer(co_await asio::this_coro::executor, shared_target->connect_timeout);
-    auto outcome = co_await (server.run_discarding("") || timer.async_wait(net::use_nothrow));
-    co_return outcome.index() == 0 && std::get<0>(outcome);
-  };
-  auto out = std::make_shared<session::Service>();
-  out->config = service;
-  out->target = shared_target;
-  out->pool = std::make_shared<pool::Pool>(std::move(settings), std::move(connector), std::move(health_check));
-  return out;
-}
 
 asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context) {
   auto& io = static_cast<asio::io_context&>(acceptor.get_executor().context());
@@ -89,8 +47,8 @@ asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<sessi
 }
 
 // Waits for the clients to leave, forces the rest out at shutdown_timeout, then stops the loop.
-asio::awaitable<void> drain(std::shared_ptr<session::SessionContext> context, std::chrono::milliseconds timeout,
-                            asio::io_context& io) {
+asio::awaitable<void> drain(std::shared_ptr<session::SessionContext> context, Runtime& runtime,
+                            std::chrono::milliseconds timeout, asio::io_context& io) {
   asio::steady_timer tick(co_await asio::this_coro::executor);
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   bool forced = false;
@@ -104,45 +62,21 @@ asio::awaitable<void> drain(std::shared_ptr<session::SessionContext> context, st
     tick.expires_after(std::chrono::milliseconds(20));
     co_await tick.async_wait(net::use_nothrow);
   }
-  for (auto& [name, service] : context->services) service->pool->close();
+  runtime.close_all();
   spdlog::info("all clients gone: stopping");
   io.stop();
 }
 
 }  // namespace
 
-int run_daemon(std::shared_ptr<const config::Config> config, const std::string& config_path) {
+int run_daemon(std::shared_ptr<const config::Config> config, const std::string& config_path, DaemonOptions options) {
   const int workers = config->workers > 0 ? config->workers : std::max(1u, std::thread::hardware_concurrency());
   asio::io_context io(workers);
 
   auto context = std::make_shared<session::SessionContext>();
-  context->config = config;
-  context->users = session::prepare_user_secrets(*config);
   context->mock_secret = protocol::scram::random_bytes(32);
-  for (const auto& service : config->services) context->services[service.name] = make_service(*config, service);
-  // One circuit breaker per backend, shared by its services' pools: when it opens, all of them drop
-  // their idle connections and fail their waiters at once.
-  for (const auto& [backend_name, backend] : config->backends) {
-    auto breaker = std::make_shared<pool::CircuitBreaker>(pool::CircuitBreakerSettings{
-        .failure_threshold = backend.breaker.failure_threshold,
-        .open_for = backend.breaker.open_for,
-        .max_open_for = backend.breaker.max_open_for,
-    });
-    std::vector<std::shared_ptr<pool::Pool>> pools;
-    for (auto& [name, service] : context->services) {
-      if (service->config.backend == backend_name) pools.push_back(service->pool);
-    }
-    std::vector<std::weak_ptr<pool::Pool>> weak_pools(pools.begin(), pools.end());
-    auto on_trip = [weak_pools, backend_name, breaker] {
-      spdlog::warn("backend {}: circuit breaker open after {} consecutive failures; failing fast for {} ms",
-                   backend_name, breaker->settings().failure_threshold,
-                   std::chrono::duration_cast<std::chrono::milliseconds>(breaker->open_for()).count());
-      for (auto& weak : weak_pools) {
-        if (auto pool = weak.lock()) pool->trip();
-      }
-    };
-    for (auto& pool : pools) pool->set_breaker(breaker, on_trip);
-  }
+  Runtime runtime(io, context);
+  runtime.apply(config);
 
   tcp::acceptor acceptor(io);
   try {
@@ -160,14 +94,11 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
                config->listen.host, config->listen.port, workers, config->services.size());
 
   asio::co_spawn(io, accept_loop(acceptor, context), asio::detached);
-  for (auto& [name, service] : context->services) {
-    asio::co_spawn(asio::make_strand(io), service->pool->maintain(), asio::detached);
-  }
 
   // SIGTERM/SIGINT: stop accepting, let transactions in flight finish (up to shutdown_timeout), tell
   // every client 57P01, exit 0. A second signal exits at once.
   asio::signal_set signals(io, SIGTERM, SIGINT);
-  bool stopping = false;
+  std::atomic<bool> stopping = false;  // the signal handlers may run on any worker thread
   std::function<void(const net::error_code&, int)> on_signal = [&](const net::error_code& ec, int signal) {
     if (ec) return;
     if (stopping) {
@@ -176,34 +107,50 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
       return;
     }
     stopping = true;
-    spdlog::info("received signal {}: draining clients (shutdown_timeout {}ms)", signal,
-                 config->shutdown_timeout.count());
+    const auto shutdown_timeout = context->current()->config->shutdown_timeout;
+    spdlog::info("received signal {}: draining clients (shutdown_timeout {}ms)", signal, shutdown_timeout.count());
     net::error_code ignored;
     acceptor.close(ignored);
     context->draining = true;
     for (auto& session : context->cancels.sessions()) session->begin_shutdown();
-    asio::co_spawn(io, drain(context, config->shutdown_timeout, io), asio::detached);
+    asio::co_spawn(io, drain(context, runtime, shutdown_timeout, io), asio::detached);
     signals.async_wait(on_signal);
   };
   signals.async_wait(on_signal);
 
-  // SIGHUP must never kill the daemon (its default action): the file is re-read and validated, an
-  // invalid one is logged and the running config stays. Applying a valid one live is still to come.
+  // SIGHUP: re-read the file (DESIGN §5). A valid one is applied live; an invalid one is logged
+  // with every error and the running configuration stays.
   asio::signal_set hangup(io, SIGHUP);
   std::function<void(const net::error_code&, int)> on_hangup = [&](const net::error_code& ec, int) {
     if (ec) return;
+    hangup.async_wait(on_hangup);
+    if (stopping) {
+      spdlog::warn("reload: ignored while shutting down");
+      return;
+    }
     auto reloaded = config::load_from_file(config_path);
     if (!reloaded.config) {
       for (const auto& error : reloaded.errors) {
         spdlog::error("reload: {}:{}: {}", config_path, error.line, error.message);
       }
       spdlog::error("reload: {} error(s); keeping the running configuration", reloaded.errors.size());
-    } else {
-      spdlog::warn("reload: {} is valid, but applying a new configuration without a restart is not "
-                   "implemented yet; restart pgsluice to apply it",
-                   config_path);
+      return;
     }
-    hangup.async_wait(on_hangup);
+    auto next = std::make_shared<const config::Config>(std::move(*reloaded.config));
+    if (!options.log_level_from_command_line) {
+      const auto level = spdlog::level::from_str(next->log_level);
+      if (level != spdlog::level::off || next->log_level == "off") spdlog::set_level(level);
+    }
+    const auto summary = runtime.apply(next);
+    const auto names = [](const std::vector<std::string>& list) {
+      return list.empty() ? std::string("none") : fmt::format("{}", fmt::join(list, ", "));
+    };
+    spdlog::info("reload: applied {} (services added: {}; removed: {}; changed: {})", config_path,
+                 names(summary.added), names(summary.removed), names(summary.changed));
+    if (!summary.needs_restart.empty()) {
+      spdlog::warn("reload: {} changed but only take effect after a restart; the running values stay",
+                   fmt::join(summary.needs_restart, ", "));
+    }
   };
   hangup.async_wait(on_hangup);
 

@@ -74,5 +74,6 @@ int main(int argc, char** argv) {
     std::cerr << "pgsluice: unknown log level \"" << level << "\"\n";
     return 2;
   }
-  return app::run_daemon(std::make_shared<const config::Config>(std::move(*loaded.config)), path);
+  return app::run_daemon(std::make_shared<const config::Config>(std::move(*loaded.config)), path,
+                         app::DaemonOptions{.log_level_from_command_line = args.count("log-level") > 0});
 }

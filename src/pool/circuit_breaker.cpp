@@ -28,6 +28,22 @@ CircuitBreaker::CircuitBreaker(CircuitBreakerSettings settings, Now now)
   if (!now_) throw std::invalid_argument("circuit breaker: no clock");
 }
 
+CircuitBreakerSettings CircuitBreaker::settings() const {
+  std::lock_guard lock(mutex_);
+  return settings_;
+}
+
+void CircuitBreaker::reconfigure(CircuitBreakerSettings settings) {
+  settings = checked(settings);
+  std::lock_guard lock(mutex_);
+  settings_ = settings;
+  if (state_ == State::closed) {
+    open_for_ = settings_.open_for;
+  } else {
+    open_for_ = std::min(open_for_, Clock::duration(settings_.max_open_for));
+  }
+}
+
 CircuitBreaker::Admission CircuitBreaker::admit() {
   std::lock_guard lock(mutex_);
   switch (state_) {

@@ -20,6 +20,7 @@ struct Pool::Waiter {
   bool may_connect = false;                // a connect slot was reserved for this waiter
   bool resolved = false;                   // served or failed: no longer in waiters_
   bool circuit_open = false;               // failed by trip()
+  bool from_idle = false;                  // `connection` came from the idle list: check it first
 };
 
 void Pool::set_breaker(std::shared_ptr<CircuitBreaker> breaker, std::function<void()> on_trip) {
@@ -38,13 +39,24 @@ AcquireResult Pool::circuit_open_result(Clock::duration retry_in) const {
 }
 
 asio::awaitable<std::unique_ptr<Connection>> Pool::connect_one(std::string& error) {
+  Connector connector;
+  std::uint64_t generation = 0;
+  {
+    std::lock_guard lock(mutex_);
+    connector = connector_;
+    generation = generation_;
+  }
   std::unique_ptr<Connection> connection;
   try {
-    connection = co_await connector_(error);
+    connection = co_await connector(error);
   } catch (const std::exception& e) {
     error = e.what();
   }
-  if (connection) connection->expires_at = lifetime_deadline();
+  if (connection) {
+    std::lock_guard lock(mutex_);
+    connection->expires_at = lifetime_deadline_locked();
+    connection->generation = generation;
+  }
   record_outcome(connection != nullptr);
   co_return connection;
 }
@@ -70,9 +82,9 @@ void Pool::trip() {
 }
 
 Pool::Pool(PoolSettings settings, Connector connector, HealthCheck health_check)
-    : settings_(std::move(settings)), connector_(std::move(connector)), health_check_(std::move(health_check)) {}
+    : settings_(std::move(settings)), connector_(std::move(connector)), health_check_(std::make_shared<const HealthCheck>(std::move(health_check))) {}
 
-Clock::time_point Pool::lifetime_deadline() const {
+Clock::time_point Pool::lifetime_deadline_locked() const {
   if (settings_.max_lifetime.count() <= 0) return Clock::time_point::max();
   // ±10 % jitter so that connections opened together are not all closed together.
   thread_local std::minstd_rand random(std::random_device{}());
@@ -84,44 +96,48 @@ Clock::time_point Pool::lifetime_deadline() const {
 asio::awaitable<std::unique_ptr<Connection>> Pool::take_idle() {
   for (;;) {
     std::unique_ptr<Connection> connection;
+    IdleCheck check;
     {
       std::lock_guard lock(mutex_);
-      if (idle_.empty() || !waiters_.empty() || closed_) co_return nullptr;
+      if (idle_.empty() || !waiters_.empty() || closed_ || paused_) co_return nullptr;
       connection = std::move(idle_.back());
       idle_.pop_back();
       ++busy_;  // counted while checked, so the slot is not given away meanwhile
+      check = idle_check_locked();
     }
-    const auto now = Clock::now();
-    bool usable = now < connection->expires_at;
-    bool lifetime_expired = !usable;
-    if (usable && health_check_) {
-      const bool thorough = now - connection->last_used > settings_.health_check_after_idle;
-      try {
-        usable = co_await health_check_(*connection, thorough);
-      } catch (const std::exception&) {
-        usable = false;
-      }
-      if (thorough) record_outcome(usable);
-    }
-    if (usable) {
-      connection->last_used = Clock::now();
-      co_return connection;
-    }
+    const auto verdict = co_await check_idle(*connection, std::move(check));
+    if (verdict == IdleVerdict::usable) co_return connection;
     std::lock_guard lock(mutex_);
     --busy_;
-    if (lifetime_expired) {
-      ++counters_.closed_lifetime;
-    } else {
-      ++counters_.health_check_failures;
-    }
+    // The slot is free again; a waiter queued meanwhile may use it.
+    serve_waiters_locked();
+    ++(verdict == IdleVerdict::expired ? counters_.closed_lifetime : counters_.health_check_failures);
     // `connection` is closed as it goes out of scope; the lease goes on with the next one.
   }
+}
+
+asio::awaitable<Pool::IdleVerdict> Pool::check_idle(Connection& connection, IdleCheck check) {
+  const auto now = Clock::now();
+  if (now >= connection.expires_at) co_return IdleVerdict::expired;
+  if (check.health_check && *check.health_check) {
+    const bool thorough = now - connection.last_used > check.after;
+    bool healthy = false;
+    try {
+      healthy = co_await (*check.health_check)(connection, thorough);
+    } catch (const std::exception&) {
+      healthy = false;
+    }
+    if (thorough) record_outcome(healthy);
+    if (!healthy) co_return IdleVerdict::unhealthy;
+  }
+  connection.last_used = Clock::now();
+  co_return IdleVerdict::usable;
 }
 
 Pool::~Pool() = default;
 
 AcquireResult Pool::closed_result() const {
-  return AcquireResult{nullptr, AcquireError::closed, "pgsluice: service \"" + settings_.service + "\" is shutting down"};
+  return AcquireResult{nullptr, AcquireError::closed, "pgsluice: service \"" + settings_.service + "\" " + closed_why_};
 }
 
 std::string Pool::state_text_locked() const {
@@ -143,13 +159,15 @@ void Pool::hand_over_locked(std::unique_ptr<Connection> connection) {
 
 asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
   std::shared_ptr<Waiter> waiter;  // none: a connect slot was reserved for this call
+  bool paused = false;
   {
     std::lock_guard lock(mutex_);
     ++counters_.acquires;
     if (closed_) co_return closed_result();
+    paused = paused_;
   }
   bool probe = false;
-  if (breaker_ && breaker_->state() != CircuitBreaker::State::closed) {
+  if (!paused && breaker_ && breaker_->state() != CircuitBreaker::State::closed) {
     // Fail fast while the backend is known to be down (DESIGN §3): no connect, no wait.
     auto admission = breaker_->admit();
     if (!admission.may_connect()) co_return circuit_open_result(admission.retry_in);
@@ -166,7 +184,7 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
     }
     if (probe) {
       ++connecting_;  // the probe connects even at max: the pool holds nothing while the circuit is open
-    } else if (total_locked() < settings_.max_connections && waiters_.empty()) {
+    } else if (!paused_ && total_locked() < settings_.max_connections && waiters_.empty()) {
       ++connecting_;
     } else if (static_cast<int>(waiters_.size()) >= settings_.max_waiting_clients) {
       ++counters_.too_many_waiting;
@@ -184,6 +202,22 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
   if (waiter) {
     auto [ec] = co_await waiter->timer.async_wait(asio::as_tuple(asio::use_awaitable));
     (void)ec;  // expired or cancelled: the waiter's state says which
+    if (waiter->connection && waiter->from_idle) {
+      // Handed over from the idle list (after RESUME or a reload): checked like any idle one.
+      auto connection = std::move(waiter->connection);
+      IdleCheck check;
+      {
+        std::lock_guard lock(mutex_);
+        check = idle_check_locked();
+      }
+      const auto verdict = co_await check_idle(*connection, std::move(check));
+      if (verdict == IdleVerdict::usable) co_return AcquireResult{std::move(connection), {}, {}};
+      std::lock_guard lock(mutex_);
+      ++(verdict == IdleVerdict::expired ? counters_.closed_lifetime : counters_.health_check_failures);
+      --busy_;
+      ++connecting_;  // its slot becomes this waiter's connect slot
+      waiter->may_connect = true;
+    }
     std::lock_guard lock(mutex_);
     if (waiter->connection) {
       waiter->connection->last_used = Clock::now();
@@ -194,6 +228,13 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
       // The slot was already counted in connecting_: fall through to connect.
     } else if (waiter->resolved) {
       co_return closed_result();
+    } else if (paused_) {
+      std::erase(waiters_, waiter);
+      ++counters_.acquire_timeouts;
+      co_return AcquireResult{
+          nullptr, AcquireError::paused,
+          fmt::format("pgsluice: service \"{}\" is paused; no server connection within acquire_timeout {}ms ({})",
+                      settings_.service, settings_.acquire_timeout.count(), state_text_locked())};
     } else {
       std::erase(waiters_, waiter);
       ++counters_.acquire_timeouts;
@@ -216,29 +257,25 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
   }
   ++counters_.connect_failures;
   // The slot is free again: let the next waiter try its own connect rather than time out.
-  if (!waiters_.empty() && !closed_) {
-    auto next = waiters_.front();
-    waiters_.pop_front();
-    next->may_connect = true;
-    ++connecting_;
-    wake_locked(next);
-  }
+  serve_waiters_locked();
   co_return AcquireResult{nullptr, AcquireError::connect_failed,
                           fmt::format("pgsluice: cannot connect to the database for service \"{}\": {}",
                                       settings_.service, error)};
 }
 
 void Pool::release(std::unique_ptr<Connection> connection, bool reusable) {
-  std::unique_ptr<Connection> doomed;  // destroyed outside the lock
+  std::vector<std::unique_ptr<Connection>> doomed;  // destroyed outside the lock
   std::lock_guard lock(mutex_);
   const auto now = Clock::now();
   if (reusable && now >= connection->expires_at) {
     reusable = false;
     ++counters_.closed_lifetime;
   }
+  // Opened for an address or credentials a reload replaced, or above a max a reload lowered.
+  if (connection->generation != generation_ || total_locked() > settings_.max_connections) reusable = false;
   if (reusable && !closed_) {
     connection->last_used = now;
-    if (!waiters_.empty()) {
+    if (!waiters_.empty() && !paused_) {
       hand_over_locked(std::move(connection));  // stays busy: the lease passes to the waiter
       return;
     }
@@ -247,14 +284,67 @@ void Pool::release(std::unique_ptr<Connection> connection, bool reusable) {
     return;
   }
   --busy_;
-  doomed = std::move(connection);
-  if (!waiters_.empty() && !closed_) {
+  doomed.push_back(std::move(connection));
+  serve_waiters_locked();
+}
+
+void Pool::serve_waiters_locked() {
+  if (closed_ || paused_) return;
+  while (!waiters_.empty() && !idle_.empty()) {
+    auto connection = std::move(idle_.back());
+    idle_.pop_back();
+    ++busy_;
+    waiters_.front()->from_idle = true;
+    hand_over_locked(std::move(connection));
+  }
+  while (!waiters_.empty() && total_locked() < settings_.max_connections) {
     auto next = waiters_.front();
     waiters_.pop_front();
     next->may_connect = true;
     ++connecting_;
     wake_locked(next);
   }
+}
+
+void Pool::reconfigure(PoolSettings settings, Connector connector, HealthCheck health_check) {
+  std::vector<std::unique_ptr<Connection>> doomed;  // destroyed outside the lock
+  std::lock_guard lock(mutex_);
+  // The service name is the pool's identity and never changes; everything else may.
+  settings_.max_connections = settings.max_connections;
+  settings_.min_connections = settings.min_connections;
+  settings_.acquire_timeout = settings.acquire_timeout;
+  settings_.max_waiting_clients = settings.max_waiting_clients;
+  settings_.idle_timeout = settings.idle_timeout;
+  settings_.max_lifetime = settings.max_lifetime;
+  settings_.health_check_after_idle = settings.health_check_after_idle;
+  if (health_check) health_check_ = std::make_shared<const HealthCheck>(std::move(health_check));
+  if (connector) {
+    connector_ = std::move(connector);
+    ++generation_;
+    doomed.swap(idle_);
+  }
+  // Above a lowered max: the least recently used idle connections go first.
+  while (!idle_.empty() && total_locked() > settings_.max_connections) {
+    doomed.push_back(std::move(idle_.front()));
+    idle_.erase(idle_.begin());
+  }
+  serve_waiters_locked();
+}
+
+void Pool::pause() {
+  std::lock_guard lock(mutex_);
+  paused_ = true;
+}
+
+void Pool::resume() {
+  std::lock_guard lock(mutex_);
+  paused_ = false;
+  serve_waiters_locked();
+}
+
+PoolSettings Pool::settings() const {
+  std::lock_guard lock(mutex_);
+  return settings_;
 }
 
 asio::awaitable<void> Pool::maintain() {
@@ -296,7 +386,7 @@ asio::awaitable<void> Pool::maintain() {
       }
       ++counters_.connects;
       if (closed_) break;
-      if (!waiters_.empty()) {
+      if (!waiters_.empty() && !paused_) {
         ++busy_;
         hand_over_locked(std::move(connection));
       } else {
@@ -315,13 +405,15 @@ PoolStats Pool::stats() const {
   out.busy = busy_;
   out.connecting = connecting_;
   out.waiting = static_cast<int>(waiters_.size());
+  out.paused = paused_;
   return out;
 }
 
-void Pool::close() {
+void Pool::close(std::string why) {
   std::vector<std::unique_ptr<Connection>> doomed;
   std::lock_guard lock(mutex_);
   closed_ = true;
+  closed_why_ = std::move(why);
   doomed.swap(idle_);
   for (auto& waiter : waiters_) wake_locked(waiter);
   waiters_.clear();

@@ -129,8 +129,8 @@ net::awaitable<ClientSession::LoginOutcome> ClientSession::startup() {
 
 net::awaitable<bool> ClientSession::authenticate(const std::string& user) {
   const std::string failed = "password authentication failed for user \"" + user + "\"";
-  auto it = context_->users.find(user);
-  const UserSecret* secret = it == context_->users.end() ? nullptr : &it->second;
+  auto it = snapshot_->users.find(user);
+  const UserSecret* secret = it == snapshot_->users.end() ? nullptr : &it->second;
   Buffer out;
 
   if (secret != nullptr && secret->method == config::AuthMethod::trust) co_return true;
@@ -222,7 +222,7 @@ net::awaitable<bool> ClientSession::authenticate(const std::string& user) {
 }
 
 net::awaitable<bool> ClientSession::finish_login() {
-  service_ = context_->find_service(user_, database_);
+  service_ = snapshot_->find_service(user_, database_);
   if (service_) rewrite_statements_ = service_->config.mode != config::PoolMode::session;
   if (!service_) {
     co_await send_fatal("3D000", "database \"" + database_ + "\" does not exist (pgsluice: no service matches user \"" +

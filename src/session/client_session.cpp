@@ -19,7 +19,8 @@ using protocol::Buffer;
 ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionContext> context)
     : socket_(std::move(socket)),
       context_(std::move(context)),
-      config_(context_->config),
+      snapshot_(context_->current()),
+      config_(snapshot_->config),
       max_message_size_(config_->max_message_size),
       server_reader_done_(socket_.get_executor()),
       client_write_unlocked_(socket_.get_executor()),
@@ -148,6 +149,7 @@ net::awaitable<void> ClientSession::watch_timer(std::uint64_t generation) {
 }
 
 net::awaitable<void> ClientSession::close_with(std::string sqlstate, std::string message) {
+  auto self = shared_from_this();
   if (closing_) co_return;
   closing_ = true;
   spdlog::info("session {}: closing the client: {} {}", peer_, sqlstate, message);
@@ -160,7 +162,6 @@ net::awaitable<void> ClientSession::close_with(std::string sqlstate, std::string
   net::error_code ignored;
   socket_.shutdown(net::tcp::socket::shutdown_send, ignored);
   asio::steady_timer linger(socket_.get_executor(), std::chrono::seconds(2));
-  auto self = shared_from_this();
   co_await linger.async_wait(net::use_nothrow);
   socket_.cancel(ignored);  // the relay's read ends; it then gives the server connection back
 }
@@ -188,7 +189,8 @@ net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::st
   if (!lease) {
     switch (lease.error) {
       case pool::AcquireError::timeout:
-      case pool::AcquireError::too_many_waiting: sqlstate = "53300"; break;
+      case pool::AcquireError::too_many_waiting:
+      case pool::AcquireError::paused: sqlstate = "53300"; break;
       case pool::AcquireError::connect_failed:
       case pool::AcquireError::circuit_open: sqlstate = "57P03"; break;
       case pool::AcquireError::closed: sqlstate = "57P01"; break;
@@ -330,6 +332,13 @@ net::awaitable<void> ClientSession::relay() {
         std::string error;
         const bool skipping = skip_until_sync_;
         bool attached = !skipping && co_await attach_server(sqlstate, error);
+        if (!attached && sqlstate == "57P01") {
+          // The service is gone (removed by a reload, or shutting down): nothing will serve this
+          // client again, so it is told why and closed rather than failing every statement.
+          asio::co_spawn(socket_.get_executor(), close_with(sqlstate, error), asio::detached);
+          buffer_.consume(offset);
+          continue;  // the relay now discards input until close_with ends it
+        }
         if (!attached) {
           // Nothing was sent: undo the accounting and answer every message here.
           expected_ready_ = 0;

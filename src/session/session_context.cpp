@@ -4,7 +4,7 @@
 
 namespace pgsluice::session {
 
-std::shared_ptr<Service> SessionContext::find_service(const std::string& user, const std::string& database) const {
+std::shared_ptr<Service> Snapshot::find_service(const std::string& user, const std::string& database) const {
   const auto* service = config->find_service(user, database);
   if (service == nullptr) return nullptr;
   auto it = services.find(service->name);

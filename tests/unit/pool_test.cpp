@@ -275,3 +275,171 @@ TEST_CASE("a connection past max_lifetime is closed when returned", "[pool]") {
   CHECK(h.pool->stats().idle == 0);
   CHECK(h.pool->stats().busy == 0);
 }
+
+namespace {
+asio::awaitable<void> sleep_for(std::chrono::milliseconds duration) {
+  asio::steady_timer timer(co_await asio::this_coro::executor, duration);
+  co_await timer.async_wait(asio::use_awaitable);
+}
+
+PoolSettings resized(const Pool& pool, int max) {
+  auto settings = pool.settings();
+  settings.max_connections = max;
+  return settings;
+}
+}  // namespace
+
+TEST_CASE("a reload that raises max lets waiters connect at once", "[pool][reload]") {
+  Harness h(1, 2000ms);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto held = co_await h.pool->acquire(executor);
+    std::vector<int> got;
+    for (int i = 0; i < 2; ++i) {
+      asio::co_spawn(executor, [&h, &got]() -> asio::awaitable<void> {
+        auto lease = co_await h.pool->acquire(co_await asio::this_coro::executor);
+        REQUIRE(lease);
+        got.push_back(id_of(lease));
+        h.pool->release(std::move(lease.connection), true);
+      }, asio::detached);
+    }
+    co_await sleep_for(10ms);
+    CHECK(h.pool->stats().waiting == 2);
+    const auto start = std::chrono::steady_clock::now();
+    h.pool->reconfigure(resized(*h.pool, 3));
+    co_await sleep_for(10ms);
+    CHECK(std::chrono::steady_clock::now() - start < 500ms);  // not after acquire_timeout
+    CHECK(got.size() == 2);
+    CHECK(h.pool->stats().waiting == 0);
+    h.pool->release(std::move(held.connection), true);
+  });
+  CHECK(h.pool->stats().connects == 3);
+  CHECK(h.pool->stats().idle == 3);
+}
+
+TEST_CASE("a reload that lowers max closes idle connections above it and leases above it on return", "[pool][reload]") {
+  Harness h(4, 200ms);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    std::vector<AcquireResult> leases;
+    for (int i = 0; i < 4; ++i) leases.push_back(co_await h.pool->acquire(executor));
+    h.pool->release(std::move(leases[0].connection), true);
+    h.pool->release(std::move(leases[1].connection), true);
+    CHECK(h.pool->stats().idle == 2);
+    h.pool->reconfigure(resized(*h.pool, 1));
+    CHECK(h.pool->stats().idle == 0);  // 2 busy already exceed the new max
+    CHECK(h.pool->stats().busy == 2);
+    h.pool->release(std::move(leases[2].connection), true);  // 2 > 1: closed
+    CHECK(h.pool->stats().idle == 0);
+    CHECK(h.pool->stats().busy == 1);
+    h.pool->release(std::move(leases[3].connection), true);  // 1 = max: kept
+    CHECK(h.pool->stats().idle == 1);
+    auto extra = co_await h.pool->acquire(executor);
+    REQUIRE(extra);
+    auto refused = co_await h.pool->acquire(executor);  // the new max holds
+    CHECK(refused.error == AcquireError::timeout);
+    CHECK(refused.message.find("1/1 busy") != std::string::npos);
+    h.pool->release(std::move(extra.connection), true);
+  });
+}
+
+TEST_CASE("a reload with a new connector retires every connection opened before", "[pool][reload]") {
+  Harness h(3, 200ms);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto idle = co_await h.pool->acquire(executor);
+    auto busy = co_await h.pool->acquire(executor);
+    h.pool->release(std::move(idle.connection), true);
+    h.pool->reconfigure(h.pool->settings(), [](std::string&) -> asio::awaitable<std::unique_ptr<Connection>> {
+      co_return std::make_unique<FakeConnection>(100);
+    });
+    CHECK(h.pool->stats().idle == 0);
+    h.pool->release(std::move(busy.connection), true);  // old generation: closed
+    CHECK(h.pool->stats().idle == 0);
+    CHECK(h.pool->stats().busy == 0);
+    auto fresh = co_await h.pool->acquire(executor);
+    REQUIRE(fresh);
+    CHECK(id_of(fresh) == 100);
+    h.pool->release(std::move(fresh.connection), true);
+    CHECK(h.pool->stats().idle == 1);
+  });
+}
+
+TEST_CASE("pause holds acquires without failing them until resume", "[pool][pause]") {
+  Harness h(2, 2000ms);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto held = co_await h.pool->acquire(executor);
+    auto spare = co_await h.pool->acquire(executor);
+    h.pool->release(std::move(spare.connection), true);  // one idle
+    h.pool->pause();
+    CHECK(h.pool->stats().paused);
+    std::vector<int> order;
+    for (int waiter = 1; waiter <= 3; ++waiter) {
+      asio::co_spawn(executor, [&h, &order, waiter]() -> asio::awaitable<void> {
+        auto lease = co_await h.pool->acquire(co_await asio::this_coro::executor);
+        REQUIRE(lease);
+        order.push_back(waiter);
+        co_await sleep_for(5ms);
+        h.pool->release(std::move(lease.connection), true);
+      }, asio::detached);
+      co_await sleep_for(5ms);
+    }
+    // The lease out finishes and comes back idle; nobody is served while paused.
+    h.pool->release(std::move(held.connection), true);
+    co_await sleep_for(50ms);
+    CHECK(order.empty());
+    CHECK(h.pool->stats().waiting == 3);
+    CHECK(h.pool->stats().idle == 2);
+    CHECK(h.pool->stats().busy == 0);
+    h.pool->resume();
+    co_await sleep_for(50ms);
+    CHECK(order.size() == 3);
+    CHECK(order.front() == 1);
+    CHECK(h.pool->stats().waiting == 0);
+  });
+  CHECK(h.pool->stats().connects == 2);
+  CHECK_FALSE(h.pool->stats().paused);
+}
+
+TEST_CASE("a paused acquire fails at acquire_timeout saying the service is paused", "[pool][pause]") {
+  Harness h(2, 150ms);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    h.pool->pause();
+    const auto start = std::chrono::steady_clock::now();
+    auto lease = co_await h.pool->acquire(executor);
+    const auto elapsed = std::chrono::steady_clock::now() - start;
+    CHECK_FALSE(lease);
+    CHECK(lease.error == AcquireError::paused);
+    CHECK(lease.message.find("paused") != std::string::npos);
+    CHECK(elapsed >= 150ms);
+    CHECK(elapsed < 400ms);
+  });
+  CHECK(h.pool->stats().connects == 0);
+}
+
+TEST_CASE("idle connections handed to waiters on resume are health-checked first", "[pool][pause]") {
+  Harness h(1, 2000ms);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto first = co_await h.pool->acquire(executor);
+    h.pool->release(std::move(first.connection), true);
+    h.pool->pause();
+    int got = 0;
+    asio::co_spawn(executor, [&h, &got]() -> asio::awaitable<void> {
+      auto lease = co_await h.pool->acquire(co_await asio::this_coro::executor);
+      REQUIRE(lease);
+      got = id_of(lease);
+      h.pool->release(std::move(lease.connection), true);
+    }, asio::detached);
+    co_await sleep_for(10ms);
+    h.unhealthy.insert(1);  // the database restarted meanwhile
+    h.pool->resume();
+    co_await sleep_for(20ms);
+    CHECK(got == 2);
+  });
+  CHECK(h.pool->stats().health_check_failures == 1);
+  CHECK(h.pool->stats().idle == 1);
+  CHECK(h.pool->stats().busy == 0);
+}

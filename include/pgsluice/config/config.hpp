@@ -52,6 +52,8 @@ struct CoalesceConfig {
   bool enabled = false;
   int max_batch = 256;
   Duration window = Duration::zero();
+
+  bool operator==(const CoalesceConfig&) const = default;
 };
 
 struct ServiceConfig {
@@ -74,6 +76,8 @@ struct ServiceConfig {
   Duration idle_in_transaction_timeout = Duration::zero();  // 0 = none
   CoalesceConfig coalesce;
   int line = 0;
+
+  bool operator==(const ServiceConfig&) const = default;
 };
 
 struct Config {

@@ -76,12 +76,15 @@ class CircuitBreaker {
   // The wait the current (or next) open period uses: open_for, doubled per failed probe.
   Clock::duration open_for() const;
   int consecutive_failures() const;
-  const CircuitBreakerSettings& settings() const { return settings_; }
+  CircuitBreakerSettings settings() const;
+  // A reload changed the settings (same validation as the constructor). The state is kept; the new
+  // threshold and open_for apply from the next failure or open period on.
+  void reconfigure(CircuitBreakerSettings settings);
 
  private:
   void open_locked(Clock::time_point now);
 
-  const CircuitBreakerSettings settings_;
+  CircuitBreakerSettings settings_;
   const Now now_;
   mutable std::mutex mutex_;
   State state_ = State::closed;

@@ -26,6 +26,7 @@ class Connection {
   Clock::time_point created_at = Clock::now();
   Clock::time_point last_used = Clock::now();
   Clock::time_point expires_at = Clock::time_point::max();  // max_lifetime, with jitter
+  std::uint64_t generation = 0;  // the pool's generation when opened; older ones are not reused
 };
 
 struct PoolSettings {
@@ -40,7 +41,7 @@ struct PoolSettings {
 };
 
 // Why an acquire failed; the session turns it into the SQLSTATE of DESIGN §7.
-enum class AcquireError { timeout, too_many_waiting, connect_failed, circuit_open, closed };
+enum class AcquireError { timeout, too_many_waiting, connect_failed, circuit_open, closed, paused };
 
 struct AcquireResult {
   std::unique_ptr<Connection> connection;  // set on success
@@ -68,6 +69,7 @@ struct PoolStats {
   std::uint64_t health_check_failures = 0;
   std::uint64_t closed_idle = 0;      // idle_timeout
   std::uint64_t closed_lifetime = 0;  // max_lifetime
+  bool paused = false;
 };
 
 class Pool : public std::enable_shared_from_this<Pool> {
@@ -93,10 +95,23 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // idle_timeout (above min) or max_lifetime. Spawn once per pool on any executor.
   boost::asio::awaitable<void> maintain();
 
+  // A reload changed the service (DESIGN §5). New limits apply at once: a larger max lets waiters
+  // connect, a smaller one closes idle connections above it and leases above it when returned.
+  // With a new `connector` (the server address or credentials changed) every connection opened
+  // before is closed: idle ones now, leased ones when returned.
+  void reconfigure(PoolSettings settings, Connector connector = {}, HealthCheck health_check = {});
+
+  // PAUSE: no connection is leased until resume(); acquires wait in line as when the pool is full
+  // and fail only at acquire_timeout (AcquireError::paused). Leases out run to their end and come
+  // back idle. RESUME serves the waiters first in, first out.
+  void pause();
+  void resume();
+
   PoolStats stats() const;
-  const PoolSettings& settings() const { return settings_; }
+  PoolSettings settings() const;
   // Closes idle connections and fails every waiter; leases still out are closed when released.
-  void close();
+  // `why` ends the message acquires get from then on ("service \"x\" <why>").
+  void close(std::string why = "is shutting down");
 
  private:
   struct Waiter;
@@ -108,15 +123,25 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // Reports a connect or thorough health-check outcome to the breaker.
   void record_outcome(bool success);
   int total_locked() const { return busy_ + connecting_ + static_cast<int>(idle_.size()); }
-  Clock::time_point lifetime_deadline() const;
+  Clock::time_point lifetime_deadline_locked() const;
+  enum class IdleVerdict { usable, expired, unhealthy };
+  struct IdleCheck {
+    std::shared_ptr<const HealthCheck> health_check;
+    Clock::duration after{};  // health_check_after_idle
+  };
+  IdleCheck idle_check_locked() const { return {health_check_, settings_.health_check_after_idle}; }
+  // Past max_lifetime? Health-checked (a round trip when idle longer than `check.after`).
+  boost::asio::awaitable<IdleVerdict> check_idle(Connection& connection, IdleCheck check);
   // An idle connection to lease, health-checked when it sat idle too long; nullptr when none.
   boost::asio::awaitable<std::unique_ptr<Connection>> take_idle();
   void hand_over_locked(std::unique_ptr<Connection> connection);
   void wake_locked(const std::shared_ptr<Waiter>& waiter);
+  // Hands idle connections to waiters and lets waiters connect while there is room under max.
+  void serve_waiters_locked();
 
   PoolSettings settings_;
   Connector connector_;
-  HealthCheck health_check_;
+  std::shared_ptr<const HealthCheck> health_check_;  // swapped whole by reconfigure()
   std::shared_ptr<CircuitBreaker> breaker_;
   std::function<void()> on_trip_;
   mutable std::mutex mutex_;
@@ -125,6 +150,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
   int busy_ = 0;        // leased out
   int connecting_ = 0;  // slots reserved for connects in progress
   bool closed_ = false;
+  std::string closed_why_;
+  bool paused_ = false;
+  std::uint64_t generation_ = 0;  // bumped when the connector changes
   PoolStats counters_;
 };
 

@@ -26,6 +26,8 @@ struct ServerTarget {
   std::string database;
   std::chrono::milliseconds connect_timeout{2000};
   std::size_t max_message_size = 64u * 1024u * 1024u;
+
+  bool operator==(const ServerTarget&) const = default;
 };
 
 // Case-insensitive, as GUC names are.

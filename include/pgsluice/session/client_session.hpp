@@ -73,6 +73,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   net::tcp::socket socket_;
   std::shared_ptr<SessionContext> context_;
+  std::shared_ptr<const Snapshot> snapshot_;  // the configuration in force when the client arrived
   std::shared_ptr<const config::Config> config_;
   std::size_t max_message_size_;
   net::MessageBuffer buffer_;

@@ -44,16 +44,36 @@ struct Service {
   std::optional<server::ParameterMap> reported_parameters_;
 };
 
-struct SessionContext {
+// What a reload (SIGHUP, DESIGN §5) replaces as a whole. A session takes the one in force when it
+// arrives and keeps it: its login, its service's mode and timeouts come from it. A service kept by a
+// reload gets a new Service object that shares the old one's pool, so new pool limits apply to every
+// client at once.
+struct Snapshot {
   std::shared_ptr<const config::Config> config;
   std::map<std::string, UserSecret> users;
   std::map<std::string, std::shared_ptr<Service>> services;  // by service name
+
+  std::shared_ptr<Service> find_service(const std::string& user, const std::string& database) const;
+};
+
+struct SessionContext {
   CancelRegistry cancels;
   std::string mock_secret;  // makes the mock SCRAM salt of unknown users stable but unguessable
   std::atomic<int> clients{0};
   std::atomic<bool> draining{false};  // SIGTERM received: no new logins
 
-  std::shared_ptr<Service> find_service(const std::string& user, const std::string& database) const;
+  std::shared_ptr<const Snapshot> current() const {
+    std::lock_guard lock(mutex_);
+    return current_;
+  }
+  void install(std::shared_ptr<const Snapshot> snapshot) {
+    std::lock_guard lock(mutex_);
+    current_ = std::move(snapshot);
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::shared_ptr<const Snapshot> current_;
 };
 
 // Builds the secrets for every configured user (SCRAM verifiers from plain passwords, etc.).

@@ -1,0 +1,190 @@
+#include "runtime.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <spdlog/spdlog.h>
+
+#include "pgsluice/net/io.hpp"
+#include "pgsluice/server/server_connection.hpp"
+
+namespace pgsluice::app {
+
+namespace asio = boost::asio;
+using namespace asio::experimental::awaitable_operators;
+
+namespace {
+
+std::shared_ptr<const server::ServerTarget> make_target(const config::Config& config,
+                                                        const config::ServiceConfig& service) {
+  const auto& backend = config.backends.at(service.backend);
+  auto target = std::make_shared<server::ServerTarget>();
+  target->host = backend.host;
+  target->port = backend.port;
+  target->user = service.server_user;
+  target->password = service.server_password;
+  target->database = service.server_database;
+  target->connect_timeout = backend.connect_timeout;
+  target->max_message_size = config.max_message_size;
+  return target;
+}
+
+pool::PoolSettings pool_settings(const config::ServiceConfig& service) {
+  return pool::PoolSettings{
+      .service = service.name,
+      .max_connections = service.max_connections,
+      .min_connections = service.min_connections,
+      .acquire_timeout = service.acquire_timeout,
+      .max_waiting_clients = service.max_waiting_clients,
+      .idle_timeout = service.idle_timeout,
+      .max_lifetime = service.max_lifetime,
+      .health_check_after_idle = service.health_check_after_idle,
+  };
+}
+
+pool::Connector make_connector(std::shared_ptr<const server::ServerTarget> target) {
+  return [target](std::string& error) -> asio::awaitable<std::unique_ptr<pool::Connection>> {
+    auto executor = co_await asio::this_coro::executor;
+    auto connection = co_await server::ServerConnection::connect(executor, target, error);
+    co_return std::unique_ptr<pool::Connection>(std::move(connection));
+  };
+}
+
+// An empty query is the cheapest round trip that proves the backend still answers (DESIGN §3).
+pool::HealthCheck make_health_check(std::shared_ptr<const server::ServerTarget> target) {
+  return [target](pool::Connection& connection, bool thorough) -> asio::awaitable<bool> {
+    auto& server = static_cast<server::ServerConnection&>(connection);
+    if (!server.idle_and_open()) co_return false;
+    if (!thorough) co_return true;
+    asio::steady_timer timer(co_await asio::this_coro::executor, target->connect_timeout);
+    auto outcome = co_await (server.run_discarding("") || timer.async_wait(net::use_nothrow));
+    co_return outcome.index() == 0 && std::get<0>(outcome);
+  };
+}
+
+pool::CircuitBreakerSettings breaker_settings(const config::BackendConfig& backend) {
+  return pool::CircuitBreakerSettings{
+      .failure_threshold = backend.breaker.failure_threshold,
+      .open_for = backend.breaker.open_for,
+      .max_open_for = backend.breaker.max_open_for,
+  };
+}
+
+// Settings only a restart applies: the listener, the thread count, the metrics endpoint.
+std::vector<std::string> restart_only_changes(const config::Config& running, const config::Config& next) {
+  std::vector<std::string> out;
+  if (running.listen.host != next.listen.host || running.listen.port != next.listen.port) out.push_back("listen");
+  if (running.workers != next.workers) out.push_back("workers");
+  if (running.metrics_listen.host != next.metrics_listen.host || running.metrics_listen.port != next.metrics_listen.port ||
+      running.metrics_enabled != next.metrics_enabled) {
+    out.push_back("metrics");
+  }
+  if (running.log_format != next.log_format) out.push_back("log.format");
+  return out;
+}
+
+}  // namespace
+
+Runtime::Runtime(asio::io_context& io, std::shared_ptr<session::SessionContext> context)
+    : io_(io), context_(std::move(context)) {}
+
+std::shared_ptr<pool::CircuitBreaker> Runtime::breaker_for(const config::BackendConfig& backend) {
+  auto& breaker = breakers_[backend.name];
+  if (breaker) {
+    breaker->reconfigure(breaker_settings(backend));
+  } else {
+    breaker = std::make_shared<pool::CircuitBreaker>(breaker_settings(backend));
+  }
+  return breaker;
+}
+
+std::shared_ptr<session::Service> Runtime::start_service(const config::Config& config,
+                                                         const config::ServiceConfig& service) {
+  auto target = make_target(config, service);
+  auto out = std::make_shared<session::Service>();
+  out->config = service;
+  out->target = target;
+  out->pool = std::make_shared<pool::Pool>(pool_settings(service), make_connector(target), make_health_check(target));
+  // The backend's breaker is shared by its services' pools: when it opens, all of them drop their
+  // idle connections and fail their waiters at once. The pools are looked up when it trips, so
+  // services added by a reload are included.
+  auto breaker = breakers_.at(service.backend);
+  std::weak_ptr<session::SessionContext> weak_context = context_;
+  auto on_trip = [weak_context, backend = service.backend, weak_breaker = std::weak_ptr(breaker)] {
+    auto context = weak_context.lock();
+    auto breaker = weak_breaker.lock();
+    if (!context || !breaker) return;
+    spdlog::warn("backend {}: circuit breaker open after {} consecutive failures; failing fast for {} ms", backend,
+                 breaker->settings().failure_threshold,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(breaker->open_for()).count());
+    for (const auto& [name, service] : context->current()->services) {
+      if (service->config.backend == backend) service->pool->trip();
+    }
+  };
+  out->pool->set_breaker(std::move(breaker), std::move(on_trip));
+  asio::co_spawn(asio::make_strand(io_), out->pool->maintain(), asio::detached);
+  return out;
+}
+
+ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
+  ReloadSummary summary;
+  const auto previous = context_->current();
+  if (previous) summary.needs_restart = restart_only_changes(*previous->config, *config);
+
+  for (const auto& [name, backend] : config->backends) breaker_for(backend);
+
+  auto next = std::make_shared<session::Snapshot>();
+  next->config = config;
+  next->users = session::prepare_user_secrets(*config);
+  for (const auto& service : config->services) {
+    std::shared_ptr<session::Service> kept;
+    if (previous) {
+      auto it = previous->services.find(service.name);
+      // Moving a service to another backend gives it a new pool (and that backend's breaker).
+      if (it != previous->services.end() && it->second->config.backend == service.backend) kept = it->second;
+    }
+    if (!kept) {
+      next->services[service.name] = start_service(*config, service);
+      if (previous) summary.added.push_back(service.name);
+      continue;
+    }
+    auto target = make_target(*config, service);
+    auto out = std::make_shared<session::Service>();
+    out->config = service;
+    out->target = target;
+    out->pool = kept->pool;
+    if (*target != *kept->target) {
+      // Another address or other credentials: connections opened before are retired.
+      out->pool->reconfigure(pool_settings(service), make_connector(target), make_health_check(target));
+    } else {
+      out->pool->reconfigure(pool_settings(service));
+      if (auto reported = kept->reported_parameters()) out->remember_reported_parameters(*reported);
+    }
+    auto before = kept->config;
+    before.line = service.line;  // moved in the file is not changed
+    if (!(before == service)) summary.changed.push_back(service.name);
+    next->services[service.name] = std::move(out);
+  }
+
+  context_->install(next);
+
+  if (previous) {
+    for (const auto& [name, service] : previous->services) {
+      auto it = next->services.find(name);
+      if (it != next->services.end() && it->second->pool == service->pool) continue;
+      service->pool->close("was removed by a configuration reload");
+      if (it == next->services.end()) summary.removed.push_back(name);
+    }
+  }
+  std::erase_if(breakers_, [&](const auto& entry) { return !config->backends.contains(entry.first); });
+  return summary;
+}
+
+void Runtime::close_all() {
+  for (const auto& [name, service] : context_->current()->services) service->pool->close();
+}
+
+}  // namespace pgsluice::app

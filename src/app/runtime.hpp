@@ -1,0 +1,42 @@
+#pragma once
+// Turns a configuration into running services: pools with their connectors and health checks, and
+// one circuit breaker per backend. The first apply() starts them; later ones are reloads (SIGHUP,
+// DESIGN §5), applied live: pools of kept services are resized in place (clients are not dropped),
+// new services are started, removed ones are closed once their leases come back.
+#include <boost/asio/io_context.hpp>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "pgsluice/config/config.hpp"
+#include "pgsluice/pool/circuit_breaker.hpp"
+#include "pgsluice/session/session_context.hpp"
+
+namespace pgsluice::app {
+
+// What a reload did, for its log line.
+struct ReloadSummary {
+  std::vector<std::string> added, removed, changed;
+  std::vector<std::string> needs_restart;  // settings that only a restart applies (listen, workers, ...)
+};
+
+class Runtime {
+ public:
+  Runtime(boost::asio::io_context& io, std::shared_ptr<session::SessionContext> context);
+
+  // Installs `config` as the snapshot sessions see from now on. Call on the io_context's threads.
+  ReloadSummary apply(std::shared_ptr<const config::Config> config);
+
+  // SIGTERM: closes every pool (idle connections now, leases when they come back).
+  void close_all();
+
+ private:
+  std::shared_ptr<pool::CircuitBreaker> breaker_for(const config::BackendConfig& backend);
+  std::shared_ptr<session::Service> start_service(const config::Config& config, const config::ServiceConfig& service);
+
+  boost::asio::io_context& io_;
+  std::shared_ptr<session::SessionContext> context_;
+  std::map<std::string, std::shared_ptr<pool::CircuitBreaker>> breakers_;  // by backend name
+};
+
+}  // namespace pgsluice::app
