@@ -304,7 +304,7 @@ net::awaitable<bool> ServerConnection::drain_until_ready(int ready_count, int& e
   co_return true;
 }
 
-net::awaitable<bool> ServerConnection::apply_parameters(const ParameterMap& wanted) {
+net::awaitable<bool> ServerConnection::apply_parameters(const ParameterMap& wanted, std::chrono::milliseconds timeout) {
   // Called on every lease in transaction mode: compare in place, build nothing unless a value differs.
   Buffer out;
   int statements = 0;
@@ -335,10 +335,16 @@ net::awaitable<bool> ServerConnection::apply_parameters(const ParameterMap& want
   }
   for (const auto& [name, value] : wanted) apply(name, value);
   if (statements == 0) co_return true;
-  if (auto ec = co_await net::write_all(socket_, out)) co_return false;
   int errors = 0;
   char status = 'I';
-  if (!co_await drain_until_ready(statements, errors, status)) co_return false;
+  auto exchange = [&]() -> net::awaitable<bool> {
+    if (auto ec = co_await net::write_all(socket_, out)) co_return false;
+    co_return co_await drain_until_ready(statements, errors, status);
+  };
+  // A hung server must not hold the client forever (DESIGN §3): the exchange is bounded.
+  asio::steady_timer timer(socket_.get_executor(), timeout);
+  auto outcome = co_await (exchange() || timer.async_wait(net::use_nothrow));
+  if (outcome.index() != 0 || !std::get<0>(outcome)) co_return false;
   for (auto& [name, value] : unreported) applied_[name] = value;
   if (errors > 0) spdlog::debug("server: {} of {} session parameters were refused", errors, statements);
   co_return status == 'I';

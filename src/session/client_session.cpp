@@ -137,6 +137,15 @@ net::awaitable<void> ClientSession::watch_timer(std::uint64_t generation) {
                  service_->config.query_timeout.count(), service_->config.name);
     timeout_cancel_pending_ = true;
     forward_cancel();
+    // A hung server answers neither the statement nor the cancel: give it connect_timeout (what the
+    // cancel connection may take), then give up on the server connection.
+    arm_timer(TimerPurpose::cancel_answer, service_->target->connect_timeout);
+  } else if (purpose == TimerPurpose::cancel_answer && server_ && expected_ready_ > 0 && timeout_cancel_pending_) {
+    spdlog::warn("session {}: the server did not answer the query_timeout cancel within {}ms; closing the client",
+                 peer_, service_->target->connect_timeout.count());
+    co_await close_with("57014", "pgsluice: query_timeout (" + std::to_string(service_->config.query_timeout.count()) +
+                                     "ms) of service \"" + service_->config.name +
+                                     "\" expired and the database did not answer the cancel; the connection was closed");
   } else if (purpose == TimerPurpose::idle_in_transaction && server_ && transaction_status_ != 'I' &&
              expected_ready_ == 0) {
     spdlog::info("session {}: idle_in_transaction_timeout {}ms of service {} expired; closing the client", peer_,
@@ -201,7 +210,7 @@ net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::st
   server_.reset(static_cast<server::ServerConnection*>(lease.connection.release()));
   if (parameters_fingerprint_.empty()) parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
   if (server_->applied_fingerprint() != parameters_fingerprint_) {
-    if (!co_await server_->apply_parameters(parameters_)) {
+    if (!co_await server_->apply_parameters(parameters_, service_->target->connect_timeout)) {
       release_server(false);
       sqlstate = "08006";
       error = "pgsluice: server connection failed while applying session parameters";
@@ -323,10 +332,6 @@ net::awaitable<void> ClientSession::relay() {
     if (offset > 0) {
       auto run = data.first(offset);
       if (timer_purpose_ == TimerPurpose::idle_in_transaction) disarm_timer();
-      if (expected_ready_ > 0 && timer_purpose_ == TimerPurpose::none &&
-          service_->config.query_timeout.count() > 0) {
-        arm_timer(TimerPurpose::query, service_->config.query_timeout);
-      }
       if (!server_) {
         std::string sqlstate;
         std::string error;
@@ -355,6 +360,11 @@ net::awaitable<void> ClientSession::relay() {
           }
           continue;
         }
+      }
+      // query_timeout counts from when the statement goes to the server: waiting for a connection is
+      // bounded by acquire_timeout instead.
+      if (expected_ready_ > 0 && timer_purpose_ == TimerPurpose::none && service_->config.query_timeout.count() > 0) {
+        arm_timer(TimerPurpose::query, service_->config.query_timeout);
       }
       if (!server_reader_running_) {
         stop_server_reader_ = false;
@@ -495,7 +505,7 @@ net::awaitable<void> ClientSession::server_reader() {
     }
     if (ready_seen && expected_ready_ == 0) {
       timeout_cancel_pending_ = false;
-      if (timer_purpose_ == TimerPurpose::query) disarm_timer();
+      if (timer_purpose_ == TimerPurpose::query || timer_purpose_ == TimerPurpose::cancel_answer) disarm_timer();
       if (transaction_status_ != 'I' && service_->config.idle_in_transaction_timeout.count() > 0) {
         arm_timer(TimerPurpose::idle_in_transaction, service_->config.idle_in_transaction_timeout);
       }

@@ -87,6 +87,27 @@ def test_query_timeout_cancels_the_statement_and_the_connection_stays_usable(pg)
         assert server_connections(pg, "active") == 0
 
 
+@pytest.mark.skipif(POOL_MODE == "session", reason="a session-mode client holds its connection from login")
+def test_query_timeout_counts_from_the_server_not_from_the_wait_for_a_connection(pg):
+    # The only connection is held for 1.5 s; the waiting statement then runs into its own 1 s limit
+    # (the timer must not fire, unseen, while it waits for the pool).
+    with pgsluice(pg, query_timeout="1s", acquire_timeout="3s", max_connections=1) as target:
+        holder, waiter = connect(target), connect(target)
+        holder.autocommit = False
+        holder.cursor().execute("select 1")
+        release = threading.Timer(1.5, holder.commit)
+        release.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg2.errors.QueryCanceled) as failure:
+            waiter.cursor().execute("select pg_sleep(4)")
+        elapsed = time.monotonic() - started
+        release.join()
+        assert failure.value.pgcode == "57014"
+        assert 2.4 <= elapsed < 3.2, elapsed
+        holder.close()
+        waiter.close()
+
+
 def raw_error_after_idle(port, seconds):
     """Logs in over a raw socket, opens a transaction, waits, and returns the fields of the
     ErrorResponse pgsluice sends unasked (libpq would lose it: it reports only the closed socket)."""

@@ -64,8 +64,9 @@ class ServerConnection : public pool::Connection {
 
   // Makes the server's session parameters match `wanted` (startup parameters and reported values a
   // client caused) with set_config, pipelined in one round trip. Parameters the server rejects are
-  // skipped. Returns false when the connection is no longer usable.
-  net::awaitable<bool> apply_parameters(const ParameterMap& wanted);
+  // skipped. Returns false when the connection is no longer usable or has not answered within
+  // `timeout` (a hung server).
+  net::awaitable<bool> apply_parameters(const ParameterMap& wanted, std::chrono::milliseconds timeout);
   // Runs one simple query whose results are discarded (DISCARD ALL, health check). False on any
   // error or if the server did not end idle.
   net::awaitable<bool> run_discarding(std::string_view sql);

@@ -62,7 +62,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   net::awaitable<bool> send_due_replies();
 
   // query_timeout and idle_in_transaction_timeout share one timer: at most one of them runs.
-  enum class TimerPurpose { none, query, idle_in_transaction };
+  enum class TimerPurpose { none, query, cancel_answer, idle_in_transaction };
   void arm_timer(TimerPurpose purpose, std::chrono::milliseconds after);
   void disarm_timer();
   net::awaitable<void> watch_timer(std::uint64_t generation);
