@@ -27,10 +27,14 @@ using namespace asio::experimental::awaitable_operators;
 
 namespace {
 
-asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context) {
+asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context,
+                                  int workers) {
   auto& io = static_cast<asio::io_context&>(acceptor.get_executor().context());
   for (;;) {
-    auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(io), net::use_nothrow);
+    // A session's two coroutines (client reader, server reader) must not run at once: with several
+    // worker threads a strand serialises them; with one thread the strand would be pure overhead.
+    auto executor = workers > 1 ? asio::any_io_executor(asio::make_strand(io)) : asio::any_io_executor(io.get_executor());
+    auto [ec, socket] = co_await acceptor.async_accept(executor, net::use_nothrow);
     if (ec == asio::error::operation_aborted) co_return;
     if (ec) {
       // EMFILE and friends: log, back off briefly, keep serving the clients we have.
@@ -41,7 +45,6 @@ asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<sessi
     }
     net::error_code ignored;
     socket.set_option(tcp::no_delay(true), ignored);
-    auto executor = socket.get_executor();
     asio::co_spawn(executor, session::run_client_session(std::move(socket), context), asio::detached);
   }
 }
@@ -93,7 +96,7 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
   spdlog::info("pgsluice {} listening on {}:{} with {} worker(s), {} service(s)", PGSLUICE_VERSION,
                config->listen.host, config->listen.port, workers, config->services.size());
 
-  asio::co_spawn(io, accept_loop(acceptor, context), asio::detached);
+  asio::co_spawn(io, accept_loop(acceptor, context, workers), asio::detached);
 
   // SIGTERM/SIGINT: stop accepting, let transactions in flight finish (up to shutdown_timeout), tell
   // every client 57P01, exit 0. A second signal exits at once.

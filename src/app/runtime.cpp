@@ -55,10 +55,8 @@ pool::Connector make_connector(std::shared_ptr<const server::ServerTarget> targe
 
 // An empty query is the cheapest round trip that proves the backend still answers (DESIGN §3).
 pool::HealthCheck make_health_check(std::shared_ptr<const server::ServerTarget> target) {
-  return [target](pool::Connection& connection, bool thorough) -> asio::awaitable<bool> {
+  return [target](pool::Connection& connection) -> asio::awaitable<bool> {
     auto& server = static_cast<server::ServerConnection&>(connection);
-    if (!server.idle_and_open()) co_return false;
-    if (!thorough) co_return true;
     asio::steady_timer timer(co_await asio::this_coro::executor, target->connect_timeout);
     auto outcome = co_await (server.run_discarding("") || timer.async_wait(net::use_nothrow));
     co_return outcome.index() == 0 && std::get<0>(outcome);
@@ -132,7 +130,20 @@ std::shared_ptr<session::Service> Runtime::start_service(const config::Config& c
 ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
   ReloadSummary summary;
   const auto previous = context_->current();
-  if (previous) summary.needs_restart = restart_only_changes(*previous->config, *config);
+  if (previous) {
+    summary.needs_restart = restart_only_changes(*previous->config, *config);
+    if (!summary.needs_restart.empty()) {
+      // What is installed says what runs: the restart-only settings keep their running values (so
+      // the next reload warns again, and what the config shows is true).
+      auto adjusted = std::make_shared<config::Config>(*config);
+      adjusted->listen = previous->config->listen;
+      adjusted->workers = previous->config->workers;
+      adjusted->metrics_listen = previous->config->metrics_listen;
+      adjusted->metrics_enabled = previous->config->metrics_enabled;
+      adjusted->log_format = previous->config->log_format;
+      config = std::move(adjusted);
+    }
+  }
 
   for (const auto& [name, backend] : config->backends) breaker_for(backend);
 
@@ -175,8 +186,12 @@ ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
     for (const auto& [name, service] : previous->services) {
       auto it = next->services.find(name);
       if (it != next->services.end() && it->second->pool == service->pool) continue;
-      service->pool->close("was removed by a configuration reload");
-      if (it == next->services.end()) summary.removed.push_back(name);
+      if (it == next->services.end()) {
+        service->pool->close("was removed by a configuration reload");
+        summary.removed.push_back(name);
+      } else {
+        service->pool->close("was moved to another backend by a configuration reload; connect again");
+      }
     }
   }
   std::erase_if(breakers_, [&](const auto& entry) { return !config->backends.contains(entry.first); });

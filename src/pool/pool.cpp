@@ -93,43 +93,28 @@ Clock::time_point Pool::lifetime_deadline_locked() const {
   return Clock::now() + settings_.max_lifetime + std::chrono::milliseconds(jitter);
 }
 
-asio::awaitable<std::unique_ptr<Connection>> Pool::take_idle() {
-  for (;;) {
-    std::unique_ptr<Connection> connection;
-    IdleCheck check;
-    {
-      std::lock_guard lock(mutex_);
-      if (idle_.empty() || !waiters_.empty() || closed_ || paused_) co_return nullptr;
-      connection = std::move(idle_.back());
-      idle_.pop_back();
-      ++busy_;  // counted while checked, so the slot is not given away meanwhile
-      check = idle_check_locked();
-    }
-    const auto verdict = co_await check_idle(*connection, std::move(check));
-    if (verdict == IdleVerdict::usable) co_return connection;
-    std::lock_guard lock(mutex_);
-    --busy_;
-    // The slot is free again; a waiter queued meanwhile may use it.
-    serve_waiters_locked();
-    ++(verdict == IdleVerdict::expired ? counters_.closed_lifetime : counters_.health_check_failures);
-    // `connection` is closed as it goes out of scope; the lease goes on with the next one.
+Pool::IdleVerdict Pool::quick_check(Connection& connection, const IdleCheck& check) {
+  const auto now = Clock::now();
+  if (now >= connection.expires_at) return IdleVerdict::expired;
+  if (!connection.looks_usable()) return IdleVerdict::unhealthy;
+  if (check.health_check && *check.health_check && now - connection.last_used > check.after) {
+    return IdleVerdict::needs_round_trip;
   }
+  connection.last_used = now;
+  return IdleVerdict::usable;
 }
 
 asio::awaitable<Pool::IdleVerdict> Pool::check_idle(Connection& connection, IdleCheck check) {
-  const auto now = Clock::now();
-  if (now >= connection.expires_at) co_return IdleVerdict::expired;
-  if (check.health_check && *check.health_check) {
-    const bool thorough = now - connection.last_used > check.after;
-    bool healthy = false;
-    try {
-      healthy = co_await (*check.health_check)(connection, thorough);
-    } catch (const std::exception&) {
-      healthy = false;
-    }
-    if (thorough) record_outcome(healthy);
-    if (!healthy) co_return IdleVerdict::unhealthy;
+  auto verdict = quick_check(connection, check);
+  if (verdict != IdleVerdict::needs_round_trip) co_return verdict;
+  bool healthy = false;
+  try {
+    healthy = co_await (*check.health_check)(connection);
+  } catch (const std::exception&) {
+    healthy = false;
   }
+  record_outcome(healthy);
+  if (!healthy) co_return IdleVerdict::unhealthy;
   connection.last_used = Clock::now();
   co_return IdleVerdict::usable;
 }
@@ -173,8 +158,28 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
     if (!admission.may_connect()) co_return circuit_open_result(admission.retry_in);
     probe = admission.is_probe();
   }
-  if (!probe) {
-    if (auto connection = co_await take_idle()) co_return AcquireResult{std::move(connection), {}, {}};
+  // An idle connection first. On the hot path this is synchronous: only one idle past
+  // health_check_after_idle costs a round trip (and a coroutine).
+  while (!probe) {
+    std::unique_ptr<Connection> connection;
+    IdleCheck check;
+    {
+      std::lock_guard lock(mutex_);
+      if (idle_.empty() || !waiters_.empty() || closed_ || paused_) break;
+      connection = std::move(idle_.back());
+      idle_.pop_back();
+      ++busy_;  // counted while checked, so the slot is not given away meanwhile
+      check = idle_check_locked();
+    }
+    auto verdict = quick_check(*connection, check);
+    if (verdict == IdleVerdict::needs_round_trip) verdict = co_await check_idle(*connection, std::move(check));
+    if (verdict == IdleVerdict::usable) co_return AcquireResult{std::move(connection), {}, {}};
+    std::lock_guard lock(mutex_);
+    --busy_;
+    // The slot is free again; a waiter queued meanwhile may use it.
+    serve_waiters_locked();
+    ++(verdict == IdleVerdict::expired ? counters_.closed_lifetime : counters_.health_check_failures);
+    // `connection` is closed as it goes out of scope; the lease goes on with the next one.
   }
   {
     std::lock_guard lock(mutex_);

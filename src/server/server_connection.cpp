@@ -84,7 +84,7 @@ void ServerConnection::close() {
   socket_.close(ec);
 }
 
-bool ServerConnection::idle_and_open() {
+bool ServerConnection::looks_usable() {
   if (!socket_.is_open() || !buffer_.empty()) return false;
   std::uint8_t probe;
   const auto received = ::recv(socket_.native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);

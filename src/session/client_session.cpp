@@ -139,10 +139,10 @@ net::awaitable<void> ClientSession::watch_timer(std::uint64_t generation) {
     forward_cancel();
     // A hung server answers neither the statement nor the cancel: give it connect_timeout (what the
     // cancel connection may take), then give up on the server connection.
-    arm_timer(TimerPurpose::cancel_answer, service_->target->connect_timeout);
+    arm_timer(TimerPurpose::cancel_answer, server_->target().connect_timeout);
   } else if (purpose == TimerPurpose::cancel_answer && server_ && expected_ready_ > 0 && timeout_cancel_pending_) {
     spdlog::warn("session {}: the server did not answer the query_timeout cancel within {}ms; closing the client",
-                 peer_, service_->target->connect_timeout.count());
+                 peer_, server_->target().connect_timeout.count());
     co_await close_with("57014", "pgsluice: query_timeout (" + std::to_string(service_->config.query_timeout.count()) +
                                      "ms) of service \"" + service_->config.name +
                                      "\" expired and the database did not answer the cancel; the connection was closed");
@@ -210,7 +210,7 @@ net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::st
   server_.reset(static_cast<server::ServerConnection*>(lease.connection.release()));
   if (parameters_fingerprint_.empty()) parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
   if (server_->applied_fingerprint() != parameters_fingerprint_) {
-    if (!co_await server_->apply_parameters(parameters_, service_->target->connect_timeout)) {
+    if (!co_await server_->apply_parameters(parameters_, server_->target().connect_timeout)) {
       release_server(false);
       sqlstate = "08006";
       error = "pgsluice: server connection failed while applying session parameters";
@@ -228,7 +228,7 @@ net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::st
   }
   {
     std::lock_guard lock(cancel_mutex_);
-    cancel_target_ = service_->target;
+    cancel_target_ = server_->shared_target();  // the connection's own server, even after a reload
     cancel_backend_key_ = server_->backend_key();
   }
   co_return true;
@@ -558,7 +558,7 @@ net::awaitable<void> ClientSession::stop_server_reader() {
 net::awaitable<void> ClientSession::finish_server() {
   co_await stop_server_reader();
   if (!server_) co_return;
-  const auto timeout = service_->target->connect_timeout;
+  const auto timeout = server_->target().connect_timeout;
   const bool settled = expected_ready_ == 0 && !in_extended_batch_ && statements_.idle() && server_->buffer().empty();
   bool reusable = settled;
   if (settled && transaction_status_ != 'I') {

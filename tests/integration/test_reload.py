@@ -291,3 +291,21 @@ def test_sighup_with_an_invalid_config_keeps_the_running_one(pg):
         client.close()
     finally:
         stop_pgsluice(target)
+
+
+def test_sighup_changing_restart_only_settings_warns_and_keeps_them(pg):
+    config = config_for(pg, max_connections=2)
+    target = start_pgsluice(pg, config)
+    try:
+        changed = {**config, "listen": f"127.0.0.1:{pgharness.free_port()}", "workers": 1}
+        changed["services"] = {"reload": {**config["services"]["reload"], "max_connections": 3}}
+        for attempt in (1, 2):  # warned at every reload, not only at the first
+            reload(target, changed)
+            log = target.log_text()
+            assert log.count("listen, workers changed but only take effect after a restart") == attempt, log
+        client = connect(target)  # still on the port it started with
+        with client.cursor() as cur:
+            cur.execute("select 1")
+        client.close()
+    finally:
+        stop_pgsluice(target)

@@ -19,8 +19,10 @@ using namespace std::chrono_literals;
 namespace {
 
 struct FakeConnection : Connection {
-  explicit FakeConnection(int id) : id(id) {}
+  explicit FakeConnection(int id, const std::set<int>* closed = nullptr) : id(id), closed(closed) {}
+  bool looks_usable() override { return closed == nullptr || !closed->contains(id); }
   int id;
+  const std::set<int>* closed;  // ids the "server" has closed: the quick check sees it
 };
 
 struct Harness {
@@ -29,7 +31,8 @@ struct Harness {
   bool fail_connects = false;
   std::shared_ptr<Pool> pool;
 
-  std::set<int> unhealthy;  // ids whose health check fails
+  std::set<int> unhealthy;  // ids whose health check (round trip) fails
+  std::set<int> closed;     // ids whose quick local check fails
   int thorough_checks = 0;
 
   explicit Harness(int max, std::chrono::milliseconds timeout = 200ms, int max_waiting = 100,
@@ -45,10 +48,10 @@ struct Harness {
             error = "connection refused";
             co_return nullptr;
           }
-          co_return std::make_unique<FakeConnection>(next_id++);
+          co_return std::make_unique<FakeConnection>(next_id++, &closed);
         },
-        [this](Connection& connection, bool thorough) -> asio::awaitable<bool> {
-          if (thorough) ++thorough_checks;
+        [this](Connection& connection) -> asio::awaitable<bool> {
+          ++thorough_checks;
           co_return !unhealthy.contains(static_cast<FakeConnection&>(connection).id);
         });
   }
@@ -434,7 +437,7 @@ TEST_CASE("idle connections handed to waiters on resume are health-checked first
       h.pool->release(std::move(lease.connection), true);
     }, asio::detached);
     co_await sleep_for(10ms);
-    h.unhealthy.insert(1);  // the database restarted meanwhile
+    h.closed.insert(1);  // the database restarted meanwhile: the server closed it
     h.pool->resume();
     co_await sleep_for(20ms);
     CHECK(got == 2);
@@ -442,4 +445,21 @@ TEST_CASE("idle connections handed to waiters on resume are health-checked first
   CHECK(h.pool->stats().health_check_failures == 1);
   CHECK(h.pool->stats().idle == 1);
   CHECK(h.pool->stats().busy == 0);
+}
+
+TEST_CASE("a recently used idle connection the server closed is discarded without a round trip", "[pool]") {
+  Harness h(2, 200ms);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto first = co_await h.pool->acquire(executor);
+    h.pool->release(std::move(first.connection), true);
+    h.closed.insert(1);  // e.g. pg_terminate_backend
+    auto next = co_await h.pool->acquire(executor);
+    REQUIRE(next);
+    CHECK(id_of(next) == 2);
+    h.pool->release(std::move(next.connection), true);
+  });
+  CHECK(h.thorough_checks == 0);
+  CHECK(h.pool->stats().health_check_failures == 1);
+  CHECK(h.pool->stats().idle == 1);
 }

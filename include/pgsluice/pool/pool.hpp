@@ -23,6 +23,9 @@ using Clock = std::chrono::steady_clock;
 class Connection {
  public:
   virtual ~Connection() = default;
+  // A cheap local look, no round trip: is it still open, with nothing unread? Checked on every
+  // lease of an idle connection (a server that closed it meanwhile is noticed here).
+  virtual bool looks_usable() { return true; }
   Clock::time_point created_at = Clock::now();
   Clock::time_point last_used = Clock::now();
   Clock::time_point expires_at = Clock::time_point::max();  // max_lifetime, with jitter
@@ -52,9 +55,9 @@ struct AcquireResult {
 
 // Opens one new connection; returns nullptr and sets `error` on failure.
 using Connector = std::function<boost::asio::awaitable<std::unique_ptr<Connection>>(std::string& error)>;
-// Tells whether an idle connection still works. `thorough` (idle past health_check_after_idle): a
-// round trip to the server; otherwise a cheap local look (did the server close it meanwhile?).
-using HealthCheck = std::function<boost::asio::awaitable<bool>(Connection&, bool thorough)>;
+// A round trip that proves an idle connection still works, for one idle past
+// health_check_after_idle (Connection::looks_usable() has passed already).
+using HealthCheck = std::function<boost::asio::awaitable<bool>(Connection&)>;
 
 struct PoolStats {
   int idle = 0;
@@ -124,16 +127,16 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void record_outcome(bool success);
   int total_locked() const { return busy_ + connecting_ + static_cast<int>(idle_.size()); }
   Clock::time_point lifetime_deadline_locked() const;
-  enum class IdleVerdict { usable, expired, unhealthy };
+  enum class IdleVerdict { usable, expired, unhealthy, needs_round_trip };
   struct IdleCheck {
     std::shared_ptr<const HealthCheck> health_check;
     Clock::duration after{};  // health_check_after_idle
   };
   IdleCheck idle_check_locked() const { return {health_check_, settings_.health_check_after_idle}; }
-  // Past max_lifetime? Health-checked (a round trip when idle longer than `check.after`).
+  // Past max_lifetime? Still open? needs_round_trip when idle longer than `check.after`.
+  static IdleVerdict quick_check(Connection& connection, const IdleCheck& check);
+  // quick_check, then the health check's round trip when it asks for one.
   boost::asio::awaitable<IdleVerdict> check_idle(Connection& connection, IdleCheck check);
-  // An idle connection to lease, health-checked when it sat idle too long; nullptr when none.
-  boost::asio::awaitable<std::unique_ptr<Connection>> take_idle();
   void hand_over_locked(std::unique_ptr<Connection> connection);
   void wake_locked(const std::shared_ptr<Waiter>& waiter);
   // Hands idle connections to waiters and lets waiters connect while there is room under max.

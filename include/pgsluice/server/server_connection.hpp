@@ -54,6 +54,8 @@ class ServerConnection : public pool::Connection {
   ServerStatements& statements() { return statements_; }
   net::MessageBuffer& buffer() { return buffer_; }
   const ServerTarget& target() const { return *target_; }
+  // Where this connection was opened to (a reload may have pointed the service elsewhere since).
+  const std::shared_ptr<const ServerTarget>& shared_target() const { return target_; }
   // The key this connection's backend gave us, for forwarding CancelRequests.
   protocol::BackendKeyData backend_key() const { return key_; }
   // What the server reported through ParameterStatus, kept current by whoever relays its messages.
@@ -85,7 +87,7 @@ class ServerConnection : public pool::Connection {
   // A look at an idle connection's socket without a round trip: false when the server closed it or
   // sent something (an idle server sends nothing but a FATAL before it goes, e.g. after
   // pg_terminate_backend).
-  bool idle_and_open();
+  bool looks_usable() override;
   // Sends Terminate and closes the socket.
   void close();
 
