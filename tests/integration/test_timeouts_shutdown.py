@@ -225,12 +225,16 @@ def test_sigterm_during_pgbench_reports_every_committed_transaction(pg, tmp_path
     pg.sql("drop table if exists sigterm_log")
     pg.sql("create table sigterm_log (client int)")
     pg.sql(f"grant all on sigterm_log to {SERVER_ROLE}")
+    # pgbench's own TPC-B tables (each committed TPC-B transaction adds one pgbench_history row) ...
+    subprocess.run(["pgbench", "-i", "-q", "-s", "1", "postgres"], env=pg.env(), check=True, capture_output=True)
+    pg.sql(f"grant all on pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history to {SERVER_ROLE}")
+    # ... mixed with a transaction that sleeps, so that some are surely in flight at SIGTERM.
     script = tmp_path / "tx.sql"
     script.write_text("BEGIN;\nINSERT INTO sigterm_log VALUES (:client_id);\nSELECT pg_sleep(0.02);\nEND;\n")
     with pgsluice(pg, stop=False, max_connections=10) as target:  # session mode: one per client
         bench = subprocess.Popen(
             ["pgbench", "-h", "127.0.0.1", "-p", str(target.port), "-U", "timed", "-n", "-c", "10", "-j", "2",
-             "-T", "20", "-f", str(script), "postgres"],
+             "-T", "20", "-b", "tpcb-like@1", "-f", f"{script}@1", "postgres"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(2)
         target.proxy.signal(signal.SIGTERM)
@@ -243,8 +247,10 @@ def test_sigterm_during_pgbench_reports_every_committed_transaction(pg, tmp_path
         target.proxy.cleanup()
     processed = re.search(r"number of transactions actually processed: (\d+)", output)
     assert processed, output
-    committed = pg.sql("select count(*) from sigterm_log")[0][0]
+    tpcb = pg.sql("select count(*) from pgbench_history")[0][0]
+    committed = pg.sql("select count(*) from sigterm_log")[0][0] + tpcb
+    pg.sql("drop table pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history")
     # Every transaction that committed was reported to its client, and none was left half done.
     assert int(processed.group(1)) == committed, output
-    assert committed > 0
+    assert committed > 0 and tpcb > 0
     assert "57P01" in output or "shutting down" in output, output
