@@ -5,7 +5,7 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
-#include <boost/asio/strand.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
@@ -27,13 +27,23 @@ using namespace asio::experimental::awaitable_operators;
 
 namespace {
 
+// One io_context per worker thread (DESIGN §1): a session lives on one of them, round robin, so its
+// coroutines never run at once and never hop threads; no strand, no contended scheduler.
+class Worker : public asio::io_context {
+ public:
+  using io_context::io_context;
+  // Destroys every pending handler (coroutine frames, with the sessions and connections they hold)
+  // while all workers' services still exist: a server socket may belong to another worker than the
+  // session that holds it, so no worker may be destroyed before all of them are shut down.
+  void shut_down() { shutdown(); }
+};
+using Workers = std::vector<std::unique_ptr<Worker>>;
+
 asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context,
-                                  int workers) {
-  auto& io = static_cast<asio::io_context&>(acceptor.get_executor().context());
+                                  const Workers& workers) {
+  std::size_t next = 0;
   for (;;) {
-    // A session's two coroutines (client reader, server reader) must not run at once: with several
-    // worker threads a strand serialises them; with one thread the strand would be pure overhead.
-    auto executor = workers > 1 ? asio::any_io_executor(asio::make_strand(io)) : asio::any_io_executor(io.get_executor());
+    auto executor = workers[next++ % workers.size()]->get_executor();
     auto [ec, socket] = co_await acceptor.async_accept(executor, net::use_nothrow);
     if (ec == asio::error::operation_aborted) co_return;
     if (ec) {
@@ -51,7 +61,7 @@ asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<sessi
 
 // Waits for the clients to leave, forces the rest out at shutdown_timeout, then stops the loop.
 asio::awaitable<void> drain(std::shared_ptr<session::SessionContext> context, Runtime& runtime,
-                            std::chrono::milliseconds timeout, asio::io_context& io) {
+                            std::chrono::milliseconds timeout, std::function<void()> stop) {
   asio::steady_timer tick(co_await asio::this_coro::executor);
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   bool forced = false;
@@ -67,14 +77,24 @@ asio::awaitable<void> drain(std::shared_ptr<session::SessionContext> context, Ru
   }
   runtime.close_all();
   spdlog::info("all clients gone: stopping");
-  io.stop();
+  stop();
 }
 
 }  // namespace
 
 int run_daemon(std::shared_ptr<const config::Config> config, const std::string& config_path, DaemonOptions options) {
   const int workers = config->workers > 0 ? config->workers : std::max(1u, std::thread::hardware_concurrency());
-  asio::io_context io(workers);
+  Workers contexts;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> keep_running;
+  for (int i = 0; i < workers; ++i) {
+    contexts.push_back(std::make_unique<Worker>(1));
+    keep_running.push_back(asio::make_work_guard(*contexts.back()));
+  }
+  // The listener, the signals and the pools' upkeep live on the first; sessions on all of them.
+  auto& io = *contexts.front();
+  const auto stop_all = [&contexts] {
+    for (auto& each : contexts) each->stop();
+  };
 
   auto context = std::make_shared<session::SessionContext>();
   context->mock_secret = protocol::scram::random_bytes(32);
@@ -96,7 +116,7 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
   spdlog::info("pgsluice {} listening on {}:{} with {} worker(s), {} service(s)", PGSLUICE_VERSION,
                config->listen.host, config->listen.port, workers, config->services.size());
 
-  asio::co_spawn(io, accept_loop(acceptor, context, workers), asio::detached);
+  asio::co_spawn(io, accept_loop(acceptor, context, contexts), asio::detached);
 
   // SIGTERM/SIGINT: stop accepting, let transactions in flight finish (up to shutdown_timeout), tell
   // every client 57P01, exit 0. A second signal exits at once.
@@ -106,7 +126,7 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
     if (ec) return;
     if (stopping) {
       spdlog::warn("received signal {} again: exiting now", signal);
-      io.stop();
+      stop_all();
       return;
     }
     stopping = true;
@@ -116,7 +136,7 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
     acceptor.close(ignored);
     context->draining = true;
     for (auto& session : context->cancels.sessions()) session->begin_shutdown();
-    asio::co_spawn(io, drain(context, runtime, shutdown_timeout, io), asio::detached);
+    asio::co_spawn(io, drain(context, runtime, shutdown_timeout, stop_all), asio::detached);
     signals.async_wait(on_signal);
   };
   signals.async_wait(on_signal);
@@ -158,9 +178,11 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
   hangup.async_wait(on_hangup);
 
   std::vector<std::thread> threads;
-  for (int i = 1; i < workers; ++i) threads.emplace_back([&io] { io.run(); });
+  for (int i = 1; i < workers; ++i) threads.emplace_back([&contexts, i] { contexts[i]->run(); });
   io.run();
   for (auto& thread : threads) thread.join();
+  keep_running.clear();
+  for (auto& each : contexts) each->shut_down();
   spdlog::info("pgsluice stopped");
   return 0;
 }

@@ -7,6 +7,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <random>
 
 namespace pgsluice::pool {
@@ -160,14 +161,18 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
   }
   // An idle connection first. On the hot path this is synchronous: only one idle past
   // health_check_after_idle costs a round trip (and a coroutine).
+  const void* home = context_key(executor);
   while (!probe) {
     std::unique_ptr<Connection> connection;
     IdleCheck check;
     {
       std::lock_guard lock(mutex_);
       if (idle_.empty() || !waiters_.empty() || closed_ || paused_) break;
-      connection = std::move(idle_.back());
-      idle_.pop_back();
+      // The most recently used one on the caller's worker, else the most recently used.
+      auto at = std::find_if(idle_.rbegin(), idle_.rend(), [home](const auto& c) { return c->home == home; });
+      auto chosen = at == idle_.rend() ? std::prev(idle_.end()) : std::prev(at.base());
+      connection = std::move(*chosen);
+      idle_.erase(chosen);
       ++busy_;  // counted while checked, so the slot is not given away meanwhile
       check = idle_check_locked();
     }

@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 
@@ -89,6 +90,23 @@ bool ServerConnection::looks_usable() {
   std::uint8_t probe;
   const auto received = ::recv(socket_.native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
   return received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+bool ServerConnection::move_to(const net::asio::any_io_executor& executor) {
+  if (pool::context_key(socket_.get_executor()) == pool::context_key(executor)) return true;
+  net::error_code ec;
+  const auto protocol = socket_.local_endpoint(ec).protocol();
+  if (ec) return false;
+  const auto fd = socket_.release(ec);  // leaves the old worker's reactor
+  if (ec) return false;
+  net::tcp::socket moved(executor);
+  moved.assign(protocol, fd, ec);  // joins the new one
+  if (ec) {
+    ::close(fd);
+    return false;
+  }
+  socket_ = std::move(moved);
+  return true;
 }
 
 net::awaitable<std::unique_ptr<ServerConnection>> ServerConnection::connect(

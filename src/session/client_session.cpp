@@ -208,6 +208,13 @@ net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::st
     co_return false;
   }
   server_.reset(static_cast<server::ServerConnection*>(lease.connection.release()));
+  if (!server_->move_to(socket_.get_executor())) {
+    release_server(false);
+    sqlstate = "08006";
+    error = "pgsluice: server connection failed while moving it to the client's worker";
+    co_return false;
+  }
+  server_->home = pool::context_key(socket_.get_executor());
   if (parameters_fingerprint_.empty()) parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
   if (server_->applied_fingerprint() != parameters_fingerprint_) {
     if (!co_await server_->apply_parameters(parameters_, server_->target().connect_timeout)) {

@@ -30,7 +30,15 @@ class Connection {
   Clock::time_point last_used = Clock::now();
   Clock::time_point expires_at = Clock::time_point::max();  // max_lifetime, with jitter
   std::uint64_t generation = 0;  // the pool's generation when opened; older ones are not reused
+  // The worker (execution context, see context_key) whose thread last used it: acquire prefers an
+  // idle connection already at home on the caller's worker. Opaque to the pool.
+  const void* home = nullptr;
 };
+
+// Identifies the execution context (worker) an executor runs on.
+inline const void* context_key(const boost::asio::any_io_executor& executor) {
+  return &boost::asio::query(executor, boost::asio::execution::context);
+}
 
 struct PoolSettings {
   std::string service;
