@@ -71,7 +71,11 @@ bool GucNameLess::operator()(const std::string& a, const std::string& b) const {
 }
 
 ServerConnection::ServerConnection(net::tcp::socket socket, std::shared_ptr<const ServerTarget> target)
-    : socket_(std::move(socket)), target_(std::move(target)), id_(next_connection_id()) {}
+    : socket_(std::move(socket)), target_(std::move(target)), id_(next_connection_id()) {
+  net::error_code ec;
+  const auto local = socket_.local_endpoint(ec);
+  if (!ec) protocol_ = local.protocol();
+}
 
 ServerConnection::~ServerConnection() { close(); }
 
@@ -95,12 +99,10 @@ bool ServerConnection::looks_usable() {
 bool ServerConnection::move_to(const net::asio::any_io_executor& executor) {
   if (pool::context_key(socket_.get_executor()) == pool::context_key(executor)) return true;
   net::error_code ec;
-  const auto protocol = socket_.local_endpoint(ec).protocol();
-  if (ec) return false;
   const auto fd = socket_.release(ec);  // leaves the old worker's reactor
   if (ec) return false;
   net::tcp::socket moved(executor);
-  moved.assign(protocol, fd, ec);  // joins the new one
+  moved.assign(protocol_, fd, ec);  // joins the new one
   if (ec) {
     ::close(fd);
     return false;

@@ -104,6 +104,7 @@ class ServerConnection : public pool::Connection {
   net::awaitable<bool> drain_until_ready(int ready_count, int& errors, char& status);
 
   net::tcp::socket socket_;
+  net::tcp protocol_ = net::tcp::v4();  // IPv4 or IPv6, for move_to
   std::shared_ptr<const ServerTarget> target_;
   std::uint64_t id_;
   ServerStatements statements_;
