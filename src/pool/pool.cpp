@@ -15,8 +15,10 @@ namespace pgsluice::pool {
 namespace asio = boost::asio;
 
 struct Pool::Waiter {
-  explicit Waiter(const asio::any_io_executor& executor) : timer(executor) {}
+  explicit Waiter(const asio::any_io_executor& executor) : timer(executor), home(context_key(executor)) {}
   asio::steady_timer timer;
+  const void* home;     // the waiter's worker
+  int passed_over = 0;  // times a later waiter was served first (bounded by kMaxPassedOver)
   std::unique_ptr<Connection> connection;  // handed over by release()
   bool may_connect = false;                // a connect slot was reserved for this waiter
   bool resolved = false;                   // served or failed: no longer in waiters_
@@ -137,8 +139,23 @@ void Pool::wake_locked(const std::shared_ptr<Waiter>& waiter) {
 }
 
 void Pool::hand_over_locked(std::unique_ptr<Connection> connection) {
-  auto waiter = waiters_.front();
-  waiters_.pop_front();
+  // First in, first out, with one bounded exception: among the first few waiters, one on the
+  // connection's own worker goes first, so its socket need not move and its wake-up does not cross
+  // threads. A waiter is passed over at most kMaxPassedOver times, so nobody waits longer than a
+  // couple of releases for it.
+  constexpr std::size_t kLookAhead = 4;
+  constexpr int kMaxPassedOver = 2;
+  auto chosen = waiters_.begin();
+  const auto limit = waiters_.begin() + static_cast<std::ptrdiff_t>(std::min(kLookAhead, waiters_.size()));
+  for (auto it = waiters_.begin(); it != limit; ++it) {
+    if ((*it)->home == connection->home || (*it)->passed_over >= kMaxPassedOver) {
+      chosen = it;
+      break;
+    }
+  }
+  for (auto it = waiters_.begin(); it != chosen; ++it) ++(*it)->passed_over;
+  auto waiter = *chosen;
+  waiters_.erase(chosen);
   waiter->connection = std::move(connection);
   wake_locked(waiter);
 }

@@ -9,6 +9,7 @@
 #include <catch.hpp>
 
 #include <set>
+#include <thread>
 
 #include "pgsluice/pool/pool.hpp"
 
@@ -462,4 +463,38 @@ TEST_CASE("a recently used idle connection the server closed is discarded withou
   CHECK(h.thorough_checks == 0);
   CHECK(h.pool->stats().health_check_failures == 1);
   CHECK(h.pool->stats().idle == 1);
+}
+
+TEST_CASE("a returned connection goes to a waiter on its own worker first, passing others over at most twice",
+          "[pool]") {
+  Harness h(1, 2000ms);
+  asio::io_context other;  // a second worker: its waiters' timers live there
+  auto guard = asio::make_work_guard(other);
+  std::thread other_thread([&other] { other.run(); });
+  std::vector<int> order;
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    const void* here = context_key(executor);
+    auto held = co_await h.pool->acquire(executor);
+    REQUIRE(held);
+    held.connection->home = here;
+    for (int waiter = 1; waiter <= 4; ++waiter) {
+      auto on = waiter == 1 ? asio::any_io_executor(other.get_executor()) : executor;
+      asio::co_spawn(executor, [&h, &order, waiter, on, here]() -> asio::awaitable<void> {
+        auto lease = co_await h.pool->acquire(on);
+        REQUIRE(lease);
+        order.push_back(waiter);
+        lease.connection->home = here;  // used on this worker again
+        co_await sleep_for(5ms);
+        h.pool->release(std::move(lease.connection), true);
+      }, asio::detached);
+      co_await sleep_for(5ms);  // let each waiter queue in turn
+    }
+    h.pool->release(std::move(held.connection), true);
+    co_await sleep_for(100ms);
+  });
+  guard.reset();
+  other_thread.join();
+  // Waiter 1 (the other worker) is passed over twice, then served before waiter 4.
+  CHECK(order == std::vector<int>{2, 3, 1, 4});
 }
