@@ -85,7 +85,9 @@ void Pool::trip() {
 }
 
 Pool::Pool(PoolSettings settings, Connector connector, HealthCheck health_check)
-    : settings_(std::move(settings)), connector_(std::move(connector)), health_check_(std::make_shared<const HealthCheck>(std::move(health_check))) {}
+    : settings_(std::move(settings)),
+      connector_(std::move(connector)),
+      health_check_(std::make_shared<const HealthCheck>(std::move(health_check))) {}
 
 Clock::time_point Pool::lifetime_deadline_locked() const {
   if (settings_.max_lifetime.count() <= 0) return Clock::time_point::max();
@@ -96,23 +98,24 @@ Clock::time_point Pool::lifetime_deadline_locked() const {
   return Clock::now() + settings_.max_lifetime + std::chrono::milliseconds(jitter);
 }
 
-Pool::IdleVerdict Pool::quick_check(Connection& connection, const IdleCheck& check) {
+Pool::IdleVerdict Pool::quick_check(Connection& connection, Clock::duration round_trip_after) {
   const auto now = Clock::now();
   if (now >= connection.expires_at) return IdleVerdict::expired;
   if (!connection.looks_usable()) return IdleVerdict::unhealthy;
-  if (check.health_check && *check.health_check && now - connection.last_used > check.after) {
-    return IdleVerdict::needs_round_trip;
-  }
+  if (now - connection.last_used > round_trip_after) return IdleVerdict::needs_round_trip;
   connection.last_used = now;
   return IdleVerdict::usable;
 }
 
-asio::awaitable<Pool::IdleVerdict> Pool::check_idle(Connection& connection, IdleCheck check) {
-  auto verdict = quick_check(connection, check);
-  if (verdict != IdleVerdict::needs_round_trip) co_return verdict;
+asio::awaitable<Pool::IdleVerdict> Pool::round_trip_check(Connection& connection) {
+  std::shared_ptr<const HealthCheck> health_check;
+  {
+    std::lock_guard lock(mutex_);
+    health_check = health_check_;
+  }
   bool healthy = false;
   try {
-    healthy = co_await (*check.health_check)(connection);
+    healthy = co_await (*health_check)(connection);
   } catch (const std::exception&) {
     healthy = false;
   }
@@ -181,7 +184,7 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
   const void* home = context_key(executor);
   while (!probe) {
     std::unique_ptr<Connection> connection;
-    IdleCheck check;
+    Clock::duration round_trip_after{};
     {
       std::lock_guard lock(mutex_);
       if (idle_.empty() || !waiters_.empty() || closed_ || paused_) break;
@@ -191,10 +194,10 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
       connection = std::move(*chosen);
       idle_.erase(chosen);
       ++busy_;  // counted while checked, so the slot is not given away meanwhile
-      check = idle_check_locked();
+      round_trip_after = round_trip_after_locked();
     }
-    auto verdict = quick_check(*connection, check);
-    if (verdict == IdleVerdict::needs_round_trip) verdict = co_await check_idle(*connection, std::move(check));
+    auto verdict = quick_check(*connection, round_trip_after);
+    if (verdict == IdleVerdict::needs_round_trip) verdict = co_await round_trip_check(*connection);
     if (verdict == IdleVerdict::usable) co_return AcquireResult{std::move(connection), {}, {}};
     std::lock_guard lock(mutex_);
     --busy_;
@@ -232,12 +235,13 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
     if (waiter->connection && waiter->from_idle) {
       // Handed over from the idle list (after RESUME or a reload): checked like any idle one.
       auto connection = std::move(waiter->connection);
-      IdleCheck check;
+      Clock::duration round_trip_after{};
       {
         std::lock_guard lock(mutex_);
-        check = idle_check_locked();
+        round_trip_after = round_trip_after_locked();
       }
-      const auto verdict = co_await check_idle(*connection, std::move(check));
+      auto verdict = quick_check(*connection, round_trip_after);
+      if (verdict == IdleVerdict::needs_round_trip) verdict = co_await round_trip_check(*connection);
       if (verdict == IdleVerdict::usable) co_return AcquireResult{std::move(connection), {}, {}};
       std::lock_guard lock(mutex_);
       ++(verdict == IdleVerdict::expired ? counters_.closed_lifetime : counters_.health_check_failures);
@@ -255,20 +259,14 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
       // The slot was already counted in connecting_: fall through to connect.
     } else if (waiter->resolved) {
       co_return closed_result();
-    } else if (paused_) {
-      std::erase(waiters_, waiter);
-      ++counters_.acquire_timeouts;
-      co_return AcquireResult{
-          nullptr, AcquireError::paused,
-          fmt::format("pgsluice: service \"{}\" is paused; no server connection within acquire_timeout {}ms ({})",
-                      settings_.service, settings_.acquire_timeout.count(), state_text_locked())};
     } else {
       std::erase(waiters_, waiter);
       ++counters_.acquire_timeouts;
-      co_return AcquireResult{
-          nullptr, AcquireError::timeout,
-          fmt::format("pgsluice: no server connection for service \"{}\" within acquire_timeout {}ms ({})",
-                      settings_.service, settings_.acquire_timeout.count(), state_text_locked())};
+      const auto text = paused_ ? fmt::format("pgsluice: service \"{}\" is paused; no server connection", settings_.service)
+                                : fmt::format("pgsluice: no server connection for service \"{}\"", settings_.service);
+      co_return AcquireResult{nullptr, paused_ ? AcquireError::paused : AcquireError::timeout,
+                              fmt::format("{} within acquire_timeout {}ms ({})", text,
+                                          settings_.acquire_timeout.count(), state_text_locked())};
     }
   }
 

@@ -136,15 +136,14 @@ class Pool : public std::enable_shared_from_this<Pool> {
   int total_locked() const { return busy_ + connecting_ + static_cast<int>(idle_.size()); }
   Clock::time_point lifetime_deadline_locked() const;
   enum class IdleVerdict { usable, expired, unhealthy, needs_round_trip };
-  struct IdleCheck {
-    std::shared_ptr<const HealthCheck> health_check;
-    Clock::duration after{};  // health_check_after_idle
-  };
-  IdleCheck idle_check_locked() const { return {health_check_, settings_.health_check_after_idle}; }
-  // Past max_lifetime? Still open? needs_round_trip when idle longer than `check.after`.
-  static IdleVerdict quick_check(Connection& connection, const IdleCheck& check);
-  // quick_check, then the health check's round trip when it asks for one.
-  boost::asio::awaitable<IdleVerdict> check_idle(Connection& connection, IdleCheck check);
+  // How long an idle connection may sit before its lease costs a round trip (max: no health check).
+  Clock::duration round_trip_after_locked() const {
+    return *health_check_ ? Clock::duration(settings_.health_check_after_idle) : Clock::duration::max();
+  }
+  // Past max_lifetime? Still open? needs_round_trip when idle longer than `round_trip_after`.
+  static IdleVerdict quick_check(Connection& connection, Clock::duration round_trip_after);
+  // The health check's round trip (only for a connection quick_check sent there).
+  boost::asio::awaitable<IdleVerdict> round_trip_check(Connection& connection);
   void hand_over_locked(std::unique_ptr<Connection> connection);
   void wake_locked(const std::shared_ptr<Waiter>& waiter);
   // Hands idle connections to waiters and lets waiters connect while there is room under max.
