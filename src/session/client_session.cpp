@@ -23,6 +23,7 @@ ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionCon
       config_(snapshot_->config),
       max_message_size_(config_->max_message_size),
       server_reader_done_(socket_.get_executor()),
+      server_attached_(socket_.get_executor()),
       client_write_unlocked_(socket_.get_executor()),
       timer_(socket_.get_executor()) {
   net::error_code ec;
@@ -51,9 +52,14 @@ void ClientSession::unlock_client_writes() {
   client_write_unlocked_.notify();
 }
 
-net::awaitable<bool> ClientSession::write_client_locked(Outgoing& out) {
+bool ClientSession::try_write_client(Outgoing& out, std::size_t& written, net::error_code& ec) {
+  if (client_write_locked_) return false;  // someone else is writing: queue up behind them
+  return net::try_write_all(socket_, out.pieces(), written, ec);
+}
+
+net::awaitable<bool> ClientSession::finish_write_client(Outgoing& out, std::size_t written) {
   co_await lock_client_writes();
-  auto ec = co_await net::write_all(socket_, out.pieces());
+  auto ec = co_await net::write_rest(socket_, out.pieces(), written);
   unlock_client_writes();
   co_return !ec;
 }
@@ -376,7 +382,12 @@ net::awaitable<void> ClientSession::relay() {
       if (!server_reader_running_) {
         stop_server_reader_ = false;
         server_reader_running_ = true;
-        asio::co_spawn(socket_.get_executor(), server_reader(), asio::detached);
+        if (!server_reader_spawned_) {
+          server_reader_spawned_ = true;
+          asio::co_spawn(socket_.get_executor(), server_reader(), asio::detached);
+        } else {
+          server_attached_.notify();
+        }
       }
       Outgoing& out = to_server_;
       out.clear();
@@ -390,9 +401,10 @@ net::awaitable<void> ClientSession::relay() {
         out.append(run);
       }
       net::error_code ec;
-      if (!out.empty()) {
+      std::size_t written = 0;
+      if (!out.empty() && !net::try_write_all(server_->socket(), out.pieces(), written, ec)) {
         client_writing_ = true;
-        ec = co_await net::write_all(server_->socket(), out.pieces());
+        ec = co_await net::write_rest(server_->socket(), out.pieces(), written);
         client_writing_ = false;
       }
       buffer_.consume(offset);
@@ -406,150 +418,172 @@ net::awaitable<void> ClientSession::relay() {
     if (closing_) co_return;
 
     const std::size_t missing = want > buffer_.size() ? want - buffer_.size() : 0;
-    if (auto ec = co_await net::read_some(socket_, buffer_, std::max<std::size_t>(missing, 4096))) co_return;
+    auto [read_ec, count] = co_await net::async_read_into(socket_, buffer_, std::max<std::size_t>(missing, 4096));
+    if (net::finish_read(buffer_, read_ec, count)) co_return;
   }
 }
 
 net::awaitable<void> ClientSession::server_reader() {
   auto self = shared_from_this();
-  bool server_lost = false;
-  bool drained = false;  // SIGTERM and the transaction in flight is done
-  bool refused_transaction = false;  // statement mode: the client opened a transaction block
-  std::string lost_reason;
-  auto& buffer = server_->buffer();
-  const std::size_t max_size = server_->target().max_message_size;
-  while (!stop_server_reader_) {
-    if (auto ec = co_await net::read_some(server_->socket(), buffer)) {
-      if (!stop_server_reader_) {
-        server_lost = true;
-        lost_reason = ec.message();
-      }
-      break;
-    }
-    if (stop_server_reader_) break;
-    auto data = buffer.readable();
-    std::size_t offset = 0;
-    bool ready_seen = false;
-    while (offset < data.size()) {
-      auto frame = protocol::next_frame(data.subspan(offset), max_size);
-      if (frame.status == protocol::FrameStatus::incomplete) break;
-      if (frame.status == protocol::FrameStatus::malformed || !protocol::is_backend_message_type(frame.message.type)) {
-        server_lost = true;
-        lost_reason = "malformed message from server";
+  // One coroutine for the session's life, woken at each attach: spawning one per transaction cost
+  // a frame allocation and a scheduler round trip on the hot path.
+  for (;;) {
+    while (!server_reader_running_ && !server_reader_retired_) co_await server_attached_.wait();
+    if (server_reader_retired_) co_return;
+    bool server_lost = false;
+    bool drained = false;  // SIGTERM and the transaction in flight is done
+    bool refused_transaction = false;  // statement mode: the client opened a transaction block
+    std::string lost_reason;
+    auto& buffer = server_->buffer();
+    const std::size_t max_size = server_->target().max_message_size;
+    while (!stop_server_reader_) {
+      auto [read_ec, count] = co_await net::async_read_into(server_->socket(), buffer);
+      if (auto ec = net::finish_read(buffer, read_ec, count)) {
+        if (!stop_server_reader_) {
+          server_lost = true;
+          lost_reason = ec.message();
+        }
         break;
       }
-      const auto& message = frame.message;
-      if (message.type == 'Z') {
-        auto status = protocol::parse_ready_for_query(message.payload);
-        if (!status) {
+      if (stop_server_reader_) break;
+      auto data = buffer.readable();
+      std::size_t offset = 0;
+      bool ready_seen = false;
+      while (offset < data.size()) {
+        auto frame = protocol::next_frame(data.subspan(offset), max_size);
+        if (frame.status == protocol::FrameStatus::incomplete) break;
+        if (frame.status == protocol::FrameStatus::malformed ||
+            !protocol::is_backend_message_type(frame.message.type)) {
           server_lost = true;
-          lost_reason = "malformed ReadyForQuery from server";
+          lost_reason = "malformed message from server";
           break;
         }
-        transaction_status_ = *status;
-        if (expected_ready_ > 0) --expected_ready_;
-        ready_seen = true;
-      } else if (message.type == 'S') {
-        if (auto parameter = protocol::parse_parameter_status(message.payload)) {
-          std::string name(parameter->name);
-          std::string value(parameter->value);
-          // A value the client caused (SET TimeZone ...) follows it to its next server connection.
-          if (server::is_tracked_parameter(name) || parameters_.contains(name)) {
-            parameters_[name] = value;
-            parameters_fingerprint_.clear();
+        const auto& message = frame.message;
+        if (message.type == 'Z') {
+          auto status = protocol::parse_ready_for_query(message.payload);
+          if (!status) {
+            server_lost = true;
+            lost_reason = "malformed ReadyForQuery from server";
+            break;
           }
-          server_->parameters()[std::move(name)] = std::move(value);
-          server_->set_applied_fingerprint({});  // the server's state moved: compare in full next time
+          transaction_status_ = *status;
+          if (expected_ready_ > 0) --expected_ready_;
+          ready_seen = true;
+        } else if (message.type == 'S') {
+          if (auto parameter = protocol::parse_parameter_status(message.payload)) {
+            std::string name(parameter->name);
+            std::string value(parameter->value);
+            // A value the client caused (SET TimeZone ...) follows it to its next server connection.
+            if (server::is_tracked_parameter(name) || parameters_.contains(name)) {
+              parameters_[name] = value;
+              parameters_fingerprint_.clear();
+            }
+            server_->parameters()[std::move(name)] = std::move(value);
+            server_->set_applied_fingerprint({});  // the server's state moved: compare in full next time
+          }
+        }
+        offset += message.frame.size();
+      }
+      if (server_lost) break;
+      if (offset > 0) {
+        Outgoing& out = to_client_;
+        out.clear();
+        if (rewrite_statements_ || timeout_cancel_pending_) {
+          for (std::size_t at = 0; at < offset;) {
+            auto frame = protocol::next_frame(data.subspan(at), max_size);
+            const auto& message = frame.message;
+            at += message.frame.size();
+            if (rewrite_statements_) {
+              statements_.take_due_replies(out);
+              if (statements_.server_message(message, server_->statements()) ==
+                  StatementTracker::Disposition::swallow) {
+                continue;
+              }
+            }
+            if (timeout_cancel_pending_ && message.type == 'E') {
+              auto fields = protocol::parse_error_response(message.payload);
+              if (fields && fields->sqlstate == "57014") {
+                timeout_cancel_pending_ = false;
+                protocol::append_error_response(
+                    out.build(), protocol::Severity::error, "57014",
+                    "pgsluice: query_timeout (" + std::to_string(service_->config.query_timeout.count()) +
+                        "ms) of service \"" + service_->config.name + "\" expired; the statement was cancelled");
+                continue;
+              }
+            }
+            out.append(message.frame);
+          }
+          if (rewrite_statements_) statements_.take_due_replies(out);
+        } else {
+          out.append(data.first(offset));
+        }
+        bool ok = true;
+        std::size_t written = 0;
+        net::error_code ec;
+        if (!out.empty()) {
+          ok = try_write_client(out, written, ec) ? !ec : co_await finish_write_client(out, written);
+        }
+        buffer.consume(offset);
+        if (!ok) {
+          closing_ = true;  // the client is gone; the client reader will notice too
+          break;
         }
       }
-      offset += message.frame.size();
-    }
-    if (server_lost) break;
-    if (offset > 0) {
-      Outgoing& out = to_client_;
-      out.clear();
-      if (rewrite_statements_ || timeout_cancel_pending_) {
-        for (std::size_t at = 0; at < offset;) {
-          auto frame = protocol::next_frame(data.subspan(at), max_size);
-          const auto& message = frame.message;
-          at += message.frame.size();
-          if (rewrite_statements_) {
-            statements_.take_due_replies(out);
-            if (statements_.server_message(message, server_->statements()) == StatementTracker::Disposition::swallow) {
-              continue;
-            }
-          }
-          if (timeout_cancel_pending_ && message.type == 'E') {
-            auto fields = protocol::parse_error_response(message.payload);
-            if (fields && fields->sqlstate == "57014") {
-              timeout_cancel_pending_ = false;
-              protocol::append_error_response(
-                  out.build(), protocol::Severity::error, "57014",
-                  "pgsluice: query_timeout (" + std::to_string(service_->config.query_timeout.count()) +
-                      "ms) of service \"" + service_->config.name + "\" expired; the statement was cancelled");
-              continue;
-            }
-          }
-          out.append(message.frame);
-        }
-        if (rewrite_statements_) statements_.take_due_replies(out);
-      } else {
-        out.append(data.first(offset));
+      if (ready_seen && expected_ready_ == 0 && transaction_status_ != 'I' &&
+          service_->config.mode == config::PoolMode::statement) {
+        // Statement mode hands the connection back after every statement: a transaction block cannot
+        // span statements. Refuse it like PgBouncer does; the server side is rolled back and kept.
+        refused_transaction = true;
+        break;
       }
-      bool ok = out.empty() || co_await write_client_locked(out);
-      buffer.consume(offset);
-      if (!ok) {
-        closing_ = true;  // the client is gone; the client reader will notice too
+      if (ready_seen && expected_ready_ == 0) {
+        timeout_cancel_pending_ = false;
+        if (timer_purpose_ == TimerPurpose::query || timer_purpose_ == TimerPurpose::cancel_answer) disarm_timer();
+        if (transaction_status_ != 'I' && service_->config.idle_in_transaction_timeout.count() > 0) {
+          arm_timer(TimerPurpose::idle_in_transaction, service_->config.idle_in_transaction_timeout);
+        }
+        if (draining_ && between_transactions() && !client_writing_ && buffer.empty()) {
+          drained = true;
+          if (service_->config.mode != config::PoolMode::session) release_server(true);
+          break;
+        }
+      }
+      if (ready_seen && service_->config.mode != config::PoolMode::session && transaction_status_ == 'I' &&
+          expected_ready_ == 0 && !in_extended_batch_ && !client_writing_ && buffer.empty() && !stop_server_reader_ &&
+          statements_.idle()) {
+        release_server(true);
         break;
       }
     }
-    if (ready_seen && expected_ready_ == 0 && transaction_status_ != 'I' &&
-        service_->config.mode == config::PoolMode::statement) {
-      // Statement mode hands the connection back after every statement: a transaction block cannot
-      // span statements. Refuse it like PgBouncer does; the server side is rolled back and kept.
-      refused_transaction = true;
-      break;
+    if (server_lost) {
+      spdlog::warn("session {}: server connection for service {} lost: {}", peer_, service_->config.name, lost_reason);
+      release_server(false);
+      closing_ = true;
+      Buffer out;
+      protocol::append_error_response(out, protocol::Severity::fatal, "08006",
+                                      "pgsluice: server connection lost (" + lost_reason + ")");
+      co_await lock_client_writes();
+      co_await write_client(out);
+      unlock_client_writes();
+      net::error_code ignored;
+      socket_.shutdown(net::tcp::socket::shutdown_both, ignored);
+      socket_.cancel(ignored);
     }
-    if (ready_seen && expected_ready_ == 0) {
-      timeout_cancel_pending_ = false;
-      if (timer_purpose_ == TimerPurpose::query || timer_purpose_ == TimerPurpose::cancel_answer) disarm_timer();
-      if (transaction_status_ != 'I' && service_->config.idle_in_transaction_timeout.count() > 0) {
-        arm_timer(TimerPurpose::idle_in_transaction, service_->config.idle_in_transaction_timeout);
-      }
-      if (draining_ && between_transactions() && !client_writing_ && buffer.empty()) {
-        drained = true;
-        if (service_->config.mode != config::PoolMode::session) release_server(true);
-        break;
-      }
-    }
-    if (ready_seen && service_->config.mode != config::PoolMode::session && transaction_status_ == 'I' &&
-        expected_ready_ == 0 && !in_extended_batch_ && !client_writing_ && buffer.empty() && !stop_server_reader_ &&
-        statements_.idle()) {
-      release_server(true);
-      break;
+    server_reader_running_ = false;
+    server_reader_done_.notify();
+    if (drained) co_await close_with("57P01", "pgsluice: shutting down; connect again");
+    if (refused_transaction) {
+      co_await close_with("0A000",
+                          "pgsluice: transaction blocks are not allowed in statement pool mode (service \"" +
+                              service_->config.name + "\"); use transaction mode for multi-statement transactions");
     }
   }
-  if (server_lost) {
-    spdlog::warn("session {}: server connection for service {} lost: {}", peer_, service_->config.name, lost_reason);
-    release_server(false);
-    closing_ = true;
-    Buffer out;
-    protocol::append_error_response(out, protocol::Severity::fatal, "08006",
-                                    "pgsluice: server connection lost (" + lost_reason + ")");
-    co_await lock_client_writes();
-    co_await write_client(out);
-    unlock_client_writes();
-    net::error_code ignored;
-    socket_.shutdown(net::tcp::socket::shutdown_both, ignored);
-    socket_.cancel(ignored);
-  }
-  server_reader_running_ = false;
-  server_reader_done_.notify();
-  if (drained) co_await close_with("57P01", "pgsluice: shutting down; connect again");
-  if (refused_transaction) {
-    co_await close_with("0A000", "pgsluice: transaction blocks are not allowed in statement pool mode (service \"" +
-                                     service_->config.name + "\"); use transaction mode for multi-statement transactions");
-  }
+}
+
+net::awaitable<void> ClientSession::finish() {
+  co_await stop_server_reader();
+  server_reader_retired_ = true;
+  server_attached_.notify();
 }
 
 net::awaitable<void> ClientSession::stop_server_reader() {
@@ -588,6 +622,7 @@ net::awaitable<void> run_client_session(net::tcp::socket socket, std::shared_ptr
   } catch (const std::exception& e) {
     spdlog::error("session: unexpected error: {}", e.what());
   }
+  co_await session->finish();  // the server reader lets go of the session
 }
 
 }  // namespace pgsluice::session

@@ -31,6 +31,24 @@ awaitable<error_code> read_some(tcp::socket& socket, MessageBuffer& buffer, std:
 awaitable<error_code> write_all(tcp::socket& socket, std::span<const std::uint8_t> bytes);
 // Writes all pieces, in order, with one gathered write.
 awaitable<error_code> write_all(tcp::socket& socket, const std::vector<std::span<const std::uint8_t>>& pieces);
+// The relay's hot path, without a coroutine frame when the socket takes everything at once (nearly
+// always): try_write_all sends what the socket takes now and returns true when done (all written,
+// or `ec` set); false means it stopped at `written` bytes and write_rest must finish.
+bool try_write_all(tcp::socket& socket, const std::vector<std::span<const std::uint8_t>>& pieces,
+                   std::size_t& written, error_code& ec);
+awaitable<error_code> write_rest(tcp::socket& socket, const std::vector<std::span<const std::uint8_t>>& pieces,
+                                 std::size_t written);
+// The read half of the hot path: an asynchronous read into the buffer's free tail, awaited directly
+// (no wrapper frame); the caller commits the count with finish_read.
+inline auto async_read_into(tcp::socket& socket, MessageBuffer& buffer, std::size_t min_free = 4096) {
+  auto space = buffer.writable(min_free);
+  return socket.async_read_some(asio::buffer(space.data(), space.size()), use_nothrow);
+}
+inline error_code finish_read(MessageBuffer& buffer, error_code ec, std::size_t count) {
+  buffer.commit(count);
+  if (!ec && count == 0) ec = asio::error::eof;
+  return ec;
+}
 
 // Reads until one whole typed message is at the front of the buffer and returns a view of it (the
 // caller consumes it). A malformed frame is returned as an error with its SQLSTATE; a socket error

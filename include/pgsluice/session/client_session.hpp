@@ -3,7 +3,8 @@
 // connection it holds (DESIGN §1–2). Two coroutines share the session's strand:
 //  - the client reader owns reading the client socket and writing to the server;
 //  - the server reader runs while a server connection is attached, relays what the server sends to
-//    the client, watches ReadyForQuery, and in transaction mode gives the connection back.
+//    the client, watches ReadyForQuery, and in transaction mode gives the connection back. It is
+//    spawned at the first attach and sleeps between attaches until finish().
 // While a server is attached only the server reader writes to the client; otherwise only the client
 // reader does. That rule is what keeps writes from interleaving.
 #include <memory>
@@ -26,6 +27,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   // Runs the session to its end; the socket's executor must be a strand.
   net::awaitable<void> run();
+
+  // After run(), whatever way it ended: stops the server reader, which holds the session alive.
+  net::awaitable<void> finish();
 
   // From the cancel registry, on any thread: cancel what the server connection held now is running.
   void forward_cancel();
@@ -57,7 +61,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // whoever writes to the client holds this, so runs never interleave.
   net::awaitable<void> lock_client_writes();
   void unlock_client_writes();
-  net::awaitable<bool> write_client_locked(Outgoing& out);
+  // The server reader's hot path: writes now if nobody holds the write lock and the socket takes
+  // it all (true; `ec` says how it went), else finish_write_client takes the lock and the rest.
+  bool try_write_client(Outgoing& out, std::size_t& written, net::error_code& ec);
+  net::awaitable<bool> finish_write_client(Outgoing& out, std::size_t written);
   // Replies made by pgsluice that nothing the server owes comes before (e.g. CloseComplete + Flush).
   net::awaitable<bool> send_due_replies();
 
@@ -92,6 +99,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool server_reader_running_ = false;
   bool stop_server_reader_ = false;
   net::Event server_reader_done_;
+  bool server_reader_spawned_ = false;  // the server reader lives from the first attach to finish()
+  bool server_reader_retired_ = false;
+  net::Event server_attached_;  // wakes the server reader: a server is attached, or finish()
   int expected_ready_ = 0;          // ReadyForQuery messages the server still owes
   bool in_extended_batch_ = false;  // extended-protocol messages sent since the last Sync
   bool client_writing_ = false;     // the client reader is writing to the server
