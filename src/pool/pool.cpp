@@ -1,6 +1,7 @@
 #include "pgsluice/pool/pool.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -137,7 +138,14 @@ std::string Pool::state_text_locked() const {
 
 void Pool::wake_locked(const std::shared_ptr<Waiter>& waiter) {
   waiter->resolved = true;
-  // The timer belongs to the waiter's strand: cancel it there, not from this thread.
+  // The timer belongs to the waiter's worker: cancel it there, not from this thread. When this is
+  // that worker's thread (a connection handed back to a waiter on the same worker, the usual case
+  // under load), cancel it now and save a trip through the scheduler.
+  const auto* worker = waiter->timer.get_executor().target<asio::io_context::executor_type>();
+  if (worker && worker->running_in_this_thread()) {
+    waiter->timer.cancel();
+    return;
+  }
   asio::post(waiter->timer.get_executor(), [waiter] { waiter->timer.cancel(); });
 }
 
@@ -162,6 +170,33 @@ void Pool::hand_over_locked(std::unique_ptr<Connection> connection) {
   waiters_.erase(chosen);
   waiter->connection = std::move(connection);
   wake_locked(waiter);
+}
+
+std::unique_ptr<Connection> Pool::try_acquire_now(const void* home) {
+  std::unique_ptr<Connection> connection;
+  Clock::duration round_trip_after{};
+  {
+    std::lock_guard lock(mutex_);
+    if (idle_.empty() || !waiters_.empty() || closed_ || paused_) return nullptr;
+    if (breaker_ && breaker_->state() != CircuitBreaker::State::closed) return nullptr;
+    round_trip_after = round_trip_after_locked();
+    // The same choice as acquire(): the most recently used on the caller's worker, else the most
+    // recently used. One idle long enough to need a round trip is left to acquire().
+    auto at = std::find_if(idle_.rbegin(), idle_.rend(), [home](const auto& c) { return c->home == home; });
+    auto chosen = at == idle_.rend() ? std::prev(idle_.end()) : std::prev(at.base());
+    if (Clock::now() - (*chosen)->last_used > round_trip_after) return nullptr;
+    connection = std::move(*chosen);
+    idle_.erase(chosen);
+    ++busy_;
+    ++counters_.acquires;
+  }
+  auto verdict = quick_check(*connection, round_trip_after);
+  if (verdict == IdleVerdict::usable) return connection;
+  std::lock_guard lock(mutex_);
+  --busy_;
+  serve_waiters_locked();
+  ++(verdict == IdleVerdict::expired ? counters_.closed_lifetime : counters_.health_check_failures);
+  return nullptr;  // closed as it goes out of scope; acquire() goes on from here
 }
 
 asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {

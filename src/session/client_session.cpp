@@ -199,7 +199,53 @@ void ClientSession::force_shutdown() {
   });
 }
 
+bool ClientSession::attach_server_now() {
+  const void* worker = pool::context_key(socket_.get_executor());
+  auto connection = service_->pool->try_acquire_now(worker);
+  if (!connection) return false;
+  server_.reset(static_cast<server::ServerConnection*>(connection.release()));
+  if (!server_->move_to(socket_.get_executor())) {
+    release_server(false);
+    return false;  // attach_server leases another
+  }
+  server_->home = worker;
+  if (parameters_fingerprint_.empty()) parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
+  if (server_->applied_fingerprint() != parameters_fingerprint_) return false;  // attach_server applies them
+  note_cancel_target();
+  return true;
+}
+
+void ClientSession::note_cancel_target() {
+  std::lock_guard lock(cancel_mutex_);
+  cancel_target_ = server_->shared_target();  // the connection's own server, even after a reload
+  cancel_backend_key_ = server_->backend_key();
+}
+
 net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::string& error) {
+  if (!server_ && !co_await lease_server(sqlstate, error)) co_return false;
+  if (parameters_fingerprint_.empty()) parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
+  if (server_->applied_fingerprint() != parameters_fingerprint_) {
+    if (!co_await server_->apply_parameters(parameters_, server_->target().connect_timeout)) {
+      release_server(false);
+      sqlstate = "08006";
+      error = "pgsluice: server connection failed while applying session parameters";
+      co_return false;
+    }
+    // Take the server's spelling of what was applied ("ISO" comes back as "ISO, MDY"), so the next
+    // lease compares equal and sends nothing.
+    for (auto& [name, value] : parameters_) {
+      if (auto reported = server_->parameters().find(name); reported != server_->parameters().end()) {
+        value = reported->second;
+      }
+    }
+    parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
+    server_->set_applied_fingerprint(parameters_fingerprint_);
+  }
+  note_cancel_target();
+  co_return true;
+}
+
+net::awaitable<bool> ClientSession::lease_server(std::string& sqlstate, std::string& error) {
   auto lease = co_await service_->pool->acquire(co_await asio::this_coro::executor);
   if (!lease) {
     switch (lease.error) {
@@ -221,29 +267,6 @@ net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::st
     co_return false;
   }
   server_->home = pool::context_key(socket_.get_executor());
-  if (parameters_fingerprint_.empty()) parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
-  if (server_->applied_fingerprint() != parameters_fingerprint_) {
-    if (!co_await server_->apply_parameters(parameters_, server_->target().connect_timeout)) {
-      release_server(false);
-      sqlstate = "08006";
-      error = "pgsluice: server connection failed while applying session parameters";
-      co_return false;
-    }
-    // Take the server's spelling of what was applied ("ISO" comes back as "ISO, MDY"), so the next
-    // lease compares equal and sends nothing.
-    for (auto& [name, value] : parameters_) {
-      if (auto reported = server_->parameters().find(name); reported != server_->parameters().end()) {
-        value = reported->second;
-      }
-    }
-    parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
-    server_->set_applied_fingerprint(parameters_fingerprint_);
-  }
-  {
-    std::lock_guard lock(cancel_mutex_);
-    cancel_target_ = server_->shared_target();  // the connection's own server, even after a reload
-    cancel_backend_key_ = server_->backend_key();
-  }
   co_return true;
 }
 
@@ -349,7 +372,7 @@ net::awaitable<void> ClientSession::relay() {
         std::string sqlstate;
         std::string error;
         const bool skipping = skip_until_sync_;
-        bool attached = !skipping && co_await attach_server(sqlstate, error);
+        bool attached = !skipping && (attach_server_now() || co_await attach_server(sqlstate, error));
         if (!attached && sqlstate == "57P01") {
           // The service is gone (removed by a reload, or shutting down): nothing will serve this
           // client again, so it is told why and closed rather than failing every statement.

@@ -498,3 +498,42 @@ TEST_CASE("a returned connection goes to a waiter on its own worker first, passi
   // Waiter 1 (the other worker) is passed over six times, then served before waiters 8 and 9.
   CHECK(order == std::vector<int>{2, 3, 4, 5, 6, 7, 1, 8, 9});
 }
+
+TEST_CASE("try_acquire_now leases a checked idle connection and otherwise leaves the work to acquire",
+          "[pool]") {
+  PoolSettings settings;
+  settings.health_check_after_idle = 50ms;
+  Harness h(2, 200ms, 100, settings);
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    const void* here = context_key(executor);
+    CHECK(h.pool->try_acquire_now(here) == nullptr);  // nothing idle: acquire() connects
+    auto a = co_await h.pool->acquire(executor);
+    auto b = co_await h.pool->acquire(executor);
+    h.pool->release(std::move(a.connection), true);
+    auto fast = h.pool->try_acquire_now(here);
+    REQUIRE(fast);
+    CHECK(static_cast<FakeConnection*>(fast.get())->id == 1);
+    CHECK(h.pool->stats().busy == 2);
+    h.pool->release(std::move(fast), true);
+
+    h.pool->pause();
+    CHECK(h.pool->try_acquire_now(here) == nullptr);  // paused: acquire() waits in line
+    h.pool->resume();
+
+    co_await sleep_for(80ms);  // idle past health_check_after_idle: needs a round trip
+    CHECK(h.pool->try_acquire_now(here) == nullptr);
+    CHECK(h.pool->stats().idle == 1);  // left for acquire(), which checks it
+    auto checked = co_await h.pool->acquire(executor);
+    REQUIRE(checked);
+    CHECK(h.thorough_checks == 1);
+    h.pool->release(std::move(checked.connection), true);
+
+    h.closed.insert(1);  // the server closed it: discarded by the quick check
+    CHECK(h.pool->try_acquire_now(here) == nullptr);
+    CHECK(h.pool->stats().idle == 0);
+    CHECK(h.pool->stats().busy == 1);
+    h.pool->release(std::move(b.connection), true);
+  });
+  CHECK(h.pool->stats().health_check_failures == 1);
+}

@@ -93,6 +93,10 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // Leases a connection for the calling coroutine (which runs on `executor`): an idle one, else a
   // new one under max, else waits (FIFO) until acquire_timeout.
   boost::asio::awaitable<AcquireResult> acquire(boost::asio::any_io_executor executor);
+  // acquire()'s synchronous fast path: an idle connection that passes the quick check (preferring
+  // one at `home`, see context_key), when nobody waits and nothing needs a round trip or the
+  // breaker. nullptr: call acquire().
+  std::unique_ptr<Connection> try_acquire_now(const void* home);
   // Gives a leased connection back. `reusable` false (broken, dirty, failed reset) closes it.
   void release(std::unique_ptr<Connection> connection, bool reusable);
 

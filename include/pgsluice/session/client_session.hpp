@@ -49,6 +49,11 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   // Leases a server connection and makes its session parameters this client's.
   net::awaitable<bool> attach_server(std::string& sqlstate, std::string& error);
+  // Its synchronous fast path: an idle connection with this client's parameters already in place.
+  // False leaves the rest to attach_server (server_ may then be set already, parameters to apply).
+  bool attach_server_now();
+  net::awaitable<bool> lease_server(std::string& sqlstate, std::string& error);
+  void note_cancel_target();
   void release_server(bool reusable);
   net::awaitable<void> stop_server_reader();
   net::awaitable<void> finish_server();
