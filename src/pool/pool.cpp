@@ -1,6 +1,8 @@
 #include "pgsluice/pool/pool.hpp"
 
+#include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/async_result.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -9,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <optional>
 #include <random>
 
 namespace pgsluice::pool {
@@ -16,8 +19,14 @@ namespace pgsluice::pool {
 namespace asio = boost::asio;
 
 struct Pool::Waiter {
-  explicit Waiter(const asio::any_io_executor& executor) : timer(executor), home(context_key(executor)) {}
-  asio::steady_timer timer;
+  explicit Waiter(const asio::any_io_executor& executor)
+      : executor(executor), timer(executor), home(context_key(executor)) {}
+  asio::any_io_executor executor;  // the waiter's worker: `resume` is only touched there
+  asio::steady_timer timer;        // acquire_timeout
+  // The suspended acquire(). Invoked once, on the waiter's worker, by whichever comes first: a wake
+  // (handed a connection, a connect slot, or failed) or the timer.
+  // (An optional: Asio 1.81's any_completion_handler move-assignment wraps the handler in itself.)
+  std::optional<asio::any_completion_handler<void()>> resume;
   const void* home;     // the waiter's worker
   int passed_over = 0;  // times a later waiter was served first (bounded by kMaxPassedOver)
   std::unique_ptr<Connection> connection;  // handed over by release()
@@ -136,20 +145,56 @@ std::string Pool::state_text_locked() const {
   return fmt::format("{}/{} busy, {} waiting", busy_ + connecting_, settings_.max_connections, waiters_.size());
 }
 
-void Pool::wake_locked(const std::shared_ptr<Waiter>& waiter) {
-  waiter->resolved = true;
-  // The timer belongs to the waiter's worker: cancel it there, not from this thread. When this is
-  // that worker's thread (a connection handed back to a waiter on the same worker, the usual case
-  // under load), cancel it now and save a trip through the scheduler.
-  const auto* worker = waiter->timer.get_executor().target<asio::io_context::executor_type>();
-  if (worker && worker->running_in_this_thread()) {
-    waiter->timer.cancel();
-    return;
-  }
-  asio::post(waiter->timer.get_executor(), [waiter] { waiter->timer.cancel(); });
+namespace {
+
+// Runs on the waiter's worker.
+void resume_waiter(const std::shared_ptr<Pool::Waiter>& waiter) {
+  if (!waiter->resume) return;  // already resumed by the other of wake and timeout
+  auto resume = std::move(*waiter->resume);
+  waiter->resume.reset();
+  std::move(resume)();
 }
 
-void Pool::hand_over_locked(std::unique_ptr<Connection> connection) {
+// The timeout handler's hold on its waiter. Should the handler be destroyed without running (the
+// worker shut down with the acquire still suspended), it drops the suspended coroutine too: the
+// coroutine holds the waiter, the waiter holds the coroutine, and nothing else would break that.
+struct TimeoutHold {
+  std::shared_ptr<Pool::Waiter> waiter;
+  explicit TimeoutHold(std::shared_ptr<Pool::Waiter> w) : waiter(std::move(w)) {}
+  TimeoutHold(TimeoutHold&&) noexcept = default;
+  TimeoutHold& operator=(TimeoutHold&&) = delete;
+  ~TimeoutHold() {
+    if (waiter) waiter->resume.reset();
+  }
+};
+
+thread_local int inline_resumes = 0;
+
+}  // namespace
+
+void Pool::wake_locked(const std::shared_ptr<Waiter>& waiter) {
+  waiter->resolved = true;
+  asio::post(waiter->executor, [waiter] { resume_waiter(waiter); });
+}
+
+void Pool::wake_now(const std::shared_ptr<Waiter>& waiter) {
+  // Like PgBouncer handing a released server straight to the first waiting client: when the waiter
+  // lives on this thread, its acquire() resumes right here, and its statement reaches the server
+  // before this thread turns to anything else. Posted, it would queue behind every event of the
+  // current epoll batch while the server connection sat idle. One level deep only.
+  const auto* worker = waiter->executor.target<asio::io_context::executor_type>();
+  if (inline_resumes == 0 && worker && worker->running_in_this_thread()) {
+    ++inline_resumes;
+    struct Done {
+      ~Done() { --inline_resumes; }
+    } done;
+    resume_waiter(waiter);
+    return;
+  }
+  asio::post(waiter->executor, [waiter] { resume_waiter(waiter); });
+}
+
+std::shared_ptr<Pool::Waiter> Pool::hand_over_locked(std::unique_ptr<Connection> connection, bool from_idle) {
   // First in, first out, with one bounded exception: among the first few waiters, one on the
   // connection's own worker goes first, so its socket need not move and its wake-up does not cross
   // threads. A waiter is passed over at most kMaxPassedOver times, so nobody waits more than a few
@@ -169,7 +214,9 @@ void Pool::hand_over_locked(std::unique_ptr<Connection> connection) {
   auto waiter = *chosen;
   waiters_.erase(chosen);
   waiter->connection = std::move(connection);
-  wake_locked(waiter);
+  waiter->from_idle = from_idle;
+  waiter->resolved = true;
+  return waiter;
 }
 
 std::unique_ptr<Connection> Pool::try_acquire_now(const void* home) {
@@ -266,8 +313,12 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
   }
 
   if (waiter) {
-    auto [ec] = co_await waiter->timer.async_wait(asio::as_tuple(asio::use_awaitable));
-    (void)ec;  // expired or cancelled: the waiter's state says which
+    waiter->timer.async_wait([hold = TimeoutHold(waiter)](const boost::system::error_code& ec) {
+      if (!ec) resume_waiter(hold.waiter);  // expired: the waiter's state says whether it was served
+    });
+    co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
+        [&waiter](auto handler) { waiter->resume.emplace(std::move(handler)); }, asio::use_awaitable);
+    if (waiter->resolved) waiter->timer.cancel();
     if (waiter->connection && waiter->from_idle) {
       // Handed over from the idle list (after RESUME or a reload): checked like any idle one.
       auto connection = std::move(waiter->connection);
@@ -326,7 +377,8 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
 
 void Pool::release(std::unique_ptr<Connection> connection, bool reusable) {
   std::vector<std::unique_ptr<Connection>> doomed;  // destroyed outside the lock
-  std::lock_guard lock(mutex_);
+  std::shared_ptr<Waiter> served;
+  std::unique_lock lock(mutex_);
   const auto now = Clock::now();
   if (reusable && now >= connection->expires_at) {
     reusable = false;
@@ -337,16 +389,19 @@ void Pool::release(std::unique_ptr<Connection> connection, bool reusable) {
   if (reusable && !closed_) {
     connection->last_used = now;
     if (!waiters_.empty() && !paused_) {
-      hand_over_locked(std::move(connection));  // stays busy: the lease passes to the waiter
-      return;
+      // Stays busy: the lease passes to the waiter, woken once the lock is let go.
+      served = hand_over_locked(std::move(connection), false);
+    } else {
+      --busy_;
+      idle_.push_back(std::move(connection));
     }
+  } else {
     --busy_;
-    idle_.push_back(std::move(connection));
-    return;
+    doomed.push_back(std::move(connection));
+    serve_waiters_locked();
   }
-  --busy_;
-  doomed.push_back(std::move(connection));
-  serve_waiters_locked();
+  lock.unlock();
+  if (served) wake_now(served);
 }
 
 void Pool::serve_waiters_locked() {
@@ -355,8 +410,7 @@ void Pool::serve_waiters_locked() {
     auto connection = std::move(idle_.back());
     idle_.pop_back();
     ++busy_;
-    waiters_.front()->from_idle = true;
-    hand_over_locked(std::move(connection));
+    wake_locked(hand_over_locked(std::move(connection), true));
   }
   while (!waiters_.empty() && total_locked() < settings_.max_connections) {
     auto next = waiters_.front();
@@ -449,7 +503,7 @@ asio::awaitable<void> Pool::maintain() {
       if (closed_) break;
       if (!waiters_.empty() && !paused_) {
         ++busy_;
-        hand_over_locked(std::move(connection));
+        wake_locked(hand_over_locked(std::move(connection), false));
       } else {
         idle_.push_back(std::move(connection));
       }

@@ -128,8 +128,9 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // `why` ends the message acquires get from then on ("service \"x\" <why>").
   void close(std::string why = "is shutting down");
 
+  struct Waiter;  // one suspended acquire(); defined in pool.cpp, opaque outside it
+
  private:
-  struct Waiter;
   std::string state_text_locked() const;
   AcquireResult closed_result() const;
   AcquireResult circuit_open_result(Clock::duration retry_in) const;
@@ -148,8 +149,12 @@ class Pool : public std::enable_shared_from_this<Pool> {
   static IdleVerdict quick_check(Connection& connection, Clock::duration round_trip_after);
   // The health check's round trip (only for a connection quick_check sent there).
   boost::asio::awaitable<IdleVerdict> round_trip_check(Connection& connection);
-  void hand_over_locked(std::unique_ptr<Connection> connection);
+  // Gives `connection` to a waiter (see the same-worker rule inside) and returns it, to be woken.
+  std::shared_ptr<Waiter> hand_over_locked(std::unique_ptr<Connection> connection, bool from_idle);
+  // Resumes the waiter's acquire() on its worker, later (posted).
   void wake_locked(const std::shared_ptr<Waiter>& waiter);
+  // The same without the lock held: at once when this thread is the waiter's worker.
+  void wake_now(const std::shared_ptr<Waiter>& waiter);
   // Hands idle connections to waiters and lets waiters connect while there is room under max.
   void serve_waiters_locked();
 
