@@ -235,6 +235,28 @@ net::awaitable<bool> ClientSession::finish_login() {
   std::string sqlstate;
   std::string error;
   auto reported = service_->reported_parameters();
+  struct FetchTurn {  // held by the login that fetches them; let go however the login ends
+    std::shared_ptr<Service> service;
+    ~FetchTurn() {
+      if (service) service->end_parameter_fetch();
+    }
+  } turn;
+  if (service_->config.mode != config::PoolMode::session && !reported) {
+    // A burst of clients at a cold start: without this, every one of them would open a server
+    // connection at once (a connect storm that can outlast connect_timeout). They wait for the
+    // first, up to acquire_timeout, then lease their own.
+    asio::steady_timer tick(socket_.get_executor());
+    const auto give_up = std::chrono::steady_clock::now() + service_->config.acquire_timeout;
+    while (!(reported = service_->reported_parameters())) {
+      if (service_->begin_parameter_fetch()) {
+        turn.service = service_;
+        break;
+      }
+      if (std::chrono::steady_clock::now() >= give_up) break;
+      tick.expires_after(std::chrono::milliseconds(2));
+      co_await tick.async_wait(net::use_nothrow);
+    }
+  }
   if (service_->config.mode == config::PoolMode::session || !reported) {
     if (!co_await attach_server(sqlstate, error)) {
       co_await send_fatal(sqlstate, error);

@@ -383,7 +383,7 @@ def base_config(pg: LocalPostgres, port: int, **service_overrides) -> dict:
         "listen": f"127.0.0.1:{port}",
         "workers": 2,
         "client_login_timeout": "5s",
-        "log": {"level": "info"},
+        "log": {"level": os.environ.get("PGSLUICE_TEST_LOG_LEVEL", "info")},
         "metrics": {"enabled": False},
         "backends": {"primary": {"host": pg.host, "port": pg.port, "max_connections": pg.max_connections,
                                  "reserved_connections": 10}},

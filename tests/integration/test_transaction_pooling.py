@@ -258,6 +258,36 @@ def test_session_parameters_follow_each_client_on_one_server_connection(pg):
         b.close()
 
 
+def test_a_burst_of_logins_at_cold_start_opens_one_server_connection(pg):
+    # The first login learns the server's ParameterStatus values on a leased connection; the 100
+    # arriving with it wait for that answer instead of opening a connection each (max is 60 here).
+    with pgsluice(pg, max_connections=60) as target:
+        barrier = threading.Barrier(100, timeout=60)
+        errors = []
+        peak = [0]
+
+        def login():
+            try:
+                with closing(psycopg2.connect(dsn(target))) as conn:
+                    barrier.wait()
+                    if threading.current_thread().name == "login-0":
+                        peak[0] = server_connections(pg)
+                    barrier.wait()
+                    with conn.cursor() as cur:
+                        cur.execute("select 1")
+            except Exception as exc:  # noqa: BLE001 - asserted below
+                errors.append(f"{type(exc).__name__}: {exc}")
+                barrier.abort()
+
+        threads = [threading.Thread(target=login, name=f"login-{i}") for i in range(100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        assert errors == []
+        assert peak[0] == 1, f"{peak[0]} server connections after 100 simultaneous logins"
+
+
 def test_min_connections_are_open_before_any_client(pg):
     with pgsluice(pg, max_connections=6, min_connections=3):
         assert wait_until(lambda: server_connections(pg) == 3, timeout=5), server_connections(pg)

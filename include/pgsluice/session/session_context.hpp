@@ -38,10 +38,23 @@ struct Service {
     std::lock_guard lock(mutex_);
     reported_parameters_ = parameters;
   }
+  // Cold start of a pooled service: one login at a time leases a connection to learn them; the
+  // logins arriving meanwhile wait for its answer rather than each opening a server connection.
+  bool begin_parameter_fetch() {
+    std::lock_guard lock(mutex_);
+    if (fetching_parameters_) return false;
+    fetching_parameters_ = true;
+    return true;
+  }
+  void end_parameter_fetch() {
+    std::lock_guard lock(mutex_);
+    fetching_parameters_ = false;
+  }
 
  private:
   mutable std::mutex mutex_;
   std::optional<server::ParameterMap> reported_parameters_;
+  bool fetching_parameters_ = false;
 };
 
 // What a reload (SIGHUP, DESIGN §5) replaces as a whole. A session takes the one in force when it
