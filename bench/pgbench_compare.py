@@ -63,6 +63,8 @@ class Measurement:
     transactions: int | None = None
     failed: int | None = None
     aborted_clients: int = 0
+    cpu_user_us: float | None = None  # the proxy's CPU per transaction (from /proc/PID/stat)
+    cpu_sys_us: float | None = None
     error: str | None = None
 
 
@@ -76,6 +78,8 @@ class Summary:
     tps_vs_pgbouncer: float | None = None
     latency_vs_direct: float | None = None
     latency_vs_pgbouncer: float | None = None
+    cpu_user_us: float | None = None
+    cpu_sys_us: float | None = None
     rounds: list = field(default_factory=list)
     error: str | None = None
 
@@ -147,6 +151,15 @@ class PgBouncer:
             raise RuntimeError(f"pgbouncer did not start on port {self.port}:\n{tail(log)}")
         return self
 
+    def pid(self) -> int | None:
+        """pgbouncer's own pid (runuser forks it), from its pidfile once written."""
+        for _ in range(50):
+            try:
+                return int((self.dir / "pgbouncer.pid").read_text().strip())
+            except (OSError, ValueError):
+                time.sleep(0.1)
+        return None
+
     def version(self) -> str:
         out = subprocess.run([PGBOUNCER, "--version"], capture_output=True, text=True).stdout
         return out.splitlines()[0] if out else "unknown"
@@ -210,18 +223,35 @@ def pgbench_env() -> dict:
     return env
 
 
-def run_pgbench(target: str, port: int, args, round_no: int, duration: int) -> Measurement:
+def cpu_ticks(pid: int | None) -> tuple[int, int] | None:
+    """User and system CPU of a process (all its threads) so far, in clock ticks."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]), int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+
+
+def run_pgbench(target: str, port: int, args, round_no: int, duration: int, pid: int | None = None) -> Measurement:
     argv = pgbench_argv(port, args, duration)
+    before = cpu_ticks(pid)
     try:
         proc = subprocess.run(argv, env=pgbench_env(), capture_output=True, text=True, timeout=duration + 60)
     except subprocess.TimeoutExpired:
         return Measurement(target, round_no, ok=False, error=f"pgbench did not finish in {duration + 60} s")
+    after = cpu_ticks(pid)
     output = proc.stdout + "\n" + proc.stderr
     try:
         figures = parse_pgbench(output)
     except ValueError as e:
         return Measurement(target, round_no, ok=False, error=f"{e} (exit {proc.returncode}):\n{tail(output)}")
     m = Measurement(target, round_no, ok=True, **figures)
+    if before and after and m.transactions:
+        us_per_tick = 1e6 / os.sysconf("SC_CLK_TCK")
+        m.cpu_user_us = (after[0] - before[0]) * us_per_tick / m.transactions
+        m.cpu_sys_us = (after[1] - before[1]) * us_per_tick / m.transactions
     if proc.returncode != 0 or m.aborted_clients or m.failed:
         m.ok = False
         m.error = (f"exit {proc.returncode}, {m.aborted_clients} clients aborted, {m.failed} failed "
@@ -238,6 +268,9 @@ def summarize(measurements: list[Measurement], targets: list[str]) -> list[Summa
         if good:
             s.tps = statistics.median(m.tps for m in good)
             s.latency_ms = statistics.median(m.latency_ms for m in good)
+            if all(m.cpu_user_us is not None for m in good):
+                s.cpu_user_us = statistics.median(m.cpu_user_us for m in good)
+                s.cpu_sys_us = statistics.median(m.cpu_sys_us for m in good)
         bad = [m for m in runs if not m.ok]
         if bad:
             s.error = bad[0].error
@@ -258,14 +291,15 @@ def summarize(measurements: list[Measurement], targets: list[str]) -> list[Summa
 
 def format_table(summaries: list[Summary]) -> str:
     headers = ["target", "TPS", "avg latency ms", "TPS / direct", "TPS / PgBouncer",
-               "latency / direct", "latency / PgBouncer"]
+               "latency / direct", "latency / PgBouncer", "proxy CPU µs/tx user+sys"]
 
     def num(v, fmt):
         return "-" if v is None else format(v, fmt)
 
     rows = [[s.target + ("" if s.ok else " (FAILED)"), num(s.tps, ",.0f"), num(s.latency_ms, ".3f"),
              num(s.tps_vs_direct, ".2f"), num(s.tps_vs_pgbouncer, ".2f"),
-             num(s.latency_vs_direct, ".2f"), num(s.latency_vs_pgbouncer, ".2f")] for s in summaries]
+             num(s.latency_vs_direct, ".2f"), num(s.latency_vs_pgbouncer, ".2f"),
+             "-" if s.cpu_user_us is None else f"{s.cpu_user_us:.1f}+{s.cpu_sys_us:.1f}"] for s in summaries]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = lambda cells: "| " + " | ".join(  # noqa: E731
         c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
@@ -384,6 +418,7 @@ def main(argv=None) -> int:
             return 1
 
         ports: dict[str, int] = {}
+        pids: dict[str, int] = {}  # the proxies', for their CPU per transaction
         try:
             for target, workers in args.runs:
                 try:
@@ -394,11 +429,14 @@ def main(argv=None) -> int:
                         started[target] = px
                         px.start()
                         ports[target] = px.port
+                        pids[target] = px.proc.pid
                     elif target == "pgbouncer":
                         bouncer = PgBouncer(pg, args.pool_mode, args.pool_size, args.clients)
                         started[target] = bouncer
                         bouncer.start()
                         ports[target] = bouncer.port
+                        if (pid := bouncer.pid()) is not None:
+                            pids[target] = pid
                 except (RuntimeError, OSError) as e:
                     print(f"{target}: could not start: {e}", file=sys.stderr, flush=True)
                     measurements.append(Measurement(target, 0, ok=False, error=f"could not start: {e}"))
@@ -413,7 +451,7 @@ def main(argv=None) -> int:
                         continue
                     print(f"round {round_no}/{args.rounds}: {target} ({args.duration} s) ...", end=" ",
                           flush=True)
-                    m = run_pgbench(target, ports[target], args, round_no, args.duration)
+                    m = run_pgbench(target, ports[target], args, round_no, args.duration, pids.get(target))
                     measurements.append(m)
                     print(f"{m.tps:,.0f} tps, {m.latency_ms:.3f} ms" if m.ok else "FAILED", flush=True)
                     if not m.ok:
@@ -440,7 +478,8 @@ def main(argv=None) -> int:
                       "mode; 1.21 added max_prepared_statements)")
     print(f"\n(pgbench -S -M {args.mode} -c {args.clients} -j {args.threads} -T {args.duration}; "
           f"{args.pool_mode} mode, pool size {args.pool_size}; ratios > 1 mean more TPS / more latency "
-          f"than the reference)")
+          f"than the reference; proxy CPU is the proxy process's user+system time per transaction, "
+          f"steadier than TPS on a shared machine)")
 
     if args.json:
         Path(args.json).write_text(json.dumps(
