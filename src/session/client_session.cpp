@@ -277,7 +277,10 @@ void ClientSession::release_server(bool reusable) {
   }
   if (!server_) return;
   server_->buffer().shrink_if_idle();
-  service_->pool->release(std::move(server_), reusable && server_->buffer().empty());
+  // Decided before the call: the order in which arguments are evaluated is unspecified, and the
+  // unique_ptr parameter empties server_.
+  const bool clean = reusable && server_->buffer().empty();
+  service_->pool->release(std::move(server_), clean);
 }
 
 void ClientSession::forward_cancel() {
