@@ -67,7 +67,7 @@ std::string_view severity_text(Severity severity) {
 }  // namespace
 
 void append_error_response(Buffer& out, Severity severity, std::string_view sqlstate, std::string_view message,
-                           std::string_view detail, std::string_view hint) {
+                           std::string_view detail, std::string_view hint, std::string_view routine) {
   MessageBuilder b(out);
   b.begin(severity == Severity::notice ? 'N' : 'E');
   b.byte('S').cstring(severity_text(severity));
@@ -76,6 +76,7 @@ void append_error_response(Buffer& out, Severity severity, std::string_view sqls
   b.byte('M').cstring(message);
   if (!detail.empty()) b.byte('D').cstring(detail);
   if (!hint.empty()) b.byte('H').cstring(hint);
+  if (!routine.empty()) b.byte('R').cstring(routine);
   b.byte(0);
   b.end();
 }

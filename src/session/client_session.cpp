@@ -521,8 +521,12 @@ net::awaitable<void> ClientSession::server_reader() {
             at += message.frame.size();
             if (rewrite_statements_) {
               statements_.take_due_replies(out);
-              if (statements_.server_message(message, server_->statements()) ==
-                  StatementTracker::Disposition::swallow) {
+              const auto disposition = statements_.server_message(message, server_->statements());
+              if (disposition == StatementTracker::Disposition::swallow) continue;
+              if (disposition == StatementTracker::Disposition::stale_result_type) {
+                protocol::append_error_response(out.build(), protocol::Severity::error, "0A000",
+                                                "cached plan must not change result type", {}, {},
+                                                "RevalidateCachedQuery");
                 continue;
               }
             }

@@ -327,11 +327,16 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     return Disposition::relay;
   }
   if (type == 'E') {
+    Disposition disposition = Disposition::relay;  // even for an injected Parse: the client learns why
     if (front.kind == Kind::bind && !front.server_name.empty()) {
       // After DDL a shared statement's plan may be stale (0A000 "cached plan must not change result
       // type"): the next use of that text closes and re-parses it on this connection.
       auto fields = protocol::parse_error_response(message.payload);
       if (fields && fields->sqlstate == "0A000") server.mark_stale(front.server_name);
+      if (fields && fields->sqlstate == "08P01" && fields->message.starts_with("bind message has ") &&
+          fields->message.find(" result formats but query has ") != std::string::npos) {
+        disposition = Disposition::stale_result_type;
+      }
     }
     // The server skips to the next Sync: so does the bookkeeping (replies made here included).
     abandon(front, server);
@@ -340,7 +345,7 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
       abandon(queue_.front(), server);
       queue_.pop_front();
     }
-    return Disposition::relay;  // even for an injected Parse: the client learns why its Bind failed
+    return disposition;
   }
   if (type == 'Z' && front.kind != Kind::sync) {
     // Out of step (should not happen): resynchronise on this ReadyForQuery.

@@ -173,6 +173,20 @@ def test_jdbc_heals_a_server_prepared_select_star_after_a_column_is_added(target
 
 
 @requires_java
+@pytest.mark.skipif(TARGET != "pgsluice" or POOL_MODE == "session",
+                    reason="moves a client between server connections: transaction and statement mode")
+def test_jdbc_heals_a_select_star_parsed_afresh_on_another_server_connection_after_a_column_is_added(
+        target, java_classes):
+    # The driver binds the two result formats it was told of; the server connection it is given now
+    # parses the text to three columns and refuses the Bind (08P01). pgsluice reports the stale plan
+    # (0A000) the original connection would have, which the driver heals by preparing again.
+    target.pg.sql("DROP TABLE IF EXISTS jdbc_ddl; CREATE TABLE jdbc_ddl (id int PRIMARY KEY, a text); "
+                  "INSERT INTO jdbc_ddl VALUES (1, 'one')", user="app", db="app")
+    r = jdbc(target, java_classes, "ddl-moved")
+    assert r["widths"] == [2, 3], r
+
+
+@requires_java
 def test_jdbc_query_timeout_cancels_through_the_proxy_and_the_connection_stays_usable(target, java_classes):
     r = jdbc(target, java_classes, "timeout")
     assert (r["sqlstate"], r["after"]) == ("57014", "usable"), r

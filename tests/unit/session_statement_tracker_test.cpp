@@ -2,6 +2,7 @@
 // server, which server replies the client sees, and which replies pgsluice makes itself.
 #include <catch.hpp>
 
+#include "pgsluice/protocol/builder.hpp"
 #include "pgsluice/protocol/frontend_messages.hpp"
 #include "pgsluice/session/statement_tracker.hpp"
 
@@ -144,6 +145,36 @@ TEST_CASE("Bind on a server connection without the statement injects a Parse and
   CHECK(feed(tracker, second_server, 2, then(bind("s1"), execute_sync())) == "P(" + name + ")B(" + name + ")ES");
   CHECK(answer(tracker, second_server, "12DCZ") == "2DCZ");
   CHECK(second_server.contains(name));
+}
+
+TEST_CASE("a Bind refused for its result formats on a re-parsed statement is a stale plan; other errors relay",
+          "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements first_server;
+  feed(tracker, first_server, 1, then(parse("s1", "select * from t"), execute_sync()));
+  answer(tracker, first_server, "1CZ");
+
+  auto reply = [&](server::ServerStatements& server, std::string_view sqlstate, std::string_view text) {
+    Buffer error;
+    protocol::append_error_response(error, protocol::Severity::error, sqlstate, text);
+    auto frame = protocol::next_frame(protocol::Bytes(error), 1 << 20);
+    return tracker.server_message(frame.message, server);
+  };
+  // A column was added meanwhile: the text parsed on the next connection has three columns, the
+  // client's Bind names two result formats.
+  server::ServerStatements second_server;
+  feed(tracker, second_server, 2, then(bind("s1"), execute_sync()));
+  CHECK(answer(tracker, second_server, "1") == "");
+  CHECK(reply(second_server, "08P01", "bind message has 2 result formats but query has 3 columns") ==
+        StatementTracker::Disposition::stale_result_type);
+  CHECK(answer(tracker, second_server, "Z") == "Z");
+  CHECK(tracker.idle());
+
+  // Any other Bind error is the client's to read as it is.
+  feed(tracker, second_server, 2, then(bind("s1"), execute_sync()));
+  CHECK(reply(second_server, "22P02", "invalid input syntax for type integer") ==
+        StatementTracker::Disposition::relay);
+  CHECK(answer(tracker, second_server, "Z") == "Z");
 }
 
 TEST_CASE("Close of a named statement is answered by pgsluice and keeps the server statement",

@@ -34,8 +34,11 @@ class MessageBuilder {
 // Severity for ErrorResponse/NoticeResponse (docs §55.8): the localized 'S' and non-localized 'V'.
 enum class Severity { error, fatal, notice };
 
+// `routine` is the 'R' field: some drivers read it (pgjdbc and postgres.js heal a stale plan on
+// 0A000 from RevalidateCachedQuery).
 void append_error_response(Buffer& out, Severity severity, std::string_view sqlstate, std::string_view message,
-                           std::string_view detail = {}, std::string_view hint = {});
+                           std::string_view detail = {}, std::string_view hint = {},
+                           std::string_view routine = {});
 void append_ready_for_query(Buffer& out, char status);
 void append_parameter_status(Buffer& out, std::string_view name, std::string_view value);
 void append_backend_key_data(Buffer& out, std::uint32_t process_id, std::uint32_t secret_key);

@@ -20,7 +20,12 @@ namespace pgsluice::session {
 
 class StatementTracker {
  public:
-  enum class Disposition { relay, swallow };
+  // stale_result_type: the client's Bind was written for the result columns its statement had when
+  // it was described, but the server connection it was given now parses that text to other columns
+  // (DDL in between) and refused the Bind's result formats (08P01). On the connection the client
+  // described it on, Postgres would have said 0A000 "cached plan must not change result type", which
+  // drivers heal by preparing again: the session sends that instead.
+  enum class Disposition { relay, swallow, stale_result_type };
 
   // One client message: appends what goes to the server to `to_server` (possibly nothing).
   void client_message(const protocol::MessageView& message, server::ServerStatements& server,

@@ -3,7 +3,8 @@
 //   javac -cp /usr/share/java/postgresql.jar -d OUT DriverCheck.java
 //   java -cp /usr/share/java/postgresql.jar:OUT DriverCheck JDBC_URL USER PASSWORD SCENARIO
 //
-// Scenarios: prepared, reprepare, deallocate, ddl, batch, transaction, fetch, types, many, timeout
+// Scenarios: prepared, reprepare, deallocate, ddl, ddl-moved, batch, transaction, fetch, types, many,
+// timeout
 // (see the method of each name).
 // On success prints one JSON object (the values the scenario saw) as the last line of stdout and
 // exits 0; on a wrong value or any exception prints the stack trace (with the SQLSTATE) to stderr
@@ -18,6 +19,9 @@
 //                Parses the same names again, which must not meet "already exists" (42P05)
 //   ddl          a column added under a server-prepared `select *`: "cached plan must not change
 //                result type" (0A000), which the driver heals by re-preparing in autocommit
+//   ddl-moved    the same, but every server connection that had the statement is gone before the
+//                second round (transaction and statement mode only): the text is parsed afresh
+//                with three columns while the driver binds two result formats
 //   batch        100 Parse/Bind/Execute groups in one pipeline with a single Sync
 //   transaction  BEGIN sent lazily in the same pipeline as the first statement; COMMIT/ROLLBACK
 //   fetch        a named portal read 10 rows at a time (Execute with a row limit, PortalSuspended)
@@ -95,7 +99,8 @@ public final class DriverCheck {
             case "many": return many();
             case "timeout": return timeout();
             case "deallocate": return deallocate();
-            case "ddl": return ddl();
+            case "ddl": return ddl(false);
+            case "ddl-moved": return ddl(true);
             default: throw new IllegalArgumentException("unknown scenario " + scenario);
         }
     }
@@ -218,8 +223,13 @@ public final class DriverCheck {
         return out;
     }
 
-    /** `select *` server-prepared on jdbc_ddl (made by the test), a column added, then run again. */
-    private Map<String, Object> ddl() throws Exception {
+    /**
+     * `select *` server-prepared on jdbc_ddl (made by the test), a column added, then run again.
+     * With `moved`, after the ALTER the admin connection's server connection forgets its statements
+     * and terminates every other server connection of this user, so the second round is served by a
+     * server connection that parses the text after the column was added.
+     */
+    private Map<String, Object> ddl(boolean moved) throws Exception {
         Map<String, Object> out = new LinkedHashMap<>();
         try (Connection conn = connect(); Connection admin = connect();
              PreparedStatement ps = conn.prepareStatement("select * from jdbc_ddl where id = ?")) {
@@ -242,12 +252,42 @@ public final class DriverCheck {
                 if (round == 0) {
                     try (Statement st = admin.createStatement()) {
                         st.execute("alter table jdbc_ddl add column b int default 7");
+                        if (moved) {
+                            moveAway(st);
+                        }
                     }
                 }
             }
             out.put("widths", widths);
         }
         return out;
+    }
+
+    /** Leaves no server connection of this user that has a statement prepared (see ddl). */
+    private static void moveAway(Statement st) throws Exception {
+        // One pipeline up to its Sync: both run on the same server connection in every pool mode.
+        expect(st.execute("deallocate all; select coalesce(array_agg(pid), '{}')::text from"
+                + " (select pid, pg_terminate_backend(pid) from pg_stat_activity where usename = current_user"
+                + " and datname = current_database() and pid <> pg_backend_pid()"
+                + " and backend_type = 'client backend') as terminated"), false, "deallocate has no rows");
+        expect(st.getMoreResults(), true, "terminated pids");
+        String pids;
+        try (ResultSet rs = st.getResultSet()) {
+            rs.next();
+            pids = rs.getString(1);
+        }
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(20);
+        while (true) {
+            try (ResultSet rs = st.executeQuery(
+                    "select count(*) from pg_stat_activity where pid = any('" + pids + "'::int[])")) {
+                rs.next();
+                if (rs.getLong(1) == 0) {
+                    return;
+                }
+            }
+            expect(System.nanoTime() < deadline, true, "terminated server connections " + pids + " gone");
+            Thread.sleep(50);
+        }
     }
 
     /** setQueryTimeout(1) on pg_sleep(30): the driver cancels it (57014); the connection stays usable. */
