@@ -25,6 +25,7 @@ import os
 import platform
 import pwd
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -65,6 +66,9 @@ class Measurement:
     aborted_clients: int = 0
     cpu_user_us: float | None = None  # the proxy's CPU per transaction (from /proc/PID/stat)
     cpu_sys_us: float | None = None
+    client_cpu_us: float | None = None  # pgbench's user+system CPU per transaction
+    client_wakes: float | None = None  # pgbench's voluntary context switches per transaction
+    server_cpu_us: float | None = None  # all Postgres backends' CPU per transaction
     error: str | None = None
 
 
@@ -80,6 +84,9 @@ class Summary:
     latency_vs_pgbouncer: float | None = None
     cpu_user_us: float | None = None
     cpu_sys_us: float | None = None
+    client_cpu_us: float | None = None
+    client_wakes: float | None = None
+    server_cpu_us: float | None = None
     rounds: list = field(default_factory=list)
     error: str | None = None
 
@@ -234,14 +241,45 @@ def cpu_ticks(pid: int | None) -> tuple[int, int] | None:
     return int(fields[11]), int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
 
 
-def run_pgbench(target: str, port: int, args, round_no: int, duration: int, pid: int | None = None) -> Measurement:
+def postmaster_pid(pg: LocalPostgres) -> int | None:
+    try:
+        return int((pg.datadir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def children_ticks(parent: int | None) -> int | None:
+    """User+system CPU, in clock ticks, of the live children of `parent` (the postmaster's: its
+    backends and helpers). A backend that exits in between takes its ticks with it; pgbench's
+    connections live for the whole run."""
+    if parent is None:
+        return None
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:  # field 4 of proc(5): ppid
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def run_pgbench(target: str, port: int, args, round_no: int, duration: int, pid: int | None = None,
+                postmaster: int | None = None) -> Measurement:
     argv = pgbench_argv(port, args, duration)
     before = cpu_ticks(pid)
+    server_before = children_ticks(postmaster)
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)  # finished children: pgbench runs so far
     try:
         proc = subprocess.run(argv, env=pgbench_env(), capture_output=True, text=True, timeout=duration + 60)
     except subprocess.TimeoutExpired:
         return Measurement(target, round_no, ok=False, error=f"pgbench did not finish in {duration + 60} s")
     after = cpu_ticks(pid)
+    server_after = children_ticks(postmaster)
+    usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     output = proc.stdout + "\n" + proc.stderr
     try:
         figures = parse_pgbench(output)
@@ -252,6 +290,12 @@ def run_pgbench(target: str, port: int, args, round_no: int, duration: int, pid:
         us_per_tick = 1e6 / os.sysconf("SC_CLK_TCK")
         m.cpu_user_us = (after[0] - before[0]) * us_per_tick / m.transactions
         m.cpu_sys_us = (after[1] - before[1]) * us_per_tick / m.transactions
+    if m.transactions:
+        client_s = (usage_after.ru_utime + usage_after.ru_stime) - (usage_before.ru_utime + usage_before.ru_stime)
+        m.client_cpu_us = client_s * 1e6 / m.transactions
+        m.client_wakes = (usage_after.ru_nvcsw - usage_before.ru_nvcsw) / m.transactions
+        if server_before is not None and server_after is not None:
+            m.server_cpu_us = (server_after - server_before) * 1e6 / os.sysconf("SC_CLK_TCK") / m.transactions
     if proc.returncode != 0 or m.aborted_clients or m.failed:
         m.ok = False
         m.error = (f"exit {proc.returncode}, {m.aborted_clients} clients aborted, {m.failed} failed "
@@ -271,6 +315,9 @@ def summarize(measurements: list[Measurement], targets: list[str]) -> list[Summa
             if all(m.cpu_user_us is not None for m in good):
                 s.cpu_user_us = statistics.median(m.cpu_user_us for m in good)
                 s.cpu_sys_us = statistics.median(m.cpu_sys_us for m in good)
+            for name in ("client_cpu_us", "client_wakes", "server_cpu_us"):
+                if all(getattr(m, name) is not None for m in good):
+                    setattr(s, name, statistics.median(getattr(m, name) for m in good))
         bad = [m for m in runs if not m.ok]
         if bad:
             s.error = bad[0].error
@@ -291,7 +338,8 @@ def summarize(measurements: list[Measurement], targets: list[str]) -> list[Summa
 
 def format_table(summaries: list[Summary]) -> str:
     headers = ["target", "TPS", "avg latency ms", "TPS / direct", "TPS / PgBouncer",
-               "latency / direct", "latency / PgBouncer", "proxy CPU µs/tx user+sys"]
+               "latency / direct", "latency / PgBouncer", "proxy CPU µs/tx user+sys", "pgbench µs/tx (wakes/tx)",
+               "Postgres µs/tx"]
 
     def num(v, fmt):
         return "-" if v is None else format(v, fmt)
@@ -299,7 +347,9 @@ def format_table(summaries: list[Summary]) -> str:
     rows = [[s.target + ("" if s.ok else " (FAILED)"), num(s.tps, ",.0f"), num(s.latency_ms, ".3f"),
              num(s.tps_vs_direct, ".2f"), num(s.tps_vs_pgbouncer, ".2f"),
              num(s.latency_vs_direct, ".2f"), num(s.latency_vs_pgbouncer, ".2f"),
-             "-" if s.cpu_user_us is None else f"{s.cpu_user_us:.1f}+{s.cpu_sys_us:.1f}"] for s in summaries]
+             "-" if s.cpu_user_us is None else f"{s.cpu_user_us:.1f}+{s.cpu_sys_us:.1f}",
+             "-" if s.client_cpu_us is None else f"{s.client_cpu_us:.1f} ({s.client_wakes:.2f})",
+             num(s.server_cpu_us, ".1f")] for s in summaries]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = lambda cells: "| " + " | ".join(  # noqa: E731
         c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
@@ -419,6 +469,7 @@ def main(argv=None) -> int:
 
         ports: dict[str, int] = {}
         pids: dict[str, int] = {}  # the proxies', for their CPU per transaction
+        postmaster = postmaster_pid(pg)  # its children are the backends, for theirs
         try:
             for target, workers in args.runs:
                 try:
@@ -451,7 +502,8 @@ def main(argv=None) -> int:
                         continue
                     print(f"round {round_no}/{args.rounds}: {target} ({args.duration} s) ...", end=" ",
                           flush=True)
-                    m = run_pgbench(target, ports[target], args, round_no, args.duration, pids.get(target))
+                    m = run_pgbench(target, ports[target], args, round_no, args.duration, pids.get(target),
+                                    postmaster)
                     measurements.append(m)
                     print(f"{m.tps:,.0f} tps, {m.latency_ms:.3f} ms" if m.ok else "FAILED", flush=True)
                     if not m.ok:
@@ -479,7 +531,8 @@ def main(argv=None) -> int:
     print(f"\n(pgbench -S -M {args.mode} -c {args.clients} -j {args.threads} -T {args.duration}; "
           f"{args.pool_mode} mode, pool size {args.pool_size}; ratios > 1 mean more TPS / more latency "
           f"than the reference; proxy CPU is the proxy process's user+system time per transaction, "
-          f"steadier than TPS on a shared machine)")
+          f"steadier than TPS on a shared machine; pgbench's CPU and voluntary context switches and the "
+          f"Postgres backends' CPU per transaction show what a proxy costs the processes around it)")
 
     if args.json:
         Path(args.json).write_text(json.dumps(
