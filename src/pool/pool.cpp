@@ -148,6 +148,13 @@ std::string Pool::state_text_locked() const {
 
 namespace {
 
+// Leases that open a connection at the same time. Like PgBouncer's one login at a time, but a few: a
+// burst of clients on a cold pool (200 after a barrier, in the tests) would otherwise start 200
+// forks and SCRAM exchanges at once, each taking longer than connect_timeout on a busy machine, and
+// the first timeout opens the circuit for everyone. Beyond this the leases wait in line, served by
+// the next connect slot or by a connection returned meanwhile, whichever comes first.
+constexpr int kMaxConcurrentConnects = 8;
+
 // Runs on the waiter's worker.
 void resume_waiter(const std::shared_ptr<Pool::Waiter>& waiter) {
   if (!waiter->resume) return;  // already resumed by the other of wake and timeout
@@ -290,8 +297,11 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
     }
     if (probe) {
       ++connecting_;  // the probe connects even at max: the pool holds nothing while the circuit is open
-    } else if (!paused_ && total_locked() < settings_.max_connections && waiters_.empty()) {
+      ++in_flight_;
+    } else if (!paused_ && total_locked() < settings_.max_connections && waiters_.empty() &&
+               in_flight_ < kMaxConcurrentConnects) {
       ++connecting_;
+      ++in_flight_;
     } else if (static_cast<int>(waiters_.size()) >= settings_.max_waiting_clients) {
       ++counters_.too_many_waiting;
       co_return AcquireResult{nullptr, AcquireError::too_many_waiting,
@@ -327,6 +337,7 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
       ++(verdict == IdleVerdict::expired ? counters_.closed_lifetime : counters_.health_check_failures);
       --busy_;
       ++connecting_;  // its slot becomes this waiter's connect slot
+      ++in_flight_;
       waiter->may_connect = true;
     }
     std::lock_guard lock(mutex_);
@@ -355,9 +366,11 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
   auto connection = co_await connect_one(error);
   std::lock_guard lock(mutex_);
   --connecting_;
+  --in_flight_;
   if (connection) {
     ++counters_.connects;
     ++busy_;
+    serve_waiters_locked();  // a connect slot is free: the next waiter in line may use it
     co_return AcquireResult{std::move(connection), {}, {}};
   }
   ++counters_.connect_failures;
@@ -405,11 +418,12 @@ void Pool::serve_waiters_locked() {
     ++busy_;
     wake_locked(hand_over_locked(std::move(connection), true));
   }
-  while (!waiters_.empty() && total_locked() < settings_.max_connections) {
+  while (!waiters_.empty() && total_locked() < settings_.max_connections && in_flight_ < kMaxConcurrentConnects) {
     auto next = waiters_.front();
     waiters_.pop_front();
     next->may_connect = true;
     ++connecting_;
+    ++in_flight_;
     wake_locked(next);
   }
 }
@@ -484,9 +498,14 @@ asio::awaitable<void> Pool::maintain() {
     doomed.clear();
     for (int i = 0; i < to_open; ++i) {
       std::string error;
+      {
+        std::lock_guard lock(mutex_);
+        ++in_flight_;
+      }
       auto connection = co_await connect_one(error);
       std::lock_guard lock(mutex_);
       --connecting_;
+      --in_flight_;
       if (!connection) {
         ++counters_.connect_failures;
         connecting_ -= to_open - i - 1;  // give back the slots of the connects not tried

@@ -537,3 +537,42 @@ TEST_CASE("try_acquire_now leases a checked idle connection and otherwise leaves
   });
   CHECK(h.pool->stats().health_check_failures == 1);
 }
+
+TEST_CASE("a burst of leases on a cold pool opens at most eight connections at a time, and all succeed",
+          "[pool]") {
+  asio::io_context io;
+  int in_flight = 0;
+  int most_in_flight = 0;
+  int next_id = 1;
+  PoolSettings settings;
+  settings.service = "feed";
+  settings.max_connections = 50;
+  settings.acquire_timeout = 5000ms;
+  settings.max_waiting_clients = 100;
+  auto pool = std::make_shared<Pool>(
+      settings,
+      [&](std::string&) -> asio::awaitable<std::unique_ptr<Connection>> {
+        most_in_flight = std::max(most_in_flight, ++in_flight);
+        asio::steady_timer slow(co_await asio::this_coro::executor, 20ms);  // a fork and a SCRAM exchange
+        co_await slow.async_wait(asio::use_awaitable);
+        --in_flight;
+        co_return std::make_unique<FakeConnection>(next_id++);
+      },
+      [](Connection&) -> asio::awaitable<bool> { co_return true; });
+  constexpr int kClients = 30;
+  std::vector<std::unique_ptr<Connection>> held;  // nobody gives back: each lease needs its own
+  int failed = 0;
+  for (int i = 0; i < kClients; ++i) {
+    asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+      auto lease = co_await pool->acquire(co_await asio::this_coro::executor);
+      if (lease) held.push_back(std::move(lease.connection));
+      else ++failed;
+    }, asio::detached);
+  }
+  io.run();
+  CHECK(failed == 0);
+  CHECK(held.size() == kClients);
+  CHECK(most_in_flight == 8);
+  CHECK(pool->stats().connects == kClients);
+  for (auto& connection : held) pool->release(std::move(connection), true);
+}

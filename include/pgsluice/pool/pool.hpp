@@ -168,6 +168,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::deque<std::shared_ptr<Waiter>> waiters_;
   int busy_ = 0;        // leased out
   int connecting_ = 0;  // slots reserved for connects in progress
+  // Connects actually under way, at most kMaxConcurrentConnects for a lease (pool.cpp).
+  int in_flight_ = 0;
   bool closed_ = false;
   std::string closed_why_;
   bool paused_ = false;
