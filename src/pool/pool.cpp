@@ -1,6 +1,5 @@
 #include "pgsluice/pool/pool.hpp"
 
-
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/async_result.hpp>
@@ -175,7 +174,6 @@ struct TimeoutHold {
     if (waiter) waiter->resume.reset();
   }
 };
-
 
 }  // namespace
 
