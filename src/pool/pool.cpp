@@ -179,10 +179,6 @@ struct TimeoutHold {
 
 void Pool::wake_locked(const std::shared_ptr<Waiter>& waiter) {
   waiter->resolved = true;
-  asio::post(waiter->executor, [waiter] { resume_waiter(waiter); });
-}
-
-void Pool::wake_now(const std::shared_ptr<Waiter>& waiter) {
   // Posted even when the waiter lives on this thread, like PgBouncer activating waiting clients at
   // the end of its loop: the replies of the current epoll batch all reach their clients first, back
   // to back, and the waiters' statements go out after them. Resumed inline instead, each reply
@@ -213,7 +209,6 @@ std::shared_ptr<Pool::Waiter> Pool::hand_over_locked(std::unique_ptr<Connection>
   waiters_.erase(chosen);
   waiter->connection = std::move(connection);
   waiter->from_idle = from_idle;
-  waiter->resolved = true;
   return waiter;
 }
 
@@ -381,8 +376,7 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
 
 void Pool::release(std::unique_ptr<Connection> connection, bool reusable) {
   std::vector<std::unique_ptr<Connection>> doomed;  // destroyed outside the lock
-  std::shared_ptr<Waiter> served;
-  std::unique_lock lock(mutex_);
+  std::lock_guard lock(mutex_);
   const auto now = Clock::now();
   if (reusable && now >= connection->expires_at) {
     reusable = false;
@@ -393,8 +387,7 @@ void Pool::release(std::unique_ptr<Connection> connection, bool reusable) {
   if (reusable && !closed_) {
     connection->last_used = now;
     if (!waiters_.empty() && !paused_) {
-      // Stays busy: the lease passes to the waiter, woken once the lock is let go.
-      served = hand_over_locked(std::move(connection), false);
+      wake_locked(hand_over_locked(std::move(connection), false));  // stays busy: the lease passes on
     } else {
       --busy_;
       idle_.push_back(std::move(connection));
@@ -404,8 +397,6 @@ void Pool::release(std::unique_ptr<Connection> connection, bool reusable) {
     doomed.push_back(std::move(connection));
     serve_waiters_locked();
   }
-  lock.unlock();
-  if (served) wake_now(served);
 }
 
 void Pool::serve_waiters_locked() {

@@ -153,8 +153,6 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::shared_ptr<Waiter> hand_over_locked(std::unique_ptr<Connection> connection, bool from_idle);
   // Resumes the waiter's acquire() on its worker, later (posted).
   void wake_locked(const std::shared_ptr<Waiter>& waiter);
-  // The same without the lock held.
-  void wake_now(const std::shared_ptr<Waiter>& waiter);
   // Hands idle connections to waiters and lets waiters connect while there is room under max.
   void serve_waiters_locked();
 
