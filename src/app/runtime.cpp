@@ -32,7 +32,7 @@ std::shared_ptr<const server::ServerTarget> make_target(const config::Config& co
   return target;
 }
 
-pool::PoolSettings pool_settings(const config::ServiceConfig& service) {
+pool::PoolSettings pool_settings(const config::ServiceConfig& service, const server::ServerTarget& target) {
   return pool::PoolSettings{
       .service = service.name,
       .max_connections = service.max_connections,
@@ -42,6 +42,7 @@ pool::PoolSettings pool_settings(const config::ServiceConfig& service) {
       .idle_timeout = service.idle_timeout,
       .max_lifetime = service.max_lifetime,
       .health_check_after_idle = service.health_check_after_idle,
+      .connect_timeout = target.connect_timeout,
   };
 }
 
@@ -105,7 +106,8 @@ std::shared_ptr<session::Service> Runtime::start_service(const config::Config& c
   auto out = std::make_shared<session::Service>();
   out->config = service;
   out->target = target;
-  out->pool = std::make_shared<pool::Pool>(pool_settings(service), make_connector(target), make_health_check(target));
+  out->pool = std::make_shared<pool::Pool>(pool_settings(service, *target), make_connector(target),
+                                           make_health_check(target));
   // The backend's breaker is shared by its services' pools: when it opens, all of them drop their
   // idle connections and fail their waiters at once. The pools are looked up when it trips, so
   // services added by a reload are included.
@@ -169,9 +171,9 @@ ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
     out->pool = kept->pool;
     if (*target != *kept->target) {
       // Another address or other credentials: connections opened before are retired.
-      out->pool->reconfigure(pool_settings(service), make_connector(target), make_health_check(target));
+      out->pool->reconfigure(pool_settings(service, *target), make_connector(target), make_health_check(target));
     } else {
-      out->pool->reconfigure(pool_settings(service));
+      out->pool->reconfigure(pool_settings(service, *target));
       if (auto reported = kept->reported_parameters()) out->remember_reported_parameters(*reported);
     }
     auto before = kept->config;

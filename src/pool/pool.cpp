@@ -188,6 +188,37 @@ void Pool::wake_locked(const std::shared_ptr<Waiter>& waiter) {
   asio::post(waiter->executor, [waiter] { resume_waiter(waiter); });
 }
 
+void Pool::begin_connect_locked() {
+  ++in_flight_;
+  connect_progress_at_ = Clock::now();
+}
+
+void Pool::arm_timeout(std::shared_ptr<Waiter> waiter) {
+  waiter->timer.expires_after(settings().acquire_timeout);
+  auto& timer = waiter->timer;
+  timer.async_wait([pool = weak_from_this(), hold = TimeoutHold(std::move(waiter))](
+                       const boost::system::error_code& ec) mutable {
+    if (ec) return;  // cancelled: the waiter was resumed by a wake
+    if (auto self = pool.lock(); self && self->waits_for_connect_progress(*hold.waiter)) {
+      self->arm_timeout(std::move(hold.waiter));  // the new handler holds the waiter from now on
+      return;
+    }
+    resume_waiter(hold.waiter);  // expired: the waiter's state says whether it was served
+  });
+}
+
+bool Pool::waits_for_connect_progress(const Waiter& waiter) {
+  // acquire_timeout is for a pool that has nothing to give (DESIGN §3: fail fast when it is full or
+  // paused). A lease in line only because kMaxConcurrentConnects connects are under way is in line
+  // for a connection that is coming: a burst of logins on a cold session-mode pool (200 after a
+  // barrier in the tests) needs as many connects and, at 8 at a time on a busy machine, more than
+  // one second for them. It keeps waiting while connects start or succeed within connect_timeout;
+  // a backend that stops answering fails them (connect_timeout, then the circuit breaker).
+  std::lock_guard lock(mutex_);
+  return !waiter.resolved && !closed_ && !paused_ && total_locked() < settings_.max_connections &&
+         in_flight_ > 0 && Clock::now() - connect_progress_at_ < settings_.connect_timeout;
+}
+
 std::shared_ptr<Pool::Waiter> Pool::hand_over_locked(std::unique_ptr<Connection> connection, bool from_idle) {
   // First in, first out, with one bounded exception: among the first few waiters, one on the
   // connection's own worker goes first, so its socket need not move and its wake-up does not cross
@@ -290,11 +321,11 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
     }
     if (probe) {
       ++connecting_;  // the probe connects even at max: the pool holds nothing while the circuit is open
-      ++in_flight_;
+      begin_connect_locked();
     } else if (!paused_ && total_locked() < settings_.max_connections && waiters_.empty() &&
                in_flight_ < kMaxConcurrentConnects) {
       ++connecting_;
-      ++in_flight_;
+      begin_connect_locked();
     } else if (static_cast<int>(waiters_.size()) >= settings_.max_waiting_clients) {
       ++counters_.too_many_waiting;
       co_return AcquireResult{nullptr, AcquireError::too_many_waiting,
@@ -303,15 +334,12 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
                                           settings_.service, state_text_locked(), settings_.max_waiting_clients)};
     } else {
       waiter = std::make_shared<Waiter>(executor);
-      waiter->timer.expires_after(settings_.acquire_timeout);
       waiters_.push_back(waiter);
     }
   }
 
   if (waiter) {
-    waiter->timer.async_wait([hold = TimeoutHold(waiter)](const boost::system::error_code& ec) {
-      if (!ec) resume_waiter(hold.waiter);  // expired: the waiter's state says whether it was served
-    });
+    arm_timeout(waiter);
     co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
         [&waiter](auto handler) { waiter->resume.emplace(std::move(handler)); }, asio::use_awaitable);
     if (waiter->resolved) waiter->timer.cancel();
@@ -330,7 +358,7 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
       ++(verdict == IdleVerdict::expired ? counters_.closed_lifetime : counters_.health_check_failures);
       --busy_;
       ++connecting_;  // its slot becomes this waiter's connect slot
-      ++in_flight_;
+      begin_connect_locked();
       waiter->may_connect = true;
     }
     std::lock_guard lock(mutex_);
@@ -362,6 +390,7 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
   --in_flight_;
   if (connection) {
     ++counters_.connects;
+    connect_progress_at_ = Clock::now();
     ++busy_;
     serve_waiters_locked();  // a connect slot is free: the next waiter in line may use it
     co_return AcquireResult{std::move(connection), {}, {}};
@@ -412,7 +441,7 @@ void Pool::serve_waiters_locked() {
     waiters_.pop_front();
     next->may_connect = true;
     ++connecting_;
-    ++in_flight_;
+    begin_connect_locked();
     wake_locked(next);
   }
 }
@@ -428,6 +457,7 @@ void Pool::reconfigure(PoolSettings settings, Connector connector, HealthCheck h
   settings_.idle_timeout = settings.idle_timeout;
   settings_.max_lifetime = settings.max_lifetime;
   settings_.health_check_after_idle = settings.health_check_after_idle;
+  settings_.connect_timeout = settings.connect_timeout;
   if (health_check) health_check_ = std::make_shared<const HealthCheck>(std::move(health_check));
   if (connector) {
     connector_ = std::move(connector);
@@ -489,7 +519,7 @@ asio::awaitable<void> Pool::maintain() {
       std::string error;
       {
         std::lock_guard lock(mutex_);
-        ++in_flight_;
+        begin_connect_locked();
       }
       auto connection = co_await connect_one(error);
       std::lock_guard lock(mutex_);
@@ -501,6 +531,7 @@ asio::awaitable<void> Pool::maintain() {
         break;
       }
       ++counters_.connects;
+      connect_progress_at_ = Clock::now();
       if (closed_) break;
       if (!waiters_.empty() && !paused_) {
         ++busy_;

@@ -576,3 +576,75 @@ TEST_CASE("a burst of leases on a cold pool opens at most eight connections at a
   CHECK(pool->stats().connects == kClients);
   for (auto& connection : held) pool->release(std::move(connection), true);
 }
+
+namespace {
+
+// A pool of 50 whose connector takes `connect_time` (a fork and a SCRAM exchange on a busy machine);
+// `clients` leases at once, none given back, so each needs its own connect.
+struct ColdBurst {
+  int failed = 0;
+  std::vector<std::string> messages;
+  std::size_t served = 0;
+  std::chrono::steady_clock::duration longest{};
+
+  ColdBurst(int clients, std::chrono::milliseconds connect_time, std::chrono::milliseconds acquire_timeout,
+            std::chrono::milliseconds connect_timeout) {
+    asio::io_context io;
+    int next_id = 1;
+    PoolSettings settings;
+    settings.service = "feed";
+    settings.max_connections = 50;
+    settings.acquire_timeout = acquire_timeout;
+    settings.connect_timeout = connect_timeout;
+    settings.max_waiting_clients = 100;
+    auto pool = std::make_shared<Pool>(
+        settings,
+        [&](std::string&) -> asio::awaitable<std::unique_ptr<Connection>> {
+          asio::steady_timer slow(co_await asio::this_coro::executor, connect_time);
+          co_await slow.async_wait(asio::use_awaitable);
+          co_return std::make_unique<FakeConnection>(next_id++);
+        },
+        [](Connection&) -> asio::awaitable<bool> { co_return true; });
+    std::vector<std::unique_ptr<Connection>> held;
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < clients; ++i) {
+      asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+        auto lease = co_await pool->acquire(co_await asio::this_coro::executor);
+        longest = std::max(longest, std::chrono::steady_clock::now() - start);
+        if (lease) {
+          held.push_back(std::move(lease.connection));
+        } else {
+          ++failed;
+          messages.push_back(lease.message);
+        }
+      }, asio::detached);
+    }
+    io.run();
+    served = held.size();
+    for (auto& connection : held) pool->release(std::move(connection), true);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("leases in line for a connect slot wait past acquire_timeout while the connects progress",
+          "[pool]") {
+  // Five rounds of eight 100 ms connects: the last leases get theirs after ~500 ms, past the 200 ms
+  // acquire_timeout, and none is failed (the pool had room all along; CI failed 112 session-mode
+  // logins with "87/250 busy" this way).
+  ColdBurst burst(40, 100ms, 200ms, 2000ms);
+  CHECK(burst.failed == 0);
+  CHECK(burst.served == 40);
+  CHECK(burst.longest >= 450ms);
+}
+
+TEST_CASE("leases in line for a connect slot fail once no connect started or succeeded for connect_timeout",
+          "[pool]") {
+  // Connects that take 1 s against a connect_timeout of 300 ms (the fake connector does not enforce
+  // it): the first eight are under way, nothing progresses, so the other leases fail at their first
+  // acquire_timeout past 300 ms after the connects began: 400 ms, not when the connects end.
+  ColdBurst burst(12, 1000ms, 200ms, 300ms);
+  CHECK(burst.served == 8);
+  REQUIRE(burst.failed == 4);
+  CHECK(burst.messages.front().find("within acquire_timeout 200ms") != std::string::npos);
+}

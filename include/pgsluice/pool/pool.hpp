@@ -49,6 +49,10 @@ struct PoolSettings {
   std::chrono::milliseconds idle_timeout{600'000};             // idle above min are closed after this
   std::chrono::milliseconds max_lifetime{3'600'000};           // 0 = unlimited; ±10 % jitter
   std::chrono::milliseconds health_check_after_idle{30'000};   // idle longer: checked before lease
+  // The backend's: the connector gives up after it. A lease in line for a connect slot (the pool has
+  // room, the connects under way are the limit) waits past acquire_timeout while connects keep
+  // starting or succeeding within it.
+  std::chrono::milliseconds connect_timeout{2000};
 };
 
 // Why an acquire failed; the session turns it into the SQLSTATE of DESIGN §7.
@@ -91,7 +95,8 @@ class Pool : public std::enable_shared_from_this<Pool> {
   Pool& operator=(const Pool&) = delete;
 
   // Leases a connection for the calling coroutine (which runs on `executor`): an idle one, else a
-  // new one under max, else waits (FIFO) until acquire_timeout.
+  // new one under max, else waits (FIFO) until acquire_timeout. Past it only while in line for a
+  // connect slot with the connects ahead making progress (see PoolSettings::connect_timeout).
   boost::asio::awaitable<AcquireResult> acquire(boost::asio::any_io_executor executor);
   // acquire()'s synchronous fast path: an idle connection that passes the quick check (preferring
   // one at `home`, see context_key), when nobody waits and nothing needs a round trip or the
@@ -153,6 +158,12 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::shared_ptr<Waiter> hand_over_locked(std::unique_ptr<Connection> connection, bool from_idle);
   // Resumes the waiter's acquire() on its worker, later (posted).
   void wake_locked(const std::shared_ptr<Waiter>& waiter);
+  // Starts (or restarts) the waiter's acquire_timeout; runs on the waiter's worker.
+  void arm_timeout(std::shared_ptr<Waiter> waiter);
+  // At the waiter's acquire_timeout: is it only in line for a connect slot, with connects progressing?
+  bool waits_for_connect_progress(const Waiter& waiter);
+  // A lease starts a connect: it holds one of the kMaxConcurrentConnects slots.
+  void begin_connect_locked();
   // Hands idle connections to waiters and lets waiters connect while there is room under max.
   void serve_waiters_locked();
 
@@ -168,6 +179,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   int connecting_ = 0;  // slots reserved for connects in progress
   // Connects actually under way, at most kMaxConcurrentConnects for a lease (pool.cpp).
   int in_flight_ = 0;
+  Clock::time_point connect_progress_at_{};  // a connect last started or succeeded
   bool closed_ = false;
   std::string closed_why_;
   bool paused_ = false;
