@@ -405,6 +405,7 @@ net::awaitable<void> ClientSession::relay() {
       if (expected_ready_ > 0 && timer_purpose_ == TimerPurpose::none && service_->config.query_timeout.count() > 0) {
         arm_timer(TimerPurpose::query, service_->config.query_timeout);
       }
+      bool wake_reader = false;
       if (!server_reader_running_) {
         stop_server_reader_ = false;
         server_reader_running_ = true;
@@ -412,7 +413,7 @@ net::awaitable<void> ClientSession::relay() {
           server_reader_spawned_ = true;
           asio::co_spawn(socket_.get_executor(), server_reader(), asio::detached);
         } else {
-          server_attached_.notify();
+          wake_reader = true;
         }
       }
       Outgoing& out = to_server_;
@@ -428,8 +429,12 @@ net::awaitable<void> ClientSession::relay() {
       }
       net::error_code ec;
       std::size_t written = 0;
-      if (!out.empty() && !net::try_write_all(server_->socket(), out.pieces(), written, ec)) {
-        client_writing_ = true;
+      const bool sent = out.empty() || net::try_write_all(server_->socket(), out.pieces(), written, ec);
+      if (!sent) client_writing_ = true;
+      // The reader runs (inline) up to its read of the server before the rest of a long write, so a
+      // server answering while it still receives is read meanwhile.
+      if (wake_reader) server_attached_.notify();
+      if (!sent) {
         ec = co_await net::write_rest(server_->socket(), out.pieces(), written);
         client_writing_ = false;
       }

@@ -106,7 +106,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   net::Event server_reader_done_;
   bool server_reader_spawned_ = false;  // the server reader lives from the first attach to finish()
   bool server_reader_retired_ = false;
-  net::Event server_attached_;  // wakes the server reader: a server is attached, or finish()
+  net::InlineEvent server_attached_;  // wakes the server reader: a server is attached, or finish()
   int expected_ready_ = 0;          // ReadyForQuery messages the server still owes
   bool in_extended_batch_ = false;  // extended-protocol messages sent since the last Sync
   bool client_writing_ = false;     // the client reader is writing to the server
