@@ -43,6 +43,34 @@ void append_bind(Buffer& out, std::string_view portal, std::string_view statemen
   MessageBuilder(out).begin('B').cstring(portal).cstring(statement).bytes(as_string_view(rest)).end();
 }
 
+std::optional<ResultFormats> bind_result_formats(Bytes rest) {
+  PayloadReader reader(rest);
+  const auto parameter_formats = reader.int16();
+  if (parameter_formats < 0) return std::nullopt;
+  reader.bytes(static_cast<std::size_t>(parameter_formats) * 2);
+  const auto parameters = reader.int16();
+  if (parameters < 0) return std::nullopt;
+  for (int i = 0; i < parameters && reader.ok(); ++i) {
+    const auto length = reader.int32();
+    if (length > 0) reader.bytes(static_cast<std::size_t>(length));
+  }
+  ResultFormats formats;
+  formats.offset = rest.size() - reader.remaining();
+  formats.count = reader.int16();
+  if (formats.count > 0) formats.first = reader.int16();
+  if (!reader.ok() || formats.count < 0) return std::nullopt;
+  return formats;
+}
+
+void append_bind_with_result_formats(Buffer& out, std::string_view portal, std::string_view statement,
+                                     Bytes rest_before_results, std::int16_t code, int columns) {
+  MessageBuilder b(out);
+  b.begin('B').cstring(portal).cstring(statement).bytes(as_string_view(rest_before_results));
+  b.int16(static_cast<std::int16_t>(columns));
+  for (int i = 0; i < columns; ++i) b.int16(code);
+  b.end();
+}
+
 void append_describe(Buffer& out, char kind, std::string_view name) {
   MessageBuilder(out).begin('D').byte(static_cast<std::uint8_t>(kind)).cstring(name).end();
 }

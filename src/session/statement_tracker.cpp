@@ -212,8 +212,21 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
       }
       auto it = statements_.find(std::string(bind->statement));
       if (it == statements_.end()) break;  // the server answers 26000 with the client's name
-      ensure_on_server(it->second, server, to_server);
-      protocol::append_bind(to_server.build(), bind->portal, it->second.server_name, bind->rest);
+      const Statement& statement = it->second;
+      ensure_on_server(statement, server, to_server);
+      // 0 or 1 result formats apply to every column, whatever their number: spelled out per column,
+      // a server connection that parses the text to another number of columns refuses the Bind
+      // (08P01, reported as the stale plan the client's own connection would report) rather than
+      // sending rows the client would read with the columns it was told of. pgjdbc spells them out
+      // itself; postgres.js sends none.
+      auto formats = statement.columns > 1 ? protocol::bind_result_formats(bind->rest) : std::nullopt;
+      if (formats && formats->count <= 1) {
+        protocol::append_bind_with_result_formats(to_server.build(), bind->portal, statement.server_name,
+                                                  bind->rest.first(formats->offset), formats->first,
+                                                  statement.columns);
+      } else {
+        protocol::append_bind(to_server.build(), bind->portal, statement.server_name, bind->rest);
+      }
       expect(Kind::bind);
       queue_.back().server_name = it->second.server_name;
       return;
@@ -241,6 +254,8 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
       ensure_on_server(it->second, server, to_server);
       protocol::append_describe(to_server.build(), 'S', it->second.server_name);
       expect(Kind::describe_statement);
+      queue_.back().described = it->first;
+      queue_.back().server_name = it->second.server_name;
       return;
     }
     case 'C': {
@@ -357,6 +372,13 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     return Disposition::relay;
   }
   const bool swallow = front.swallow;
+  if (front.kind == Kind::describe_statement && !front.described.empty() && (type == 'T' || type == 'n')) {
+    auto it = statements_.find(front.described);
+    if (it != statements_.end() && it->second.server_name == front.server_name) {
+      protocol::PayloadReader reader(message.payload);
+      it->second.columns = type == 'n' ? 0 : reader.int16();
+    }
+  }
   bool done = false;
   switch (front.kind) {
     case Kind::parse: done = type == '1'; break;

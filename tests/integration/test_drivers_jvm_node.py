@@ -291,6 +291,20 @@ def test_postgresjs_named_statements_are_reused_150_times(target, node_modules):
 
 
 @requires_node
+@pytest.mark.skipif(TARGET != "pgsluice" or POOL_MODE == "session",
+                    reason="moves a client between server connections: transaction and statement mode")
+def test_postgresjs_heals_a_select_star_parsed_afresh_on_another_server_connection_after_a_column_is_added(
+        target, node_modules):
+    # postgres.js binds with no result formats; pgsluice spells out the two the client was told of,
+    # so the server connection that now parses the text to three columns refuses the Bind, and the
+    # client gets the stale-plan error it re-prepares on instead of three-column rows read as two.
+    target.pg.sql("DROP TABLE IF EXISTS postgres_ddl; CREATE TABLE postgres_ddl (id int PRIMARY KEY, a text); "
+                  "INSERT INTO postgres_ddl VALUES (1, 'one')", user="app", db="app")
+    r = node(target, "postgres-ddl-moved")
+    assert r["widths"] == [2, 3], r
+
+
+@requires_node
 def test_postgresjs_begin_commits_rolls_back_and_uses_savepoints(target, node_modules):
     recreate_table(target, "postgres_tx")
     r = node(target, "postgres-begin")

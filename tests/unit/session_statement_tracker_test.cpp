@@ -177,6 +177,47 @@ TEST_CASE("a Bind refused for its result formats on a re-parsed statement is a s
   CHECK(answer(tracker, second_server, "Z") == "Z");
 }
 
+TEST_CASE("a Bind of a described statement names one result format per column the client was told of",
+          "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  Buffer describe;
+  protocol::append_describe(describe, 'S', "s1");
+  protocol::append_sync(describe);
+  feed(tracker, server, 1, then(parse("s1", "select * from t where id = $1"), describe));
+  answer(tracker, server, "1t");
+  Buffer row_description;  // two columns (only the count is read)
+  protocol::MessageBuilder(row_description).begin('T').int16(2).end();
+  auto frame = protocol::next_frame(protocol::Bytes(row_description), 1 << 20);
+  CHECK(tracker.server_message(frame.message, server) == StatementTracker::Disposition::relay);
+  CHECK(answer(tracker, server, "Z") == "Z");
+
+  // The first Bind (postgres.js: no result formats), then one asking for binary (one format for all).
+  auto sent_bind = [&](const Buffer& client_bind) {
+    Outgoing out;
+    auto message = protocol::next_frame(protocol::Bytes(client_bind), 1 << 20);
+    tracker.client_message(message.message, server, 2, out);
+    REQUIRE(out.pieces().size() == 1);
+    auto sent = protocol::next_frame(out.pieces().front(), 1 << 20);
+    auto view = protocol::parse_bind(sent.message.payload);
+    REQUIRE(view);
+    auto formats = protocol::bind_result_formats(view->rest);
+    REQUIRE(formats);
+    CHECK(view->rest.first(formats->offset).size() == 2 + 2 + 4 + 1);  // one text parameter "7"
+    return std::pair{formats->count, formats->first};
+  };
+  auto client_bind = [](std::int16_t result_formats) {
+    Buffer out;
+    protocol::MessageBuilder b(out);
+    b.begin('B').cstring("").cstring("s1").int16(0).int16(1).int32(1).bytes("7").int16(result_formats);
+    if (result_formats == 1) b.int16(1);
+    b.end();
+    return out;
+  };
+  CHECK(sent_bind(client_bind(0)) == std::pair<std::int16_t, std::int16_t>{2, 0});
+  CHECK(sent_bind(client_bind(1)) == std::pair<std::int16_t, std::int16_t>{2, 1});
+}
+
 TEST_CASE("Close of a named statement is answered by pgsluice and keeps the server statement",
           "[session][statements]") {
   StatementTracker tracker;

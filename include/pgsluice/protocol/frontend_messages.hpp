@@ -1,6 +1,9 @@
 #pragma once
 // Views and builders for the extended-protocol messages whose statement names the proxy rewrites in
 // transaction mode (docs §55.7: Parse, Bind, Describe, Close) and the completions it answers itself.
+#include <cstddef>
+#include <cstdint>
+#include <optional>
 #include <string_view>
 
 #include "pgsluice/protocol/builder.hpp"
@@ -21,6 +24,14 @@ struct BindView {
   Bytes rest;  // formats, parameters and result formats, as sent
 };
 Result<BindView> parse_bind(Bytes payload);
+// The result-format codes at the end of a Bind's `rest`: where they start in it, how many there
+// are, and the first (0 when there is none). nullopt when `rest` does not hold a whole Bind.
+struct ResultFormats {
+  std::size_t offset = 0;
+  std::int16_t count = 0;
+  std::int16_t first = 0;
+};
+std::optional<ResultFormats> bind_result_formats(Bytes rest);
 
 // Describe and Close share a shape: 'S' (statement) or 'P' (portal), then a name.
 struct TargetView {
@@ -31,6 +42,10 @@ Result<TargetView> parse_describe_or_close(Bytes payload);
 
 void append_parse(Buffer& out, std::string_view statement, std::string_view query, Bytes parameter_types);
 void append_bind(Buffer& out, std::string_view portal, std::string_view statement, Bytes rest);
+// A Bind of `rest_before_results` (a BindView::rest up to its ResultFormats::offset) that names one
+// result format per column: `columns` times `code`.
+void append_bind_with_result_formats(Buffer& out, std::string_view portal, std::string_view statement,
+                                     Bytes rest_before_results, std::int16_t code, int columns);
 void append_describe(Buffer& out, char kind, std::string_view name);
 void append_close(Buffer& out, char kind, std::string_view name);
 void append_parse_complete(Buffer& out);

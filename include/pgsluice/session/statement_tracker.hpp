@@ -48,6 +48,10 @@ class StatementTracker {
     std::string query;
     std::string parameter_types;  // as sent in Parse
     std::string server_name;
+    // Result columns as the client was told by its Describe (-1: never described). Binds ask for
+    // that many result formats, so that a server connection that parses the text to another number
+    // of columns (DDL in between) refuses the Bind instead of sending rows of another shape.
+    int columns = -1;
   };
   enum class Kind : std::uint8_t { parse, bind, describe_statement, describe_portal, close, execute, sync, simple };
   struct Expectation {
@@ -58,6 +62,7 @@ class StatementTracker {
     std::string server_name{};     // parse: forgotten on the server if it fails or is skipped
     std::string client_name{};     // parse: the client's name, dropped if the Parse fails or is skipped
     bool eviction = false;         // close: an LRU eviction (the statement stays if it is skipped)
+    std::string described{};       // describe_statement: the client's name, to learn its columns
   };
 
   void expect(Kind kind, bool swallow = false) { queue_.push_back(Expectation{.kind = kind, .swallow = swallow}); }

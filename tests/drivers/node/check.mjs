@@ -20,6 +20,8 @@
 //   pg-listen            LISTEN/NOTIFY (session mode only: not transparent in transaction mode)
 //   postgres-prepared    postgres.js's default `prepare: true`: Parse + Describe('S') + Flush,
 //                        then Bind/Execute/Sync of the named statement, reused many times
+//   postgres-ddl-moved   a column added under a prepared `select *`, the statement then parsed
+//                        afresh on another server connection (transaction and statement mode)
 //   postgres-begin       sql.begin (commit, rollback on a thrown error, a savepoint)
 //   postgres-concurrent  max: 10 connections, 200 queries at once (pipelined per connection)
 //   postgres-cursor      .cursor(10): Execute with a row limit + Flush outside any transaction
@@ -308,6 +310,45 @@ const scenarios = {
       return { executions: 150, statement_names: [...names].sort() }
     } finally {
       await sql.end({ timeout: 5 })
+    }
+  },
+
+  async 'postgres-ddl-moved'() {
+    // A column is added under a prepared `select *`, then every server connection that had the
+    // statement is gone, so the next Bind lands where pgsluice parses the text afresh, with three
+    // columns. postgres.js binds with no result formats and reads rows with the two columns it was
+    // told of: it must get the stale-plan error it retries on, never rows of the new shape.
+    const sql = postgresSql({ max: 1 })
+    const admin = postgresSql({ max: 1 })
+    try {
+      const widths = []
+      for (let round = 0; round < 2; round++) {
+        for (let i = 0; i < 5; i++) {
+          const [row] = await sql`select * from postgres_ddl where id = ${1}`
+          const width = Object.keys(row).length
+          assert.equal(width, 2 + round, `columns in round ${round} run ${i}: ${JSON.stringify(row)}`)
+          if (round === 1) assert.equal(row.b, 7, 'the new column')
+          if (i === 4) widths.push(width)
+        }
+        if (round > 0) continue
+        await admin.unsafe('alter table postgres_ddl add column b int default 7')
+        // One simple query, so both statements run on the same server connection in every mode.
+        const [, [{ pids }]] = await admin.unsafe(
+          "deallocate all; select coalesce(array_agg(pid), '{}')::text as pids from (select pid, " +
+            'pg_terminate_backend(pid) from pg_stat_activity where usename = current_user and ' +
+            "datname = current_database() and pid <> pg_backend_pid() and backend_type = 'client backend') t",
+        )
+        for (let waited = 0; ; waited += 50) {
+          const [{ n }] = await admin.unsafe(`select count(*)::int as n from pg_stat_activity where pid = any('${pids}'::int[])`)
+          if (n === 0) break
+          assert.ok(waited < 20000, `terminated server connections ${pids} gone`)
+          await new Promise((resolve) => setTimeout(resolve, 50))
+        }
+      }
+      return { widths }
+    } finally {
+      await sql.end({ timeout: 5 })
+      await admin.end({ timeout: 5 })
     }
   },
 
