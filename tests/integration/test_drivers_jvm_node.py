@@ -305,6 +305,14 @@ def test_postgresjs_heals_a_select_star_parsed_afresh_on_another_server_connecti
 
 
 @requires_node
+def test_postgresjs_clients_sharing_server_connections_all_heal_after_a_column_is_added(target, node_modules):
+    target.pg.sql("DROP TABLE IF EXISTS postgres_ddl; CREATE TABLE postgres_ddl (id int PRIMARY KEY, a text); "
+                  "INSERT INTO postgres_ddl VALUES (1, 'one')", user="app", db="app")
+    r = node(target, "postgres-ddl-shared")
+    assert r["clients"] == 12, r
+
+
+@requires_node
 def test_postgresjs_begin_commits_rolls_back_and_uses_savepoints(target, node_modules):
     recreate_table(target, "postgres_tx")
     r = node(target, "postgres-begin")
