@@ -97,10 +97,9 @@ std::string StatementTracker::server_name(std::string_view query, Bytes paramete
   return fmt::format("pgsluice_{:016x}", hash);
 }
 
-void StatementTracker::expect_fake(Buffer reply, std::string client_name) {
+void StatementTracker::expect_fake(Buffer reply) {
   Expectation expectation{.kind = Kind::parse, .fake = true};
   expectation.reply = std::move(reply);
-  expectation.client_name = std::move(client_name);
   queue_.push_back(std::move(expectation));
 }
 
@@ -191,15 +190,14 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
       }
       Statement statement{std::string(parse->query), std::string(protocol::as_string_view(parse->parameter_types)),
                           server_name(parse->query, parse->parameter_types)};
-      const bool present = server.contains(statement.server_name);
-      if (present) {
-        server.touch(statement.server_name);
-        Buffer complete;
-        protocol::append_parse_complete(complete);
-        expect_fake(std::move(complete), client_name);
-      } else {
-        send_parse(statement, server, to_server, client_name);
-      }
+      // The server parses it even when this connection has the text already (for this client or
+      // another): a copy parsed before DDL changed its tables would answer the Describe or Bind that
+      // follows with 0A000 "cached plan must not change result type", which a fresh Parse never
+      // gets, so a driver that has just prepared does not retry on it (postgres.js fails the query).
+      // Closed and parsed anew, it describes the tables as they are. The copies stay shared for what
+      // a client parsed elsewhere and binds here (ensure_on_server).
+      if (server.contains(statement.server_name)) server.mark_stale(statement.server_name);
+      send_parse(statement, server, to_server, client_name);
       statements_.emplace(std::move(client_name), std::move(statement));
       return;
     }

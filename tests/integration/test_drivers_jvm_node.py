@@ -306,6 +306,8 @@ def test_postgresjs_heals_a_select_star_parsed_afresh_on_another_server_connecti
 
 @requires_node
 def test_postgresjs_clients_sharing_server_connections_all_heal_after_a_column_is_added(target, node_modules):
+    # A client preparing the text after the DDL, on a server connection with a copy parsed before it,
+    # gets a fresh Parse (three columns), not the stale-plan error postgres.js would not retry.
     target.pg.sql("DROP TABLE IF EXISTS postgres_ddl; CREATE TABLE postgres_ddl (id int PRIMARY KEY, a text); "
                   "INSERT INTO postgres_ddl VALUES (1, 'one')", user="app", db="app")
     r = node(target, "postgres-ddl-shared")

@@ -119,18 +119,25 @@ TEST_CASE("a named Parse is sent under the shared server name and its reply rela
   CHECK(tracker.idle());
 }
 
-TEST_CASE("a statement the server already has is not parsed again; ParseComplete comes from pgsluice",
+TEST_CASE("a client's Parse of a text the connection has is closed and parsed anew; a Bind shares the copy",
           "[session][statements]") {
   server::ServerStatements server;
   StatementTracker first;
   feed(first, server, 1, then(parse("a", "select 1"), execute_sync()));
   answer(first, server, "1CZ");
 
-  StatementTracker second;  // another client, same text, same server connection
+  // Another client, same text, same server connection: its copy may predate DDL, so the client's own
+  // Parse (which it may Describe next) gets a fresh one; the Close's reply is pgsluice's to swallow.
+  StatementTracker second;
   Buffer sync;
   protocol::append_sync(sync);
-  CHECK(feed(second, server, 1, then(parse("b", "select 1"), sync)) == "S");
-  CHECK(answer(second, server, "Z") == "+1Z");
+  const auto name = StatementTracker::server_name("select 1", protocol::Bytes(kNoTypes));
+  CHECK(feed(second, server, 1, then(parse("b", "select 1"), sync)) == "CP(" + name + ")S");
+  CHECK(answer(second, server, "31Z") == "1Z");
+  CHECK(server.contains(name));
+  // The first client binds its statement on that connection: the new copy is used as it is.
+  CHECK(feed(first, server, 1, then(bind("a"), execute_sync())) == "B(" + name + ")ES");
+  CHECK(answer(first, server, "2CZ") == "2CZ");
 }
 
 TEST_CASE("Bind on a server connection without the statement injects a Parse and swallows its reply",

@@ -2,8 +2,9 @@
 // Transaction-mode prepared statements (DESIGN §2). A client's named statements live in pgsluice,
 // mapped to server-side names keyed by (query text, parameter types); whichever server connection
 // the client is given, missing statements are parsed there first and the injected replies are
-// swallowed. Every message sent to the server queues what it will answer, so that replies pgsluice
-// makes itself (ParseComplete for a statement the server already has, CloseComplete, 42P05) go to
+// swallowed (a client's own Parse is always parsed by the server, see client_message). Every
+// message sent to the server queues what it will answer, so that replies pgsluice makes itself
+// (CloseComplete, DEALLOCATE, 42P05) go to
 // the client at exactly the place Postgres would have put them, and so that an ErrorResponse
 // unwinds the bookkeeping the way the server skips messages up to the next Sync.
 // No sockets here: the session feeds messages in and writes what comes out.
@@ -66,7 +67,7 @@ class StatementTracker {
   };
 
   void expect(Kind kind, bool swallow = false) { queue_.push_back(Expectation{.kind = kind, .swallow = swallow}); }
-  void expect_fake(protocol::Buffer reply, std::string client_name = {});
+  void expect_fake(protocol::Buffer reply);
   // Makes sure `statement` exists on the server, injecting a Parse (and an eviction Close) if not.
   void ensure_on_server(const Statement& statement, server::ServerStatements& server, Outgoing& to_server);
   // Sends a Parse under the server name (closing a stale copy or an LRU victim first). With a client

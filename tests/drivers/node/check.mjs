@@ -22,8 +22,8 @@
 //                        then Bind/Execute/Sync of the named statement, reused many times
 //   postgres-ddl-moved   a column added under a prepared `select *`, the statement then parsed
 //                        afresh on another server connection (transaction and statement mode)
-//   postgres-ddl-shared  the same with twelve clients sharing server connections: a retry landing
-//                        where the old statement is still cached must not fail
+//   postgres-ddl-shared  twelve clients sharing server connections prepare a `select *`, a column
+//                        is added, a new client prepares it where a stale copy is cached
 //   postgres-begin       sql.begin (commit, rollback on a thrown error, a savepoint)
 //   postgres-concurrent  max: 10 connections, 200 queries at once (pipelined per connection)
 //   postgres-cursor      .cursor(10): Execute with a row limit + Flush outside any transaction
@@ -356,25 +356,32 @@ const scenarios = {
 
   async 'postgres-ddl-shared'() {
     // Twelve clients prepare the same `select *` at once, so every server connection they use has it;
-    // then a column is added. Each client's next run meets a stale copy somewhere and gets the
-    // stale-plan error; postgres.js re-prepares once and runs again, wherever that lands. A server
-    // connection still holding its old copy must then parse the text anew, not fail the retry too.
+    // then a column is added. A new client (a service instance started after the migration) prepares
+    // and describes the text on a connection whose copy is stale: it must get today's three columns,
+    // not the stale-plan error a fresh Parse never gets (postgres.js retries only statements it had
+    // prepared). Then each old client's next run meets a stale copy, gets the stale-plan error,
+    // re-prepares once and runs again, wherever that lands.
     const clients = Array.from({ length: 12 }, () => postgresSql({ max: 1 }))
+    const newcomer = postgresSql({ max: 1 })
     const admin = postgresSql({ max: 1 })
     const width = async (sql, expected, what) => {
-      const [row] = await sql`select * from postgres_ddl where id = ${1}`
+      const [row] = await sql`select * from postgres_ddl where id = ${1}`.catch((err) => {
+        err.message = `${what}: ${err.message}`
+        throw err
+      })
       assert.equal(Object.keys(row).length, expected, `${what}: ${JSON.stringify(row)}`)
       if (expected === 3) assert.equal(row.b, 7, `${what}: the new column`)
     }
     try {
       for (let i = 0; i < 5; i++) await Promise.all(clients.map((sql, c) => width(sql, 2, `client ${c} run ${i}`)))
       await admin.unsafe('alter table postgres_ddl add column b int default 7')
+      await width(newcomer, 3, 'a client new after the DDL')
       for (let i = 0; i < 5; i++) {
         await Promise.all(clients.map((sql, c) => width(sql, 3, `client ${c} run ${i} after the DDL`)))
       }
       return { clients: clients.length }
     } finally {
-      await Promise.all([...clients, admin].map((sql) => sql.end({ timeout: 5 })))
+      await Promise.all([...clients, newcomer, admin].map((sql) => sql.end({ timeout: 5 })))
     }
   },
 
