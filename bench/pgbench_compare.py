@@ -249,12 +249,16 @@ def postmaster_pid(pg: LocalPostgres) -> int | None:
 
 
 def children_ticks(parent: int | None) -> int | None:
-    """User+system CPU, in clock ticks, of the live children of `parent` (the postmaster's: its
-    backends and helpers). A backend that exits in between takes its ticks with it; pgbench's
-    connections live for the whole run."""
+    """User+system CPU, in clock ticks, of the children of `parent` (the postmaster's: its backends
+    and helpers): the live ones, plus those that exited and were reaped (the parent's cutime and
+    cstime), so that a backend ending in between (a direct pgbench run's own) is still counted."""
     if parent is None:
         return None
-    total = 0
+    try:
+        fields = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    total = int(fields[13]) + int(fields[14])  # cutime, cstime (fields 16 and 17 of proc(5))
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
