@@ -171,7 +171,8 @@ ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
     out->pool = kept->pool;
     if (*target != *kept->target) {
       // Another address or other credentials: connections opened before are retired.
-      out->pool->reconfigure(pool_settings(service, *target), make_connector(target), make_health_check(target));
+      out->pool->reconfigure(pool_settings(service, *target), make_connector(target),
+                             make_health_check(target));
     } else {
       out->pool->reconfigure(pool_settings(service, *target));
       if (auto reported = kept->reported_parameters()) out->remember_reported_parameters(*reported);

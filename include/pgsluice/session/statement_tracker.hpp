@@ -4,9 +4,9 @@
 // the client is given, missing statements are parsed there first and the injected replies are
 // swallowed (a client's own Parse is always parsed by the server, see client_message). Every
 // message sent to the server queues what it will answer, so that replies pgsluice makes itself
-// (CloseComplete, DEALLOCATE, 42P05) go to
-// the client at exactly the place Postgres would have put them, and so that an ErrorResponse
-// unwinds the bookkeeping the way the server skips messages up to the next Sync.
+// (CloseComplete, DEALLOCATE, 42P05) go to the client at exactly the place Postgres would have put
+// them, and so that an ErrorResponse unwinds the bookkeeping the way the server skips messages up
+// to the next Sync.
 // No sockets here: the session feeds messages in and writes what comes out.
 #include <cstdint>
 #include <deque>
