@@ -124,6 +124,13 @@ def recreate_table(target, name: str) -> None:
                   user="app", db="app")
 
 
+def recreate_ddl_table(target, name: str) -> None:
+    """`name (id int primary key, a text)` holding (1, 'one'), made on Postgres directly: the table
+    the DDL scenarios add a column to under a prepared `select *`."""
+    target.pg.sql(f"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (id int PRIMARY KEY, a text); "
+                  f"INSERT INTO {name} VALUES (1, 'one')", user="app", db="app")
+
+
 def md5_hex(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
 
@@ -166,8 +173,7 @@ def test_jdbc_deallocate_all_and_discard_all_let_the_driver_prepare_its_names_ag
 
 @requires_java
 def test_jdbc_heals_a_server_prepared_select_star_after_a_column_is_added(target, java_classes):
-    target.pg.sql("DROP TABLE IF EXISTS jdbc_ddl; CREATE TABLE jdbc_ddl (id int PRIMARY KEY, a text); "
-                  "INSERT INTO jdbc_ddl VALUES (1, 'one')", user="app", db="app")
+    recreate_ddl_table(target, "jdbc_ddl")
     r = jdbc(target, java_classes, "ddl")
     assert r["widths"] == [2, 3], r
 
@@ -180,8 +186,7 @@ def test_jdbc_heals_a_select_star_parsed_afresh_on_another_server_connection_aft
     # The driver binds the two result formats it was told of; the server connection it is given now
     # parses the text to three columns and refuses the Bind (08P01). pgsluice reports the stale plan
     # (0A000) the original connection would have, which the driver heals by preparing again.
-    target.pg.sql("DROP TABLE IF EXISTS jdbc_ddl; CREATE TABLE jdbc_ddl (id int PRIMARY KEY, a text); "
-                  "INSERT INTO jdbc_ddl VALUES (1, 'one')", user="app", db="app")
+    recreate_ddl_table(target, "jdbc_ddl")
     r = jdbc(target, java_classes, "ddl-moved")
     assert r["widths"] == [2, 3], r
 
@@ -298,8 +303,7 @@ def test_postgresjs_heals_a_select_star_parsed_afresh_on_another_server_connecti
     # postgres.js binds with no result formats; pgsluice spells out the two the client was told of,
     # so the server connection that now parses the text to three columns refuses the Bind, and the
     # client gets the stale-plan error it re-prepares on instead of three-column rows read as two.
-    target.pg.sql("DROP TABLE IF EXISTS postgres_ddl; CREATE TABLE postgres_ddl (id int PRIMARY KEY, a text); "
-                  "INSERT INTO postgres_ddl VALUES (1, 'one')", user="app", db="app")
+    recreate_ddl_table(target, "postgres_ddl")
     r = node(target, "postgres-ddl-moved")
     assert r["widths"] == [2, 3], r
 
@@ -308,8 +312,7 @@ def test_postgresjs_heals_a_select_star_parsed_afresh_on_another_server_connecti
 def test_postgresjs_clients_sharing_server_connections_all_heal_after_a_column_is_added(target, node_modules):
     # A client preparing the text after the DDL, on a server connection with a copy parsed before it,
     # gets a fresh Parse (three columns), not the stale-plan error postgres.js would not retry.
-    target.pg.sql("DROP TABLE IF EXISTS postgres_ddl; CREATE TABLE postgres_ddl (id int PRIMARY KEY, a text); "
-                  "INSERT INTO postgres_ddl VALUES (1, 'one')", user="app", db="app")
+    recreate_ddl_table(target, "postgres_ddl")
     r = node(target, "postgres-ddl-shared")
     assert r["clients"] == 12, r
 
