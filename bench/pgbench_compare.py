@@ -230,13 +230,18 @@ def pgbench_env() -> dict:
     return env
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat after the command name: index i is field i + 3 of proc(5)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def cpu_ticks(pid: int | None) -> tuple[int, int] | None:
     """User and system CPU of a process (all its threads) so far, in clock ticks."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = stat_fields(pid) if pid is not None else None
+    if fields is None:
         return None
     return int(fields[11]), int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
 
@@ -252,19 +257,15 @@ def children_ticks(parent: int | None) -> int | None:
     """User+system CPU, in clock ticks, of the children of `parent` (the postmaster's: its backends
     and helpers): the live ones, plus those that exited and were reaped (the parent's cutime and
     cstime), so that a backend ending in between (a direct pgbench run's own) is still counted."""
-    if parent is None:
-        return None
-    try:
-        fields = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = stat_fields(parent) if parent is not None else None
+    if fields is None:
         return None
     total = int(fields[13]) + int(fields[14])  # cutime, cstime (fields 16 and 17 of proc(5))
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        fields = stat_fields(entry.name)
+        if fields is None:
             continue
         if int(fields[1]) == parent:  # field 4 of proc(5): ppid
             total += int(fields[11]) + int(fields[12])
