@@ -1,0 +1,202 @@
+// net::async_read_into, the relay's read. What must hold however a read is carried out: data that
+// arrives while no read is pending (its readiness event consumed by the reactor meanwhile) is still
+// delivered, a message larger than the buffer comes in pieces, end of stream and cancel end a read,
+// a read pending when its worker shuts down is freed unrun (ASan's leak check in the asan preset),
+// and end of stream is seen when the last data and the close arrive together. That last one is why
+// a short read must not be taken to mean "drained, wait for the next readiness event" (which would
+// save the EAGAIN recv of each wait): the recv that returns the data consumes the FIN with it, no
+// further event comes, and the reader hangs (bench/RESULTS.md, session 6).
+#include <sys/socket.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <catch.hpp>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "pgsluice/net/io.hpp"
+
+namespace asio = boost::asio;
+namespace net = pgsluice::net;
+using net::tcp;
+
+namespace {
+
+struct Pair {
+  tcp::socket reader;
+  tcp::socket writer;
+};
+
+Pair connected_pair(asio::io_context& io) {
+  tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::address_v4::loopback(), 0));
+  tcp::socket writer(io);
+  writer.connect(acceptor.local_endpoint());
+  tcp::socket reader = acceptor.accept();
+  return Pair{std::move(reader), std::move(writer)};
+}
+
+void send_text(tcp::socket& socket, const std::string& text) {
+  REQUIRE(::send(socket.native_handle(), text.data(), text.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(text.size()));
+}
+
+std::string text_of(const net::MessageBuffer& buffer) {
+  auto bytes = buffer.readable();
+  return std::string(bytes.begin(), bytes.end());
+}
+
+// Runs ready handlers and polls the reactor a few times (loopback delivery is immediate).
+void settle(asio::io_context& io) {
+  for (int i = 0; i < 5; ++i) io.poll();
+}
+
+}  // namespace
+
+TEST_CASE("async_read_into delivers data that arrived while no read was pending", "[net]") {
+  asio::io_context io;
+  auto [reader, writer] = connected_pair(io);
+  // Keeps the reactor polled by io.poll() while no read is pending.
+  asio::steady_timer keep_polling(io, std::chrono::hours(1));
+  keep_polling.async_wait([](const net::error_code&) {});
+  net::MessageBuffer buffer;
+  std::string trace;
+  bool between_reads = false;
+  asio::steady_timer gate(io, std::chrono::hours(1));  // cancelled: the second read starts
+  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+    auto [ec, n] = co_await net::async_read_into(reader, buffer);
+    if (net::finish_read(buffer, ec, n)) co_return;
+    trace += text_of(buffer) + "|";
+    buffer.consume(buffer.size());
+    between_reads = true;
+    co_await gate.async_wait(net::use_nothrow);
+    auto [ec2, n2] = co_await net::async_read_into(reader, buffer);
+    if (net::finish_read(buffer, ec2, n2)) co_return;
+    trace += text_of(buffer);
+  }, asio::detached);
+  send_text(writer, "first");
+  settle(io);
+  REQUIRE(trace == "first|");
+  REQUIRE(between_reads);
+  // The reactor sees this data's event with no read pending; the next read must not wait for
+  // another event, which will never come.
+  send_text(writer, "second");
+  settle(io);
+  gate.cancel();
+  settle(io);
+  CHECK(trace == "first|second");
+  keep_polling.cancel();
+}
+
+TEST_CASE("async_read_into waits after a short read and wakes on the next data", "[net]") {
+  asio::io_context io;
+  auto [reader, writer] = connected_pair(io);
+  net::MessageBuffer buffer;
+  std::string trace;
+  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+    for (int i = 0; i < 3; ++i) {
+      auto [read_ec, n] = co_await net::async_read_into(reader, buffer);
+      if (auto ec = net::finish_read(buffer, read_ec, n)) {
+        trace += "[" + ec.message() + "]";
+        co_return;
+      }
+      trace += text_of(buffer) + "|";
+      buffer.consume(buffer.size());
+    }
+  }, asio::detached);
+  settle(io);
+  CHECK(trace.empty());  // nothing sent: the read is pending
+  send_text(writer, "one");
+  settle(io);
+  CHECK(trace == "one|");
+  send_text(writer, "two");
+  settle(io);
+  CHECK(trace == "one|two|");
+  writer.shutdown(tcp::socket::shutdown_send);
+  settle(io);
+  CHECK(trace == "one|two|[End of file]");
+}
+
+TEST_CASE("async_read_into reads a message larger than the buffer's free space in pieces", "[net]") {
+  asio::io_context io;
+  auto [reader, writer] = connected_pair(io);
+  const std::string big(100'000, 'x');
+  net::MessageBuffer buffer;
+  std::size_t reads = 0;
+  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+    while (buffer.size() < big.size()) {
+      // A small free tail: each read fills it and the next one tries again at once.
+      auto [ec, n] = co_await net::async_read_into(reader, buffer, 1024);
+      if (net::finish_read(buffer, ec, n)) co_return;
+      ++reads;
+    }
+  }, asio::detached);
+  send_text(writer, big);
+  for (int i = 0; i < 1000 && buffer.size() < big.size(); ++i) io.poll();
+  CHECK(buffer.size() == big.size());
+  CHECK(text_of(buffer) == big);
+  CHECK(reads > 1);
+}
+
+TEST_CASE("socket.cancel() ends a pending async_read_into with operation_aborted", "[net]") {
+  asio::io_context io;
+  auto [reader, writer] = connected_pair(io);
+  net::MessageBuffer buffer;
+  std::optional<net::error_code> result;
+  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+    auto [ec, n] = co_await net::async_read_into(reader, buffer);
+    result = net::finish_read(buffer, ec, n);
+  }, asio::detached);
+  settle(io);
+  REQUIRE(!result);
+  reader.cancel();
+  settle(io);
+  REQUIRE(result);
+  CHECK(*result == asio::error::operation_aborted);
+}
+
+TEST_CASE("an async_read_into pending when its worker shuts down is freed with its coroutine", "[net]") {
+  auto alive = std::make_shared<int>(0);
+  std::weak_ptr<int> watch = alive;
+  {
+    asio::io_context io;
+    auto [reader, writer] = connected_pair(io);
+    net::MessageBuffer buffer;
+    asio::co_spawn(io, [&, hold = std::move(alive)]() -> asio::awaitable<void> {
+      co_await net::async_read_into(reader, buffer);
+    }, asio::detached);
+    settle(io);
+    CHECK(!watch.expired());  // parked on the read
+  }
+  CHECK(watch.expired());
+}
+
+TEST_CASE("async_read_into sees end of stream when the last data and the close arrive together", "[net]") {
+  // A server that sends its FATAL and exits, or a client that sends and closes: one recv returns the
+  // data (fewer bytes than asked for) and consumes the FIN; the next read must still end.
+  asio::io_context io;
+  auto [reader, writer] = connected_pair(io);
+  net::MessageBuffer buffer;
+  std::string trace;
+  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+    for (int i = 0; i < 3; ++i) {
+      auto [read_ec, n] = co_await net::async_read_into(reader, buffer);
+      if (auto ec = net::finish_read(buffer, read_ec, n)) {
+        trace += "[" + ec.message() + "]";
+        co_return;
+      }
+      trace += text_of(buffer) + "|";
+      buffer.consume(buffer.size());
+    }
+  }, asio::detached);
+  settle(io);  // the read is pending
+  send_text(writer, "one");
+  settle(io);
+  send_text(writer, "last words");
+  writer.shutdown(tcp::socket::shutdown_send);
+  settle(io);
+  CHECK(trace == "one|last words|[End of file]");
+}
