@@ -14,8 +14,10 @@ threads), `pgbouncer` (Debian's /usr/sbin/pgbouncer, run as the `postgres` OS us
 refuses to run as root). Every target runs on this machine, so pgbench, the proxy and Postgres
 share its cores: the ratios are what this run measured, on this machine, nothing more.
 
-Ratios are computed from the median of `--rounds` rounds; rounds interleave the targets so a
-slow minute of the machine hits all of them alike.
+With `--rounds` > 1 the targets are interleaved, each round in a rotated order (so no target is
+always the one after another), and a ratio is the median over rounds of the ratio measured within
+one round: two targets of the same round ran seconds apart, so a slow minute of the machine hits
+both and cancels out of their ratio. TPS and latency columns are medians over rounds.
 """
 from __future__ import annotations
 
@@ -328,16 +330,18 @@ def summarize(measurements: list[Measurement], targets: list[str]) -> list[Summa
             s.error = bad[0].error
         summaries[target] = s
 
-    def ratio(a, b):
-        return a / b if a is not None and b else None
+    def paired_ratio(target: str, ref: str, field_name: str) -> float | None:
+        # Median over the rounds both ran well of the ratio within the round.
+        by_round = {m.round: getattr(m, field_name) for m in measurements if m.target == ref and m.ok}
+        ratios = [getattr(m, field_name) / by_round[m.round] for m in measurements
+                  if m.target == target and m.ok and by_round.get(m.round)]
+        return statistics.median(ratios) if ratios else None
 
     for s in summaries.values():
         for ref in ("direct", "pgbouncer"):
-            base = summaries.get(ref)
-            if base is None or base.tps is None:
-                continue
-            setattr(s, f"tps_vs_{ref}", ratio(s.tps, base.tps))
-            setattr(s, f"latency_vs_{ref}", ratio(s.latency_ms, base.latency_ms))
+            if ref in summaries:
+                setattr(s, f"tps_vs_{ref}", paired_ratio(s.target, ref, "tps"))
+                setattr(s, f"latency_vs_{ref}", paired_ratio(s.target, ref, "latency_ms"))
     return list(summaries.values())
 
 
@@ -502,7 +506,9 @@ def main(argv=None) -> int:
                 run_pgbench("warmup", pg.port, args, 0, args.warmup)
 
             for round_no in range(1, args.rounds + 1):
-                for target, _ in args.runs:
+                # Rotated each round: no target always runs right after the same neighbour.
+                shift = (round_no - 1) % len(args.runs)
+                for target, _ in args.runs[shift:] + args.runs[:shift]:
                     if target not in ports:
                         continue
                     print(f"round {round_no}/{args.rounds}: {target} ({args.duration} s) ...", end=" ",
@@ -535,7 +541,7 @@ def main(argv=None) -> int:
                       "mode; 1.21 added max_prepared_statements)")
     print(f"\n(pgbench -S -M {args.mode} -c {args.clients} -j {args.threads} -T {args.duration}; "
           f"{args.pool_mode} mode, pool size {args.pool_size}; ratios > 1 mean more TPS / more latency "
-          f"than the reference; proxy CPU is the proxy process's user+system time per transaction, "
+          f"than the reference, each the median over rounds of the ratio within a round; proxy CPU is the proxy process's user+system time per transaction, "
           f"steadier than TPS on a shared machine; pgbench's CPU and voluntary context switches and the "
           f"Postgres backends' CPU per transaction show what a proxy costs the processes around it)")
 
