@@ -263,15 +263,30 @@ def children_ticks(parent: int | None) -> int | None:
     if fields is None:
         return None
     total = int(fields[13]) + int(fields[14])  # cutime, cstime (fields 16 and 17 of proc(5))
+    return total + sum(int(child[11]) + int(child[12]) for child in children_fields(parent))
+
+
+def children_fields(parent: int):
+    """The stat fields (see stat_fields) of every live child of `parent`."""
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = stat_fields(entry.name)
-        if fields is None:
-            continue
-        if int(fields[1]) == parent:  # field 4 of proc(5): ppid
-            total += int(fields[11]) + int(fields[12])
-    return total
+        if entry.name.isdigit() and (fields := stat_fields(entry.name)) is not None:
+            if int(fields[1]) == parent:  # field 4 of proc(5): ppid
+                yield fields
+
+
+def children(parent: int) -> int:
+    """How many processes `parent` has now."""
+    return sum(1 for _ in children_fields(parent))
+
+
+def await_backends_gone(parent: int | None, count: int, limit_s: float = 3.0) -> None:
+    """Waits until the postmaster is back to `count` children: a direct run's own backends exit a
+    little after pgbench does, and their CPU must land in this run's figures, not the next one's."""
+    if parent is None:
+        return
+    deadline = time.monotonic() + limit_s
+    while children(parent) > count and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def run_pgbench(target: str, port: int, args, round_no: int, duration: int, pid: int | None = None,
@@ -279,12 +294,15 @@ def run_pgbench(target: str, port: int, args, round_no: int, duration: int, pid:
     argv = pgbench_argv(port, args, duration)
     before = cpu_ticks(pid)
     server_before = children_ticks(postmaster)
+    backends_before = children(postmaster) if postmaster is not None and target == "direct" else None
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)  # finished children: pgbench runs so far
     try:
         proc = subprocess.run(argv, env=pgbench_env(), capture_output=True, text=True, timeout=duration + 60)
     except subprocess.TimeoutExpired:
         return Measurement(target, round_no, ok=False, error=f"pgbench did not finish in {duration + 60} s")
     after = cpu_ticks(pid)
+    if backends_before is not None:
+        await_backends_gone(postmaster, backends_before)
     server_after = children_ticks(postmaster)
     usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     output = proc.stdout + "\n" + proc.stderr
