@@ -49,6 +49,19 @@ std::string text_of(const net::MessageBuffer& buffer) {
   return std::string(bytes.begin(), bytes.end());
 }
 
+// Reads until an error or end of stream, noting each read's text ("text|") and the end ("[why]").
+asio::awaitable<void> read_into_trace(tcp::socket& reader, net::MessageBuffer& buffer, std::string& trace) {
+  for (;;) {
+    auto [read_ec, n] = co_await net::async_read_into(reader, buffer);
+    if (auto ec = net::finish_read(buffer, read_ec, n)) {
+      trace += "[" + ec.message() + "]";
+      co_return;
+    }
+    trace += text_of(buffer) + "|";
+    buffer.consume(buffer.size());
+  }
+}
+
 // Runs ready handlers and polls the reactor a few times (loopback delivery is immediate).
 void settle(asio::io_context& io) {
   for (int i = 0; i < 5; ++i) io.poll();
@@ -96,17 +109,7 @@ TEST_CASE("async_read_into waits after a short read and wakes on the next data",
   auto [reader, writer] = connected_pair(io);
   net::MessageBuffer buffer;
   std::string trace;
-  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-    for (int i = 0; i < 3; ++i) {
-      auto [read_ec, n] = co_await net::async_read_into(reader, buffer);
-      if (auto ec = net::finish_read(buffer, read_ec, n)) {
-        trace += "[" + ec.message() + "]";
-        co_return;
-      }
-      trace += text_of(buffer) + "|";
-      buffer.consume(buffer.size());
-    }
-  }, asio::detached);
+  asio::co_spawn(io, read_into_trace(reader, buffer, trace), asio::detached);
   settle(io);
   CHECK(trace.empty());  // nothing sent: the read is pending
   send_text(writer, "one");
@@ -181,17 +184,7 @@ TEST_CASE("async_read_into sees end of stream when the last data and the close a
   auto [reader, writer] = connected_pair(io);
   net::MessageBuffer buffer;
   std::string trace;
-  asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-    for (int i = 0; i < 3; ++i) {
-      auto [read_ec, n] = co_await net::async_read_into(reader, buffer);
-      if (auto ec = net::finish_read(buffer, read_ec, n)) {
-        trace += "[" + ec.message() + "]";
-        co_return;
-      }
-      trace += text_of(buffer) + "|";
-      buffer.consume(buffer.size());
-    }
-  }, asio::detached);
+  asio::co_spawn(io, read_into_trace(reader, buffer, trace), asio::detached);
   settle(io);  // the read is pending
   send_text(writer, "one");
   settle(io);
