@@ -14,8 +14,8 @@ threads), `pgbouncer` (Debian's /usr/sbin/pgbouncer, run as the `postgres` OS us
 refuses to run as root). Every target runs on this machine, so pgbench, the proxy and Postgres
 share its cores: the ratios are what this run measured, on this machine, nothing more.
 
-With `--rounds` > 1 the targets are interleaved, each round in a rotated order (so no target is
-always the one after another), and a ratio is the median over rounds of the ratio measured within
+With `--rounds` > 1 the targets are interleaved, each round in a rotated order (each target runs
+first, second, ... in turn), and a ratio is the median over rounds of the ratio measured within
 one round: two targets of the same round ran seconds apart, so a slow minute of the machine hits
 both and cancels out of their ratio. TPS and latency columns are medians over rounds.
 """
@@ -524,7 +524,7 @@ def main(argv=None) -> int:
                 run_pgbench("warmup", pg.port, args, 0, args.warmup)
 
             for round_no in range(1, args.rounds + 1):
-                # Rotated each round: no target always runs right after the same neighbour.
+                # Rotated each round: each target takes each place in the round in turn.
                 shift = (round_no - 1) % len(args.runs)
                 for target, _ in args.runs[shift:] + args.runs[:shift]:
                     if target not in ports:
@@ -559,7 +559,8 @@ def main(argv=None) -> int:
                       "mode; 1.21 added max_prepared_statements)")
     print(f"\n(pgbench -S -M {args.mode} -c {args.clients} -j {args.threads} -T {args.duration}; "
           f"{args.pool_mode} mode, pool size {args.pool_size}; ratios > 1 mean more TPS / more latency "
-          f"than the reference, each the median over rounds of the ratio within a round; proxy CPU is the proxy process's user+system time per transaction, "
+          f"than the reference, each the median over rounds of the ratio within a round; proxy CPU is the "
+          f"proxy process's user+system time per transaction, "
           f"steadier than TPS on a shared machine; pgbench's CPU and voluntary context switches and the "
           f"Postgres backends' CPU per transaction show what a proxy costs the processes around it)")
 
