@@ -50,6 +50,61 @@ Result<char> parse_ready_for_query(Bytes payload) {
   return status;
 }
 
+namespace {
+
+// FNV-1a, 64 bits.
+class Fingerprint {
+ public:
+  void mix(std::string_view bytes) {
+    for (unsigned char c : bytes) {
+      hash_ ^= c;
+      hash_ *= 1099511628211ull;
+    }
+  }
+  void mix_int(std::int64_t value) {
+    for (int shift = 0; shift < 64; shift += 8) {
+      hash_ ^= static_cast<std::uint8_t>(value >> shift);
+      hash_ *= 1099511628211ull;
+    }
+  }
+  std::uint64_t value() const { return hash_ == 0 ? 1 : hash_; }
+
+ private:
+  std::uint64_t hash_ = 1469598103934665603ull;
+};
+
+}  // namespace
+
+Result<RowShape> parse_row_shape(Bytes payload) {
+  PayloadReader reader(payload);
+  const std::int16_t columns = reader.int16();
+  if (!reader.ok() || columns < 0) return protocol_violation("malformed RowDescription");
+  Fingerprint fingerprint;
+  fingerprint.mix_int(columns);
+  for (std::int16_t i = 0; i < columns; ++i) {
+    const std::string_view name = reader.cstring();
+    reader.int32();  // table OID
+    reader.int16();  // column number
+    const std::int32_t type = reader.int32();
+    reader.int16();  // type size
+    const std::int32_t modifier = reader.int32();
+    reader.int16();  // format code
+    if (!reader.ok()) return protocol_violation("malformed RowDescription");
+    fingerprint.mix(name);
+    fingerprint.mix(std::string_view("\0", 1));
+    fingerprint.mix_int(type);
+    fingerprint.mix_int(modifier);
+  }
+  if (!reader.at_end()) return protocol_violation("malformed RowDescription");
+  return RowShape{columns, fingerprint.value()};
+}
+
+RowShape no_data_shape() {
+  Fingerprint fingerprint;
+  fingerprint.mix("NoData");
+  return RowShape{0, fingerprint.value()};
+}
+
 Result<Authentication> parse_authentication(Bytes payload) {
   PayloadReader reader(payload);
   Authentication auth;

@@ -164,6 +164,7 @@ void append_query(Buffer& out, std::string_view sql) { MessageBuilder(out).begin
 void append_terminate(Buffer& out) { MessageBuilder(out).begin('X').end(); }
 
 void append_sync(Buffer& out) { MessageBuilder(out).begin('S').end(); }
+void append_flush(Buffer& out) { MessageBuilder(out).begin('H').end(); }
 
 void append_parse(Buffer& out, std::string_view statement, std::string_view sql) {
   MessageBuilder(out).begin('P').cstring(statement).cstring(sql).int16(0).end();

@@ -1,6 +1,8 @@
 // Codec round trips: every message the proxy builds is parsed back by the matching decoder, and the
 // framing rejects what DESIGN §8 says it must.
 #include <catch.hpp>
+#include <tuple>
+#include <vector>
 
 #include "pgsluice/protocol/backend_messages.hpp"
 #include "pgsluice/protocol/builder.hpp"
@@ -278,4 +280,41 @@ TEST_CASE("PayloadReader never reads past the end", "[protocol][reader]") {
 TEST_CASE("quote_literal escapes quotes and backslashes", "[protocol][builder]") {
   CHECK(quote_literal("it's") == "E'it''s'");
   CHECK(quote_literal("a\\b") == "E'a\\\\b'");
+}
+
+TEST_CASE("a RowDescription's shape is its columns' names, types and modifiers", "[protocol][backend]") {
+  auto shape_of = [](std::vector<std::tuple<std::string, std::int32_t, std::int32_t, std::int16_t>> columns,
+                     std::int32_t table = 16384) {
+    Buffer out;
+    MessageBuilder b(out);
+    b.begin('T').int16(static_cast<std::int16_t>(columns.size()));
+    std::int16_t number = 0;
+    for (const auto& [name, type, modifier, format] : columns) {
+      b.cstring(name).int32(table).int16(++number).int32(type).int16(-1).int32(modifier).int16(format);
+    }
+    b.end();
+    auto shape = parse_row_shape(Bytes(out).subspan(5));
+    REQUIRE(shape);
+    return *shape;
+  };
+  const auto base = shape_of({{"id", 23, -1, 0}, {"a", 25, -1, 0}});
+  CHECK(base.columns == 2);
+  CHECK(base.fingerprint != 0);
+  // What a Describe of the statement and of its portal may differ in, or a table made again alike.
+  CHECK(shape_of({{"id", 23, -1, 1}, {"a", 25, -1, 1}}).fingerprint == base.fingerprint);
+  CHECK(shape_of({{"id", 23, -1, 0}, {"a", 25, -1, 0}}, 99999).fingerprint == base.fingerprint);
+  // What Postgres calls a changed result type.
+  CHECK(shape_of({{"id", 23, -1, 0}, {"b", 25, -1, 0}}).fingerprint != base.fingerprint);
+  CHECK(shape_of({{"id", 23, -1, 0}, {"a", 23, -1, 0}}).fingerprint != base.fingerprint);
+  CHECK(shape_of({{"id", 23, -1, 0}, {"a", 1043, 14, 0}}).fingerprint !=
+        shape_of({{"id", 23, -1, 0}, {"a", 1043, 24, 0}}).fingerprint);
+  CHECK(shape_of({{"id", 23, -1, 0}}).fingerprint != base.fingerprint);
+  CHECK(no_data_shape().fingerprint != shape_of({}).fingerprint);
+  // Cut short or with bytes left over: malformed.
+  Buffer cut;
+  MessageBuilder(cut).begin('T').int16(2).cstring("id").int32(0).end();
+  CHECK_FALSE(parse_row_shape(Bytes(cut).subspan(5)));
+  Buffer extra;
+  MessageBuilder(extra).begin('T').int16(0).int16(7).end();
+  CHECK_FALSE(parse_row_shape(Bytes(extra).subspan(5)));
 }

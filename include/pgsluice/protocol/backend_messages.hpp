@@ -34,6 +34,17 @@ Result<BackendKeyData> parse_backend_key_data(Bytes payload);
 // ReadyForQuery's transaction status: 'I' idle, 'T' in a transaction, 'E' in a failed transaction.
 Result<char> parse_ready_for_query(Bytes payload);
 
+// What a RowDescription ('T') says about a statement's result, as Postgres compares it before it
+// answers 0A000 "cached plan must not change result type": the column count and a fingerprint of
+// each column's name, type and type modifier (format codes and the columns' origins left out).
+// NoData ('n') is parse_row_shape of nothing: no columns, its own fingerprint. Never 0.
+struct RowShape {
+  std::int16_t columns = 0;
+  std::uint64_t fingerprint = 0;
+};
+Result<RowShape> parse_row_shape(Bytes payload);
+RowShape no_data_shape();
+
 // The Authentication* family ('R'): the request code and what follows it.
 enum class AuthRequest : std::int32_t {
   ok = 0,

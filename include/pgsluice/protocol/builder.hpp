@@ -59,6 +59,7 @@ void append_sasl_response(Buffer& out, std::string_view data);
 void append_query(Buffer& out, std::string_view sql);
 void append_terminate(Buffer& out);
 void append_sync(Buffer& out);
+void append_flush(Buffer& out);
 // Parse/Bind/Execute of the unnamed statement with text parameters, no result columns requested
 // in any particular format. Used for statements pgsluice injects (set_config).
 void append_parse(Buffer& out, std::string_view statement, std::string_view sql);
