@@ -23,6 +23,7 @@ ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionCon
       config_(snapshot_->config),
       max_message_size_(config_->max_message_size),
       server_reader_done_(socket_.get_executor()),
+      shape_known_(socket_.get_executor()),
       server_attached_(socket_.get_executor()),
       client_write_unlocked_(socket_.get_executor()),
       timer_(socket_.get_executor()) {
@@ -417,33 +418,42 @@ net::awaitable<void> ClientSession::relay() {
         }
       }
       Outgoing& out = to_server_;
-      out.clear();
-      if (rewrite_statements_) {
-        for (std::size_t at = 0; at < offset;) {
-          auto frame = protocol::next_frame(run.subspan(at), max_message_size_);
-          statements_.client_message(frame.message, server_->statements(), server_->id(), out);
-          at += frame.message.frame.size();
+      bool failed = false;
+      for (std::size_t at = 0; at < offset;) {
+        out.clear();
+        bool held = false;  // a Bind waits for the shape of the statement it binds (StatementTracker)
+        if (rewrite_statements_) {
+          while (at < offset && !held) {
+            auto frame = protocol::next_frame(run.subspan(at), max_message_size_);
+            held = !statements_.client_message(frame.message, server_->statements(), server_->id(), out);
+            if (!held) at += frame.message.frame.size();
+          }
+        } else {
+          out.append(run);
+          at = offset;
         }
-      } else {
-        out.append(run);
-      }
-      net::error_code ec;
-      std::size_t written = 0;
-      const bool sent = out.empty() || net::try_write_all(server_->socket(), out.pieces(), written, ec);
-      if (!sent) client_writing_ = true;
-      // The reader runs (inline) up to its read of the server before the rest of a long write, so a
-      // server answering while it still receives is read meanwhile.
-      if (wake_reader) server_attached_.notify();
-      if (!sent) {
-        ec = co_await net::write_rest(server_->socket(), out.pieces(), written);
-        client_writing_ = false;
+        net::error_code ec;
+        std::size_t written = 0;
+        const bool sent = out.empty() || net::try_write_all(server_->socket(), out.pieces(), written, ec);
+        if (!sent) client_writing_ = true;
+        // The reader runs (inline) up to its read of the server before the rest of a long write, so
+        // a server answering while it still receives is read meanwhile.
+        if (std::exchange(wake_reader, false)) server_attached_.notify();
+        if (!sent) {
+          ec = co_await net::write_rest(server_->socket(), out.pieces(), written);
+          client_writing_ = false;
+        }
+        // The server reader sees a failure and tells the client.
+        failed = ec || (rewrite_statements_ && statements_.has_due_replies() && !co_await send_due_replies());
+        if (failed || !held) break;
+        while (statements_.awaiting_shape() && server_reader_running_ && !closing_) co_await shape_known_.wait();
+        if (statements_.awaiting_shape() || closing_ || !server_) {
+          failed = true;  // the server connection went away meanwhile: the session is ending
+          break;
+        }
       }
       buffer_.consume(offset);
-      if (ec) {
-        // The server reader sees the same failure and tells the client.
-        co_return;
-      }
-      if (rewrite_statements_ && statements_.has_due_replies() && !co_await send_due_replies()) co_return;
+      if (failed) co_return;
     }
     if (terminate) co_return;
     if (closing_) co_return;
@@ -520,6 +530,7 @@ net::awaitable<void> ClientSession::server_reader() {
         Outgoing& out = to_client_;
         out.clear();
         if (rewrite_statements_ || timeout_cancel_pending_) {
+          const bool awaiting_shape = statements_.awaiting_shape();
           for (std::size_t at = 0; at < offset;) {
             auto frame = protocol::next_frame(data.subspan(at), max_size);
             const auto& message = frame.message;
@@ -529,9 +540,7 @@ net::awaitable<void> ClientSession::server_reader() {
               const auto disposition = statements_.server_message(message, server_->statements());
               if (disposition == StatementTracker::Disposition::swallow) continue;
               if (disposition == StatementTracker::Disposition::stale_result_type) {
-                protocol::append_error_response(out.build(), protocol::Severity::error, "0A000",
-                                                "cached plan must not change result type", {}, {},
-                                                "RevalidateCachedQuery");
+                StatementTracker::append_stale_plan_error(out.build());
                 continue;
               }
             }
@@ -549,6 +558,7 @@ net::awaitable<void> ClientSession::server_reader() {
             out.append(message.frame);
           }
           if (rewrite_statements_) statements_.take_due_replies(out);
+          if (awaiting_shape && !statements_.awaiting_shape()) shape_known_.notify();
         } else {
           out.append(data.first(offset));
         }
@@ -606,6 +616,7 @@ net::awaitable<void> ClientSession::server_reader() {
     }
     server_reader_running_ = false;
     server_reader_done_.notify();
+    shape_known_.notify();
     if (drained) co_await close_with("57P01", "pgsluice: shutting down; connect again");
     if (refused_transaction) {
       co_await close_with("0A000",

@@ -2,8 +2,10 @@
 
 #include <cctype>
 #include <fmt/format.h>
+#include <utility>
 
 #include "pgsluice/protocol/backend_messages.hpp"
+#include "pgsluice/protocol/builder.hpp"
 #include "pgsluice/protocol/frontend_messages.hpp"
 
 namespace pgsluice::session {
@@ -141,6 +143,22 @@ void StatementTracker::close_if_stale(const std::string& name, server::ServerSta
   queue_.back().eviction = true;  // if skipped, the statement is still there (see abandon)
 }
 
+void StatementTracker::verify_shape(const std::string& server_name, Outgoing& to_server) {
+  protocol::append_describe(to_server.build(), 'S', server_name);
+  protocol::append_flush(to_server.build());  // answered now, not at the client's Sync
+  Expectation describe{.kind = Kind::describe_statement, .swallow = true};
+  describe.server_name = server_name;
+  describe.verification = true;
+  queue_.push_back(std::move(describe));
+  awaiting_shape_ = true;
+  verified_ = server_name;
+}
+
+void StatementTracker::append_stale_plan_error(Buffer& out) {
+  protocol::append_error_response(out, protocol::Severity::error, "0A000", "cached plan must not change result type",
+                                  {}, {}, "RevalidateCachedQuery");
+}
+
 void StatementTracker::ensure_unnamed_on_server(std::uint64_t server_id, Outgoing& to_server) {
   // The unnamed statement was parsed on another server connection: parse it again here (PgBouncer
   // fails this case; drivers such as pgjdbc rely on it).
@@ -150,12 +168,13 @@ void StatementTracker::ensure_unnamed_on_server(std::uint64_t server_id, Outgoin
   unnamed_server_id_ = server_id;
 }
 
-void StatementTracker::client_message(const protocol::MessageView& message, server::ServerStatements& server,
+bool StatementTracker::client_message(const protocol::MessageView& message, server::ServerStatements& server,
                                       std::uint64_t server_id, Outgoing& to_server) {
   const char type = message.type;
   if (skip_until_sync_) {
-    if (type != 'S') return;  // Postgres ignores everything up to Sync after an error
+    if (type != 'S') return true;  // Postgres ignores everything up to Sync after an error
     skip_until_sync_ = false;
+    verified_.clear();
   }
   switch (type) {
     case 'P': {
@@ -172,7 +191,7 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
           protocol::append_parse(to_server.build(), "", "DEALLOCATE " + stand_in, parse->parameter_types);
           expect(Kind::parse);
           has_unnamed_ = false;
-          return;
+          return true;
         }
         unnamed_ = Statement{std::string(parse->query), std::string(protocol::as_string_view(parse->parameter_types)), ""};
         has_unnamed_ = true;
@@ -186,7 +205,7 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
                                         "prepared statement \"" + client_name + "\" already exists");
         expect_fake(std::move(error));
         skip_until_sync_ = true;
-        return;
+        return true;
       }
       Statement statement{std::string(parse->query), std::string(protocol::as_string_view(parse->parameter_types)),
                           server_name(parse->query, parse->parameter_types)};
@@ -199,9 +218,10 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
       if (server.contains(statement.server_name)) server.mark_stale(statement.server_name);
       send_parse(statement, server, to_server, client_name);
       statements_.emplace(std::move(client_name), std::move(statement));
-      return;
+      return true;
     }
     case 'B': {
+      bound_statement_.clear();
       auto bind = protocol::parse_bind(message.payload);
       if (!bind) break;
       if (bind->statement.empty()) {
@@ -211,7 +231,27 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
       auto it = statements_.find(std::string(bind->statement));
       if (it == statements_.end()) break;  // the server answers 26000 with the client's name
       const Statement& statement = it->second;
+      const bool just_verified = std::exchange(verified_, {}) == statement.server_name;
       ensure_on_server(statement, server, to_server);
+      const std::uint64_t copy_shape = server.shape(statement.server_name);
+      if (statement.shape != 0 && copy_shape != statement.shape && !(just_verified && copy_shape == 0)) {
+        if (!just_verified) {
+          // A copy of another shape may itself be the stale one (parsed before the DDL the client
+          // has seen): parsed anew, it shows the tables as they are now.
+          if (copy_shape != 0) {
+            server.mark_stale(statement.server_name);
+            send_parse(statement, server, to_server, /*client_name=*/{});
+          }
+          verify_shape(statement.server_name, to_server);
+          return false;
+        }
+        // The tables as they are now give other columns than the client was told of.
+        Buffer error;
+        append_stale_plan_error(error);
+        expect_fake(std::move(error));
+        skip_until_sync_ = true;
+        return true;
+      }
       // 0 or 1 result formats apply to every column, whatever their number: spelled out per column,
       // a server connection that parses the text to another number of columns refuses the Bind
       // (08P01, reported as the stale plan the client's own connection would report) rather than
@@ -227,7 +267,9 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
       }
       expect(Kind::bind);
       queue_.back().server_name = it->second.server_name;
-      return;
+      bound_portal_ = bind->portal;
+      bound_statement_ = it->first;
+      return true;
     }
     case 'D': {
       auto describe = protocol::parse_describe_or_close(message.payload);
@@ -235,26 +277,31 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
       if (describe->kind == 'P') {
         to_server.append(message.frame);
         expect(Kind::describe_portal);
-        return;
+        // A portal of a client statement shows that statement's columns (pgjdbc describes portals).
+        if (auto it = statements_.find(bound_statement_); it != statements_.end() && describe->name == bound_portal_) {
+          queue_.back().described = it->first;
+          queue_.back().server_name = it->second.server_name;
+        }
+        return true;
       }
       if (describe->name.empty()) {
         ensure_unnamed_on_server(server_id, to_server);
         to_server.append(message.frame);
         expect(Kind::describe_statement);
-        return;
+        return true;
       }
       auto it = statements_.find(std::string(describe->name));
       if (it == statements_.end()) {
         to_server.append(message.frame);
         expect(Kind::describe_statement);
-        return;
+        return true;
       }
       ensure_on_server(it->second, server, to_server);
       protocol::append_describe(to_server.build(), 'S', it->second.server_name);
       expect(Kind::describe_statement);
       queue_.back().described = it->first;
       queue_.back().server_name = it->second.server_name;
-      return;
+      return true;
     }
     case 'C': {
       auto close = protocol::parse_describe_or_close(message.payload);
@@ -264,26 +311,27 @@ void StatementTracker::client_message(const protocol::MessageView& message, serv
         Buffer complete;
         protocol::append_close_complete(complete);
         expect_fake(std::move(complete));
-        return;
+        return true;
       }
       if (close && close->kind == 'S') has_unnamed_ = false;
       to_server.append(message.frame);
       expect(Kind::close);
-      return;
+      return true;
     }
-    case 'E': to_server.append(message.frame); expect(Kind::execute); return;
-    case 'S': to_server.append(message.frame); expect(Kind::sync); return;
+    case 'E': to_server.append(message.frame); expect(Kind::execute); return true;
+    case 'S': to_server.append(message.frame); expect(Kind::sync); return true;
     case 'Q':
-      if (simple_query(message, to_server)) return;
+      if (simple_query(message, to_server)) return true;
       to_server.append(message.frame);
       expect(Kind::simple);
-      return;
-    case 'F': to_server.append(message.frame); expect(Kind::simple); return;
-    default: to_server.append(message.frame); return;  // Flush, COPY data: no reply of their own
+      return true;
+    case 'F': to_server.append(message.frame); expect(Kind::simple); return true;
+    default: to_server.append(message.frame); return true;  // Flush, COPY data: no reply of their own
   }
   // Passed on unchanged: Parse of the unnamed statement, Bind of an unknown or unnamed one, ...
   to_server.append(message.frame);
   expect(type == 'P' ? Kind::parse : type == 'B' ? Kind::bind : Kind::describe_statement);
+  return true;
 }
 
 bool StatementTracker::simple_query(const protocol::MessageView& message, Outgoing& to_server) {
@@ -317,6 +365,7 @@ void StatementTracker::abandon(const Expectation& expectation, server::ServerSta
   }
   if (expectation.kind == Kind::close && expectation.eviction) server.add(expectation.server_name);
   if (!expectation.client_name.empty()) statements_.erase(expectation.client_name);
+  if (expectation.verification) awaiting_shape_ = false;
 }
 
 StatementTracker::Disposition StatementTracker::server_message(const protocol::MessageView& message,
@@ -341,22 +390,29 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
   }
   if (type == 'E') {
     Disposition disposition = Disposition::relay;  // even for an injected Parse: the client learns why
-    if (front.kind == Kind::bind && !front.server_name.empty()) {
+    if ((front.kind == Kind::bind || front.kind == Kind::describe_statement) && !front.server_name.empty()) {
       // After DDL a shared statement's plan may be stale (0A000 "cached plan must not change result
-      // type"): the next use of that text closes and re-parses it on this connection.
+      // type", at a Bind or a Describe): the next use of that text closes and re-parses it here.
       auto fields = protocol::parse_error_response(message.payload);
       if (fields && fields->sqlstate == "0A000") server.mark_stale(front.server_name);
-      if (fields && fields->sqlstate == "08P01" && fields->message.starts_with("bind message has ") &&
+      if (front.kind == Kind::bind && fields && fields->sqlstate == "08P01" &&
+          fields->message.starts_with("bind message has ") &&
           fields->message.find(" result formats but query has ") != std::string::npos) {
         disposition = Disposition::stale_result_type;
       }
     }
     // The server skips to the next Sync: so does the bookkeeping (replies made here included).
+    const bool was_awaiting_shape = awaiting_shape_;
     abandon(front, server);
     queue_.pop_front();
     while (!queue_.empty() && queue_.front().kind != Kind::sync && queue_.front().kind != Kind::simple) {
       abandon(queue_.front(), server);
       queue_.pop_front();
+    }
+    if (was_awaiting_shape && !awaiting_shape_) {
+      // The verification was skipped with the rest: so is the Bind waiting for it, up to the Sync.
+      skip_until_sync_ = true;
+      verified_.clear();
     }
     return disposition;
   }
@@ -370,12 +426,18 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     return Disposition::relay;
   }
   const bool swallow = front.swallow;
-  if (front.kind == Kind::describe_statement && !front.described.empty() && (type == 'T' || type == 'n')) {
-    auto it = statements_.find(front.described);
+  if ((front.kind == Kind::describe_statement || front.kind == Kind::describe_portal) && !front.server_name.empty() &&
+      (type == 'T' || type == 'n')) {
+    auto shape = type == 'n' ? protocol::Result<protocol::RowShape>(protocol::no_data_shape())
+                             : protocol::parse_row_shape(message.payload);
+    if (shape) server.set_shape(front.server_name, shape->fingerprint);
+    auto it = front.described.empty() ? statements_.end() : statements_.find(front.described);
     if (it != statements_.end() && it->second.server_name == front.server_name) {
       protocol::PayloadReader reader(message.payload);
       it->second.columns = type == 'n' ? 0 : reader.int16();
+      it->second.shape = shape ? shape->fingerprint : 0;
     }
+    if (front.verification) awaiting_shape_ = false;
   }
   bool done = false;
   switch (front.kind) {

@@ -42,6 +42,9 @@ requires_node = pytest.mark.skipif(shutil.which("node") is None,
 session_only = pytest.mark.skipif(
     TARGET == "pgsluice" and POOL_MODE != "session",
     reason="LISTEN is not transparent in transaction/statement mode (DESIGN §2)")
+moves_clients = pytest.mark.skipif(
+    TARGET != "pgsluice" or POOL_MODE == "session",
+    reason="moves a client between server connections: transaction and statement mode")
 
 
 def pgsluice_config(config, pg):
@@ -179,8 +182,7 @@ def test_jdbc_heals_a_server_prepared_select_star_after_a_column_is_added(target
 
 
 @requires_java
-@pytest.mark.skipif(TARGET != "pgsluice" or POOL_MODE == "session",
-                    reason="moves a client between server connections: transaction and statement mode")
+@moves_clients
 def test_jdbc_heals_a_select_star_parsed_afresh_on_another_server_connection_after_a_column_is_added(
         target, java_classes):
     # The driver binds the two result formats it was told of; the server connection it is given now
@@ -189,6 +191,18 @@ def test_jdbc_heals_a_select_star_parsed_afresh_on_another_server_connection_aft
     recreate_ddl_table(target, "jdbc_ddl")
     r = jdbc(target, java_classes, "ddl-moved")
     assert r["widths"] == [2, 3], r
+
+
+@requires_java
+@moves_clients
+def test_jdbc_heals_a_select_star_parsed_afresh_elsewhere_after_a_column_changed_type_and_name(
+        target, java_classes):
+    # The same number of columns, so the Bind's result formats cannot tell. The driver learnt the
+    # columns from its Describe of the portal; pgsluice describes the copy it parses on the new server
+    # connection before the Bind goes and answers the stale plan (0A000) when they differ.
+    recreate_ddl_table(target, "jdbc_ddl")
+    r = jdbc(target, java_classes, "ddl-retyped-moved")
+    assert r["columns"] == ["a:String", "n:Integer"], r
 
 
 @requires_java
@@ -296,8 +310,7 @@ def test_postgresjs_named_statements_are_reused_150_times(target, node_modules):
 
 
 @requires_node
-@pytest.mark.skipif(TARGET != "pgsluice" or POOL_MODE == "session",
-                    reason="moves a client between server connections: transaction and statement mode")
+@moves_clients
 def test_postgresjs_heals_a_select_star_parsed_afresh_on_another_server_connection_after_a_column_is_added(
         target, node_modules):
     # postgres.js binds with no result formats; pgsluice spells out the two the client was told of,
@@ -306,6 +319,18 @@ def test_postgresjs_heals_a_select_star_parsed_afresh_on_another_server_connecti
     recreate_ddl_table(target, "postgres_ddl")
     r = node(target, "postgres-ddl-moved")
     assert r["widths"] == [2, 3], r
+
+
+@requires_node
+@moves_clients
+def test_postgresjs_heals_a_select_star_parsed_afresh_elsewhere_after_a_column_changed_type_and_name(
+        target, node_modules):
+    # The same number of columns: the Bind's result formats cannot tell. pgsluice describes the copy
+    # it parsed on the new server connection before the Bind goes, finds other columns than the
+    # client was told of, and answers the stale-plan error postgres.js re-prepares on.
+    recreate_ddl_table(target, "postgres_ddl")
+    r = node(target, "postgres-ddl-retyped")
+    assert r["columns"] == ["id,a", "id,n"], r
 
 
 @requires_node

@@ -20,10 +20,11 @@ std::string feed(StatementTracker& tracker, server::ServerStatements& server, st
                  const Buffer& bytes) {
   Outgoing out;
   std::size_t at = 0;
-  while (at < bytes.size()) {
+  bool held = false;
+  while (at < bytes.size() && !held) {
     auto frame = protocol::next_frame(protocol::Bytes(bytes).subspan(at), 1 << 20);
     REQUIRE(frame.status == protocol::FrameStatus::complete);
-    tracker.client_message(frame.message, server, server_id, out);
+    held = !tracker.client_message(frame.message, server, server_id, out);
     at += frame.message.frame.size();
   }
   std::string sent;
@@ -43,6 +44,7 @@ std::string feed(StatementTracker& tracker, server::ServerStatements& server, st
       offset += frame.message.frame.size();
     }
   }
+  if (held) sent += "|held";  // the last message fed waits (StatementTracker::client_message)
   return sent;
 }
 
@@ -92,6 +94,29 @@ Buffer bind(std::string_view statement) {
   Buffer out;
   const Buffer rest{0, 0, 0, 0, 0, 0};  // no formats, no parameters, no result formats
   protocol::append_bind(out, "", statement, protocol::Bytes(rest));
+  return out;
+}
+
+// A RowDescription of text columns with these names, or of one column of type `type`.
+Buffer row_description(const std::vector<std::string>& names, std::int32_t type = 25) {
+  Buffer out;
+  protocol::MessageBuilder b(out);
+  b.begin('T').int16(static_cast<std::int16_t>(names.size()));
+  for (const auto& name : names) b.cstring(name).int32(16384).int16(1).int32(type).int16(-1).int32(-1).int16(0);
+  b.end();
+  return out;
+}
+
+// One server message through the tracker: what the client gets of it.
+StatementTracker::Disposition reply(StatementTracker& tracker, server::ServerStatements& server, const Buffer& message) {
+  auto frame = protocol::next_frame(protocol::Bytes(message), 1 << 20);
+  REQUIRE(frame.status == protocol::FrameStatus::complete);
+  return tracker.server_message(frame.message, server);
+}
+
+Buffer describe_statement(std::string_view name) {
+  Buffer out;
+  protocol::append_describe(out, 'S', name);
   return out;
 }
 
@@ -338,4 +363,128 @@ TEST_CASE("DEALLOCATE of a client statement through the extended protocol deallo
   CHECK(answer(tracker, server, "112CZ") == "12CZ");
   CHECK(tracker.client_statement_count() == 0);
   CHECK(server.size() == 1);  // the shared statement stays for other clients
+}
+
+namespace {
+
+// A client that prepared and described `select * from t` (columns id, a) on a first connection.
+struct DescribedClient {
+  StatementTracker tracker;
+  server::ServerStatements first_server;
+  std::string name = StatementTracker::server_name("select * from t", protocol::Bytes(kNoTypes));
+
+  DescribedClient() {
+    Buffer sync;
+    protocol::append_sync(sync);
+    feed(tracker, first_server, 1, then(then(parse("s1", "select * from t"), describe_statement("s1")), sync));
+    answer(tracker, first_server, "1t");
+    CHECK(reply(tracker, first_server, row_description({"id", "a"})) == StatementTracker::Disposition::relay);
+    CHECK(answer(tracker, first_server, "Z") == "Z");
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a described statement parsed afresh elsewhere is described first; the same columns let its Bind go",
+          "[session][statements]") {
+  DescribedClient client;
+  server::ServerStatements second_server;
+  const auto& name = client.name;
+  // The Bind waits: the copy parsed here is described first, and that reply (with a Flush) comes now.
+  CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "P(" + name + ")DH|held");
+  CHECK(client.tracker.awaiting_shape());
+  CHECK(client.tracker.has_due_replies() == false);
+  CHECK(answer(client.tracker, second_server, "1t") == "");
+  CHECK(reply(client.tracker, second_server, row_description({"id", "a"})) == StatementTracker::Disposition::swallow);
+  CHECK_FALSE(client.tracker.awaiting_shape());
+  // Offered again, the Bind goes; the copy's shape is known from now on, for every client.
+  CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "B(" + name + ")ES");
+  CHECK(answer(client.tracker, second_server, "2DCZ") == "2DCZ");
+  CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "B(" + name + ")ES");
+}
+
+TEST_CASE("a described statement whose columns changed type or name under DDL gets 0A000, not rows of the new shape",
+          "[session][statements]") {
+  for (const bool renamed : {false, true}) {
+    DescribedClient client;
+    server::ServerStatements second_server;
+    CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "P(" + client.name + ")DH|held");
+    answer(client.tracker, second_server, "1t");
+    const Buffer now = renamed ? row_description({"id", "b"}) : row_description({"id", "a"}, 23);
+    CHECK(reply(client.tracker, second_server, now) == StatementTracker::Disposition::swallow);
+    // Offered again: pgsluice answers the Bind itself (the stale plan), the server skips to the Sync.
+    CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "S");
+    CHECK(answer(client.tracker, second_server, "Z") == "+EZ");
+    CHECK(client.tracker.idle());
+  }
+}
+
+TEST_CASE("a copy known to differ is parsed anew before the client is told its plan is stale",
+          "[session][statements]") {
+  // The copy here was parsed (and described, by another client) before the DDL the client has seen.
+  DescribedClient client;
+  server::ServerStatements second_server;
+  second_server.add(client.name);
+  second_server.set_shape(client.name, 12345);
+  CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) ==
+        "CP(" + client.name + ")DH|held");
+  CHECK(answer(client.tracker, second_server, "31t") == "");
+  CHECK(reply(client.tracker, second_server, row_description({"id", "a"})) == StatementTracker::Disposition::swallow);
+  CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "B(" + client.name + ")ES");
+}
+
+TEST_CASE("a verification skipped by an error skips the Bind that waited for it, up to the Sync",
+          "[session][statements]") {
+  DescribedClient client;
+  server::ServerStatements second_server;
+  CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "P(" + client.name + ")DH|held");
+  // The injected Parse fails (the table was dropped): the client learns why, the server skips the
+  // Describe and everything else up to the Sync.
+  CHECK(answer(client.tracker, second_server, "E") == "E");
+  CHECK_FALSE(client.tracker.awaiting_shape());
+  CHECK_FALSE(second_server.contains(client.name));
+  CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "S");
+  CHECK(answer(client.tracker, second_server, "Z") == "Z");
+  CHECK(client.tracker.idle());
+}
+
+TEST_CASE("a statement the client never described binds without a verification", "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements first_server;
+  feed(tracker, first_server, 1, then(parse("s1", "select * from t"), execute_sync()));
+  answer(tracker, first_server, "1DCZ");
+  server::ServerStatements second_server;
+  const auto name = StatementTracker::server_name("select * from t", protocol::Bytes(kNoTypes));
+  CHECK(feed(tracker, second_server, 2, then(bind("s1"), execute_sync())) == "P(" + name + ")B(" + name + ")ES");
+}
+
+TEST_CASE("the columns a client learnt from a Describe of its portal are verified like a statement's",
+          "[session][statements]") {
+  // pgjdbc: Parse, Bind, Describe of the (unnamed) portal, Execute, Sync; later Bind/Execute alone.
+  StatementTracker tracker;
+  server::ServerStatements first_server;
+  Buffer describe_portal;
+  protocol::append_describe(describe_portal, 'P', "");
+  feed(tracker, first_server, 1, then(then(then(parse("S_1", "select * from t"), bind("S_1")), describe_portal),
+                                       execute_sync()));
+  answer(tracker, first_server, "12");
+  CHECK(reply(tracker, first_server, row_description({"id", "a"})) == StatementTracker::Disposition::relay);
+  CHECK(answer(tracker, first_server, "DCZ") == "DCZ");
+
+  server::ServerStatements second_server;
+  const auto name = StatementTracker::server_name("select * from t", protocol::Bytes(kNoTypes));
+  CHECK(feed(tracker, second_server, 2, then(bind("S_1"), execute_sync())) == "P(" + name + ")DH|held");
+  answer(tracker, second_server, "1t");
+  CHECK(reply(tracker, second_server, row_description({"id", "n"}, 23)) == StatementTracker::Disposition::swallow);
+  CHECK(feed(tracker, second_server, 2, then(bind("S_1"), execute_sync())) == "S");
+  CHECK(answer(tracker, second_server, "Z") == "+EZ");
+
+  // A portal of the unnamed statement teaches nothing about S_1.
+  server::ServerStatements third_server;
+  Buffer unnamed = then(then(parse("", "select 1"), bind("")), describe_portal);
+  feed(tracker, third_server, 3, then(unnamed, execute_sync()));
+  answer(tracker, third_server, "12");
+  CHECK(reply(tracker, third_server, row_description({"x"})) == StatementTracker::Disposition::relay);
+  CHECK(answer(tracker, third_server, "DCZ") == "DCZ");
+  CHECK(third_server.shape(name) == 0);
 }

@@ -3,6 +3,7 @@
 // LRU bound (DESIGN §2). The same statement text and parameter types get the same name everywhere,
 // so a statement used by many clients is parsed once per server connection.
 #include <cstddef>
+#include <cstdint>
 #include <list>
 #include <optional>
 #include <string>
@@ -27,6 +28,11 @@ class ServerStatements {
   void add(const std::string& name);
   void forget(const std::string& name);
   void touch(const std::string& name);
+  // The result shape (protocol::RowShape's fingerprint) a Describe of this copy reported; 0 until
+  // one did. Postgres never lets a copy's result change (it fails the copy with 0A000 instead), so
+  // once known it holds for as long as the copy lives. A new Parse (add) forgets it.
+  std::uint64_t shape(const std::string& name) const;
+  void set_shape(const std::string& name, std::uint64_t shape);
   void clear();
   std::size_t size() const { return index_.size(); }
   // When full: the least recently used name, removed here; the caller closes it on the server.
@@ -35,7 +41,11 @@ class ServerStatements {
  private:
   std::size_t capacity_;
   std::list<std::string> order_;  // most recently used at the front
-  std::unordered_map<std::string, std::list<std::string>::iterator> index_;
+  struct Entry {
+    std::list<std::string>::iterator at;
+    std::uint64_t shape = 0;
+  };
+  std::unordered_map<std::string, Entry> index_;
   std::unordered_set<std::string> stale_;
 };
 

@@ -104,6 +104,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool server_reader_running_ = false;
   bool stop_server_reader_ = false;
   net::Event server_reader_done_;
+  net::Event shape_known_;  // the server reader saw the answer a held Bind waits for (or stopped)
   bool server_reader_spawned_ = false;  // the server reader lives from the first attach to finish()
   bool server_reader_retired_ = false;
   net::InlineEvent server_attached_;  // wakes the server reader: a server is attached, or finish()

@@ -6,7 +6,8 @@
 // message sent to the server queues what it will answer, so that replies pgsluice makes itself
 // (CloseComplete, DEALLOCATE, 42P05) go to the client at exactly the place Postgres would have put
 // them, and so that an ErrorResponse unwinds the bookkeeping the way the server skips messages up
-// to the next Sync.
+// to the next Sync. The result columns a client was told of are checked against the copy it binds
+// (see client_message), so that DDL never hands it rows of a shape it does not expect.
 // No sockets here: the session feeds messages in and writes what comes out.
 #include <cstdint>
 #include <deque>
@@ -28,9 +29,17 @@ class StatementTracker {
   // drivers heal by preparing again: the session sends that instead.
   enum class Disposition { relay, swallow, stale_result_type };
 
-  // One client message: appends what goes to the server to `to_server` (possibly nothing).
-  void client_message(const protocol::MessageView& message, server::ServerStatements& server,
+  // One client message: appends what goes to the server to `to_server` (possibly nothing). False
+  // when the message must wait: it binds a statement whose result the client knows (it described
+  // it) to a copy on this server connection whose result pgsluice does not know, or knows to differ.
+  // A Describe (and a Flush) of the copy went into `to_server` instead; send that, wait until
+  // awaiting_shape() is false, then offer the same message again. After DDL the copy may be parsed
+  // to columns of other types or names than the client was told of (a column count change is
+  // caught by the Bind's result formats, below): rows of that shape would be read with the wrong
+  // columns, so the client gets the 0A000 its own connection would have given it.
+  bool client_message(const protocol::MessageView& message, server::ServerStatements& server,
                       std::uint64_t server_id, Outgoing& to_server);
+  bool awaiting_shape() const { return awaiting_shape_; }
   // One server message, in order: relay it to the client or swallow it (a reply to an injection).
   Disposition server_message(const protocol::MessageView& message, server::ServerStatements& server);
   // Replies pgsluice makes itself that are due now (nothing the server owes comes before them).
@@ -41,6 +50,8 @@ class StatementTracker {
 
   // The server-side name for a statement: the same text and types give the same name.
   static std::string server_name(std::string_view query, protocol::Bytes parameter_types);
+  // Postgres's ErrorResponse for a prepared statement whose result changed under it.
+  static void append_stale_plan_error(protocol::Buffer& out);
 
   std::size_t client_statement_count() const { return statements_.size(); }
 
@@ -49,10 +60,12 @@ class StatementTracker {
     std::string query;
     std::string parameter_types;  // as sent in Parse
     std::string server_name;
-    // Result columns as the client was told by its Describe (-1: never described). Binds ask for
+    // Result columns as the client was told by its Describe of the statement or of a portal bound
+    // to it (-1: never described). Binds ask for
     // that many result formats, so that a server connection that parses the text to another number
     // of columns (DDL in between) refuses the Bind instead of sending rows of another shape.
     int columns = -1;
+    std::uint64_t shape = 0;  // protocol::RowShape fingerprint of that Describe; 0: never described
   };
   enum class Kind : std::uint8_t { parse, bind, describe_statement, describe_portal, close, execute, sync, simple };
   struct Expectation {
@@ -63,7 +76,8 @@ class StatementTracker {
     std::string server_name{};     // parse: forgotten on the server if it fails or is skipped
     std::string client_name{};     // parse: the client's name, dropped if the Parse fails or is skipped
     bool eviction = false;         // close: an LRU eviction (the statement stays if it is skipped)
-    std::string described{};       // describe_statement: the client's name, to learn its columns
+    std::string described{};       // describe_*: the client statement's name, to learn its columns
+    bool verification = false;     // describe_statement: injected to learn a copy's shape
   };
 
   void expect(Kind kind, bool swallow = false) { queue_.push_back(Expectation{.kind = kind, .swallow = swallow}); }
@@ -74,6 +88,8 @@ class StatementTracker {
   // name it answers the client's own Parse; without, it is an injection whose reply is swallowed.
   void send_parse(const Statement& statement, server::ServerStatements& server, Outgoing& to_server,
                   std::string client_name);
+  // Asks the server for the shape of copy `server_name` (Describe + Flush): see client_message.
+  void verify_shape(const std::string& server_name, Outgoing& to_server);
   void ensure_unnamed_on_server(std::uint64_t server_id, Outgoing& to_server);
   // A statement marked stale on this connection is closed (reply swallowed) before it is parsed anew.
   void close_if_stale(const std::string& name, server::ServerStatements& server, Outgoing& to_server);
@@ -88,6 +104,10 @@ class StatementTracker {
   std::uint64_t unnamed_server_id_ = 0;  // the server connection the unnamed statement was parsed on
   bool skip_until_sync_ = false;         // after a 42P05 pgsluice answered, like the server would
   std::uint64_t stand_ins_ = 0;          // throwaway statements for DEALLOCATE (see client_message)
+  bool awaiting_shape_ = false;          // a verification Describe is unanswered
+  std::string verified_;                 // the copy the last verification asked about
+  std::string bound_portal_;             // the portal of the last Bind of a client statement ...
+  std::string bound_statement_;          // ... and that statement's client name (empty: other Binds)
   std::deque<Expectation> queue_;
 };
 

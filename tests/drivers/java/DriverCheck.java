@@ -101,6 +101,7 @@ public final class DriverCheck {
             case "deallocate": return deallocate();
             case "ddl": return ddl(false);
             case "ddl-moved": return ddl(true);
+            case "ddl-retyped-moved": return ddlRetyped();
             default: throw new IllegalArgumentException("unknown scenario " + scenario);
         }
     }
@@ -259,6 +260,45 @@ public final class DriverCheck {
                 }
             }
             out.put("widths", widths);
+        }
+        return out;
+    }
+
+    /**
+     * As ddl with `moved`, but the DDL keeps the number of columns: the second becomes an int and is
+     * renamed. Read with the fields the driver cached, a row would still have a text column `a`
+     * holding "3"; the driver must get the stale-plan error, prepare again, and read `n`: 3.
+     */
+    private Map<String, Object> ddlRetyped() throws Exception {
+        Map<String, Object> out = new LinkedHashMap<>();
+        try (Connection conn = connect(); Connection admin = connect();
+             PreparedStatement ps = conn.prepareStatement("select * from jdbc_ddl where id = ?")) {
+            List<Object> columns = new ArrayList<>();
+            for (int round = 0; round < 2; round++) {
+                for (int i = 0; i < 7; i++) {
+                    ps.setInt(1, 1);
+                    try (ResultSet rs = ps.executeQuery()) {
+                        expect(rs.next(), true, "row");
+                        String what = "round " + round + " run " + i;
+                        expect(rs.getMetaData().getColumnCount(), 2, "columns in " + what);
+                        String name = rs.getMetaData().getColumnName(2);
+                        Object value = rs.getObject(2);
+                        expect(name, round == 0 ? "a" : "n", "second column's name in " + what);
+                        expect(value, round == 0 ? (Object) "one" : (Object) 3, "second column's value in " + what);
+                        if (i == 6) {
+                            columns.add(name + ":" + value.getClass().getSimpleName());
+                        }
+                    }
+                }
+                if (round == 0) {
+                    try (Statement st = admin.createStatement()) {
+                        st.execute("alter table jdbc_ddl alter column a type int using length(a)");
+                        st.execute("alter table jdbc_ddl rename column a to n");
+                        moveAway(st);
+                    }
+                }
+            }
+            out.put("columns", columns);
         }
         return out;
     }

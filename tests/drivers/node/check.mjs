@@ -22,6 +22,7 @@
 //                        then Bind/Execute/Sync of the named statement, reused many times
 //   postgres-ddl-moved   a column added under a prepared `select *`, the statement then parsed
 //                        afresh on another server connection (transaction and statement mode)
+//   postgres-ddl-retyped as postgres-ddl-moved, but a column's type and name change, not their count
 //   postgres-ddl-shared  twelve clients sharing server connections prepare a `select *`, a column
 //                        is added, a new client prepares it where a stale copy is cached
 //   postgres-begin       sql.begin (commit, rollback on a thrown error, a savepoint)
@@ -77,6 +78,23 @@ async function expectError(promise, sqlstate, what) {
     return err.message
   }
   throw new assert.AssertionError({ message: `${what}: no error, expected ${sqlstate}` })
+}
+
+// Ends every other server connection of this user and database and waits until they are gone, so
+// that the next statement of a pooled client lands on a server connection opened afresh. One simple
+// query, so that both statements run on the same server connection in every pool mode.
+async function terminateOtherServerConnections(admin) {
+  const [, [{ pids }]] = await admin.unsafe(
+    "deallocate all; select coalesce(array_agg(pid), '{}')::text as pids from (select pid, " +
+      'pg_terminate_backend(pid) from pg_stat_activity where usename = current_user and ' +
+      "datname = current_database() and pid <> pg_backend_pid() and backend_type = 'client backend') t",
+  )
+  for (let waited = 0; ; waited += 50) {
+    const [{ n }] = await admin.unsafe(`select count(*)::int as n from pg_stat_activity where pid = any('${pids}'::int[])`)
+    if (n === 0) break
+    assert.ok(waited < 20000, `terminated server connections ${pids} gone`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
 }
 
 const scenarios = {
@@ -334,20 +352,36 @@ const scenarios = {
         }
         if (round > 0) continue
         await admin.unsafe('alter table postgres_ddl add column b int default 7')
-        // One simple query, so both statements run on the same server connection in every mode.
-        const [, [{ pids }]] = await admin.unsafe(
-          "deallocate all; select coalesce(array_agg(pid), '{}')::text as pids from (select pid, " +
-            'pg_terminate_backend(pid) from pg_stat_activity where usename = current_user and ' +
-            "datname = current_database() and pid <> pg_backend_pid() and backend_type = 'client backend') t",
-        )
-        for (let waited = 0; ; waited += 50) {
-          const [{ n }] = await admin.unsafe(`select count(*)::int as n from pg_stat_activity where pid = any('${pids}'::int[])`)
-          if (n === 0) break
-          assert.ok(waited < 20000, `terminated server connections ${pids} gone`)
-          await new Promise((resolve) => setTimeout(resolve, 50))
-        }
+        await terminateOtherServerConnections(admin)
       }
       return { widths }
+    } finally {
+      await sql.end({ timeout: 5 })
+      await admin.end({ timeout: 5 })
+    }
+  },
+
+  async 'postgres-ddl-retyped'() {
+    // As postgres-ddl-moved, but the DDL keeps the number of columns: the second becomes an int and
+    // is renamed. Read with the columns it was told of, a row would still have the key `a` holding
+    // the string '3'; the client must get the stale-plan error, re-prepare, and read `n`: 3.
+    const sql = postgresSql({ max: 1 })
+    const admin = postgresSql({ max: 1 })
+    try {
+      const seen = []
+      for (let round = 0; round < 2; round++) {
+        for (let i = 0; i < 5; i++) {
+          const [row] = await sql`select * from postgres_ddl where id = ${1}`
+          const expected = round === 0 ? { id: 1, a: 'one' } : { id: 1, n: 3 }
+          assert.deepEqual({ ...row }, expected, `round ${round} run ${i}`)
+          if (i === 4) seen.push(Object.keys(row).join(','))
+        }
+        if (round > 0) continue
+        await admin.unsafe('alter table postgres_ddl alter column a type int using length(a)')
+        await admin.unsafe('alter table postgres_ddl rename column a to n')
+        await terminateOtherServerConnections(admin)
+      }
+      return { columns: seen }
     } finally {
       await sql.end({ timeout: 5 })
       await admin.end({ timeout: 5 })
