@@ -488,3 +488,35 @@ TEST_CASE("the columns a client learnt from a Describe of its portal are verifie
   CHECK(answer(tracker, third_server, "DCZ") == "DCZ");
   CHECK(third_server.shape(name) == 0);
 }
+
+TEST_CASE("a pipeline that never drains keeps its replies in order", "[session][statements]") {
+  // A client 100 statements ahead of the server for 1,000 statements: the queue of expectations
+  // compacts as it goes and never loses its place.
+  StatementTracker tracker;
+  server::ServerStatements server;
+  Buffer sync;
+  protocol::append_sync(sync);
+  feed(tracker, server, 1, then(parse("s1", "select 1"), sync));
+  CHECK(answer(tracker, server, "1Z") == "1Z");
+  Buffer close;
+  protocol::append_close(close, 'S', "s1");
+  std::string replies;
+  for (int i = 0; i < 1000; ++i) {
+    // Every tenth is a Close (answered by pgsluice once everything before it was) and a Parse of the
+    // same name, which closes the server's copy (swallowed) and parses it anew.
+    if (i % 10 == 9) {
+      feed(tracker, server, 1, then(then(close, parse("s1", "select 1")), sync));
+    } else {
+      feed(tracker, server, 1, then(bind("s1"), execute_sync()));
+    }
+    if (i >= 100) {
+      const bool closing = (i - 100) % 10 == 9;
+      replies += answer(tracker, server, closing ? "31Z" : "2CZ");
+    }
+  }
+  for (int i = 900; i < 1000; ++i) replies += answer(tracker, server, i % 10 == 9 ? "31Z" : "2CZ");
+  std::string expected;
+  for (int i = 0; i < 1000; ++i) expected += i % 10 == 9 ? "+31Z" : "2CZ";
+  CHECK(replies == expected);
+  CHECK(tracker.idle());
+}

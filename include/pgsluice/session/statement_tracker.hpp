@@ -9,10 +9,11 @@
 // to the next Sync. The result columns a client was told of are checked against the copy it binds
 // (see client_message), so that DDL never hands it rows of a shape it does not expect.
 // No sockets here: the session feeds messages in and writes what comes out.
+#include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "pgsluice/protocol/message.hpp"
 #include "pgsluice/server/server_statements.hpp"
@@ -61,9 +62,9 @@ class StatementTracker {
     std::string parameter_types;  // as sent in Parse
     std::string server_name;
     // Result columns as the client was told by its Describe of the statement or of a portal bound
-    // to it (-1: never described). Binds ask for
-    // that many result formats, so that a server connection that parses the text to another number
-    // of columns (DDL in between) refuses the Bind instead of sending rows of another shape.
+    // to it (-1: never described). Binds ask for that many result formats, so that a server
+    // connection that parses the text to another number of columns (DDL in between) refuses the
+    // Bind instead of sending rows of another shape.
     int columns = -1;
     std::uint64_t shape = 0;  // protocol::RowShape fingerprint of that Describe; 0: never described
   };
@@ -78,6 +79,31 @@ class StatementTracker {
     bool eviction = false;         // close: an LRU eviction (the statement stays if it is skipped)
     std::string described{};       // describe_*: the client statement's name, to learn its columns
     bool verification = false;     // describe_statement: injected to learn a copy's shape
+  };
+
+  // A FIFO that keeps its storage: std::deque allocates and frees a block as a queue of one or two
+  // expectations per transaction moves through it, a malloc and a free on every transaction.
+  class Queue {
+   public:
+    bool empty() const { return head_ == items_.size(); }
+    Expectation& front() { return items_[head_]; }
+    const Expectation& front() const { return items_[head_]; }
+    Expectation& back() { return items_.back(); }
+    void push_back(Expectation expectation) { items_.push_back(std::move(expectation)); }
+    void pop_front() {
+      items_[head_++] = Expectation{};
+      if (head_ == items_.size()) {
+        items_.clear();
+        head_ = 0;
+      } else if (head_ >= 64 && head_ * 2 >= items_.size()) {  // a pipeline that never drains
+        items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
+        head_ = 0;
+      }
+    }
+
+   private:
+    std::vector<Expectation> items_;
+    std::size_t head_ = 0;
   };
 
   void expect(Kind kind, bool swallow = false) { queue_.push_back(Expectation{.kind = kind, .swallow = swallow}); }
@@ -108,7 +134,7 @@ class StatementTracker {
   std::string verified_;                 // the copy the last verification asked about
   std::string bound_portal_;             // the portal of the last Bind of a client statement ...
   std::string bound_statement_;          // ... and that statement's client name (empty: other Binds)
-  std::deque<Expectation> queue_;
+  Queue queue_;
 };
 
 }  // namespace pgsluice::session
