@@ -210,6 +210,10 @@ bool ClientSession::attach_server_now() {
     return false;  // attach_server leases another
   }
   server_->home = worker;
+  return parameters_in_place();
+}
+
+bool ClientSession::parameters_in_place() {
   if (parameters_fingerprint_.empty()) parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
   if (server_->applied_fingerprint() != parameters_fingerprint_) return false;  // attach_server applies them
   note_cancel_target();
@@ -223,7 +227,9 @@ void ClientSession::note_cancel_target() {
 }
 
 net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::string& error) {
-  if (!server_ && !co_await lease_server(sqlstate, error)) co_return false;
+  if (!server_ && !take_lease(co_await service_->pool->acquire(socket_.get_executor()), sqlstate, error)) {
+    co_return false;
+  }
   if (parameters_fingerprint_.empty()) parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
   if (server_->applied_fingerprint() != parameters_fingerprint_) {
     if (!co_await server_->apply_parameters(parameters_, server_->target().connect_timeout)) {
@@ -246,8 +252,7 @@ net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::st
   co_return true;
 }
 
-net::awaitable<bool> ClientSession::lease_server(std::string& sqlstate, std::string& error) {
-  auto lease = co_await service_->pool->acquire(co_await asio::this_coro::executor);
+bool ClientSession::take_lease(pool::AcquireResult lease, std::string& sqlstate, std::string& error) {
   if (!lease) {
     switch (lease.error) {
       case pool::AcquireError::timeout:
@@ -258,17 +263,17 @@ net::awaitable<bool> ClientSession::lease_server(std::string& sqlstate, std::str
       case pool::AcquireError::closed: sqlstate = "57P01"; break;
     }
     error = lease.message;
-    co_return false;
+    return false;
   }
   server_.reset(static_cast<server::ServerConnection*>(lease.connection.release()));
   if (!server_->move_to(socket_.get_executor())) {
     release_server(false);
     sqlstate = "08006";
     error = "pgsluice: server connection failed while moving it to the client's worker";
-    co_return false;
+    return false;
   }
   server_->home = pool::context_key(socket_.get_executor());
-  co_return true;
+  return true;
 }
 
 void ClientSession::release_server(bool reusable) {
@@ -376,7 +381,15 @@ net::awaitable<void> ClientSession::relay() {
         std::string sqlstate;
         std::string error;
         const bool skipping = skip_until_sync_;
-        bool attached = !skipping && (attach_server_now() || co_await attach_server(sqlstate, error));
+        // Each coroutine call allocates a frame: a lease that waits calls the pool's acquire() alone.
+        bool attached = false;
+        if (!skipping) {
+          attached = attach_server_now();
+          if (!attached && !server_) {
+            take_lease(co_await service_->pool->acquire(socket_.get_executor()), sqlstate, error);
+          }
+          if (!attached && server_) attached = parameters_in_place() || co_await attach_server(sqlstate, error);
+        }
         if (!attached && sqlstate == "57P01") {
           // The service is gone (removed by a reload, or shutting down): nothing will serve this
           // client again, so it is told why and closed rather than failing every statement.

@@ -52,7 +52,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // Its synchronous fast path: an idle connection with this client's parameters already in place.
   // False leaves the rest to attach_server (server_ may then be set already, parameters to apply).
   bool attach_server_now();
-  net::awaitable<bool> lease_server(std::string& sqlstate, std::string& error);
+  // Takes what the pool's acquire() gave: false (sqlstate, error set) when it gave no connection.
+  bool take_lease(pool::AcquireResult lease, std::string& sqlstate, std::string& error);
+  // server_ has this client's parameters already (then it is the cancel target from now on).
+  bool parameters_in_place();
   void note_cancel_target();
   void release_server(bool reusable);
   net::awaitable<void> stop_server_reader();
