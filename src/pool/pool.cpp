@@ -5,6 +5,7 @@
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/recycling_allocator.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -333,7 +334,8 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
                                           "max_waiting_clients {})",
                                           settings_.service, state_text_locked(), settings_.max_waiting_clients)};
     } else {
-      waiter = std::make_shared<Waiter>(executor);
+      // From the worker's recycled memory, as Asio's own operations are: one per wait.
+      waiter = std::allocate_shared<Waiter>(asio::recycling_allocator<Waiter>(), executor);
       waiters_.push_back(waiter);
     }
   }
