@@ -82,6 +82,7 @@ class Summary:
     latency_ms: float | None = None
     tps_vs_direct: float | None = None
     tps_vs_pgbouncer: float | None = None
+    tps_vs_pgbouncer_range: tuple[float, float] | None = None  # lowest and highest round's ratio
     latency_vs_direct: float | None = None
     latency_vs_pgbouncer: float | None = None
     cpu_user_us: float | None = None
@@ -348,18 +349,23 @@ def summarize(measurements: list[Measurement], targets: list[str]) -> list[Summa
             s.error = bad[0].error
         summaries[target] = s
 
-    def paired_ratio(target: str, ref: str, field_name: str) -> float | None:
-        # Median over the rounds both ran well of the ratio within the round.
+    def round_ratios(target: str, ref: str, field_name: str) -> list[float]:
+        # The ratio within each round both ran well.
         by_round = {m.round: getattr(m, field_name) for m in measurements if m.target == ref and m.ok}
-        ratios = [getattr(m, field_name) / by_round[m.round] for m in measurements
-                  if m.target == target and m.ok and by_round.get(m.round)]
-        return statistics.median(ratios) if ratios else None
+        return [getattr(m, field_name) / by_round[m.round] for m in measurements
+                if m.target == target and m.ok and by_round.get(m.round)]
+
+    def median_or_none(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
 
     for s in summaries.values():
         for ref in ("direct", "pgbouncer"):
             if ref in summaries:
-                setattr(s, f"tps_vs_{ref}", paired_ratio(s.target, ref, "tps"))
-                setattr(s, f"latency_vs_{ref}", paired_ratio(s.target, ref, "latency_ms"))
+                tps_ratios = round_ratios(s.target, ref, "tps")
+                setattr(s, f"tps_vs_{ref}", median_or_none(tps_ratios))
+                setattr(s, f"latency_vs_{ref}", median_or_none(round_ratios(s.target, ref, "latency_ms")))
+                if ref == "pgbouncer" and len(tps_ratios) > 1:
+                    s.tps_vs_pgbouncer_range = (min(tps_ratios), max(tps_ratios))
     return list(summaries.values())
 
 
@@ -372,7 +378,9 @@ def format_table(summaries: list[Summary]) -> str:
         return "-" if v is None else format(v, fmt)
 
     rows = [[s.target + ("" if s.ok else " (FAILED)"), num(s.tps, ",.0f"), num(s.latency_ms, ".3f"),
-             num(s.tps_vs_direct, ".2f"), num(s.tps_vs_pgbouncer, ".2f"),
+             num(s.tps_vs_direct, ".2f"),
+             num(s.tps_vs_pgbouncer, ".2f") + ("" if s.tps_vs_pgbouncer_range is None or s.target == "pgbouncer" else
+                                               " ({:.2f}–{:.2f})".format(*s.tps_vs_pgbouncer_range)),
              num(s.latency_vs_direct, ".2f"), num(s.latency_vs_pgbouncer, ".2f"),
              "-" if s.cpu_user_us is None else f"{s.cpu_user_us:.1f}+{s.cpu_sys_us:.1f}",
              "-" if s.client_cpu_us is None else f"{s.client_cpu_us:.1f} ({s.client_wakes:.2f})",
@@ -559,7 +567,8 @@ def main(argv=None) -> int:
                       "mode; 1.21 added max_prepared_statements)")
     print(f"\n(pgbench -S -M {args.mode} -c {args.clients} -j {args.threads} -T {args.duration}; "
           f"{args.pool_mode} mode, pool size {args.pool_size}; ratios > 1 mean more TPS / more latency "
-          f"than the reference, each the median over rounds of the ratio within a round; proxy CPU is the "
+          f"than the reference, each the median over rounds of the ratio within a round (in brackets: "
+          f"the lowest and highest round's TPS / PgBouncer); proxy CPU is the "
           f"proxy process's user+system time per transaction, "
           f"steadier than TPS on a shared machine; pgbench's CPU and voluntary context switches and the "
           f"Postgres backends' CPU per transaction show what a proxy costs the processes around it)")
