@@ -230,24 +230,22 @@ net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::st
   if (!server_ && !take_lease(co_await service_->pool->acquire(socket_.get_executor()), sqlstate, error)) {
     co_return false;
   }
-  if (parameters_fingerprint_.empty()) parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
-  if (server_->applied_fingerprint() != parameters_fingerprint_) {
-    if (!co_await server_->apply_parameters(parameters_, server_->target().connect_timeout)) {
-      release_server(false);
-      sqlstate = "08006";
-      error = "pgsluice: server connection failed while applying session parameters";
-      co_return false;
-    }
-    // Take the server's spelling of what was applied ("ISO" comes back as "ISO, MDY"), so the next
-    // lease compares equal and sends nothing.
-    for (auto& [name, value] : parameters_) {
-      if (auto reported = server_->parameters().find(name); reported != server_->parameters().end()) {
-        value = reported->second;
-      }
-    }
-    parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
-    server_->set_applied_fingerprint(parameters_fingerprint_);
+  if (parameters_in_place()) co_return true;
+  if (!co_await server_->apply_parameters(parameters_, server_->target().connect_timeout)) {
+    release_server(false);
+    sqlstate = "08006";
+    error = "pgsluice: server connection failed while applying session parameters";
+    co_return false;
   }
+  // Take the server's spelling of what was applied ("ISO" comes back as "ISO, MDY"), so the next
+  // lease compares equal and sends nothing.
+  for (auto& [name, value] : parameters_) {
+    if (auto reported = server_->parameters().find(name); reported != server_->parameters().end()) {
+      value = reported->second;
+    }
+  }
+  parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
+  server_->set_applied_fingerprint(parameters_fingerprint_);
   note_cancel_target();
   co_return true;
 }
