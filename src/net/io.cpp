@@ -6,11 +6,8 @@
 #include <array>
 #include <cerrno>
 
-#include <boost/asio/any_completion_handler.hpp>
-#include <boost/asio/async_result.hpp>
 #include <boost/asio/write.hpp>
 
-#include <optional>
 
 namespace pgsluice::net {
 
@@ -135,55 +132,6 @@ awaitable<void> Event::wait() {
     waiting_ = false;
   }
   signalled_ = false;
-}
-
-struct InlineEvent::State {
-  // (An optional: Asio 1.81's any_completion_handler move-assignment wraps the handler in itself.)
-  std::optional<asio::any_completion_handler<void()>> resume;
-  bool signalled = false;
-};
-
-namespace {
-
-// The anchor wait's hold on the parked coroutine: destroyed unrun (the worker shut down), or run
-// when the event goes, it drops whatever is still parked.
-struct ParkedHold {
-  std::shared_ptr<InlineEvent::State> state;
-  explicit ParkedHold(std::shared_ptr<InlineEvent::State> s) : state(std::move(s)) {}
-  ParkedHold(ParkedHold&&) noexcept = default;
-  ParkedHold& operator=(ParkedHold&&) = delete;
-  ~ParkedHold() {
-    if (state) state->resume.reset();
-  }
-};
-
-}  // namespace
-
-InlineEvent::InlineEvent(const asio::any_io_executor& executor)
-    : anchor_(executor), state_(std::make_shared<State>()) {
-  anchor_.expires_at(std::chrono::steady_clock::time_point::max());
-}
-
-InlineEvent::~InlineEvent() = default;
-
-awaitable<void> InlineEvent::wait() {
-  if (!state_->signalled) {
-    if (!anchored_) {
-      anchored_ = true;
-      anchor_.async_wait([hold = ParkedHold(state_)](const error_code&) {});
-    }
-    co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
-        [this](auto handler) { state_->resume.emplace(std::move(handler)); }, asio::use_awaitable);
-  }
-  state_->signalled = false;
-}
-
-void InlineEvent::notify() {
-  state_->signalled = true;
-  if (!state_->resume) return;
-  auto resume = std::move(*state_->resume);
-  state_->resume.reset();
-  std::move(resume)();
 }
 
 }  // namespace pgsluice::net

@@ -24,7 +24,6 @@ ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionCon
       max_message_size_(config_->max_message_size),
       server_reader_done_(socket_.get_executor()),
       shape_known_(socket_.get_executor()),
-      server_attached_(socket_.get_executor()),
       client_write_unlocked_(socket_.get_executor()),
       timer_(socket_.get_executor()) {
   net::error_code ec;
@@ -417,16 +416,13 @@ net::awaitable<void> ClientSession::relay() {
       if (expected_ready_ > 0 && timer_purpose_ == TimerPurpose::none && service_->config.query_timeout.count() > 0) {
         arm_timer(TimerPurpose::query, service_->config.query_timeout);
       }
-      bool wake_reader = false;
+      // The server side starts reading once the run is written (or, for a long run, before the rest
+      // of it, so that a server answering while it still receives is read meanwhile).
+      bool start_reader = false;
       if (!server_reader_running_) {
         stop_server_reader_ = false;
         server_reader_running_ = true;
-        if (!server_reader_spawned_) {
-          server_reader_spawned_ = true;
-          asio::co_spawn(socket_.get_executor(), server_reader(), asio::detached);
-        } else {
-          wake_reader = true;
-        }
+        start_reader = true;
       }
       Outgoing& out = to_server_;
       bool failed = false;
@@ -447,9 +443,7 @@ net::awaitable<void> ClientSession::relay() {
         std::size_t written = 0;
         const bool sent = out.empty() || net::try_write_all(server_->socket(), out.pieces(), written, ec);
         if (!sent) client_writing_ = true;
-        // The reader runs (inline) up to its read of the server before the rest of a long write, so
-        // a server answering while it still receives is read meanwhile.
-        if (std::exchange(wake_reader, false)) server_attached_.notify();
+        if (std::exchange(start_reader, false)) read_server(shared_from_this());
         if (!sent) {
           ec = co_await net::write_rest(server_->socket(), out.pieces(), written);
           client_writing_ = false;
@@ -475,173 +469,201 @@ net::awaitable<void> ClientSession::relay() {
   }
 }
 
-net::awaitable<void> ClientSession::server_reader() {
-  auto self = shared_from_this();
-  // One coroutine for the session's life, woken at each attach: spawning one per transaction cost
-  // a frame allocation and a scheduler round trip on the hot path.
-  for (;;) {
-    while (!server_reader_running_ && !server_reader_retired_) co_await server_attached_.wait();
-    if (server_reader_retired_) co_return;
-    bool server_lost = false;
-    bool drained = false;  // SIGTERM and the transaction in flight is done
-    bool refused_transaction = false;  // statement mode: the client opened a transaction block
-    std::string lost_reason;
-    auto& buffer = server_->buffer();
-    const std::size_t max_size = server_->target().max_message_size;
-    while (!stop_server_reader_) {
-      auto [read_ec, count] = co_await net::async_read_into(server_->socket(), buffer);
-      if (auto ec = net::finish_read(buffer, read_ec, count)) {
-        if (!stop_server_reader_) {
-          server_lost = true;
-          lost_reason = ec.message();
-        }
-        break;
-      }
-      if (stop_server_reader_) break;
-      auto data = buffer.readable();
-      std::size_t offset = 0;
-      bool ready_seen = false;
-      while (offset < data.size()) {
-        auto frame = protocol::next_frame(data.subspan(offset), max_size);
-        if (frame.status == protocol::FrameStatus::incomplete) break;
-        if (frame.status == protocol::FrameStatus::malformed ||
-            !protocol::is_backend_message_type(frame.message.type)) {
-          server_lost = true;
-          lost_reason = "malformed message from server";
-          break;
-        }
-        const auto& message = frame.message;
-        if (message.type == 'Z') {
-          auto status = protocol::parse_ready_for_query(message.payload);
-          if (!status) {
-            server_lost = true;
-            lost_reason = "malformed ReadyForQuery from server";
-            break;
-          }
-          transaction_status_ = *status;
-          if (expected_ready_ > 0) --expected_ready_;
-          ready_seen = true;
-        } else if (message.type == 'S') {
-          if (auto parameter = protocol::parse_parameter_status(message.payload)) {
-            std::string name(parameter->name);
-            std::string value(parameter->value);
-            // A value the client caused (SET TimeZone ...) follows it to its next server connection.
-            if (server::is_tracked_parameter(name) || parameters_.contains(name)) {
-              parameters_[name] = value;
-              parameters_fingerprint_.clear();
-            }
-            server_->parameters()[std::move(name)] = std::move(value);
-            server_->set_applied_fingerprint({});  // the server's state moved: compare in full next time
-          }
-        }
-        offset += message.frame.size();
-      }
-      if (server_lost) break;
-      if (offset > 0) {
-        Outgoing& out = to_client_;
-        out.clear();
-        if (rewrite_statements_ || timeout_cancel_pending_) {
-          const bool awaiting_shape = statements_.awaiting_shape();
-          for (std::size_t at = 0; at < offset;) {
-            auto frame = protocol::next_frame(data.subspan(at), max_size);
-            const auto& message = frame.message;
-            at += message.frame.size();
-            if (rewrite_statements_) {
-              statements_.take_due_replies(out);
-              const auto disposition = statements_.server_message(message, server_->statements());
-              if (disposition == StatementTracker::Disposition::swallow) continue;
-              if (disposition == StatementTracker::Disposition::stale_result_type) {
-                StatementTracker::append_stale_plan_error(out.build());
-                continue;
-              }
-            }
-            if (timeout_cancel_pending_ && message.type == 'E') {
-              auto fields = protocol::parse_error_response(message.payload);
-              if (fields && fields->sqlstate == "57014") {
-                timeout_cancel_pending_ = false;
-                protocol::append_error_response(
-                    out.build(), protocol::Severity::error, "57014",
-                    "pgsluice: query_timeout (" + std::to_string(service_->config.query_timeout.count()) +
-                        "ms) of service \"" + service_->config.name + "\" expired; the statement was cancelled");
-                continue;
-              }
-            }
-            out.append(message.frame);
-          }
-          if (rewrite_statements_) statements_.take_due_replies(out);
-          if (awaiting_shape && !statements_.awaiting_shape()) shape_known_.notify();
-        } else {
-          out.append(data.first(offset));
-        }
-        bool ok = true;
-        std::size_t written = 0;
-        net::error_code ec;
-        if (!out.empty()) {
-          ok = try_write_client(out, written, ec) ? !ec : co_await finish_write_client(out, written);
-        }
-        buffer.consume(offset);
-        if (!ok) {
-          closing_ = true;  // the client is gone; the client reader will notice too
-          break;
-        }
-      }
-      if (ready_seen && expected_ready_ == 0 && transaction_status_ != 'I' &&
-          service_->config.mode == config::PoolMode::statement) {
-        // Statement mode hands the connection back after every statement: a transaction block cannot
-        // span statements. Refuse it like PgBouncer does; the server side is rolled back and kept.
-        refused_transaction = true;
-        break;
-      }
-      if (ready_seen && expected_ready_ == 0) {
-        timeout_cancel_pending_ = false;
-        if (timer_purpose_ == TimerPurpose::query || timer_purpose_ == TimerPurpose::cancel_answer) disarm_timer();
-        if (transaction_status_ != 'I' && service_->config.idle_in_transaction_timeout.count() > 0) {
-          arm_timer(TimerPurpose::idle_in_transaction, service_->config.idle_in_transaction_timeout);
-        }
-        if (draining_ && between_transactions() && !client_writing_ && buffer.empty()) {
-          drained = true;
-          if (service_->config.mode != config::PoolMode::session) release_server(true);
-          break;
-        }
-      }
-      if (ready_seen && service_->config.mode != config::PoolMode::session && transaction_status_ == 'I' &&
-          expected_ready_ == 0 && !in_extended_batch_ && !client_writing_ && buffer.empty() && !stop_server_reader_ &&
-          statements_.idle()) {
-        release_server(true);
-        break;
-      }
-    }
-    if (server_lost) {
-      spdlog::warn("session {}: server connection for service {} lost: {}", peer_, service_->config.name, lost_reason);
-      release_server(false);
-      closing_ = true;
-      Buffer out;
-      protocol::append_error_response(out, protocol::Severity::fatal, "08006",
-                                      "pgsluice: server connection lost (" + lost_reason + ")");
-      co_await lock_client_writes();
-      co_await write_client(out);
-      unlock_client_writes();
-      net::error_code ignored;
-      socket_.shutdown(net::tcp::socket::shutdown_both, ignored);
-      socket_.cancel(ignored);
-    }
-    server_reader_running_ = false;
-    server_reader_done_.notify();
-    shape_known_.notify();
-    if (drained) co_await close_with("57P01", "pgsluice: shutting down; connect again");
-    if (refused_transaction) {
-      co_await close_with("0A000",
-                          "pgsluice: transaction blocks are not allowed in statement pool mode (service \"" +
-                              service_->config.name + "\"); use transaction mode for multi-statement transactions");
-    }
+struct ClientSession::ServerRead {
+  std::shared_ptr<ClientSession> self;
+  void operator()(const net::error_code& ec, std::size_t count) {
+    auto* session = self.get();
+    session->on_server_read(std::move(self), ec, count);
   }
+};
+
+void ClientSession::read_server(std::shared_ptr<ClientSession> self) {
+  auto space = server_->buffer().writable(4096);
+  server_->socket().async_read_some(asio::buffer(space.data(), space.size()), ServerRead{std::move(self)});
 }
 
-net::awaitable<void> ClientSession::finish() {
-  co_await stop_server_reader();
-  server_reader_retired_ = true;
-  server_attached_.notify();
+void ClientSession::end_server_reader() {
+  server_reader_running_ = false;
+  server_reader_done_.notify();
+  shape_known_.notify();
 }
+
+void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::error_code read_ec, std::size_t count) {
+  auto& buffer = server_->buffer();
+  if (auto ec = net::finish_read(buffer, read_ec, count)) {
+    if (stop_server_reader_) return end_server_reader();
+    asio::co_spawn(socket_.get_executor(), lose_server(std::move(self), ec.message()), asio::detached);
+    return;
+  }
+  if (stop_server_reader_) return end_server_reader();
+  const std::size_t max_size = server_->target().max_message_size;
+  auto data = buffer.readable();
+  std::size_t offset = 0;
+  bool ready_seen = false;
+  const char* malformed = nullptr;
+  while (offset < data.size()) {
+    auto frame = protocol::next_frame(data.subspan(offset), max_size);
+    if (frame.status == protocol::FrameStatus::incomplete) break;
+    if (frame.status == protocol::FrameStatus::malformed || !protocol::is_backend_message_type(frame.message.type)) {
+      malformed = "malformed message from server";
+      break;
+    }
+    const auto& message = frame.message;
+    if (message.type == 'Z') {
+      auto status = protocol::parse_ready_for_query(message.payload);
+      if (!status) {
+        malformed = "malformed ReadyForQuery from server";
+        break;
+      }
+      transaction_status_ = *status;
+      if (expected_ready_ > 0) --expected_ready_;
+      ready_seen = true;
+    } else if (message.type == 'S') {
+      if (auto parameter = protocol::parse_parameter_status(message.payload)) {
+        std::string name(parameter->name);
+        std::string value(parameter->value);
+        // A value the client caused (SET TimeZone ...) follows it to its next server connection.
+        if (server::is_tracked_parameter(name) || parameters_.contains(name)) {
+          parameters_[name] = value;
+          parameters_fingerprint_.clear();
+        }
+        server_->parameters()[std::move(name)] = std::move(value);
+        server_->set_applied_fingerprint({});  // the server's state moved: compare in full next time
+      }
+    }
+    offset += message.frame.size();
+  }
+  if (malformed) {
+    asio::co_spawn(socket_.get_executor(), lose_server(std::move(self), malformed), asio::detached);
+    return;
+  }
+  if (offset > 0) {
+    Outgoing& out = to_client_;
+    out.clear();
+    if (rewrite_statements_ || timeout_cancel_pending_) {
+      const bool awaiting_shape = statements_.awaiting_shape();
+      for (std::size_t at = 0; at < offset;) {
+        auto frame = protocol::next_frame(data.subspan(at), max_size);
+        const auto& message = frame.message;
+        at += message.frame.size();
+        if (rewrite_statements_) {
+          statements_.take_due_replies(out);
+          const auto disposition = statements_.server_message(message, server_->statements());
+          if (disposition == StatementTracker::Disposition::swallow) continue;
+          if (disposition == StatementTracker::Disposition::stale_result_type) {
+            StatementTracker::append_stale_plan_error(out.build());
+            continue;
+          }
+        }
+        if (timeout_cancel_pending_ && message.type == 'E') {
+          auto fields = protocol::parse_error_response(message.payload);
+          if (fields && fields->sqlstate == "57014") {
+            timeout_cancel_pending_ = false;
+            protocol::append_error_response(
+                out.build(), protocol::Severity::error, "57014",
+                "pgsluice: query_timeout (" + std::to_string(service_->config.query_timeout.count()) +
+                    "ms) of service \"" + service_->config.name + "\" expired; the statement was cancelled");
+            continue;
+          }
+        }
+        out.append(message.frame);
+      }
+      if (rewrite_statements_) statements_.take_due_replies(out);
+      if (awaiting_shape && !statements_.awaiting_shape()) shape_known_.notify();
+    } else {
+      out.append(data.first(offset));
+    }
+    if (!out.empty()) {
+      std::size_t written = 0;
+      net::error_code ec;
+      if (!try_write_client(out, written, ec)) {
+        // The client does not take it all now: the rest waits for it, and the server is read again
+        // only after (its bytes are the run's).
+        asio::co_spawn(socket_.get_executor(), finish_server_write(std::move(self), written, offset, ready_seen),
+                       asio::detached);
+        return;
+      }
+      if (ec) {
+        buffer.consume(offset);
+        closing_ = true;  // the client is gone; the client reader will notice too
+        return end_server_reader();
+      }
+    }
+  }
+  after_server_write(std::move(self), offset, ready_seen);
+}
+
+net::awaitable<void> ClientSession::finish_server_write(std::shared_ptr<ClientSession> self, std::size_t written,
+                                                        std::size_t offset, bool ready_seen) {
+  const bool ok = co_await finish_write_client(to_client_, written);
+  if (!ok) {
+    server_->buffer().consume(offset);
+    closing_ = true;  // the client is gone; the client reader will notice too
+    end_server_reader();
+    co_return;
+  }
+  after_server_write(std::move(self), offset, ready_seen);
+}
+
+void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std::size_t offset, bool ready_seen) {
+  auto& buffer = server_->buffer();
+  buffer.consume(offset);
+  if (ready_seen && expected_ready_ == 0 && transaction_status_ != 'I' &&
+      service_->config.mode == config::PoolMode::statement) {
+    // Statement mode hands the connection back after every statement: a transaction block cannot
+    // span statements. Refuse it like PgBouncer does; the server side is rolled back and kept.
+    end_server_reader();
+    asio::co_spawn(socket_.get_executor(),
+                   close_with("0A000", "pgsluice: transaction blocks are not allowed in statement pool mode (service \"" +
+                                           service_->config.name +
+                                           "\"); use transaction mode for multi-statement transactions"),
+                   asio::detached);
+    return;
+  }
+  if (ready_seen && expected_ready_ == 0) {
+    timeout_cancel_pending_ = false;
+    if (timer_purpose_ == TimerPurpose::query || timer_purpose_ == TimerPurpose::cancel_answer) disarm_timer();
+    if (transaction_status_ != 'I' && service_->config.idle_in_transaction_timeout.count() > 0) {
+      arm_timer(TimerPurpose::idle_in_transaction, service_->config.idle_in_transaction_timeout);
+    }
+    if (draining_ && between_transactions() && !client_writing_ && buffer.empty()) {
+      // SIGTERM and the transaction in flight is done.
+      if (service_->config.mode != config::PoolMode::session) release_server(true);
+      end_server_reader();
+      asio::co_spawn(socket_.get_executor(), close_with("57P01", "pgsluice: shutting down; connect again"),
+                     asio::detached);
+      return;
+    }
+  }
+  if (ready_seen && service_->config.mode != config::PoolMode::session && transaction_status_ == 'I' &&
+      expected_ready_ == 0 && !in_extended_batch_ && !client_writing_ && buffer.empty() && !stop_server_reader_ &&
+      statements_.idle()) {
+    release_server(true);
+    return end_server_reader();
+  }
+  if (stop_server_reader_) return end_server_reader();
+  read_server(std::move(self));
+}
+
+// `self` keeps the session alive until the client has been told.
+net::awaitable<void> ClientSession::lose_server([[maybe_unused]] std::shared_ptr<ClientSession> self,
+                                               std::string reason) {
+  spdlog::warn("session {}: server connection for service {} lost: {}", peer_, service_->config.name, reason);
+  release_server(false);
+  closing_ = true;
+  Buffer out;
+  protocol::append_error_response(out, protocol::Severity::fatal, "08006",
+                                  "pgsluice: server connection lost (" + reason + ")");
+  co_await lock_client_writes();
+  co_await write_client(out);
+  unlock_client_writes();
+  net::error_code ignored;
+  socket_.shutdown(net::tcp::socket::shutdown_both, ignored);
+  socket_.cancel(ignored);
+  end_server_reader();
+}
+
+net::awaitable<void> ClientSession::finish() { co_await stop_server_reader(); }
 
 net::awaitable<void> ClientSession::stop_server_reader() {
   if (!server_reader_running_) co_return;

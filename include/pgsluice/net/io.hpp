@@ -79,28 +79,4 @@ class Event {
   bool waiting_ = false;
 };
 
-// Event's twin for the relay's hot path: notify() resumes the waiting coroutine at once, inline,
-// on the notifier's stack (both are on the same strand), instead of posting its wake-up: a post
-// costs the worker a scheduler round trip and an extra epoll_wait(0) per transaction. The waiter
-// runs until its next suspension before notify() returns, so notify where that is safe.
-// The coroutine parks on a stored completion handler; a timer that never expires keeps a wait
-// pending whose handler owns that parked coroutine, so that a worker shutting down with it still
-// parked destroys it (as it would a coroutine parked on any pending operation).
-class InlineEvent {
- public:
-  explicit InlineEvent(const asio::any_io_executor& executor);
-  ~InlineEvent();
-  InlineEvent(const InlineEvent&) = delete;
-  InlineEvent& operator=(const InlineEvent&) = delete;
-  awaitable<void> wait();
-  void notify();
-
-  struct State;  // io.cpp
-
- private:
-  asio::steady_timer anchor_;
-  std::shared_ptr<State> state_;
-  bool anchored_ = false;
-};
-
 }  // namespace pgsluice::net

@@ -1,11 +1,14 @@
 #pragma once
 // One client connection: startup, authentication, then the relay between the client and the server
-// connection it holds (DESIGN §1–2). Two coroutines share the session's strand:
-//  - the client reader owns reading the client socket and writing to the server;
-//  - the server reader runs while a server connection is attached, relays what the server sends to
-//    the client, watches ReadyForQuery, and in transaction mode gives the connection back. It is
-//    spawned at the first attach and sleeps between attaches until finish().
-// While a server is attached only the server reader writes to the client; otherwise only the client
+// connection it holds (DESIGN §1–2). Both halves run on the session's worker, one at a time:
+//  - the client reader, a coroutine, owns reading the client socket and writing to the server;
+//  - the server side relays what the server sends to the client, watches ReadyForQuery, and in
+//    transaction mode gives the connection back. It is a chain of completion handlers, one read of
+//    the server after another, started by the client reader when it sends a server something and
+//    ended when the connection is given back: a coroutine parked between transactions cost a
+//    suspension and a resumption per transaction on the hot path. Its rare slow steps (a client
+//    that does not take the reply at once, a lost server) are spawned coroutines.
+// While a server is attached only the server side writes to the client; otherwise only the client
 // reader does. That rule is what keeps writes from interleaving.
 #include <memory>
 #include <mutex>
@@ -28,7 +31,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // Runs the session to its end; the socket's executor must be a strand.
   net::awaitable<void> run();
 
-  // After run(), whatever way it ended: stops the server reader, which holds the session alive.
+  // After run(), whatever way it ended: stops the server side (its pending read holds the session).
   net::awaitable<void> finish();
 
   // From the cancel registry, on any thread: cancel what the server connection held now is running.
@@ -45,7 +48,18 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   net::awaitable<bool> authenticate(const std::string& user);
   net::awaitable<bool> finish_login();
   net::awaitable<void> relay();
-  net::awaitable<void> server_reader();
+
+  // The server side (see the top of this file). Each read's handler holds the session.
+  struct ServerRead;
+  void read_server(std::shared_ptr<ClientSession> self);
+  void on_server_read(std::shared_ptr<ClientSession> self, net::error_code read_ec, std::size_t count);
+  // What comes after the relayed bytes (`offset` of them) reached the client: give the connection
+  // back, read on, or end.
+  void after_server_write(std::shared_ptr<ClientSession> self, std::size_t offset, bool ready_seen);
+  net::awaitable<void> finish_server_write(std::shared_ptr<ClientSession> self, std::size_t written,
+                                           std::size_t offset, bool ready_seen);
+  net::awaitable<void> lose_server(std::shared_ptr<ClientSession> self, std::string reason);
+  void end_server_reader();
 
   // Leases a server connection and makes its session parameters this client's.
   net::awaitable<bool> attach_server(std::string& sqlstate, std::string& error);
@@ -104,13 +118,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   // Relay state (on the strand).
   std::unique_ptr<server::ServerConnection> server_;
-  bool server_reader_running_ = false;
+  bool server_reader_running_ = false;  // the server side is relaying (from attach to release)
   bool stop_server_reader_ = false;
   net::Event server_reader_done_;
-  net::Event shape_known_;  // the server reader saw the answer a held Bind waits for (or stopped)
-  bool server_reader_spawned_ = false;  // the server reader lives from the first attach to finish()
-  bool server_reader_retired_ = false;
-  net::InlineEvent server_attached_;  // wakes the server reader: a server is attached, or finish()
+  net::Event shape_known_;  // the server side saw the answer a held Bind waits for (or stopped)
   int expected_ready_ = 0;          // ReadyForQuery messages the server still owes
   bool in_extended_batch_ = false;  // extended-protocol messages sent since the last Sync
   bool client_writing_ = false;     // the client reader is writing to the server
