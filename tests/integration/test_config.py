@@ -5,6 +5,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 from contextlib import closing
 
 import psycopg2
@@ -145,3 +146,29 @@ def test_log_format_json_writes_one_json_object_per_line(pg):
             assert isinstance(record, dict), line
     finally:
         proxy.cleanup()
+
+
+def test_backend_host_given_by_name_is_looked_up_for_connections_and_cancels(pg):
+    # A numeric backend host is connected to without a lookup (Asio's resolver would start a thread
+    # of its own); a name, as a Kubernetes service gives, goes through the resolver. Both the
+    # server connections and the cancel requests sent for clients must reach the database.
+    config = make_config(pg)
+    config["backends"]["primary"]["host"] = "localhost"
+    target = start_pgsluice(pg, config)
+    try:
+        with closing(psycopg2.connect(target.dsn("app", connect_timeout=10))) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("select host(inet_server_addr()), 1")
+                assert cur.fetchone() == ("127.0.0.1", 1)
+                timer = threading.Timer(0.5, conn.cancel)
+                timer.start()
+                try:
+                    with pytest.raises(psycopg2.errors.QueryCanceled):
+                        cur.execute("select pg_sleep(30)")
+                finally:
+                    timer.cancel()
+                cur.execute("select 2")
+                assert cur.fetchone() == (2,)
+    finally:
+        stop_pgsluice(target)
