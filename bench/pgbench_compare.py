@@ -27,13 +27,13 @@ import os
 import platform
 import pwd
 import re
-import resource
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -275,53 +275,79 @@ def children_fields(parent: int):
                 yield fields
 
 
-def children(parent: int) -> int:
-    """How many processes `parent` has now."""
-    return sum(1 for _ in children_fields(parent))
+PROGRESS_RE = re.compile(r"^progress: ([0-9.]+) s, ([0-9.]+) tps")
 
 
-def await_backends_gone(parent: int | None, count: int, limit_s: float = 3.0) -> None:
-    """Waits until the postmaster is back to `count` children: a direct run's own backends exit a
-    little after pgbench does, and their CPU must land in this run's figures, not the next one's."""
-    if parent is None:
-        return
-    deadline = time.monotonic() + limit_s
-    while children(parent) > count and time.monotonic() < deadline:
-        time.sleep(0.02)
+def process_cpu(pid: int) -> tuple[int, int] | None:
+    """CPU ticks (user+system, all threads) and voluntary context switches (all threads) of a
+    running process."""
+    ticks = cpu_ticks(pid)
+    if ticks is None:
+        return None
+    switches = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    switches += int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return ticks[0] + ticks[1], switches
 
 
 def run_pgbench(target: str, port: int, args, round_no: int, duration: int, pid: int | None = None,
                 postmaster: int | None = None) -> Measurement:
-    argv = pgbench_argv(port, args, duration)
-    before = cpu_ticks(pid)
-    server_before = children_ticks(postmaster)
-    backends_before = children(postmaster) if postmaster is not None and target == "direct" else None
-    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)  # finished children: pgbench runs so far
+    """One pgbench run. TPS and latency are pgbench's own. The CPU figures per transaction are taken
+    over the steady state only: from its first progress report (1 s in, the clients connected) to its
+    last, with the transactions of that window from the reports. Counting the whole run would charge
+    each process for the logins too (SCRAM costs the client, the proxy and Postgres milliseconds of
+    CPU per connection, as much as hundreds of transactions), unequally between proxies."""
+    argv = pgbench_argv(port, args, duration) + ["-P", "1"]
     try:
-        proc = subprocess.run(argv, env=pgbench_env(), capture_output=True, text=True, timeout=duration + 60)
-    except subprocess.TimeoutExpired:
+        proc = subprocess.Popen(argv, env=pgbench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError as e:
+        return Measurement(target, round_no, ok=False, error=f"cannot run pgbench: {e}")
+    killer = threading.Timer(duration + 60, proc.kill)
+    killer.start()
+    window_start = None  # (progress time, proxy ticks, server ticks, pgbench (ticks, switches))
+    window_end = None
+    window_tx = 0.0
+    stderr_lines = []
+    try:
+        for line in proc.stderr:
+            stderr_lines.append(line)
+            progress = PROGRESS_RE.match(line)
+            if not progress:
+                continue
+            snapshot = (float(progress.group(1)), cpu_ticks(pid), children_ticks(postmaster), process_cpu(proc.pid))
+            if window_start is None:
+                window_start = snapshot
+                continue
+            window_tx += float(progress.group(2)) * (snapshot[0] - (window_end or window_start)[0])
+            window_end = snapshot
+        stdout = proc.stdout.read()
+        proc.wait()
+    finally:
+        killer.cancel()
+    output = stdout + "\n" + "".join(line for line in stderr_lines if not PROGRESS_RE.match(line))
+    if proc.returncode == -signal.SIGKILL:
         return Measurement(target, round_no, ok=False, error=f"pgbench did not finish in {duration + 60} s")
-    after = cpu_ticks(pid)
-    if backends_before is not None:
-        await_backends_gone(postmaster, backends_before)
-    server_after = children_ticks(postmaster)
-    usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    output = proc.stdout + "\n" + proc.stderr
     try:
         figures = parse_pgbench(output)
     except ValueError as e:
         return Measurement(target, round_no, ok=False, error=f"{e} (exit {proc.returncode}):\n{tail(output)}")
     m = Measurement(target, round_no, ok=True, **figures)
-    if before and after and m.transactions:
-        us_per_tick = 1e6 / os.sysconf("SC_CLK_TCK")
-        m.cpu_user_us = (after[0] - before[0]) * us_per_tick / m.transactions
-        m.cpu_sys_us = (after[1] - before[1]) * us_per_tick / m.transactions
-    if m.transactions:
-        client_s = (usage_after.ru_utime + usage_after.ru_stime) - (usage_before.ru_utime + usage_before.ru_stime)
-        m.client_cpu_us = client_s * 1e6 / m.transactions
-        m.client_wakes = (usage_after.ru_nvcsw - usage_before.ru_nvcsw) / m.transactions
-        if server_before is not None and server_after is not None:
-            m.server_cpu_us = (server_after - server_before) * 1e6 / os.sysconf("SC_CLK_TCK") / m.transactions
+    if window_start and window_end and window_tx > 0:
+        seconds_per_tick = 1 / os.sysconf("SC_CLK_TCK")
+        per_tx = lambda ticks: ticks * seconds_per_tick * 1e6 / window_tx  # noqa: E731
+        if window_start[1] and window_end[1]:
+            m.cpu_user_us = per_tx(window_end[1][0] - window_start[1][0])
+            m.cpu_sys_us = per_tx(window_end[1][1] - window_start[1][1])
+        if window_start[2] is not None and window_end[2] is not None:
+            m.server_cpu_us = per_tx(window_end[2] - window_start[2])
+        if window_start[3] and window_end[3]:
+            m.client_cpu_us = per_tx(window_end[3][0] - window_start[3][0])
+            m.client_wakes = (window_end[3][1] - window_start[3][1]) / window_tx
     if proc.returncode != 0 or m.aborted_clients or m.failed:
         m.ok = False
         m.error = (f"exit {proc.returncode}, {m.aborted_clients} clients aborted, {m.failed} failed "
@@ -571,7 +597,9 @@ def main(argv=None) -> int:
           f"the lowest and highest round's TPS / PgBouncer); proxy CPU is the "
           f"proxy process's user+system time per transaction, "
           f"steadier than TPS on a shared machine; pgbench's CPU and voluntary context switches and the "
-          f"Postgres backends' CPU per transaction show what a proxy costs the processes around it)")
+          f"Postgres backends' CPU per transaction show what a proxy costs the processes around it; all CPU "
+          f"figures are over the steady state, from pgbench's first progress report to its last, so the "
+          f"logins are not in them)")
 
     if args.json:
         Path(args.json).write_text(json.dumps(
