@@ -310,6 +310,32 @@ def test_terminated_idle_server_connections_are_replaced_transparently(pg):
         conn.close()
 
 
+def test_server_connection_lost_mid_transaction_tells_the_client_and_is_not_reused(pg):
+    # The server dies while a client holds it inside a transaction: the client is told (Postgres's
+    # own FATAL, then pgsluice's 08006) and disconnected, the dead connection is not given to anyone,
+    # and the next client is served by a new one.
+    with pgsluice(pg, max_connections=1) as target:
+        conn = psycopg2.connect(dsn(target))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("begin")
+            cur.execute("select pg_backend_pid()")
+            server_pid = cur.fetchone()[0]
+            assert pg.sql(f"select pg_terminate_backend({server_pid})") == [(True,)]
+            assert wait_until(lambda: "server connection for service pooled lost" in target.proxy.log_text(),
+                              timeout=5), target.proxy.log_text()[-2000:]
+            with pytest.raises(psycopg2.OperationalError):
+                cur.execute("select 1")
+        conn.close()
+        with closing(psycopg2.connect(dsn(target))) as other:
+            other.autocommit = True
+            with other.cursor() as cur:
+                cur.execute("select pg_backend_pid(), 7")
+                pid, seven = cur.fetchone()
+                assert (seven, pid != server_pid) == (7, True)
+        assert wait_until(lambda: server_connections(pg) == 1, timeout=5), server_connections(pg)
+
+
 def raw_login(port):
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     body = b"user\0pooled\0database\0postgres\0\0"
