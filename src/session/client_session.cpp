@@ -478,8 +478,7 @@ struct ClientSession::ServerRead {
 };
 
 void ClientSession::read_server(std::shared_ptr<ClientSession> self) {
-  auto space = server_->buffer().writable(4096);
-  server_->socket().async_read_some(asio::buffer(space.data(), space.size()), ServerRead{std::move(self)});
+  net::async_read_into(server_->socket(), server_->buffer(), 4096, ServerRead{std::move(self)});
 }
 
 void ClientSession::end_server_reader() {

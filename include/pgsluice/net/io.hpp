@@ -9,6 +9,7 @@
 #include <chrono>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "pgsluice/net/message_buffer.hpp"
@@ -40,10 +41,14 @@ bool try_write_all(tcp::socket& socket, const std::vector<std::span<const std::u
 awaitable<error_code> write_rest(tcp::socket& socket, const std::vector<std::span<const std::uint8_t>>& pieces,
                                  std::size_t written);
 // The read half of the hot path: an asynchronous read into the buffer's free tail, awaited directly
-// (no wrapper frame); the caller commits the count with finish_read.
-inline auto async_read_into(tcp::socket& socket, MessageBuffer& buffer, std::size_t min_free = 4096) {
+// (no wrapper frame) or completing into a handler; the caller commits the count with finish_read.
+template <class CompletionToken>
+auto async_read_into(tcp::socket& socket, MessageBuffer& buffer, std::size_t min_free, CompletionToken&& token) {
   auto space = buffer.writable(min_free);
-  return socket.async_read_some(asio::buffer(space.data(), space.size()), use_nothrow);
+  return socket.async_read_some(asio::buffer(space.data(), space.size()), std::forward<CompletionToken>(token));
+}
+inline auto async_read_into(tcp::socket& socket, MessageBuffer& buffer, std::size_t min_free = 4096) {
+  return async_read_into(socket, buffer, min_free, use_nothrow);
 }
 inline error_code finish_read(MessageBuffer& buffer, error_code ec, std::size_t count) {
   buffer.commit(count);

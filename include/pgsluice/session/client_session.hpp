@@ -28,7 +28,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   ClientSession(net::tcp::socket socket, std::shared_ptr<SessionContext> context);
   ~ClientSession();
 
-  // Runs the session to its end; the socket's executor must be a strand.
+  // Runs the session to its end, on the socket's worker (one thread: no strand needed).
   net::awaitable<void> run();
 
   // After run(), whatever way it ended: stops the server side (its pending read holds the session).
@@ -116,7 +116,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::string parameters_fingerprint_;  // of parameters_; empty = to be computed
   std::optional<CancelRegistry::Key> cancel_key_;
 
-  // Relay state (on the strand).
+  // Relay state (on the session's worker).
   std::unique_ptr<server::ServerConnection> server_;
   bool server_reader_running_ = false;  // the server side is relaying (from attach to release)
   bool stop_server_reader_ = false;
@@ -141,7 +141,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool timeout_cancel_pending_ = false;  // the 57014 that comes back is pgsluice's query_timeout
   bool draining_ = false;                // SIGTERM: close as soon as between transactions
 
-  // What forward_cancel() needs, guarded: it runs on another connection's strand.
+  // What forward_cancel() needs, guarded: it runs on another connection's worker.
   std::mutex cancel_mutex_;
   std::shared_ptr<const server::ServerTarget> cancel_target_;
   protocol::BackendKeyData cancel_backend_key_;
