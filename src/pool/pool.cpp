@@ -20,21 +20,36 @@ namespace pgsluice::pool {
 namespace asio = boost::asio;
 
 struct Pool::Waiter {
-  explicit Waiter(const asio::any_io_executor& executor)
-      : executor(executor), timer(executor), home(context_key(executor)) {}
+  explicit Waiter(const asio::any_io_executor& executor) : executor(executor), home(context_key(executor)) {}
   asio::any_io_executor executor;  // the waiter's worker: `resume` is only touched there
-  asio::steady_timer timer;        // acquire_timeout
-  // The suspended acquire(). Invoked once, on the waiter's worker, by whichever comes first: a wake
-  // (handed a connection, a connect slot, or failed) or the timer.
+  // The suspended acquire(). Invoked once, on the waiter's worker, by whoever takes the waiter out of
+  // waiters_: a wake (handed a connection, a connect slot, or failed) or its room's sweep (timeout).
   // (An optional: Asio 1.81's any_completion_handler move-assignment wraps the handler in itself.)
   std::optional<asio::any_completion_handler<void()>> resume;
-  const void* home;     // the waiter's worker
+  const void* home;               // the waiter's worker
+  Clock::time_point deadline{};   // acquire_timeout; guarded by the pool's mutex
+  std::shared_ptr<Pool::Room> room;  // of its worker: keeps its deadline
   int passed_over = 0;  // times a later waiter was served first (bounded by kMaxPassedOver)
   std::unique_ptr<Connection> connection;  // handed over by release()
   bool may_connect = false;                // a connect slot was reserved for this waiter
-  bool resolved = false;                   // served or failed: no longer in waiters_
+  bool resolved = false;                   // served or failed by a wake: no longer in waiters_
   bool circuit_open = false;               // failed by trip()
   bool from_idle = false;                  // `connection` came from the idle list: check it first
+};
+
+// The acquire_timeout of the waiters on one worker. Its timer is armed while the worker has waiters,
+// for the earliest of their deadlines; when it fires, the sweep fails those past theirs and arms for
+// the next. Waiters are usually served long before their deadline, so this is about one timer wait
+// per pool and worker per acquire_timeout, instead of arming and cancelling a timer per wait (which
+// cost a timer-queue insertion, a removal and a cancelled handler run on every waiting lease).
+struct Pool::Room {
+  explicit Room(const asio::any_io_executor& executor) : home(context_key(executor)), timer(executor) {}
+  const void* home;
+  asio::steady_timer timer;  // only touched on its worker
+  // Guarded by the pool's mutex: the deadline the timer is armed for (max: disarmed, out of rooms_),
+  // and how many of the worker's waiters are in waiters_.
+  Clock::time_point armed_for;
+  int waiting = 0;
 };
 
 void Pool::set_breaker(std::shared_ptr<CircuitBreaker> breaker, std::function<void()> on_trip) {
@@ -90,6 +105,7 @@ void Pool::trip() {
   doomed.swap(idle_);
   for (auto& waiter : waiters_) {
     waiter->circuit_open = true;
+    left_line_locked(*waiter);
     wake_locked(waiter);
   }
   waiters_.clear();
@@ -157,22 +173,26 @@ constexpr int kMaxConcurrentConnects = 8;
 
 // Runs on the waiter's worker.
 void resume_waiter(const std::shared_ptr<Pool::Waiter>& waiter) {
-  if (!waiter->resume) return;  // already resumed by the other of wake and timeout
+  if (!waiter->resume) return;
   auto resume = std::move(*waiter->resume);
   waiter->resume.reset();
   std::move(resume)();
 }
 
-// The timeout handler's hold on its waiter. Should the handler be destroyed without running (the
-// worker shut down with the acquire still suspended), it drops the suspended coroutine too: the
-// coroutine holds the waiter, the waiter holds the coroutine, and nothing else would break that.
-struct TimeoutHold {
+// A posted wake's hold on its waiter. Should the handler be destroyed without running (the worker
+// shut down with the acquire still suspended), it drops the suspended coroutine too: the coroutine
+// holds the waiter, the waiter holds the coroutine, and nothing else would break that.
+struct WakeHold {
   std::shared_ptr<Pool::Waiter> waiter;
-  explicit TimeoutHold(std::shared_ptr<Pool::Waiter> w) : waiter(std::move(w)) {}
-  TimeoutHold(TimeoutHold&&) noexcept = default;
-  TimeoutHold& operator=(TimeoutHold&&) = delete;
-  ~TimeoutHold() {
+  explicit WakeHold(std::shared_ptr<Pool::Waiter> w) : waiter(std::move(w)) {}
+  WakeHold(WakeHold&&) noexcept = default;
+  WakeHold& operator=(WakeHold&&) = delete;
+  ~WakeHold() {
     if (waiter) waiter->resume.reset();
+  }
+  void operator()() {
+    resume_waiter(waiter);
+    waiter.reset();
   }
 };
 
@@ -186,7 +206,7 @@ void Pool::wake_locked(const std::shared_ptr<Waiter>& waiter) {
   // would be followed by a statement sent to a server, spreading the replies out so that clients
   // polling many sockets (pgbench) wake once per reply rather than once per burst: measured 40 %
   // more client CPU per transaction and 10-15 % less TPS at 200 clients on a pool of 20.
-  asio::post(waiter->executor, [waiter] { resume_waiter(waiter); });
+  asio::post(waiter->executor, WakeHold(waiter));
 }
 
 void Pool::begin_connect_locked() {
@@ -194,30 +214,121 @@ void Pool::begin_connect_locked() {
   connect_progress_at_ = Clock::now();
 }
 
-void Pool::arm_timeout(std::shared_ptr<Waiter> waiter) {
-  waiter->timer.expires_after(settings().acquire_timeout);
-  auto& timer = waiter->timer;
-  timer.async_wait([pool = weak_from_this(), hold = TimeoutHold(std::move(waiter))](
-                       const boost::system::error_code& ec) mutable {
-    if (ec) return;  // cancelled: the waiter was resumed by a wake
-    if (auto self = pool.lock(); self && self->waits_for_connect_progress(*hold.waiter)) {
-      self->arm_timeout(std::move(hold.waiter));  // the new handler holds the waiter from now on
-      return;
-    }
-    resume_waiter(hold.waiter);  // expired: the waiter's state says whether it was served
-  });
+std::shared_ptr<Pool::Room> Pool::room_to_watch_locked(Waiter& waiter) {
+  for (auto& room : rooms_) {
+    if (room->home != waiter.home) continue;
+    waiter.room = room;
+    ++room->waiting;
+    if (waiter.deadline >= room->armed_for) return nullptr;  // the timer fires first, sweeps this one too
+    room->armed_for = waiter.deadline;                       // a reload shortened acquire_timeout
+    return room;
+  }
+  auto room = std::make_shared<Room>(waiter.executor);
+  room->armed_for = waiter.deadline;
+  room->waiting = 1;
+  rooms_.push_back(room);
+  waiter.room = room;
+  return room;
 }
 
-bool Pool::waits_for_connect_progress(const Waiter& waiter) {
+void Pool::left_line_locked(Waiter& waiter) {
+  if (waiter.room) --waiter.room->waiting;
+}
+
+void Pool::disarm_if_unused(Room& room) {
+  {
+    std::lock_guard lock(mutex_);
+    if (room.waiting > 0 || room.armed_for == Clock::time_point::max()) return;
+    room.armed_for = Clock::time_point::max();
+    std::erase_if(rooms_, [&room](const auto& each) { return each.get() == &room; });
+  }
+  room.timer.cancel();  // on its worker (this one): its handler runs, cancelled, and lets go of the room
+}
+
+// The room timer's handler. It owns the room, so the timer is destroyed on its worker while that
+// worker exists; the pool holds the pool weakly (a removed service's pool goes away with its last
+// lease). Destroyed without running (the worker shut down), it drops the suspended acquires of that
+// worker's waiters, for the reason WakeHold gives.
+struct Pool::RoomWatch {
+  std::weak_ptr<Pool> pool;
+  std::shared_ptr<Room> room;
+  RoomWatch(std::weak_ptr<Pool> p, std::shared_ptr<Room> r) : pool(std::move(p)), room(std::move(r)) {}
+  RoomWatch(RoomWatch&&) noexcept = default;
+  RoomWatch& operator=(RoomWatch&&) = delete;
+  ~RoomWatch() {
+    if (auto self = pool.lock()) self->abandon(*room);
+  }
+  void operator()(const boost::system::error_code& ec) {
+    auto self = pool.lock();
+    pool.reset();                                // ran: nothing to abandon
+    if (!ec && self) self->sweep(std::move(room));  // cancelled: re-armed for an earlier deadline
+  }
+};
+
+void Pool::watch(std::shared_ptr<Room> room, Clock::time_point deadline) {
+  auto& timer = room->timer;
+  timer.expires_at(deadline);  // cancels a wait for a later deadline
+  timer.async_wait(RoomWatch(weak_from_this(), std::move(room)));
+}
+
+void Pool::sweep(std::shared_ptr<Room> room) {
+  std::vector<std::shared_ptr<Waiter>> expired;
+  Clock::time_point next = Clock::time_point::max();
+  {
+    std::lock_guard lock(mutex_);
+    // Disarmed after the timer fired but before this ran: a new room keeps the worker's deadlines.
+    if (room->armed_for == Clock::time_point::max()) return;
+    const auto now = Clock::now();
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      auto& waiter = **it;
+      if (waiter.room == room && waiter.deadline <= now) {
+        if (!waits_for_connect_progress_locked(waiter, now)) {
+          left_line_locked(waiter);
+          expired.push_back(std::move(*it));
+          it = waiters_.erase(it);
+          continue;
+        }
+        waiter.deadline = now + settings_.acquire_timeout;
+      }
+      if (waiter.room == room) next = std::min(next, waiter.deadline);
+      ++it;
+    }
+    room->armed_for = next;
+    if (next == Clock::time_point::max()) std::erase(rooms_, room);  // no waiters left on this worker
+  }
+  if (next != Clock::time_point::max()) watch(std::move(room), next);
+  for (auto& waiter : expired) resume_waiter(waiter);  // out of waiters_, not resolved: timed out
+}
+
+void Pool::abandon(Room& room) {
+  std::vector<std::shared_ptr<Waiter>> stranded;
+  {
+    std::lock_guard lock(mutex_);
+    room.armed_for = Clock::time_point::max();
+    room.waiting = 0;
+    std::erase_if(rooms_, [&room](const auto& each) { return each.get() == &room; });
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      if ((*it)->home == room.home) {
+        stranded.push_back(std::move(*it));
+        it = waiters_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  // Outside the lock: dropping a coroutine may give back to this pool what it held.
+  for (auto& waiter : stranded) waiter->resume.reset();
+}
+
+bool Pool::waits_for_connect_progress_locked(const Waiter& waiter, Clock::time_point now) const {
   // acquire_timeout is for a pool that has nothing to give (DESIGN §3: fail fast when it is full or
   // paused). A lease in line only because kMaxConcurrentConnects connects are under way is in line
   // for a connection that is coming: a burst of logins on a cold session-mode pool (200 after a
   // barrier in the tests) needs as many connects and, at 8 at a time on a busy machine, more than
   // one second for them. It keeps waiting while connects start or succeed within connect_timeout;
   // a backend that stops answering fails them (connect_timeout, then the circuit breaker).
-  std::lock_guard lock(mutex_);
-  return !waiter.resolved && !closed_ && !paused_ && total_locked() < settings_.max_connections &&
-         in_flight_ > 0 && Clock::now() - connect_progress_at_ < settings_.connect_timeout;
+  return !waiter.resolved && !closed_ && !paused_ && total_locked() < settings_.max_connections && in_flight_ > 0 &&
+         now - connect_progress_at_ < settings_.connect_timeout;
 }
 
 std::shared_ptr<Pool::Waiter> Pool::hand_over_locked(std::unique_ptr<Connection> connection, bool from_idle) {
@@ -239,6 +350,7 @@ std::shared_ptr<Pool::Waiter> Pool::hand_over_locked(std::unique_ptr<Connection>
   for (auto it = waiters_.begin(); it != chosen; ++it) ++(*it)->passed_over;
   auto waiter = *chosen;
   waiters_.erase(chosen);
+  left_line_locked(*waiter);
   waiter->connection = std::move(connection);
   waiter->from_idle = from_idle;
   return waiter;
@@ -273,6 +385,7 @@ std::unique_ptr<Connection> Pool::try_acquire_now(const void* home) {
 
 asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
   std::shared_ptr<Waiter> waiter;  // none: a connect slot was reserved for this call
+  std::shared_ptr<Room> room;  // to arm for this waiter's deadline
   bool paused = false;
   {
     std::lock_guard lock(mutex_);
@@ -336,15 +449,17 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
     } else {
       // From the worker's recycled memory, as Asio's own operations are: one per wait.
       waiter = std::allocate_shared<Waiter>(asio::recycling_allocator<Waiter>(), executor);
+      waiter->deadline = Clock::now() + settings_.acquire_timeout;
       waiters_.push_back(waiter);
+      room = room_to_watch_locked(*waiter);
     }
   }
 
   if (waiter) {
-    arm_timeout(waiter);
+    if (room) watch(std::move(room), waiter->deadline);  // on this worker, the room's
     co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
         [&waiter](auto handler) { waiter->resume.emplace(std::move(handler)); }, asio::use_awaitable);
-    if (waiter->resolved) waiter->timer.cancel();
+    disarm_if_unused(*waiter->room);
     if (waiter->connection && waiter->from_idle) {
       // Handed over from the idle list (after RESUME or a reload): checked like any idle one.
       auto connection = std::move(waiter->connection);
@@ -374,7 +489,7 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
     } else if (waiter->resolved) {
       co_return closed_result();
     } else {
-      std::erase(waiters_, waiter);
+      // Timed out: the room's sweep took it out of waiters_.
       ++counters_.acquire_timeouts;
       const auto text = paused_ ? fmt::format("pgsluice: service \"{}\" is paused; no server connection", settings_.service)
                                 : fmt::format("pgsluice: no server connection for service \"{}\"", settings_.service);
@@ -441,6 +556,7 @@ void Pool::serve_waiters_locked() {
   while (!waiters_.empty() && total_locked() < settings_.max_connections && in_flight_ < kMaxConcurrentConnects) {
     auto next = waiters_.front();
     waiters_.pop_front();
+    left_line_locked(*next);
     next->may_connect = true;
     ++connecting_;
     begin_connect_locked();
@@ -564,7 +680,10 @@ void Pool::close(std::string why) {
   closed_ = true;
   closed_why_ = std::move(why);
   doomed.swap(idle_);
-  for (auto& waiter : waiters_) wake_locked(waiter);
+  for (auto& waiter : waiters_) {
+    left_line_locked(*waiter);
+    wake_locked(waiter);
+  }
   waiters_.clear();
 }
 

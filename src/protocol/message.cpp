@@ -12,15 +12,10 @@ Frame next_frame(Bytes buffer, std::size_t max_message_size) {
     return frame;
   }
   const std::uint32_t length = read_u32(buffer.data() + 1);
-  if (length < 4) {
+  if (length < 4 || length > max_message_size) {
     frame.status = FrameStatus::malformed;
-    frame.error = protocol_violation("invalid message length " + std::to_string(length));
-    return frame;
-  }
-  if (length > max_message_size) {
-    frame.status = FrameStatus::malformed;
-    frame.error = protocol_violation("message of " + std::to_string(length) + " bytes exceeds max_message_size " +
-                                     std::to_string(max_message_size));
+    frame.length = length;
+    frame.limit = max_message_size;
     return frame;
   }
   const std::size_t total = std::size_t{length} + 1;
@@ -34,6 +29,12 @@ Frame next_frame(Bytes buffer, std::size_t max_message_size) {
   frame.message.frame = buffer.first(total);
   frame.message.payload = buffer.subspan(kHeaderSize, total - kHeaderSize);
   return frame;
+}
+
+ProtocolError Frame::error() const {
+  if (length < 4) return protocol_violation("invalid message length " + std::to_string(length));
+  return protocol_violation("message of " + std::to_string(length) + " bytes exceeds max_message_size " +
+                            std::to_string(limit));
 }
 
 bool is_frontend_message_type(char type) {

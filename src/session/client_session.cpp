@@ -348,7 +348,8 @@ net::awaitable<void> ClientSession::relay() {
       }
       if (frame.status == protocol::FrameStatus::malformed) {
         co_await stop_server_reader();
-        co_await send_fatal(frame.error.sqlstate, "pgsluice: " + frame.error.message);
+        const auto error = frame.error();
+        co_await send_fatal(error.sqlstate, "pgsluice: " + error.message);
         co_return;
       }
       const char type = frame.message.type;

@@ -193,7 +193,9 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
           has_unnamed_ = false;
           return true;
         }
-        unnamed_ = Statement{std::string(parse->query), std::string(protocol::as_string_view(parse->parameter_types)), ""};
+        // Assigned in place: the strings keep their storage from one unnamed Parse to the next.
+        unnamed_.query.assign(parse->query);
+        unnamed_.parameter_types.assign(protocol::as_string_view(parse->parameter_types));
         has_unnamed_ = true;
         unnamed_server_id_ = server_id;
         break;
@@ -278,7 +280,8 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         to_server.append(message.frame);
         expect(Kind::describe_portal);
         // A portal of a client statement shows that statement's columns (pgjdbc describes portals).
-        if (auto it = statements_.find(bound_statement_); it != statements_.end() && describe->name == bound_portal_) {
+        auto it = bound_statement_.empty() ? statements_.end() : statements_.find(bound_statement_);
+        if (it != statements_.end() && describe->name == bound_portal_) {
           queue_.back().described = it->first;
           queue_.back().server_name = it->second.server_name;
         }

@@ -648,3 +648,105 @@ TEST_CASE("leases in line for a connect slot fail once no connect started or suc
   REQUIRE(burst.failed == 4);
   CHECK(burst.messages.front().find("within acquire_timeout 200ms") != std::string::npos);
 }
+
+namespace {
+
+// Leases a connection and keeps it in `held`; then waits for a second one, holding `token` meanwhile.
+asio::awaitable<void> hold_then_wait(Pool& pool, std::unique_ptr<Connection>& held,
+                                     [[maybe_unused]] std::shared_ptr<int> token,
+                                     bool& served) {
+  auto executor = co_await asio::this_coro::executor;
+  held = std::move((co_await pool.acquire(executor)).connection);
+  auto lease = co_await pool.acquire(executor);
+  served = true;
+}
+
+asio::awaitable<void> timed_acquire(Pool& pool, AcquireError& error, std::chrono::milliseconds& waited) {
+  const auto start = std::chrono::steady_clock::now();
+  auto lease = co_await pool.acquire(co_await asio::this_coro::executor);
+  waited = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+  error = lease ? AcquireError::closed : lease.error;
+}
+
+}  // namespace
+
+TEST_CASE("a worker shut down while a lease waits drops the suspended acquire and what it held", "[pool]") {
+  Harness h(1, 5000ms);
+  std::unique_ptr<Connection> held;
+  std::weak_ptr<int> seen;
+  bool served = false;
+  {
+    asio::io_context worker;
+    auto token = std::make_shared<int>(0);
+    seen = token;
+    asio::co_spawn(worker, hold_then_wait(*h.pool, held, std::move(token), served), asio::detached);
+    worker.run_for(50ms);
+    REQUIRE(held);
+    CHECK(h.pool->stats().waiting == 1);
+    CHECK_FALSE(seen.expired());  // the suspended acquire's caller holds it
+  }  // the worker is destroyed with the acquire suspended: its acquire_timeout timer never fired
+  CHECK(seen.expired());
+  CHECK_FALSE(served);
+  CHECK(h.pool->stats().waiting == 0);
+  h.pool->release(std::move(held), true);
+  CHECK(h.pool->stats().idle == 1);
+}
+
+TEST_CASE("waiters on two workers each fail at their own acquire_timeout", "[pool]") {
+  Harness h(1, 300ms);
+  asio::io_context other;  // a second worker, with its own acquire_timeout timer
+  auto guard = asio::make_work_guard(other);
+  std::thread other_thread([&other] { other.run(); });
+  AcquireError first_error = AcquireError::closed;
+  AcquireError second_error = AcquireError::closed;
+  std::chrono::milliseconds first_waited{};
+  std::chrono::milliseconds second_waited{};
+  h.run([&]() -> asio::awaitable<void> {
+    auto held = co_await h.pool->acquire(co_await asio::this_coro::executor);
+    REQUIRE(held);
+    asio::co_spawn(other, timed_acquire(*h.pool, first_error, first_waited), asio::detached);
+    co_await sleep_for(150ms);
+    const auto start = std::chrono::steady_clock::now();
+    co_await timed_acquire(*h.pool, second_error, second_waited);
+    // The other worker's waiter failed first, at its own deadline, not this one's.
+    CHECK(std::chrono::steady_clock::now() - start >= 300ms);
+    h.pool->release(std::move(held.connection), true);
+  });
+  guard.reset();
+  other_thread.join();
+  CHECK(first_error == AcquireError::timeout);
+  CHECK(second_error == AcquireError::timeout);
+  CHECK(first_waited >= 300ms);
+  CHECK(first_waited < 550ms);
+  CHECK(second_waited >= 300ms);
+  CHECK(second_waited < 550ms);
+  CHECK(h.pool->stats().acquire_timeouts == 2);
+}
+
+TEST_CASE("a reload that shortens acquire_timeout applies to leases that wait from then on", "[pool][reload]") {
+  Harness h(1, 3000ms);
+  AcquireError early_error = AcquireError::closed;
+  AcquireError late_error = AcquireError::closed;
+  std::chrono::milliseconds early_waited{};
+  std::chrono::milliseconds late_waited{};
+  h.run([&]() -> asio::awaitable<void> {
+    auto executor = co_await asio::this_coro::executor;
+    auto held = co_await h.pool->acquire(executor);
+    REQUIRE(held);
+    asio::co_spawn(executor, timed_acquire(*h.pool, early_error, early_waited), asio::detached);
+    co_await sleep_for(20ms);
+    auto settings = h.pool->settings();
+    settings.acquire_timeout = 200ms;
+    h.pool->reconfigure(settings);
+    // This worker's timer was armed for the first waiter's 3 s: it is armed again, earlier.
+    co_await timed_acquire(*h.pool, late_error, late_waited);
+    CHECK(h.pool->stats().waiting == 1);  // the first one waits on
+    h.pool->release(std::move(held.connection), true);
+    co_await sleep_for(20ms);
+  });
+  CHECK(late_error == AcquireError::timeout);
+  CHECK(late_waited >= 200ms);
+  CHECK(late_waited < 450ms);
+  CHECK(early_error == AcquireError::closed);  // served (the sentinel for "got a lease")
+  CHECK(h.pool->stats().acquire_timeouts == 1);
+}

@@ -48,15 +48,15 @@ TEST_CASE("a length field below 4 is malformed with 08P01", "[protocol][framing]
   const Buffer bad{'Q', 0, 0, 0, 3};
   auto frame = next_frame(view(bad), 1 << 20);
   CHECK(frame.status == FrameStatus::malformed);
-  CHECK(frame.error.sqlstate == "08P01");
+  CHECK(frame.error().sqlstate == "08P01");
 }
 
 TEST_CASE("a length over max_message_size is malformed before the payload arrives", "[protocol][framing]") {
   const Buffer header{'Q', 0, 0x20, 0, 0};  // claims 2 MiB
   auto frame = next_frame(view(header), 1 << 20);
   CHECK(frame.status == FrameStatus::malformed);
-  CHECK(frame.error.sqlstate == "08P01");
-  CHECK(frame.error.message.find("max_message_size") != std::string::npos);
+  CHECK(frame.error().sqlstate == "08P01");
+  CHECK(frame.error().message.find("max_message_size") != std::string::npos);
 }
 
 TEST_CASE("frontend and backend message type tables", "[protocol][framing]") {

@@ -1,7 +1,8 @@
 #pragma once
 // A per-service bounded pool of server connections (DESIGN §3). It knows a connection only as
 // "healthy and reusable, or not": no wire format here. Waiting is a coroutine suspension with a
-// deadline; waiters are served first in, first out.
+// deadline; waiters are served first in, first out. The deadlines are kept by one timer per worker
+// that has waiters (a Room), not one per waiting lease.
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
@@ -134,8 +135,10 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void close(std::string why = "is shutting down");
 
   struct Waiter;  // one suspended acquire(); defined in pool.cpp, opaque outside it
+  struct Room;    // a worker's acquire_timeout timer; defined in pool.cpp
 
  private:
+  struct RoomWatch;  // the handler of a room's timer
   std::string state_text_locked() const;
   AcquireResult closed_result() const;
   AcquireResult circuit_open_result(Clock::duration retry_in) const;
@@ -158,10 +161,23 @@ class Pool : public std::enable_shared_from_this<Pool> {
   std::shared_ptr<Waiter> hand_over_locked(std::unique_ptr<Connection> connection, bool from_idle);
   // Resumes the waiter's acquire() on its worker, later (posted).
   void wake_locked(const std::shared_ptr<Waiter>& waiter);
-  // Starts (or restarts) the waiter's acquire_timeout; runs on the waiter's worker.
-  void arm_timeout(std::shared_ptr<Waiter> waiter);
+  // A room exists while its timer is armed, owned by the pending wait (and listed in rooms_). Counts
+  // the waiter in its worker's room; returns the room if its timer must be armed (a new room, or
+  // armed earlier) for the waiter's deadline: the caller, on that worker, calls watch() unlocked.
+  std::shared_ptr<Room> room_to_watch_locked(Waiter& waiter);
+  // The waiter is out of waiters_ (served, failed or timed out): its room has one waiter less.
+  static void left_line_locked(Waiter& waiter);
+  // After a wait, on the room's worker: no waiter of this worker is left, so the timer is disarmed
+  // (a pending timer would also keep the worker's run() from returning).
+  void disarm_if_unused(Room& room);
+  // Arms the room's timer for `deadline`; on the room's worker.
+  void watch(std::shared_ptr<Room> room, Clock::time_point deadline);
+  // The room's timer fired: fails its waiters whose acquire_timeout passed, arms for the next one.
+  void sweep(std::shared_ptr<Room> room);
+  // The room's worker shut down with its timer pending: drops the suspended acquires of its waiters.
+  void abandon(Room& room);
   // At the waiter's acquire_timeout: is it only in line for a connect slot, with connects progressing?
-  bool waits_for_connect_progress(const Waiter& waiter);
+  bool waits_for_connect_progress_locked(const Waiter& waiter, Clock::time_point now) const;
   // A lease starts a connect: it holds one of the kMaxConcurrentConnects slots.
   void begin_connect_locked();
   // Hands idle connections to waiters and lets waiters connect while there is room under max.
@@ -175,6 +191,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   mutable std::mutex mutex_;
   std::vector<std::unique_ptr<Connection>> idle_;  // most recently used at the back
   std::deque<std::shared_ptr<Waiter>> waiters_;
+  std::vector<std::shared_ptr<Room>> rooms_;  // armed ones: one per worker that has waiters
   int busy_ = 0;        // leased out
   int connecting_ = 0;  // slots reserved for connects in progress
   // Connects actually under way, at most kMaxConcurrentConnects for a lease (pool.cpp).

@@ -26,7 +26,11 @@ struct Frame {
   FrameStatus status = FrameStatus::incomplete;
   MessageView message;          // valid when complete
   std::size_t needed = 0;       // when incomplete: total bytes the frame needs, if known (else 0)
-  ProtocolError error;          // when malformed
+  std::uint32_t length = 0;     // when malformed: the length field it had ...
+  std::size_t limit = 0;        // ... and max_message_size
+  // When malformed, what the client is told. Made on demand: a frame is cut several times per
+  // message on the hot path, and two strings in every one cost more than the cut.
+  [[nodiscard]] ProtocolError error() const;
 };
 
 // Cuts the first message off `buffer`. A length below 4 or above `max_message_size` is malformed

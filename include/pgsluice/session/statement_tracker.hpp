@@ -70,7 +70,7 @@ class StatementTracker {
   };
   enum class Kind : std::uint8_t { parse, bind, describe_statement, describe_portal, close, execute, sync, simple };
   struct Expectation {
-    Kind kind;
+    Kind kind = Kind::parse;
     bool swallow = false;          // injected by pgsluice: the client never sees the reply
     bool fake = false;             // not sent: `reply` goes to the client in its place
     protocol::Buffer reply{};      // fake only
@@ -90,8 +90,14 @@ class StatementTracker {
     const Expectation& front() const { return items_[head_]; }
     Expectation& back() { return items_.back(); }
     void push_back(Expectation expectation) { items_.push_back(std::move(expectation)); }
+    Expectation& emplace_back(Kind kind) {
+      auto& added = items_.emplace_back();
+      added.kind = kind;
+      return added;
+    }
+    // What a popped expectation holds goes when the queue drains (at each Sync, in practice).
     void pop_front() {
-      items_[head_++] = Expectation{};
+      ++head_;
       if (head_ == items_.size()) {
         items_.clear();
         head_ = 0;
@@ -106,7 +112,7 @@ class StatementTracker {
     std::size_t head_ = 0;
   };
 
-  void expect(Kind kind, bool swallow = false) { queue_.push_back(Expectation{.kind = kind, .swallow = swallow}); }
+  void expect(Kind kind, bool swallow = false) { queue_.emplace_back(kind).swallow = swallow; }
   void expect_fake(protocol::Buffer reply);
   // Makes sure `statement` exists on the server, injecting a Parse (and an eviction Close) if not.
   void ensure_on_server(const Statement& statement, server::ServerStatements& server, Outgoing& to_server);
