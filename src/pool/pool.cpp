@@ -459,46 +459,81 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
     if (room) watch(std::move(room), waiter->deadline);  // on this worker, the room's
     co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
         [&waiter](auto handler) { waiter->resume.emplace(std::move(handler)); }, asio::use_awaitable);
-    disarm_if_unused(*waiter->room);
-    if (waiter->connection && waiter->from_idle) {
-      // Handed over from the idle list (after RESUME or a reload): checked like any idle one.
-      auto connection = std::move(waiter->connection);
-      Clock::duration round_trip_after{};
-      {
-        std::lock_guard lock(mutex_);
-        round_trip_after = round_trip_after_locked();
-      }
-      auto verdict = quick_check(*connection, round_trip_after);
-      if (verdict == IdleVerdict::needs_round_trip) verdict = co_await round_trip_check(*connection);
-      if (verdict == IdleVerdict::usable) co_return AcquireResult{std::move(connection), {}, {}};
-      std::lock_guard lock(mutex_);
-      ++(verdict == IdleVerdict::expired ? counters_.closed_lifetime : counters_.health_check_failures);
-      --busy_;
-      ++connecting_;  // its slot becomes this waiter's connect slot
-      begin_connect_locked();
-      waiter->may_connect = true;
-    }
-    std::lock_guard lock(mutex_);
-    if (waiter->connection) {
-      waiter->connection->last_used = Clock::now();
-      co_return AcquireResult{std::move(waiter->connection), {}, {}};
-    }
-    if (waiter->circuit_open) co_return circuit_open_result(breaker_->retry_in());
-    if (waiter->may_connect) {
-      // The slot was already counted in connecting_: fall through to connect.
-    } else if (waiter->resolved) {
-      co_return closed_result();
-    } else {
-      // Timed out: the room's sweep took it out of waiters_.
-      ++counters_.acquire_timeouts;
-      const auto text = paused_ ? fmt::format("pgsluice: service \"{}\" is paused; no server connection", settings_.service)
-                                : fmt::format("pgsluice: no server connection for service \"{}\"", settings_.service);
-      co_return AcquireResult{nullptr, paused_ ? AcquireError::paused : AcquireError::timeout,
-                              fmt::format("{} within acquire_timeout {}ms ({})", text,
-                                          settings_.acquire_timeout.count(), state_text_locked())};
-    }
+    if (auto done = end_wait(*waiter)) co_return std::move(*done);
+    co_return co_await finish_wait(std::move(waiter));
   }
+  co_return co_await connect_reserved();
+}
 
+std::shared_ptr<Pool::Waiter> Pool::enqueue_now(const asio::any_io_executor& executor) {
+  std::shared_ptr<Waiter> waiter;
+  std::shared_ptr<Room> room;
+  {
+    std::lock_guard lock(mutex_);
+    // What acquire() would do at once (an idle connection, a connect, a refusal) is left to it.
+    if (closed_ || (!idle_.empty() && waiters_.empty() && !paused_)) return nullptr;
+    if (breaker_ && breaker_->state() != CircuitBreaker::State::closed) return nullptr;
+    if (!paused_ && total_locked() < settings_.max_connections && waiters_.empty() &&
+        in_flight_ < kMaxConcurrentConnects) {
+      return nullptr;
+    }
+    if (static_cast<int>(waiters_.size()) >= settings_.max_waiting_clients) return nullptr;
+    ++counters_.acquires;
+    waiter = std::allocate_shared<Waiter>(asio::recycling_allocator<Waiter>(), executor);
+    waiter->deadline = Clock::now() + settings_.acquire_timeout;
+    waiters_.push_back(waiter);
+    room = room_to_watch_locked(*waiter);
+  }
+  if (room) watch(std::move(room), waiter->deadline);
+  return waiter;
+}
+
+void Pool::when_ready(const std::shared_ptr<Waiter>& waiter, asio::any_completion_handler<void()> on_ready) {
+  waiter->resume.emplace(std::move(on_ready));
+}
+
+std::optional<AcquireResult> Pool::end_wait(Waiter& waiter) {
+  disarm_if_unused(*waiter.room);
+  // Handed over from the idle list (after RESUME or a reload): checked like any idle one. Or given
+  // a connect slot. Both are finish_wait()'s.
+  if ((waiter.connection && waiter.from_idle) || (!waiter.connection && waiter.may_connect)) return std::nullopt;
+  std::lock_guard lock(mutex_);
+  if (waiter.connection) {
+    waiter.connection->last_used = Clock::now();
+    return AcquireResult{std::move(waiter.connection), {}, {}};
+  }
+  if (waiter.circuit_open) return circuit_open_result(breaker_->retry_in());
+  if (waiter.resolved) return closed_result();
+  // Timed out: the room's sweep took it out of waiters_.
+  ++counters_.acquire_timeouts;
+  const auto text = paused_ ? fmt::format("pgsluice: service \"{}\" is paused; no server connection", settings_.service)
+                            : fmt::format("pgsluice: no server connection for service \"{}\"", settings_.service);
+  return AcquireResult{nullptr, paused_ ? AcquireError::paused : AcquireError::timeout,
+                       fmt::format("{} within acquire_timeout {}ms ({})", text, settings_.acquire_timeout.count(),
+                                   state_text_locked())};
+}
+
+asio::awaitable<AcquireResult> Pool::finish_wait(std::shared_ptr<Waiter> waiter) {
+  if (waiter->connection) {
+    auto connection = std::move(waiter->connection);
+    Clock::duration round_trip_after{};
+    {
+      std::lock_guard lock(mutex_);
+      round_trip_after = round_trip_after_locked();
+    }
+    auto verdict = quick_check(*connection, round_trip_after);
+    if (verdict == IdleVerdict::needs_round_trip) verdict = co_await round_trip_check(*connection);
+    if (verdict == IdleVerdict::usable) co_return AcquireResult{std::move(connection), {}, {}};
+    std::lock_guard lock(mutex_);
+    ++(verdict == IdleVerdict::expired ? counters_.closed_lifetime : counters_.health_check_failures);
+    --busy_;
+    ++connecting_;  // its slot becomes this waiter's connect slot
+    begin_connect_locked();
+  }
+  co_return co_await connect_reserved();
+}
+
+asio::awaitable<AcquireResult> Pool::connect_reserved() {
   // A slot is reserved in connecting_ for this connect.
   std::string error;
   auto connection = co_await connect_one(error);

@@ -97,8 +97,13 @@ bool ServerConnection::looks_usable() {
   return received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
-bool ServerConnection::move_to(const net::asio::any_io_executor& executor) {
-  if (pool::context_key(socket_.get_executor()) == pool::context_key(executor)) return true;
+bool ServerConnection::move_to(const net::asio::any_io_executor& executor, const void* worker) {
+  // `home`, once set, is the socket's worker: no query through the type-erased executors.
+  if (home == worker) return true;
+  if (pool::context_key(socket_.get_executor()) == worker) {
+    home = worker;
+    return true;
+  }
   net::error_code ec;
   const auto fd = socket_.release(ec);  // leaves the old worker's reactor
   if (ec) return false;
@@ -109,6 +114,7 @@ bool ServerConnection::move_to(const net::asio::any_io_executor& executor) {
     return false;
   }
   socket_ = std::move(moved);
+  home = worker;
   return true;
 }
 

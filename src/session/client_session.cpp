@@ -4,6 +4,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/recycling_allocator.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <spdlog/spdlog.h>
@@ -18,10 +19,12 @@ using protocol::Buffer;
 
 ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionContext> context)
     : socket_(std::move(socket)),
+      worker_(pool::context_key(socket_.get_executor())),
       context_(std::move(context)),
       snapshot_(context_->current()),
       config_(snapshot_->config),
       max_message_size_(config_->max_message_size),
+      client_done_event_(socket_.get_executor()),
       server_reader_done_(socket_.get_executor()),
       shape_known_(socket_.get_executor()),
       client_write_unlocked_(socket_.get_executor()),
@@ -106,7 +109,10 @@ net::awaitable<void> ClientSession::run() {
     co_return;
   }
   spdlog::debug("session {}: user {} database {} service {}", peer_, user_, database_, service_->config.name);
-  co_await relay();
+  // The client side runs as a chain of handlers from here (see the top of this file), starting with
+  // what the client sent after its login, until end_client().
+  on_client_data(shared_from_this());
+  while (!client_done_) co_await client_done_event_.wait();
   closing_ = true;
   disarm_timer();
   co_await finish_server();
@@ -200,15 +206,13 @@ void ClientSession::force_shutdown() {
 }
 
 bool ClientSession::attach_server_now() {
-  const void* worker = pool::context_key(socket_.get_executor());
-  auto connection = service_->pool->try_acquire_now(worker);
+  auto connection = service_->pool->try_acquire_now(worker_);
   if (!connection) return false;
   server_.reset(static_cast<server::ServerConnection*>(connection.release()));
-  if (!server_->move_to(socket_.get_executor())) {
+  if (!server_->move_to(socket_.get_executor(), worker_)) {
     release_server(false);
     return false;  // attach_server leases another
   }
-  server_->home = worker;
   return parameters_in_place();
 }
 
@@ -263,13 +267,12 @@ bool ClientSession::take_lease(pool::AcquireResult lease, std::string& sqlstate,
     return false;
   }
   server_.reset(static_cast<server::ServerConnection*>(lease.connection.release()));
-  if (!server_->move_to(socket_.get_executor())) {
+  if (!server_->move_to(socket_.get_executor(), worker_)) {
     release_server(false);
     sqlstate = "08006";
     error = "pgsluice: server connection failed while moving it to the client's worker";
     return false;
   }
-  server_->home = pool::context_key(socket_.get_executor());
   return true;
 }
 
@@ -327,147 +330,254 @@ void ClientSession::fail_run(protocol::Bytes run, const std::string& sqlstate, c
   skip_until_sync_ = error_sent;
 }
 
-net::awaitable<void> ClientSession::relay() {
-  for (;;) {
-    if (closing_) {
-      // The session is ending (close_with): what the client still sends is read and dropped.
-      buffer_.consume(buffer_.size());
-      if (co_await net::read_some(socket_, buffer_)) co_return;
-      continue;
-    }
-    // Cut every whole message off the buffer; the run of them is forwarded with one write.
-    auto data = buffer_.readable();
-    std::size_t offset = 0;
-    std::size_t want = 0;
-    bool terminate = false;
-    while (offset < data.size()) {
-      auto frame = protocol::next_frame(data.subspan(offset), max_message_size_);
-      if (frame.status == protocol::FrameStatus::incomplete) {
-        want = frame.needed > 0 ? frame.needed : 0;
-        break;
-      }
-      if (frame.status == protocol::FrameStatus::malformed) {
-        co_await stop_server_reader();
-        const auto error = frame.error();
-        co_await send_fatal(error.sqlstate, "pgsluice: " + error.message);
-        co_return;
-      }
-      const char type = frame.message.type;
-      if (!protocol::is_frontend_message_type(type)) {
-        co_await stop_server_reader();
-        co_await send_fatal("08P01", std::string("pgsluice: invalid frontend message type ") +
-                                         std::to_string(static_cast<unsigned char>(type)));
-        co_return;
-      }
-      if (type == 'X') {
-        terminate = true;
-        break;
-      }
-      switch (type) {
-        case 'Q': case 'F': ++expected_ready_; break;
-        case 'S': ++expected_ready_; in_extended_batch_ = false; break;
-        case 'P': case 'B': case 'D': case 'E': case 'C': case 'H': in_extended_batch_ = true; break;
-        default: break;
-      }
-      offset += frame.message.frame.size();
-    }
-
-    if (offset > 0) {
-      auto run = data.first(offset);
-      if (timer_purpose_ == TimerPurpose::idle_in_transaction) disarm_timer();
-      if (!server_) {
-        std::string sqlstate;
-        std::string error;
-        const bool skipping = skip_until_sync_;
-        // Each coroutine call allocates a frame: a lease that waits calls the pool's acquire() alone.
-        bool attached = false;
-        if (!skipping) {
-          attached = attach_server_now();
-          if (!attached && !server_) {
-            take_lease(co_await service_->pool->acquire(socket_.get_executor()), sqlstate, error);
-          }
-          if (!attached && server_) attached = parameters_in_place() || co_await attach_server(sqlstate, error);
-        }
-        if (!attached && sqlstate == "57P01") {
-          // The service is gone (removed by a reload, or shutting down): nothing will serve this
-          // client again, so it is told why and closed rather than failing every statement.
-          asio::co_spawn(socket_.get_executor(), close_with(sqlstate, error), asio::detached);
-          buffer_.consume(offset);
-          continue;  // the relay now discards input until close_with ends it
-        }
-        if (!attached) {
-          // Nothing was sent: undo the accounting and answer every message here.
-          expected_ready_ = 0;
-          in_extended_batch_ = false;
-          Buffer out;
-          fail_run(run, sqlstate, error, out);
-          buffer_.consume(offset);
-          disarm_timer();
-          if (!out.empty()) {
-            co_await lock_client_writes();
-            const bool written = co_await write_client(out);
-            unlock_client_writes();
-            if (!written) co_return;
-          }
-          continue;
-        }
-      }
-      // query_timeout counts from when the statement goes to the server: waiting for a connection is
-      // bounded by acquire_timeout instead.
-      if (expected_ready_ > 0 && timer_purpose_ == TimerPurpose::none && service_->config.query_timeout.count() > 0) {
-        arm_timer(TimerPurpose::query, service_->config.query_timeout);
-      }
-      // The server side starts reading once the run is written (or, for a long run, before the rest
-      // of it, so that a server answering while it still receives is read meanwhile).
-      bool start_reader = false;
-      if (!server_reader_running_) {
-        stop_server_reader_ = false;
-        server_reader_running_ = true;
-        start_reader = true;
-      }
-      Outgoing& out = to_server_;
-      bool failed = false;
-      for (std::size_t at = 0; at < offset;) {
-        out.clear();
-        bool held = false;  // a Bind waits for the shape of the statement it binds (StatementTracker)
-        if (rewrite_statements_) {
-          while (at < offset && !held) {
-            auto frame = protocol::next_frame(run.subspan(at), max_message_size_);
-            held = !statements_.client_message(frame.message, server_->statements(), server_->id(), out);
-            if (!held) at += frame.message.frame.size();
-          }
-        } else {
-          out.append(run);
-          at = offset;
-        }
-        net::error_code ec;
-        std::size_t written = 0;
-        const bool sent = out.empty() || net::try_write_all(server_->socket(), out.pieces(), written, ec);
-        if (!sent) client_writing_ = true;
-        if (std::exchange(start_reader, false)) read_server(shared_from_this());
-        if (!sent) {
-          ec = co_await net::write_rest(server_->socket(), out.pieces(), written);
-          client_writing_ = false;
-        }
-        // The server reader sees a failure and tells the client.
-        failed = ec || (rewrite_statements_ && statements_.has_due_replies() && !co_await send_due_replies());
-        if (failed || !held) break;
-        while (statements_.awaiting_shape() && server_reader_running_ && !closing_) co_await shape_known_.wait();
-        if (statements_.awaiting_shape() || closing_ || !server_) {
-          failed = true;  // the server connection went away meanwhile: the session is ending
-          break;
-        }
-      }
-      buffer_.consume(offset);
-      if (failed) co_return;
-    }
-    if (terminate) co_return;
-    if (closing_) co_return;
-
-    const std::size_t missing = want > buffer_.size() ? want - buffer_.size() : 0;
-    auto [read_ec, count] = co_await net::async_read_into(socket_, buffer_, std::max<std::size_t>(missing, 4096));
-    if (net::finish_read(buffer_, read_ec, count)) co_return;
+// The client side. Each read's handler takes the run of whole messages at the front of buffer_ and
+// forwards it at once when it can (the server connection is held or leased now, or the lease waits
+// in the pool's line without a coroutine, and the server takes the bytes at once); anything slower
+// goes on in a spawned coroutine, which reads the client again at its end.
+struct ClientSession::ClientRead {
+  std::shared_ptr<ClientSession> self;
+  void operator()(const net::error_code& ec, std::size_t count) {
+    auto* session = self.get();
+    session->on_client_read(std::move(self), ec, count);
   }
+};
+
+// Run by the pool on the session's worker when the lease in line was served, failed or timed out.
+struct ClientSession::LeaseReady {
+  std::shared_ptr<ClientSession> self;
+  using allocator_type = asio::recycling_allocator<void>;
+  allocator_type get_allocator() const noexcept { return {}; }
+  void operator()() {
+    auto* session = self.get();
+    session->on_lease_ready(std::move(self));
+  }
+};
+
+void ClientSession::read_client(std::shared_ptr<ClientSession> self) {
+  const std::size_t missing = run_.want > buffer_.size() ? run_.want - buffer_.size() : 0;
+  net::async_read_into(socket_, buffer_, std::max<std::size_t>(missing, 4096), ClientRead{std::move(self)});
+}
+
+void ClientSession::on_client_read(std::shared_ptr<ClientSession> self, net::error_code ec, std::size_t count) {
+  if (net::finish_read(buffer_, ec, count)) return end_client();
+  on_client_data(std::move(self));
+}
+
+void ClientSession::end_client() {
+  client_done_ = true;
+  client_done_event_.notify();
+}
+
+net::awaitable<void> ClientSession::refuse_client([[maybe_unused]] std::shared_ptr<ClientSession> self,
+                                                  std::string sqlstate,
+                                                  std::string message) {
+  co_await stop_server_reader();
+  co_await send_fatal(sqlstate, message);
+  end_client();
+}
+
+void ClientSession::on_client_data(std::shared_ptr<ClientSession> self) {
+  run_ = {};
+  if (closing_) {
+    // The session is ending (close_with): what the client still sends is read and dropped.
+    buffer_.consume(buffer_.size());
+    return read_client(std::move(self));
+  }
+  // Cut every whole message off the buffer; the run of them is forwarded with one write.
+  auto data = buffer_.readable();
+  while (run_.offset < data.size()) {
+    auto frame = protocol::next_frame(data.subspan(run_.offset), max_message_size_);
+    if (frame.status == protocol::FrameStatus::incomplete) {
+      run_.want = frame.needed;
+      break;
+    }
+    if (frame.status == protocol::FrameStatus::malformed) {
+      auto error = frame.error();
+      asio::co_spawn(socket_.get_executor(),
+                     refuse_client(std::move(self), std::move(error.sqlstate), "pgsluice: " + error.message),
+                     asio::detached);
+      return;
+    }
+    const char type = frame.message.type;
+    if (!protocol::is_frontend_message_type(type)) {
+      asio::co_spawn(socket_.get_executor(),
+                     refuse_client(std::move(self), "08P01",
+                                   std::string("pgsluice: invalid frontend message type ") +
+                                       std::to_string(static_cast<unsigned char>(type))),
+                     asio::detached);
+      return;
+    }
+    if (type == 'X') {
+      run_.terminate = true;
+      break;
+    }
+    switch (type) {
+      case 'Q': case 'F': ++expected_ready_; break;
+      case 'S': ++expected_ready_; in_extended_batch_ = false; break;
+      case 'P': case 'B': case 'D': case 'E': case 'C': case 'H': in_extended_batch_ = true; break;
+      default: break;
+    }
+    run_.offset += frame.message.frame.size();
+  }
+  if (run_.offset == 0) return end_run(std::move(self), false);
+  if (timer_purpose_ == TimerPurpose::idle_in_transaction) disarm_timer();
+  if (!server_) {
+    bool attached = false;
+    if (!skip_until_sync_) {
+      attached = attach_server_now();
+      // Under load the lease usually waits: in the pool's line, without a coroutine.
+      std::shared_ptr<pool::Pool::Waiter> waiter;
+      if (!attached && !server_ && (waiter = service_->pool->enqueue_now(socket_.get_executor()))) {
+        lease_wait_ = waiter;
+        pool::Pool::when_ready(waiter, LeaseReady{std::move(self)});
+        return;
+      }
+    }
+    if (!attached) {
+      asio::co_spawn(socket_.get_executor(), attach_slowly(std::move(self), nullptr, std::nullopt, {}, {}),
+                     asio::detached);
+      return;
+    }
+  }
+  forward_run(std::move(self));
+}
+
+void ClientSession::on_lease_ready(std::shared_ptr<ClientSession> self) {
+  auto waiter = std::move(lease_wait_);
+  auto lease = service_->pool->end_wait(*waiter);
+  std::string sqlstate;
+  std::string error;
+  if (lease && lease->connection) {
+    if (take_lease(std::move(*lease), sqlstate, error) && parameters_in_place()) return forward_run(std::move(self));
+    lease.reset();  // taken (parameters to apply), or failed with sqlstate set
+    waiter.reset();
+  }
+  asio::co_spawn(socket_.get_executor(),
+                 attach_slowly(std::move(self), std::move(waiter), std::move(lease), std::move(sqlstate),
+                               std::move(error)),
+                 asio::detached);
+}
+
+net::awaitable<void> ClientSession::attach_slowly(std::shared_ptr<ClientSession> self,
+                                                  std::shared_ptr<pool::Pool::Waiter> waited,
+                                                  std::optional<pool::AcquireResult> lease, std::string sqlstate,
+                                                  std::string error) {
+  bool attached = false;
+  if (!skip_until_sync_ && sqlstate.empty()) {
+    if (!server_) {
+      if (lease) {
+        take_lease(std::move(*lease), sqlstate, error);
+      } else if (waited) {
+        take_lease(co_await service_->pool->finish_wait(std::move(waited)), sqlstate, error);
+      } else {
+        take_lease(co_await service_->pool->acquire(socket_.get_executor()), sqlstate, error);
+      }
+    }
+    if (server_) attached = parameters_in_place() || co_await attach_server(sqlstate, error);
+  }
+  if (attached) co_return forward_run(std::move(self));
+  if (sqlstate == "57P01") {
+    // The service is gone (removed by a reload, or shutting down): nothing will serve this client
+    // again, so it is told why and closed rather than failing every statement.
+    asio::co_spawn(socket_.get_executor(), close_with(sqlstate, error), asio::detached);
+    buffer_.consume(run_.offset);
+    co_return on_client_data(std::move(self));  // from now on it discards input until close_with ends it
+  }
+  // Nothing was sent: undo the accounting and answer every message here.
+  expected_ready_ = 0;
+  in_extended_batch_ = false;
+  Buffer out;
+  fail_run(buffer_.readable().first(run_.offset), sqlstate, error, out);
+  buffer_.consume(run_.offset);
+  disarm_timer();
+  if (!out.empty()) {
+    co_await lock_client_writes();
+    const bool written = co_await write_client(out);
+    unlock_client_writes();
+    if (!written) co_return end_client();
+  }
+  on_client_data(std::move(self));  // what is left of the buffer, then reads on
+}
+
+bool ClientSession::build_chunk(std::size_t& at, Outgoing& out) {
+  auto run = buffer_.readable().first(run_.offset);
+  out.clear();
+  if (!rewrite_statements_) {
+    out.append(run.subspan(at));
+    at = run_.offset;
+    return false;
+  }
+  // A Bind waits for the shape of the statement it binds (StatementTracker): the chunk ends before it.
+  while (at < run_.offset) {
+    auto frame = protocol::next_frame(run.subspan(at), max_message_size_);
+    if (!statements_.client_message(frame.message, server_->statements(), server_->id(), out)) return true;
+    at += frame.message.frame.size();
+  }
+  return false;
+}
+
+void ClientSession::forward_run(std::shared_ptr<ClientSession> self) {
+  // query_timeout counts from when the statement goes to the server: waiting for a connection is
+  // bounded by acquire_timeout instead.
+  if (expected_ready_ > 0 && timer_purpose_ == TimerPurpose::none && service_->config.query_timeout.count() > 0) {
+    arm_timer(TimerPurpose::query, service_->config.query_timeout);
+  }
+  // The server side starts reading once the run is written (or, for a long run, before the rest
+  // of it, so that a server answering while it still receives is read meanwhile).
+  const bool start_reader = !server_reader_running_;
+  if (start_reader) {
+    stop_server_reader_ = false;
+    server_reader_running_ = true;
+  }
+  Outgoing& out = to_server_;
+  std::size_t at = 0;
+  const bool held = build_chunk(at, out);
+  net::error_code ec;
+  std::size_t written = 0;
+  const bool sent = out.empty() || net::try_write_all(server_->socket(), out.pieces(), written, ec);
+  if (!sent) client_writing_ = true;
+  if (start_reader) read_server(self);
+  if (sent && (ec || (!held && !(rewrite_statements_ && statements_.has_due_replies())))) {
+    return end_run(std::move(self), static_cast<bool>(ec));  // the server reader sees a failure and tells the client
+  }
+  asio::co_spawn(socket_.get_executor(), forward_slowly(std::move(self), at, written, sent, held), asio::detached);
+}
+
+net::awaitable<void> ClientSession::forward_slowly(std::shared_ptr<ClientSession> self, std::size_t at,
+                                                   std::size_t written, bool sent, bool held) {
+  Outgoing& out = to_server_;
+  bool failed = false;
+  for (;;) {
+    net::error_code ec;
+    if (!sent) {
+      ec = co_await net::write_rest(server_->socket(), out.pieces(), written);
+      client_writing_ = false;
+    }
+    // The server reader sees a failure and tells the client.
+    failed = ec || (rewrite_statements_ && statements_.has_due_replies() && !co_await send_due_replies());
+    if (failed || !held) break;
+    while (statements_.awaiting_shape() && server_reader_running_ && !closing_) co_await shape_known_.wait();
+    if (statements_.awaiting_shape() || closing_ || !server_) {
+      failed = true;  // the server connection went away meanwhile: the session is ending
+      break;
+    }
+    held = build_chunk(at, out);
+    written = 0;
+    sent = out.empty() || net::try_write_all(server_->socket(), out.pieces(), written, ec);
+    if (!sent) client_writing_ = true;
+    if (sent && ec) {
+      failed = true;
+      break;
+    }
+  }
+  end_run(std::move(self), failed);
+}
+
+void ClientSession::end_run(std::shared_ptr<ClientSession> self, bool failed) {
+  buffer_.consume(run_.offset);
+  run_.offset = 0;
+  if (failed || run_.terminate || closing_) return end_client();
+  read_client(std::move(self));
 }
 
 struct ClientSession::ServerRead {

@@ -3,6 +3,7 @@
 // "healthy and reusable, or not": no wire format here. Waiting is a coroutine suspension with a
 // deadline; waiters are served first in, first out. The deadlines are kept by one timer per worker
 // that has waiters (a Room), not one per waiting lease.
+#include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
@@ -11,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -90,6 +92,8 @@ struct PoolStats {
 
 class Pool : public std::enable_shared_from_this<Pool> {
  public:
+  struct Waiter;  // one lease in line; defined in pool.cpp, opaque outside it
+
   Pool(PoolSettings settings, Connector connector, HealthCheck health_check = {});
   ~Pool();
   Pool(const Pool&) = delete;
@@ -103,6 +107,15 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // one at `home`, see context_key), when nobody waits and nothing needs a round trip or the
   // breaker. nullptr: call acquire().
   std::unique_ptr<Connection> try_acquire_now(const void* home);
+  // acquire() without a coroutine for the caller, for the common wait under load: after
+  // try_acquire_now() gave nothing, enqueue_now() puts the caller in line (nullptr: acquire() must
+  // serve it: a connect, the breaker, a full line, closed); when_ready() gives the handler run on
+  // the caller's worker once it is served, failed or timed out; then end_wait() says how it went,
+  // or nothing when finish_wait() must finish it (a health-check round trip or a connect).
+  std::shared_ptr<Waiter> enqueue_now(const boost::asio::any_io_executor& executor);
+  static void when_ready(const std::shared_ptr<Waiter>& waiter, boost::asio::any_completion_handler<void()> on_ready);
+  std::optional<AcquireResult> end_wait(Waiter& waiter);
+  boost::asio::awaitable<AcquireResult> finish_wait(std::shared_ptr<Waiter> waiter);
   // Gives a leased connection back. `reusable` false (broken, dirty, failed reset) closes it.
   void release(std::unique_ptr<Connection> connection, bool reusable);
 
@@ -134,14 +147,15 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // `why` ends the message acquires get from then on ("service \"x\" <why>").
   void close(std::string why = "is shutting down");
 
-  struct Waiter;  // one suspended acquire(); defined in pool.cpp, opaque outside it
-  struct Room;    // a worker's acquire_timeout timer; defined in pool.cpp
+  struct Room;  // a worker's acquire_timeout timer; defined in pool.cpp
 
  private:
   struct RoomWatch;  // the handler of a room's timer
   std::string state_text_locked() const;
   AcquireResult closed_result() const;
   AcquireResult circuit_open_result(Clock::duration retry_in) const;
+  // The connect of a lease that holds a slot in connecting_ (acquire() and finish_wait()).
+  boost::asio::awaitable<AcquireResult> connect_reserved();
   // Runs the connector (the caller holds a connect slot), stamps max_lifetime, tells the breaker.
   boost::asio::awaitable<std::unique_ptr<Connection>> connect_one(std::string& error);
   // Reports a connect or thorough health-check outcome to the breaker.

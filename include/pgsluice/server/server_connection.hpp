@@ -93,7 +93,8 @@ class ServerConnection : public pool::Connection {
   // Re-homes the socket on `executor`'s worker, so that its I/O completes on the leasing session's
   // thread without a hop (two epoll_ctl calls). Only while nothing is pending on it (a lease).
   // False if the socket could not be moved (it is then closed: the connection is not reusable).
-  bool move_to(const net::asio::any_io_executor& executor);
+  // `worker` is pool::context_key(executor); `home` becomes it.
+  bool move_to(const net::asio::any_io_executor& executor, const void* worker);
 
  private:
   ServerConnection(net::tcp::socket socket, std::shared_ptr<const ServerTarget> target);

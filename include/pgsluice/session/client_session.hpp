@@ -47,7 +47,32 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   net::awaitable<LoginOutcome> startup();
   net::awaitable<bool> authenticate(const std::string& user);
   net::awaitable<bool> finish_login();
-  net::awaitable<void> relay();
+
+  // The client side (see the top of this file). Each read's handler holds the session.
+  struct ClientRead;
+  struct LeaseReady;
+  void read_client(std::shared_ptr<ClientSession> self);
+  void on_client_read(std::shared_ptr<ClientSession> self, net::error_code ec, std::size_t count);
+  // Takes the whole messages at the front of buffer_ as the next run (run_) and forwards it.
+  void on_client_data(std::shared_ptr<ClientSession> self);
+  // The lease that waited in the pool's line (lease_wait_) was served, failed or timed out.
+  void on_lease_ready(std::shared_ptr<ClientSession> self);
+  // What the lease needs beyond that: acquire() (a connect, the breaker ...), the rest of a wait
+  // (finish_wait), parameters to apply; or it failed, and the run is answered here.
+  net::awaitable<void> attach_slowly(std::shared_ptr<ClientSession> self, std::shared_ptr<pool::Pool::Waiter> waited,
+                                     std::optional<pool::AcquireResult> lease, std::string sqlstate,
+                                     std::string error);
+  // Sends the run to the attached server connection: at once, or forward_slowly() goes on (a write
+  // the server does not take at once, a Bind held for a shape, replies made here).
+  void forward_run(std::shared_ptr<ClientSession> self);
+  net::awaitable<void> forward_slowly(std::shared_ptr<ClientSession> self, std::size_t at, std::size_t written,
+                                      bool sent, bool held);
+  // The messages of the run from `at` for the server into `out`, up to a held Bind (then true).
+  bool build_chunk(std::size_t& at, Outgoing& out);
+  // The run is done: consumes it and reads on, or ends the client side.
+  void end_run(std::shared_ptr<ClientSession> self, bool failed);
+  net::awaitable<void> refuse_client(std::shared_ptr<ClientSession> self, std::string sqlstate, std::string message);
+  void end_client();
 
   // The server side (see the top of this file). Each read's handler holds the session.
   struct ServerRead;
@@ -101,6 +126,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool between_transactions() const;
 
   net::tcp::socket socket_;
+  const void* worker_;  // pool::context_key of the socket's worker
   std::shared_ptr<SessionContext> context_;
   std::shared_ptr<const Snapshot> snapshot_;  // the configuration in force when the client arrived
   std::shared_ptr<const config::Config> config_;
@@ -117,6 +143,15 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::optional<CancelRegistry::Key> cancel_key_;
 
   // Relay state (on the session's worker).
+  struct Run {
+    std::size_t offset = 0;  // whole messages at the front of buffer_
+    std::size_t want = 0;    // the message after them needs this many bytes (0: unknown)
+    bool terminate = false;  // a Terminate ends the run
+  };
+  Run run_;
+  std::shared_ptr<pool::Pool::Waiter> lease_wait_;  // the lease in the pool's line
+  bool client_done_ = false;  // the client side ended (end_client)
+  net::Event client_done_event_;
   std::unique_ptr<server::ServerConnection> server_;
   bool server_reader_running_ = false;  // the server side is relaying (from attach to release)
   bool stop_server_reader_ = false;
