@@ -695,7 +695,7 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
       }
       if (ec) {
         buffer.consume(offset);
-        closing_ = true;  // the client is gone; the client reader will notice too
+        closing_ = true;  // the client is gone; the client side will notice too
         return end_server_reader();
       }
     }
@@ -708,7 +708,7 @@ net::awaitable<void> ClientSession::finish_server_write(std::shared_ptr<ClientSe
   const bool ok = co_await finish_write_client(to_client_, written);
   if (!ok) {
     server_->buffer().consume(offset);
-    closing_ = true;  // the client is gone; the client reader will notice too
+    closing_ = true;  // the client is gone; the client side will notice too
     end_server_reader();
     co_return;
   }

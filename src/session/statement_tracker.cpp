@@ -100,9 +100,9 @@ std::string StatementTracker::server_name(std::string_view query, Bytes paramete
 }
 
 void StatementTracker::expect_fake(Buffer reply) {
-  Expectation expectation{.kind = Kind::parse, .fake = true};
-  expectation.reply = std::move(reply);
-  queue_.push_back(std::move(expectation));
+  auto& expectation = queue_.emplace_back(Kind::parse);
+  expectation.fake = true;
+  queue_.detail(expectation).reply = std::move(reply);
 }
 
 void StatementTracker::ensure_on_server(const Statement& statement, server::ServerStatements& server,
@@ -119,18 +119,19 @@ void StatementTracker::send_parse(const Statement& statement, server::ServerStat
   close_if_stale(statement.server_name, server, to_server);
   if (auto victim = server.evict_if_full()) {
     protocol::append_close(to_server.build(), 'S', *victim);
-    Expectation close{.kind = Kind::close, .swallow = true};
-    close.server_name = std::move(*victim);
+    auto& close = queue_.emplace_back(Kind::close);
+    close.swallow = true;
     close.eviction = true;
-    queue_.push_back(std::move(close));
+    queue_.detail(close).server_name = std::move(*victim);
   }
   server.add(statement.server_name);
   protocol::append_parse(to_server.build(), statement.server_name, statement.query, bytes_of(statement.parameter_types));
   // The client's own Parse is answered to it; one pgsluice injects (no client name) is swallowed.
-  Expectation parse{.kind = Kind::parse, .swallow = client_name.empty()};
-  parse.server_name = statement.server_name;
-  parse.client_name = std::move(client_name);
-  queue_.push_back(std::move(parse));
+  auto& parse = queue_.emplace_back(Kind::parse);
+  parse.swallow = client_name.empty();
+  auto& detail = queue_.detail(parse);
+  detail.server_name = statement.server_name;
+  detail.client_name = std::move(client_name);
 }
 
 void StatementTracker::close_if_stale(const std::string& name, server::ServerStatements& server,
@@ -139,17 +140,17 @@ void StatementTracker::close_if_stale(const std::string& name, server::ServerSta
   server.forget(name);
   protocol::append_close(to_server.build(), 'S', name);
   expect(Kind::close, /*swallow=*/true);
-  queue_.back().server_name = name;
+  queue_.detail(queue_.back()).server_name = name;
   queue_.back().eviction = true;  // if skipped, the statement is still there (see abandon)
 }
 
 void StatementTracker::verify_shape(const std::string& server_name, Outgoing& to_server) {
   protocol::append_describe(to_server.build(), 'S', server_name);
   protocol::append_flush(to_server.build());  // answered now, not at the client's Sync
-  Expectation describe{.kind = Kind::describe_statement, .swallow = true};
-  describe.server_name = server_name;
+  auto& describe = queue_.emplace_back(Kind::describe_statement);
+  describe.swallow = true;
   describe.verification = true;
-  queue_.push_back(std::move(describe));
+  queue_.detail(describe).server_name = server_name;
   awaiting_shape_ = true;
   verified_ = server_name;
 }
@@ -268,7 +269,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         protocol::append_bind(to_server.build(), bind->portal, statement.server_name, bind->rest);
       }
       expect(Kind::bind);
-      queue_.back().server_name = it->second.server_name;
+      queue_.detail(queue_.back()).server_name = it->second.server_name;
       bound_portal_ = bind->portal;
       bound_statement_ = it->first;
       return true;
@@ -282,8 +283,9 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         // A portal of a client statement shows that statement's columns (pgjdbc describes portals).
         auto it = bound_statement_.empty() ? statements_.end() : statements_.find(bound_statement_);
         if (it != statements_.end() && describe->name == bound_portal_) {
-          queue_.back().described = it->first;
-          queue_.back().server_name = it->second.server_name;
+          auto& detail = queue_.detail(queue_.back());
+          detail.described = it->first;
+          detail.server_name = it->second.server_name;
         }
         return true;
       }
@@ -302,8 +304,9 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       ensure_on_server(it->second, server, to_server);
       protocol::append_describe(to_server.build(), 'S', it->second.server_name);
       expect(Kind::describe_statement);
-      queue_.back().described = it->first;
-      queue_.back().server_name = it->second.server_name;
+      auto& detail = queue_.detail(queue_.back());
+      detail.described = it->first;
+      detail.server_name = it->second.server_name;
       return true;
     }
     case 'C': {
@@ -357,17 +360,19 @@ bool StatementTracker::simple_query(const protocol::MessageView& message, Outgoi
 void StatementTracker::take_due_replies(Outgoing& to_client) {
   while (!queue_.empty() && queue_.front().fake) {
     auto& reply = to_client.build();
-    reply.insert(reply.end(), queue_.front().reply.begin(), queue_.front().reply.end());
+    const auto& due = queue_.detail(std::as_const(queue_.front())).reply;
+    reply.insert(reply.end(), due.begin(), due.end());
     queue_.pop_front();
   }
 }
 
 void StatementTracker::abandon(const Expectation& expectation, server::ServerStatements& server) {
-  if (expectation.kind == Kind::parse && !expectation.fake && !expectation.server_name.empty()) {
-    server.forget(expectation.server_name);
+  const auto& detail = queue_.detail(expectation);
+  if (expectation.kind == Kind::parse && !expectation.fake && !detail.server_name.empty()) {
+    server.forget(detail.server_name);
   }
-  if (expectation.kind == Kind::close && expectation.eviction) server.add(expectation.server_name);
-  if (!expectation.client_name.empty()) statements_.erase(expectation.client_name);
+  if (expectation.kind == Kind::close && expectation.eviction) server.add(detail.server_name);
+  if (!detail.client_name.empty()) statements_.erase(detail.client_name);
   if (expectation.verification) awaiting_shape_ = false;
 }
 
@@ -393,11 +398,12 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
   }
   if (type == 'E') {
     Disposition disposition = Disposition::relay;  // even for an injected Parse: the client learns why
-    if ((front.kind == Kind::bind || front.kind == Kind::describe_statement) && !front.server_name.empty()) {
+    const auto& front_name = queue_.detail(std::as_const(front)).server_name;
+    if ((front.kind == Kind::bind || front.kind == Kind::describe_statement) && !front_name.empty()) {
       // After DDL a shared statement's plan may be stale (0A000 "cached plan must not change result
       // type", at a Bind or a Describe): the next use of that text closes and re-parses it here.
       auto fields = protocol::parse_error_response(message.payload);
-      if (fields && fields->sqlstate == "0A000") server.mark_stale(front.server_name);
+      if (fields && fields->sqlstate == "0A000") server.mark_stale(front_name);
       if (front.kind == Kind::bind && fields && fields->sqlstate == "08P01" &&
           fields->message.starts_with("bind message has ") &&
           fields->message.find(" result formats but query has ") != std::string::npos) {
@@ -429,13 +435,14 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     return Disposition::relay;
   }
   const bool swallow = front.swallow;
-  if ((front.kind == Kind::describe_statement || front.kind == Kind::describe_portal) && !front.server_name.empty() &&
+  const auto& detail = queue_.detail(std::as_const(front));
+  if ((front.kind == Kind::describe_statement || front.kind == Kind::describe_portal) && !detail.server_name.empty() &&
       (type == 'T' || type == 'n')) {
     auto shape = type == 'n' ? protocol::Result<protocol::RowShape>(protocol::no_data_shape())
                              : protocol::parse_row_shape(message.payload);
-    if (shape) server.set_shape(front.server_name, shape->fingerprint);
-    auto it = front.described.empty() ? statements_.end() : statements_.find(front.described);
-    if (it != statements_.end() && it->second.server_name == front.server_name) {
+    if (shape) server.set_shape(detail.server_name, shape->fingerprint);
+    auto it = detail.described.empty() ? statements_.end() : statements_.find(detail.described);
+    if (it != statements_.end() && it->second.server_name == detail.server_name) {
       protocol::PayloadReader reader(message.payload);
       it->second.columns = type == 'n' ? 0 : reader.int16();
       it->second.shape = shape ? shape->fingerprint : 0;

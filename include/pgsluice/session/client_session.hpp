@@ -1,15 +1,21 @@
 #pragma once
 // One client connection: startup, authentication, then the relay between the client and the server
-// connection it holds (DESIGN §1–2). Both halves run on the session's worker, one at a time:
-//  - the client reader, a coroutine, owns reading the client socket and writing to the server;
+// connection it holds (DESIGN §1–2). Both halves run on the session's worker, one at a time, and
+// both are chains of completion handlers, not coroutines: a coroutine suspended and resumed through
+// Asio's awaitable machinery on every read cost a microsecond of CPU per transaction.
+//  - the client side reads the client socket and writes to the server: each read's handler takes
+//    the run of whole messages and forwards it, leasing a connection first when it has none (under
+//    load the lease waits in the pool's line with a handler, LeaseReady). What cannot be done at
+//    once (acquire() for a connect or the breaker, parameters to apply, a write the server does not
+//    take at once, a Bind held for a statement's shape, errors) goes on in a spawned coroutine,
+//    which reads the client again at its end;
 //  - the server side relays what the server sends to the client, watches ReadyForQuery, and in
-//    transaction mode gives the connection back. It is a chain of completion handlers, one read of
-//    the server after another, started by the client reader when it sends a server something and
-//    ended when the connection is given back: a coroutine parked between transactions cost a
-//    suspension and a resumption per transaction on the hot path. Its rare slow steps (a client
-//    that does not take the reply at once, a lost server) are spawned coroutines.
+//    transaction mode gives the connection back: one read of the server after another, started by
+//    the client side when it sends a server something and ended when the connection is given back.
+//    Its rare slow steps (a client that does not take the reply at once, a lost server) are spawned
+//    coroutines.
 // While a server is attached only the server side writes to the client; otherwise only the client
-// reader does. That rule is what keeps writes from interleaving.
+// side does. That rule is what keeps writes from interleaving.
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -159,13 +165,13 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   net::Event shape_known_;  // the server side saw the answer a held Bind waits for (or stopped)
   int expected_ready_ = 0;          // ReadyForQuery messages the server still owes
   bool in_extended_batch_ = false;  // extended-protocol messages sent since the last Sync
-  bool client_writing_ = false;     // the client reader is writing to the server
+  bool client_writing_ = false;     // the client side is writing to the server
   bool skip_until_sync_ = false;    // a failed extended batch: drop messages until Sync
   char transaction_status_ = 'I';
   bool closing_ = false;
   bool rewrite_statements_ = false;  // transaction and statement modes: named statements are mapped
   StatementTracker statements_;
-  Outgoing to_server_;  // the client reader's run, reused
+  Outgoing to_server_;  // the client side's run, reused
   Outgoing to_client_;  // the server reader's run, reused
   bool client_write_locked_ = false;
   net::Event client_write_unlocked_;

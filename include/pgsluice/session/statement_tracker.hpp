@@ -69,16 +69,22 @@ class StatementTracker {
     std::uint64_t shape = 0;  // protocol::RowShape fingerprint of that Describe; 0: never described
   };
   enum class Kind : std::uint8_t { parse, bind, describe_statement, describe_portal, close, execute, sync, simple };
+  // What one message sent to the server will answer. Small, so that a transaction's few fit in a
+  // cache line or two: the names and replies that only some need are in Detail, on the side.
+  static constexpr std::uint32_t kNoDetail = ~std::uint32_t{0};
   struct Expectation {
     Kind kind = Kind::parse;
-    bool swallow = false;          // injected by pgsluice: the client never sees the reply
-    bool fake = false;             // not sent: `reply` goes to the client in its place
-    protocol::Buffer reply{};      // fake only
-    std::string server_name{};     // parse: forgotten on the server if it fails or is skipped
-    std::string client_name{};     // parse: the client's name, dropped if the Parse fails or is skipped
-    bool eviction = false;         // close: an LRU eviction (the statement stays if it is skipped)
-    std::string described{};       // describe_*: the client statement's name, to learn its columns
-    bool verification = false;     // describe_statement: injected to learn a copy's shape
+    bool swallow = false;       // injected by pgsluice: the client never sees the reply
+    bool fake = false;          // not sent: the detail's `reply` goes to the client in its place
+    bool eviction = false;      // close: an LRU eviction (the statement stays if it is skipped)
+    bool verification = false;  // describe_statement: injected to learn a copy's shape
+    std::uint32_t detail = kNoDetail;
+  };
+  struct Detail {
+    protocol::Buffer reply;    // fake only
+    std::string server_name;   // parse: forgotten on the server if it fails or is skipped
+    std::string client_name;   // parse: the client's name, dropped if the Parse fails or is skipped
+    std::string described;     // describe_*: the client statement's name, to learn its columns
   };
 
   // A FIFO that keeps its storage: std::deque allocates and frees a block as a queue of one or two
@@ -89,26 +95,50 @@ class StatementTracker {
     Expectation& front() { return items_[head_]; }
     const Expectation& front() const { return items_[head_]; }
     Expectation& back() { return items_.back(); }
-    void push_back(Expectation expectation) { items_.push_back(std::move(expectation)); }
     Expectation& emplace_back(Kind kind) {
       auto& added = items_.emplace_back();
       added.kind = kind;
       return added;
     }
-    // What a popped expectation holds goes when the queue drains (at each Sync, in practice).
+    // The expectation's detail, made on first use (a reference valid until the next one is made).
+    Detail& detail(Expectation& expectation) {
+      if (expectation.detail == kNoDetail) {
+        expectation.detail = static_cast<std::uint32_t>(details_.size());
+        details_.emplace_back();
+      }
+      return details_[expectation.detail];
+    }
+    const Detail& detail(const Expectation& expectation) const {
+      static const Detail kNone;
+      return expectation.detail == kNoDetail ? kNone : details_[expectation.detail];
+    }
+    // What popped expectations hold goes when the queue drains (at each Sync, in practice).
     void pop_front() {
       ++head_;
       if (head_ == items_.size()) {
         items_.clear();
+        details_.clear();
         head_ = 0;
       } else if (head_ >= 64 && head_ * 2 >= items_.size()) {  // a pipeline that never drains
-        items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
-        head_ = 0;
+        compact();
       }
     }
 
    private:
+    void compact() {
+      std::vector<Detail> kept;
+      for (std::size_t i = head_; i < items_.size(); ++i) {
+        if (items_[i].detail == kNoDetail) continue;
+        kept.push_back(std::move(details_[items_[i].detail]));
+        items_[i].detail = static_cast<std::uint32_t>(kept.size() - 1);
+      }
+      items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
+      details_ = std::move(kept);
+      head_ = 0;
+    }
+
     std::vector<Expectation> items_;
+    std::vector<Detail> details_;
     std::size_t head_ = 0;
   };
 
