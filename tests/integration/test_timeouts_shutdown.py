@@ -254,3 +254,41 @@ def test_sigterm_during_pgbench_reports_every_committed_transaction(pg, tmp_path
     assert int(processed.group(1)) == committed, output
     assert committed > 0 and tpcb > 0
     assert "57P01" in output or "shutting down" in output, output
+
+
+def test_a_second_sigterm_with_leases_waiting_in_line_exits_at_once_and_leaks_nothing(pg):
+    # Clients whose statements wait in a full pool's line are parked as handlers in the pool (their
+    # sessions held by the handlers, the handlers by the sessions). A second signal stops the
+    # workers with them still parked: they must be dropped, not leaked (the ASan build's leak check
+    # reads the log), and the process must not wait for their acquire_timeout.
+    with pgsluice(pg, stop=False, max_connections=1, acquire_timeout="20s") as target:
+        holder = connect(target)
+        holder.cursor().execute("begin")
+        holder.cursor().execute("select 1")  # holds the only server connection
+        outcomes = []
+
+        def wait_in_line():
+            try:
+                conn = connect(target)
+                conn.cursor().execute("select 1")
+                outcomes.append("served")
+            except psycopg2.Error as e:
+                outcomes.append(e.pgcode)
+
+        waiters = [threading.Thread(target=wait_in_line) for _ in range(3)]
+        for waiter in waiters:
+            waiter.start()
+        time.sleep(1.0)
+        assert outcomes == []  # all three wait in line
+        started = time.monotonic()
+        target.proxy.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        target.proxy.signal(signal.SIGTERM)
+        code = target.proxy.stop(timeout=10)
+        assert time.monotonic() - started < 5, "waited for the parked leases' acquire_timeout"
+        assert code == 0, target.log_text()[-2000:]
+        assert not target.proxy.sanitizer_reports(), target.log_text()[-4000:]
+        for waiter in waiters:
+            waiter.join(10)
+        assert len(outcomes) == 3 and "served" not in outcomes
+        target.proxy.cleanup()
