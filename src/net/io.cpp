@@ -125,7 +125,7 @@ awaitable<protocol::Result<std::size_t>> read_startup_packet(tcp::socket& socket
 }
 
 awaitable<void> Event::wait() {
-  while (!signalled_) {
+  if (!signalled_) {
     waiting_ = true;
     auto [ec] = co_await timer_.async_wait(use_nothrow);  // cancelled by notify(); expires never
     (void)ec;

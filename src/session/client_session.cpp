@@ -364,6 +364,9 @@ void ClientSession::on_client_read(std::shared_ptr<ClientSession> self, net::err
 }
 
 void ClientSession::end_client() {
+  // Closing from now on, as when relay() returned and run() went on at once: close_with (SIGTERM
+  // and timeouts) must not start a second shutdown of the server side meanwhile.
+  closing_ = true;
   client_done_ = true;
   client_done_event_.notify();
 }

@@ -193,3 +193,29 @@ TEST_CASE("async_read_into sees end of stream when the last data and the close a
   settle(io);
   CHECK(trace == "one|last words|[End of file]");
 }
+
+namespace {
+
+asio::awaitable<void> wait_until(net::Event& event, const bool& ready, int& woken) {
+  while (!ready) co_await event.wait();
+  ++woken;
+}
+
+}  // namespace
+
+TEST_CASE("one notify() of an Event wakes every coroutine waiting on it", "[net]") {
+  // A session's server side may be stopped by two coroutines at once (close_with on SIGTERM and the
+  // end of the session): both wait for the same event, and both must go on when it fires.
+  asio::io_context io;
+  net::Event event(io.get_executor());
+  bool ready = false;
+  int woken = 0;
+  asio::co_spawn(io, wait_until(event, ready, woken), asio::detached);
+  asio::co_spawn(io, wait_until(event, ready, woken), asio::detached);
+  io.run_for(std::chrono::milliseconds(20));
+  CHECK(woken == 0);
+  ready = true;
+  event.notify();
+  io.run_for(std::chrono::milliseconds(50));
+  CHECK(woken == 2);
+}

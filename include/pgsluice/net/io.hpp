@@ -66,7 +66,9 @@ awaitable<protocol::Result<std::size_t>> read_startup_packet(tcp::socket& socket
 
 // A repeatable event for coroutines on one strand: wait() suspends until notify(). notify() with
 // nobody waiting only sets a flag: touching the timer would cost the reactor a syscall, and this is
-// on the relay's hot path.
+// on the relay's hot path. Wake-ups may be spurious and one notify() wakes every waiter: wait in a
+// loop on the condition (`while (!ready) co_await event.wait();`). Looping inside wait() until
+// its own flag was set left a second waiter asleep after the first took the flag.
 class Event {
  public:
   explicit Event(const asio::any_io_executor& executor) : timer_(executor) {
