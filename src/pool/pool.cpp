@@ -231,6 +231,16 @@ std::shared_ptr<Pool::Room> Pool::room_to_watch_locked(Waiter& waiter) {
   return room;
 }
 
+std::shared_ptr<Pool::Waiter> Pool::join_line_locked(const asio::any_io_executor& executor,
+                                                     std::shared_ptr<Room>& room) {
+  // From the worker's recycled memory, as Asio's own operations are: one per wait.
+  auto waiter = std::allocate_shared<Waiter>(asio::recycling_allocator<Waiter>(), executor);
+  waiter->deadline = Clock::now() + settings_.acquire_timeout;
+  waiters_.push_back(waiter);
+  room = room_to_watch_locked(*waiter);
+  return waiter;
+}
+
 void Pool::left_line_locked(Waiter& waiter) {
   if (waiter.room) --waiter.room->waiting;
 }
@@ -447,11 +457,7 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
                                           "max_waiting_clients {})",
                                           settings_.service, state_text_locked(), settings_.max_waiting_clients)};
     } else {
-      // From the worker's recycled memory, as Asio's own operations are: one per wait.
-      waiter = std::allocate_shared<Waiter>(asio::recycling_allocator<Waiter>(), executor);
-      waiter->deadline = Clock::now() + settings_.acquire_timeout;
-      waiters_.push_back(waiter);
-      room = room_to_watch_locked(*waiter);
+      waiter = join_line_locked(executor, room);
     }
   }
 
@@ -479,10 +485,7 @@ std::shared_ptr<Pool::Waiter> Pool::enqueue_now(const asio::any_io_executor& exe
     }
     if (static_cast<int>(waiters_.size()) >= settings_.max_waiting_clients) return nullptr;
     ++counters_.acquires;
-    waiter = std::allocate_shared<Waiter>(asio::recycling_allocator<Waiter>(), executor);
-    waiter->deadline = Clock::now() + settings_.acquire_timeout;
-    waiters_.push_back(waiter);
-    room = room_to_watch_locked(*waiter);
+    waiter = join_line_locked(executor, room);
   }
   if (room) watch(std::move(room), waiter->deadline);
   return waiter;

@@ -179,6 +179,10 @@ class Pool : public std::enable_shared_from_this<Pool> {
   // the waiter in its worker's room; returns the room if its timer must be armed (a new room, or
   // armed earlier) for the waiter's deadline: the caller, on that worker, calls watch() unlocked.
   std::shared_ptr<Room> room_to_watch_locked(Waiter& waiter);
+  // A new waiter at the end of the line, with its deadline; `room` set when the caller, on the
+  // waiter's worker, must watch() it after unlocking.
+  std::shared_ptr<Waiter> join_line_locked(const boost::asio::any_io_executor& executor,
+                                           std::shared_ptr<Room>& room);
   // The waiter is out of waiters_ (served, failed or timed out): its room has one waiter less.
   static void left_line_locked(Waiter& waiter);
   // After a wait, on the room's worker: no waiter of this worker is left, so the timer is disarmed
