@@ -106,7 +106,7 @@ awaitable<protocol::Result<protocol::MessageView>> read_message(tcp::socket& soc
     auto frame = protocol::next_frame(buffer.readable(), max_message_size);
     if (frame.status == protocol::FrameStatus::complete) co_return frame.message;
     if (frame.status == protocol::FrameStatus::malformed) co_return frame.error();
-    const std::size_t want = frame.needed > buffer.size() ? frame.needed - buffer.size() : 4096;
+    const std::size_t want = read_size_for(frame.needed, buffer.size());
     if (auto ec = co_await read_some(socket, buffer, want)) {
       co_return protocol::ProtocolError{"08006", "connection lost: " + ec.message()};
     }

@@ -24,6 +24,15 @@ Result<BindView> parse_bind(Bytes payload) {
   return view;
 }
 
+Result<ExecuteView> parse_execute(Bytes payload) {
+  PayloadReader reader(payload);
+  ExecuteView view;
+  view.portal = reader.cstring();
+  view.max_rows = reader.int32();
+  if (!reader.ok() || !reader.at_end()) return protocol_violation("malformed Execute message");
+  return view;
+}
+
 Result<TargetView> parse_describe_or_close(Bytes payload) {
   PayloadReader reader(payload);
   TargetView view;

@@ -380,7 +380,24 @@ net::awaitable<bool> ServerConnection::apply_parameters(const ParameterMap& want
     }
   }
   for (const auto& [name, value] : wanted) apply(name, value);
+  // What pgsluice set here for an earlier client and this one did not ask for goes back to the
+  // server's default (a startup option such as search_path or app.tenant must not outlive its
+  // client on a shared connection). RESET takes the name as one quoted identifier.
+  std::vector<std::string> reset;
+  for (const auto& [name, value] : applied_) {
+    if (wanted.contains(name)) continue;
+    std::string quoted = "RESET \"";
+    for (char c : name) {
+      if (c == '"') quoted += '"';
+      quoted += c;
+    }
+    quoted += '"';
+    protocol::append_query(out, quoted);
+    ++statements;
+    reset.push_back(name);
+  }
   if (statements == 0) co_return true;
+  statements_.set_unnamed_owner(ServerStatements::kUnknownUnnamed);  // the Parses above replace the unnamed statement
   int errors = 0;
   char status = 'I';
   auto exchange = [&]() -> net::awaitable<bool> {
@@ -392,11 +409,13 @@ net::awaitable<bool> ServerConnection::apply_parameters(const ParameterMap& want
   auto outcome = co_await (exchange() || timer.async_wait(net::use_nothrow));
   if (outcome.index() != 0 || !std::get<0>(outcome)) co_return false;
   for (auto& [name, value] : unreported) applied_[name] = value;
+  for (const auto& name : reset) applied_.erase(name);
   if (errors > 0) spdlog::debug("server: {} of {} session parameters were refused", errors, statements);
   co_return status == 'I';
 }
 
 net::awaitable<bool> ServerConnection::run_discarding(std::string_view sql) {
+  statements_.set_unnamed_owner(ServerStatements::kNoUnnamed);  // a simple Query drops the unnamed statement
   Buffer out;
   protocol::append_query(out, sql);
   if (auto ec = co_await net::write_all(socket_, out)) co_return false;

@@ -21,6 +21,10 @@ using protocol::Buffer;
 
 namespace {
 
+// PG_MAX_AUTH_TOKEN_LENGTH, the largest password or SASL message Postgres reads, plus its length field.
+constexpr std::size_t kMaxAuthMessageSize = 65535 + 4;
+
+
 // "-c name=value" and "--name=value" pairs from the startup `options` parameter (libpq's PGOPTIONS).
 void parse_options(std::string_view options, server::ParameterMap& out) {
   std::vector<std::string> words;
@@ -136,7 +140,10 @@ net::awaitable<bool> ClientSession::authenticate(const std::string& user) {
   if (secret != nullptr && secret->method == config::AuthMethod::trust) co_return true;
 
   auto read_password_message = [&]() -> net::awaitable<protocol::Result<protocol::MessageView>> {
-    auto message = co_await net::read_message(socket_, buffer_, max_message_size_);
+    // Before login a message cannot exceed what authentication needs: Postgres caps SASL and
+    // password messages at 65 535 bytes (PG_MAX_AUTH_TOKEN_LENGTH), and so does pgsluice, so that
+    // a client that has not logged in cannot make it hold max_message_size.
+    auto message = co_await net::read_message(socket_, buffer_, std::min<std::size_t>(max_message_size_, kMaxAuthMessageSize));
     if (message && message->type != 'p') {
       co_return protocol::protocol_violation("expected password response, got message type '" +
                                              std::string(1, message->type) + "'");

@@ -354,8 +354,7 @@ struct ClientSession::LeaseReady {
 };
 
 void ClientSession::read_client(std::shared_ptr<ClientSession> self) {
-  const std::size_t missing = run_.want > buffer_.size() ? run_.want - buffer_.size() : 0;
-  net::async_read_into(socket_, buffer_, std::max<std::size_t>(missing, 4096), ClientRead{std::move(self)});
+  net::async_read_into(socket_, buffer_, net::read_size_for(run_.want, buffer_.size()), ClientRead{std::move(self)});
 }
 
 void ClientSession::on_client_read(std::shared_ptr<ClientSession> self, net::error_code ec, std::size_t count) {
@@ -513,7 +512,7 @@ bool ClientSession::build_chunk(std::size_t& at, Outgoing& out) {
   // A Bind waits for the shape of the statement it binds (StatementTracker): the chunk ends before it.
   while (at < run_.offset) {
     auto frame = protocol::next_frame(run.subspan(at), max_message_size_);
-    if (!statements_.client_message(frame.message, server_->statements(), server_->id(), out)) return true;
+    if (!statements_.client_message(frame.message, server_->statements(), out)) return true;
     at += frame.message.frame.size();
   }
   return false;

@@ -1,5 +1,6 @@
 #include "pgsluice/session/statement_tracker.hpp"
 
+#include <atomic>
 #include <cctype>
 #include <fmt/format.h>
 #include <utility>
@@ -82,6 +83,20 @@ std::optional<std::string> deallocate_target(std::string_view text) {
   return name;
 }
 
+// Tokens of client Parses of the unnamed statement, unique in the process (ServerStatements keeps
+// the one whose statement a connection holds; 0 and 1 mean unknown and none).
+std::uint64_t next_unnamed_token() {
+  static std::atomic<std::uint64_t> next{2};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
+// DEALLOCATE ALL or DISCARD ALL alone: it drops every named statement of the session when it runs.
+bool drops_all_statements(std::string_view text) {
+  if (!text.empty() && text.back() == '\0') text.remove_suffix(1);
+  if (auto target = deallocate_target(text); target && target->empty()) return true;
+  return take_keyword(text, "DISCARD") && take_keyword(text, "ALL") && only_terminator_left(text);
+}
+
 }  // namespace
 
 std::string StatementTracker::server_name(std::string_view query, Bytes parameter_types) {
@@ -160,17 +175,42 @@ void StatementTracker::append_stale_plan_error(Buffer& out) {
                                   {}, {}, "RevalidateCachedQuery");
 }
 
-void StatementTracker::ensure_unnamed_on_server(std::uint64_t server_id, Outgoing& to_server) {
-  // The unnamed statement was parsed on another server connection: parse it again here (PgBouncer
-  // fails this case; drivers such as pgjdbc rely on it).
-  if (!has_unnamed_ || unnamed_server_id_ == server_id) return;
-  protocol::append_parse(to_server.build(), "", unnamed_.query, bytes_of(unnamed_.parameter_types));
-  expect(Kind::parse, /*swallow=*/true);
-  unnamed_server_id_ = server_id;
+void StatementTracker::ensure_unnamed_on_server(server::ServerStatements& server, Outgoing& to_server) {
+  // The unnamed statement lives on one server connection, which other clients use in between: a
+  // client that moved, or came back after another client parsed its own unnamed statement there,
+  // gets its own parsed again (PgBouncer fails the first case; drivers such as pgjdbc, asyncpg and
+  // Bun rely on it). A client without one makes sure nobody else's is there either.
+  if (unnamed_.exists) {
+    if (server.unnamed_owner() == unnamed_.token) return;
+    protocol::append_parse(to_server.build(), "", unnamed_.query, bytes_of(unnamed_.parameter_types));
+    auto& parse = queue_.emplace_back(Kind::parse);
+    parse.swallow = true;
+    parse.unnamed = true;
+    server.set_unnamed_owner(unnamed_.token);
+    return;
+  }
+  if (server.unnamed_owner() == server::ServerStatements::kNoUnnamed) return;
+  protocol::append_close(to_server.build(), 'S', "");
+  auto& close = queue_.emplace_back(Kind::close);
+  close.swallow = true;
+  close.unnamed = true;
+  server.set_unnamed_owner(server::ServerStatements::kNoUnnamed);
+}
+
+void StatementTracker::unwind_unnamed(const Expectation& failed, server::ServerStatements& server) {
+  if (failed.unnamed) {
+    // Postgres drops the unnamed statement before it parses the new one: after a failed Parse there
+    // is none on the server, and none for the client if the Parse was its own.
+    server.set_unnamed_owner(server::ServerStatements::kNoUnnamed);
+    if (failed.kind == Kind::parse && !failed.swallow) {
+      unnamed_.exists = false;
+      --pending_unnamed_parses_;
+    }
+  }
 }
 
 bool StatementTracker::client_message(const protocol::MessageView& message, server::ServerStatements& server,
-                                      std::uint64_t server_id, Outgoing& to_server) {
+                                      Outgoing& to_server) {
   const char type = message.type;
   if (skip_until_sync_) {
     if (type != 'S') return true;  // Postgres ignores everything up to Sync after an error
@@ -182,6 +222,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       auto parse = protocol::parse_parse(message.payload);
       if (!parse) break;  // malformed: the server's own error is relayed
       if (parse->statement.empty()) {
+        std::string deallocate_stand_in;
         if (auto target = deallocate_target(parse->query); target && !target->empty() && statements_.erase(*target)) {
           // DEALLOCATE of a client statement through the extended protocol (psycopg 3 evicts so): the
           // server never had that name. Deallocate a throwaway statement instead, so the client gets
@@ -189,20 +230,33 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
           const std::string stand_in = fmt::format("pgsluice_deallocate_{}", ++stand_ins_);
           protocol::append_parse(to_server.build(), stand_in, "SELECT 1", bytes_of(std::string("\0\0", 2)));
           expect(Kind::parse, /*swallow=*/true);
-          protocol::append_parse(to_server.build(), "", "DEALLOCATE " + stand_in, parse->parameter_types);
-          expect(Kind::parse);
-          has_unnamed_ = false;
-          return true;
+          deallocate_stand_in = "DEALLOCATE " + stand_in;
+          protocol::append_parse(to_server.build(), "", deallocate_stand_in, parse->parameter_types);
+        } else {
+          to_server.append(message.frame);
         }
-        // Assigned in place: the strings keep their storage from one unnamed Parse to the next.
-        unnamed_.query.assign(parse->query);
+        auto& expectation = queue_.emplace_back(Kind::parse);
+        expectation.unnamed = true;
+        // What this Parse replaces comes back if the server skips it (an error earlier in the
+        // pipeline). The oldest pending one keeps it in a slot swapped with unnamed_, so that the
+        // strings keep their storage from one unnamed Parse to the next (pgbench -M extended).
+        if (pending_unnamed_parses_ == 0) {
+          std::swap(previous_unnamed_, unnamed_);
+          previous_unnamed_.server_owner = server.unnamed_owner();
+        } else {
+          auto& replaced = queue_.detail(expectation).replaced.emplace(unnamed_);
+          replaced.server_owner = server.unnamed_owner();
+        }
+        ++pending_unnamed_parses_;
+        unnamed_.query.assign(deallocate_stand_in.empty() ? parse->query : deallocate_stand_in);
         unnamed_.parameter_types.assign(protocol::as_string_view(parse->parameter_types));
-        has_unnamed_ = true;
-        unnamed_server_id_ = server_id;
-        break;
+        unnamed_.exists = true;
+        unnamed_.token = next_unnamed_token();
+        server.set_unnamed_owner(unnamed_.token);
+        return true;
       }
       std::string client_name(parse->statement);
-      if (statements_.contains(client_name)) {
+      if (statements_.contains(client_name) && !drop_all_pending()) {
         Buffer error;
         protocol::append_error_response(error, protocol::Severity::error, "42P05",
                                         "prepared statement \"" + client_name + "\" already exists");
@@ -220,7 +274,8 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       // a client parsed elsewhere and binds here (ensure_on_server).
       if (server.contains(statement.server_name)) server.mark_stale(statement.server_name);
       send_parse(statement, server, to_server, client_name);
-      statements_.emplace(std::move(client_name), std::move(statement));
+      // A live name here is one a DEALLOCATE ALL earlier in the pipeline drops before this Parse runs.
+      statements_.insert_or_assign(std::move(client_name), std::move(statement));
       return true;
     }
     case 'B': {
@@ -228,7 +283,9 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       auto bind = protocol::parse_bind(message.payload);
       if (!bind) break;
       if (bind->statement.empty()) {
-        ensure_unnamed_on_server(server_id, to_server);
+        ensure_unnamed_on_server(server, to_server);
+        dropping_portal_ = unnamed_.exists && drops_all_statements(unnamed_.query);
+        if (dropping_portal_) dropping_portal_name_.assign(bind->portal);
         break;
       }
       auto it = statements_.find(std::string(bind->statement));
@@ -290,7 +347,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         return true;
       }
       if (describe->name.empty()) {
-        ensure_unnamed_on_server(server_id, to_server);
+        ensure_unnamed_on_server(server, to_server);
         to_server.append(message.frame);
         expect(Kind::describe_statement);
         return true;
@@ -319,17 +376,32 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         expect_fake(std::move(complete));
         return true;
       }
-      if (close && close->kind == 'S') has_unnamed_ = false;
+      if (close && close->kind == 'S') {
+        unnamed_.exists = false;
+        server.set_unnamed_owner(server::ServerStatements::kNoUnnamed);
+      }
       to_server.append(message.frame);
       expect(Kind::close);
       return true;
     }
-    case 'E': to_server.append(message.frame); expect(Kind::execute); return true;
+    case 'E': {
+      to_server.append(message.frame);
+      expect(Kind::execute);
+      if (dropping_portal_) {
+        auto execute = protocol::parse_execute(message.payload);
+        queue_.back().drops_all = execute && execute->portal == dropping_portal_name_;
+      }
+      return true;
+    }
     case 'S': to_server.append(message.frame); expect(Kind::sync); return true;
     case 'Q':
+      // A simple Query drops the unnamed statement, the client's and whoever's the server held.
+      unnamed_.exists = false;
+      server.set_unnamed_owner(server::ServerStatements::kNoUnnamed);
       if (simple_query(message, to_server)) return true;
       to_server.append(message.frame);
       expect(Kind::simple);
+      queue_.back().drops_all = drops_all_statements(protocol::as_string_view(message.payload));
       return true;
     case 'F': to_server.append(message.frame); expect(Kind::simple); return true;
     default: to_server.append(message.frame); return true;  // Flush, COPY data: no reply of their own
@@ -366,6 +438,45 @@ void StatementTracker::take_due_replies(Outgoing& to_client) {
   }
 }
 
+void StatementTracker::restore_unnamed(const Expectation& skipped, server::ServerStatements& server) {
+  if (skipped.kind != Kind::parse || skipped.swallow) {
+    // An injected Parse or Close: the client's own is unchanged, the server's is not known.
+    server.set_unnamed_owner(server::ServerStatements::kUnknownUnnamed);
+    return;
+  }
+  const auto& detail = queue_.detail(skipped);
+  if (detail.replaced) {
+    unnamed_ = *detail.replaced;
+  } else {
+    std::swap(unnamed_, previous_unnamed_);
+  }
+  server.set_unnamed_owner(unnamed_.server_owner);
+}
+
+bool StatementTracker::drop_all_pending() const {
+  bool pending = false;
+  queue_.for_each([&](const Expectation& expectation) { pending = pending || expectation.drops_all; });
+  return pending;
+}
+
+void StatementTracker::forget_named_statements(server::ServerStatements& server) {
+  // DEALLOCATE ALL / DISCARD ALL ran. Parses sent after it in the same pipeline (still unanswered)
+  // made statements it did not touch: those stay, for the client and on the server.
+  std::unordered_map<std::string, Statement> kept;
+  std::vector<std::string> kept_on_server;
+  queue_.for_each([&](const Expectation& expectation) {
+    if (expectation.kind != Kind::parse || expectation.fake) return;
+    const auto& detail = queue_.detail(expectation);
+    if (!detail.server_name.empty()) kept_on_server.push_back(detail.server_name);
+    if (!detail.client_name.empty()) {
+      if (auto it = statements_.find(detail.client_name); it != statements_.end()) kept.insert(*it);
+    }
+  });
+  server.clear();
+  for (const auto& name : kept_on_server) server.add(name);
+  statements_ = std::move(kept);
+}
+
 void StatementTracker::abandon(const Expectation& expectation, server::ServerStatements& server) {
   const auto& detail = queue_.detail(expectation);
   if (expectation.kind == Kind::parse && !expectation.fake && !detail.server_name.empty()) {
@@ -383,11 +494,7 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     // However it was sent (simple query, extended protocol, a function), once the server says it ran
     // DEALLOCATE ALL or DISCARD ALL, every statement on that connection is gone.
     const auto tag = protocol::as_string_view(message.payload);
-    if (tag.starts_with("DEALLOCATE ALL") || tag.starts_with("DISCARD ALL")) {
-      server.clear();
-      statements_.clear();
-      has_unnamed_ = false;
-    }
+    if (tag.starts_with("DEALLOCATE ALL") || tag.starts_with("DISCARD ALL")) forget_named_statements(server);
   }
   // Messages that may come at any time belong to no request.
   if (type == 'N' || type == 'A' || type == 'S' || queue_.empty()) return Disposition::relay;
@@ -412,10 +519,19 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     }
     // The server skips to the next Sync: so does the bookkeeping (replies made here included).
     const bool was_awaiting_shape = awaiting_shape_;
+    bool unnamed_settled = front.unnamed;
+    unwind_unnamed(front, server);
     abandon(front, server);
     queue_.pop_front();
     while (!queue_.empty() && queue_.front().kind != Kind::sync && queue_.front().kind != Kind::simple) {
-      abandon(queue_.front(), server);
+      auto& skipped = queue_.front();
+      if (skipped.unnamed && !unnamed_settled) {
+        // The first skipped unnamed Parse or Close: the server holds what it held before it.
+        unnamed_settled = true;
+        restore_unnamed(skipped, server);
+      }
+      if (skipped.unnamed && skipped.kind == Kind::parse && !skipped.swallow) --pending_unnamed_parses_;
+      abandon(skipped, server);
       queue_.pop_front();
     }
     if (was_awaiting_shape && !awaiting_shape_) {
@@ -427,6 +543,8 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
   }
   if (type == 'Z' && front.kind != Kind::sync) {
     // Out of step (should not happen): resynchronise on this ReadyForQuery.
+    server.set_unnamed_owner(server::ServerStatements::kUnknownUnnamed);
+    pending_unnamed_parses_ = 0;
     while (!queue_.empty() && queue_.front().kind != Kind::sync) {
       abandon(queue_.front(), server);
       queue_.pop_front();
@@ -460,7 +578,10 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     case Kind::sync: done = type == 'Z'; break;
     case Kind::simple: break;
   }
-  if (done) queue_.pop_front();
+  if (done) {
+    if (front.unnamed && front.kind == Kind::parse && !front.swallow) --pending_unnamed_parses_;
+    queue_.pop_front();
+  }
   return swallow ? Disposition::swallow : Disposition::relay;
 }
 

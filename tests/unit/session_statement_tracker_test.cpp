@@ -16,15 +16,14 @@ namespace {
 const Buffer kNoTypes{0, 0};
 
 // Feeds every message in `bytes` to the tracker; returns the types (and names) sent to the server.
-std::string feed(StatementTracker& tracker, server::ServerStatements& server, std::uint64_t server_id,
-                 const Buffer& bytes) {
+std::string feed(StatementTracker& tracker, server::ServerStatements& server, const Buffer& bytes) {
   Outgoing out;
   std::size_t at = 0;
   bool held = false;
   while (at < bytes.size() && !held) {
     auto frame = protocol::next_frame(protocol::Bytes(bytes).subspan(at), 1 << 20);
     REQUIRE(frame.status == protocol::FrameStatus::complete);
-    held = !tracker.client_message(frame.message, server, server_id, out);
+    held = !tracker.client_message(frame.message, server, out);
     at += frame.message.frame.size();
   }
   std::string sent;
@@ -125,6 +124,18 @@ Buffer then(Buffer a, const Buffer& b) {
   return a;
 }
 
+Buffer sync_only() {
+  Buffer out;
+  protocol::append_sync(out);
+  return out;
+}
+
+Buffer execute_only() {
+  Buffer out;
+  protocol::append_execute(out, "");
+  return out;
+}
+
 Buffer execute_sync() {
   Buffer out;
   protocol::append_execute(out, "");
@@ -138,7 +149,7 @@ TEST_CASE("a named Parse is sent under the shared server name and its reply rela
   StatementTracker tracker;
   server::ServerStatements server;
   const auto name = StatementTracker::server_name("select 1", protocol::Bytes(kNoTypes));
-  CHECK(feed(tracker, server, 1, then(parse("s1", "select 1"), execute_sync())) == "P(" + name + ")ES");
+  CHECK(feed(tracker, server, then(parse("s1", "select 1"), execute_sync())) == "P(" + name + ")ES");
   CHECK(server.contains(name));
   CHECK(answer(tracker, server, "1CZ") == "1CZ");
   CHECK(tracker.idle());
@@ -148,7 +159,7 @@ TEST_CASE("a client's Parse of a text the connection has is closed and parsed an
           "[session][statements]") {
   server::ServerStatements server;
   StatementTracker first;
-  feed(first, server, 1, then(parse("a", "select 1"), execute_sync()));
+  feed(first, server, then(parse("a", "select 1"), execute_sync()));
   answer(first, server, "1CZ");
 
   // Another client, same text, same server connection: its copy may predate DDL, so the client's own
@@ -157,11 +168,11 @@ TEST_CASE("a client's Parse of a text the connection has is closed and parsed an
   Buffer sync;
   protocol::append_sync(sync);
   const auto name = StatementTracker::server_name("select 1", protocol::Bytes(kNoTypes));
-  CHECK(feed(second, server, 1, then(parse("b", "select 1"), sync)) == "CP(" + name + ")S");
+  CHECK(feed(second, server, then(parse("b", "select 1"), sync)) == "CP(" + name + ")S");
   CHECK(answer(second, server, "31Z") == "1Z");
   CHECK(server.contains(name));
   // The first client binds its statement on that connection: the new copy is used as it is.
-  CHECK(feed(first, server, 1, then(bind("a"), execute_sync())) == "B(" + name + ")ES");
+  CHECK(feed(first, server, then(bind("a"), execute_sync())) == "B(" + name + ")ES");
   CHECK(answer(first, server, "2CZ") == "2CZ");
 }
 
@@ -169,12 +180,12 @@ TEST_CASE("Bind on a server connection without the statement injects a Parse and
           "[session][statements]") {
   StatementTracker tracker;
   server::ServerStatements first_server;
-  feed(tracker, first_server, 1, then(parse("s1", "select 2"), execute_sync()));
+  feed(tracker, first_server, then(parse("s1", "select 2"), execute_sync()));
   answer(tracker, first_server, "1CZ");
 
   server::ServerStatements second_server;  // the client was given another connection
   const auto name = StatementTracker::server_name("select 2", protocol::Bytes(kNoTypes));
-  CHECK(feed(tracker, second_server, 2, then(bind("s1"), execute_sync())) == "P(" + name + ")B(" + name + ")ES");
+  CHECK(feed(tracker, second_server, then(bind("s1"), execute_sync())) == "P(" + name + ")B(" + name + ")ES");
   CHECK(answer(tracker, second_server, "12DCZ") == "2DCZ");
   CHECK(second_server.contains(name));
 }
@@ -183,7 +194,7 @@ TEST_CASE("a Bind refused for its result formats on a re-parsed statement is a s
           "[session][statements]") {
   StatementTracker tracker;
   server::ServerStatements first_server;
-  feed(tracker, first_server, 1, then(parse("s1", "select * from t"), execute_sync()));
+  feed(tracker, first_server, then(parse("s1", "select * from t"), execute_sync()));
   answer(tracker, first_server, "1CZ");
 
   auto reply = [&](server::ServerStatements& server, std::string_view sqlstate, std::string_view text) {
@@ -195,7 +206,7 @@ TEST_CASE("a Bind refused for its result formats on a re-parsed statement is a s
   // A column was added meanwhile: the text parsed on the next connection has three columns, the
   // client's Bind names two result formats.
   server::ServerStatements second_server;
-  feed(tracker, second_server, 2, then(bind("s1"), execute_sync()));
+  feed(tracker, second_server, then(bind("s1"), execute_sync()));
   CHECK(answer(tracker, second_server, "1") == "");
   CHECK(reply(second_server, "08P01", "bind message has 2 result formats but query has 3 columns") ==
         StatementTracker::Disposition::stale_result_type);
@@ -203,7 +214,7 @@ TEST_CASE("a Bind refused for its result formats on a re-parsed statement is a s
   CHECK(tracker.idle());
 
   // Any other Bind error is the client's to read as it is.
-  feed(tracker, second_server, 2, then(bind("s1"), execute_sync()));
+  feed(tracker, second_server, then(bind("s1"), execute_sync()));
   CHECK(reply(second_server, "22P02", "invalid input syntax for type integer") ==
         StatementTracker::Disposition::relay);
   CHECK(answer(tracker, second_server, "Z") == "Z");
@@ -216,7 +227,7 @@ TEST_CASE("a Bind of a described statement names one result format per column th
   Buffer describe;
   protocol::append_describe(describe, 'S', "s1");
   protocol::append_sync(describe);
-  feed(tracker, server, 1, then(parse("s1", "select * from t where id = $1"), describe));
+  feed(tracker, server, then(parse("s1", "select * from t where id = $1"), describe));
   answer(tracker, server, "1t");
   Buffer row_description;  // two columns (only the count is read)
   protocol::MessageBuilder(row_description).begin('T').int16(2).end();
@@ -228,7 +239,7 @@ TEST_CASE("a Bind of a described statement names one result format per column th
   auto sent_bind = [&](const Buffer& client_bind) {
     Outgoing out;
     auto message = protocol::next_frame(protocol::Bytes(client_bind), 1 << 20);
-    tracker.client_message(message.message, server, 2, out);
+    tracker.client_message(message.message, server, out);
     REQUIRE(out.pieces().size() == 1);
     auto sent = protocol::next_frame(out.pieces().front(), 1 << 20);
     auto view = protocol::parse_bind(sent.message.payload);
@@ -254,12 +265,12 @@ TEST_CASE("Close of a named statement is answered by pgsluice and keeps the serv
           "[session][statements]") {
   StatementTracker tracker;
   server::ServerStatements server;
-  feed(tracker, server, 1, then(parse("s1", "select 3"), execute_sync()));
+  feed(tracker, server, then(parse("s1", "select 3"), execute_sync()));
   answer(tracker, server, "1CZ");
   Buffer close;
   protocol::append_close(close, 'S', "s1");
   protocol::append_sync(close);
-  CHECK(feed(tracker, server, 1, close) == "S");
+  CHECK(feed(tracker, server, close) == "S");
   CHECK(answer(tracker, server, "Z") == "+3Z");
   CHECK(tracker.client_statement_count() == 0);
   CHECK(server.size() == 1);
@@ -270,13 +281,13 @@ TEST_CASE("an error unwinds up to the Sync: the failed statement exists neither 
   StatementTracker tracker;
   server::ServerStatements server;
   Buffer batch = then(then(parse("bad", "selec 1"), bind("bad")), execute_sync());
-  feed(tracker, server, 1, batch);
+  feed(tracker, server, batch);
   CHECK(answer(tracker, server, "EZ") == "EZ");
   CHECK(tracker.idle());
   CHECK(tracker.client_statement_count() == 0);
   CHECK(server.size() == 0);
   // The name is free again, as in Postgres.
-  feed(tracker, server, 1, then(parse("bad", "select 1"), execute_sync()));
+  feed(tracker, server, then(parse("bad", "select 1"), execute_sync()));
   CHECK(answer(tracker, server, "1CZ") == "1CZ");
 }
 
@@ -284,9 +295,9 @@ TEST_CASE("re-Parsing a live name gets 42P05 from pgsluice and the rest up to Sy
           "[session][statements]") {
   StatementTracker tracker;
   server::ServerStatements server;
-  feed(tracker, server, 1, then(parse("dup", "select 4"), execute_sync()));
+  feed(tracker, server, then(parse("dup", "select 4"), execute_sync()));
   answer(tracker, server, "1CZ");
-  CHECK(feed(tracker, server, 1, then(then(parse("dup", "select 5"), bind("dup")), execute_sync())) == "S");
+  CHECK(feed(tracker, server, then(then(parse("dup", "select 5"), bind("dup")), execute_sync())) == "S");
   CHECK(answer(tracker, server, "Z") == "+EZ");
   CHECK(tracker.client_statement_count() == 1);
 }
@@ -298,24 +309,100 @@ TEST_CASE("the unnamed statement is parsed again when the client moved to anothe
   Buffer describe;
   protocol::append_describe(describe, 'S', "");
   protocol::append_sync(describe);
-  CHECK(feed(tracker, first_server, 1, then(parse("", "select $1"), describe)) == "P()DS");
+  CHECK(feed(tracker, first_server, then(parse("", "select $1"), describe)) == "P()DS");
   CHECK(answer(tracker, first_server, "1tTZ") == "1tTZ");
 
   server::ServerStatements second_server;
-  CHECK(feed(tracker, second_server, 2, then(bind(""), execute_sync())) == "P()B()ES");
+  CHECK(feed(tracker, second_server, then(bind(""), execute_sync())) == "P()B()ES");
   CHECK(answer(tracker, second_server, "12DCZ") == "2DCZ");
   // Same connection again: no second Parse.
-  CHECK(feed(tracker, second_server, 2, then(bind(""), execute_sync())) == "B()ES");
+  CHECK(feed(tracker, second_server, then(bind(""), execute_sync())) == "B()ES");
+}
+
+TEST_CASE("a client back on a connection where another client parsed the unnamed statement parses its own again",
+          "[session][statements]") {
+  // asyncpg, Bun, diesel: Parse/Describe/Sync of the unnamed statement, later Bind/Execute/Sync.
+  StatementTracker mine;
+  StatementTracker other;
+  server::ServerStatements server;
+  CHECK(feed(mine, server, then(then(parse("", "select $1::int * 4"), describe_statement("")), sync_only())) ==
+        "P()DS");
+  CHECK(answer(mine, server, "1tTZ") == "1tTZ");
+  CHECK(feed(other, server, then(then(parse("", "select $1::int * 6"), describe_statement("")), sync_only())) ==
+        "P()DS");
+  CHECK(answer(other, server, "1tTZ") == "1tTZ");
+  // Same connection, another client's statement in between: parsed again, its reply swallowed.
+  CHECK(feed(mine, server, then(bind(""), execute_sync())) == "P()B()ES");
+  CHECK(answer(mine, server, "12DCZ") == "2DCZ");
+  // Nobody else came: nothing to parse.
+  CHECK(feed(mine, server, then(bind(""), execute_sync())) == "B()ES");
+}
+
+TEST_CASE("a client without an unnamed statement never binds the one another client left", "[session][statements]") {
+  StatementTracker mine;
+  StatementTracker other;
+  server::ServerStatements server;
+  feed(other, server, then(parse("", "select 6"), sync_only()));
+  answer(other, server, "1Z");
+  // Postgres says 26000 to a client that never parsed one: the other client's is closed first.
+  CHECK(feed(mine, server, then(bind(""), execute_sync())) == "CB()ES");
+  CHECK(answer(mine, server, "3EZ") == "EZ");
+  // A simple query drops the unnamed statement, for the client and on the server.
+  Buffer query;
+  protocol::append_query(query, "select 1");
+  feed(mine, server, query);
+  answer(mine, server, "CZ");
+  CHECK(feed(mine, server, then(bind(""), execute_sync())) == "B()ES");
+}
+
+TEST_CASE("an unnamed Parse the server skipped after an error leaves the one before it", "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  feed(tracker, server, then(parse("", "select 1"), sync_only()));
+  answer(tracker, server, "1Z");
+  // Bind of a missing statement fails; the Parse after it is skipped by the server.
+  CHECK(feed(tracker, server, then(then(bind("missing"), parse("", "select 2")), sync_only())) == "B(missing)P()S");
+  CHECK(answer(tracker, server, "EZ") == "EZ");
+  // The server still has "select 1" as the unnamed statement: bound as it is, nothing re-parsed.
+  CHECK(feed(tracker, server, then(bind(""), execute_sync())) == "B()ES");
+  CHECK(answer(tracker, server, "2CZ") == "2CZ");
+  // Elsewhere, what is parsed is "select 1" again.
+  server::ServerStatements elsewhere;
+  CHECK(feed(tracker, elsewhere, then(bind(""), execute_sync())) == "P()B()ES");
+  CHECK(answer(tracker, elsewhere, "12CZ") == "2CZ");
+  // A failed unnamed Parse leaves none: the next Bind gets Postgres's 26000, not a re-parse.
+  feed(tracker, server, then(parse("", "selec 3"), sync_only()));
+  CHECK(answer(tracker, server, "EZ") == "EZ");
+  server::ServerStatements third;
+  CHECK(feed(tracker, third, then(bind(""), execute_sync())) == "B()ES");
+}
+
+TEST_CASE("DEALLOCATE ALL in a pipeline forgets only the statements parsed before it", "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  feed(tracker, server, then(parse("old", "select 0"), sync_only()));
+  answer(tracker, server, "1Z");
+  // One pipeline: DEALLOCATE ALL (unnamed), then a new named statement, bound and executed.
+  Buffer pipeline = then(then(then(parse("", "DEALLOCATE ALL"), bind("")), execute_only()),
+                         then(then(parse("fresh", "select 7"), bind("fresh")), execute_sync()));
+  feed(tracker, server, pipeline);
+  CHECK(answer(tracker, server, "12X12CZ") == "12C12CZ");
+  CHECK(tracker.client_statement_count() == 1);
+  CHECK(server.size() == 1);
+  CHECK(server.contains(StatementTracker::server_name("select 7", protocol::Bytes(kNoTypes))));
+  // The later Bind finds it.
+  CHECK(feed(tracker, server, then(bind("fresh"), execute_sync())) ==
+        "B(" + StatementTracker::server_name("select 7", protocol::Bytes(kNoTypes)) + ")ES");
 }
 
 TEST_CASE("DEALLOCATE of a client statement is answered with the server's ReadyForQuery", "[session][statements]") {
   StatementTracker tracker;
   server::ServerStatements server;
-  feed(tracker, server, 1, then(parse("s9", "select 9"), execute_sync()));
+  feed(tracker, server, then(parse("s9", "select 9"), execute_sync()));
   answer(tracker, server, "1CZ");
   Buffer query;
   protocol::append_query(query, "DEALLOCATE s9;");
-  CHECK(feed(tracker, server, 1, query) == "S");
+  CHECK(feed(tracker, server, query) == "S");
   CHECK(answer(tracker, server, "Z") == "+CZ");
   CHECK(tracker.client_statement_count() == 0);
   CHECK(server.size() == 1);
@@ -326,7 +413,7 @@ TEST_CASE("the per-connection LRU closes the least recently used statement", "[s
   server::ServerStatements server(2);
   for (int i = 0; i < 3; ++i) {
     const std::string query = "select " + std::to_string(i);
-    const std::string sent = feed(tracker, server, 1, then(parse("s" + std::to_string(i), query), execute_sync()));
+    const std::string sent = feed(tracker, server, then(parse("s" + std::to_string(i), query), execute_sync()));
     if (i < 2) {
       CHECK(sent.front() == 'P');
       CHECK(answer(tracker, server, "1CZ") == "1CZ");
@@ -342,11 +429,11 @@ TEST_CASE("the per-connection LRU closes the least recently used statement", "[s
 TEST_CASE("DEALLOCATE ALL run on the server, however sent, clears both maps", "[session][statements]") {
   StatementTracker tracker;
   server::ServerStatements server;
-  feed(tracker, server, 1, then(parse("s1", "select 1"), execute_sync()));
+  feed(tracker, server, then(parse("s1", "select 1"), execute_sync()));
   answer(tracker, server, "1CZ");
   REQUIRE(server.size() == 1);
   // Extended protocol through the unnamed statement: passed on, and its tag noticed.
-  CHECK(feed(tracker, server, 1, then(then(parse("", "deallocate all"), bind("")), execute_sync())) == "P()B()ES");
+  CHECK(feed(tracker, server, then(then(parse("", "deallocate all"), bind("")), execute_sync())) == "P()B()ES");
   CHECK(answer(tracker, server, "12XZ") == "12CZ");
   CHECK(server.size() == 0);
   CHECK(tracker.client_statement_count() == 0);
@@ -356,9 +443,9 @@ TEST_CASE("DEALLOCATE of a client statement through the extended protocol deallo
           "[session][statements]") {
   StatementTracker tracker;
   server::ServerStatements server;
-  feed(tracker, server, 1, then(parse("_pg3_1", "select 1"), execute_sync()));
+  feed(tracker, server, then(parse("_pg3_1", "select 1"), execute_sync()));
   answer(tracker, server, "1CZ");
-  CHECK(feed(tracker, server, 1, then(then(parse("", "DEALLOCATE _pg3_1"), bind("")), execute_sync())) ==
+  CHECK(feed(tracker, server, then(then(parse("", "DEALLOCATE _pg3_1"), bind("")), execute_sync())) ==
         "P(pgsluice_deallocate_1)P()B()ES");
   CHECK(answer(tracker, server, "112CZ") == "12CZ");
   CHECK(tracker.client_statement_count() == 0);
@@ -376,7 +463,7 @@ struct DescribedClient {
   DescribedClient() {
     Buffer sync;
     protocol::append_sync(sync);
-    feed(tracker, first_server, 1, then(then(parse("s1", "select * from t"), describe_statement("s1")), sync));
+    feed(tracker, first_server, then(then(parse("s1", "select * from t"), describe_statement("s1")), sync));
     answer(tracker, first_server, "1t");
     CHECK(reply(tracker, first_server, row_description({"id", "a"})) == StatementTracker::Disposition::relay);
     CHECK(answer(tracker, first_server, "Z") == "Z");
@@ -391,16 +478,16 @@ TEST_CASE("a described statement parsed afresh elsewhere is described first; the
   server::ServerStatements second_server;
   const auto& name = client.name;
   // The Bind waits: the copy parsed here is described first, and that reply (with a Flush) comes now.
-  CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "P(" + name + ")DH|held");
+  CHECK(feed(client.tracker, second_server, then(bind("s1"), execute_sync())) == "P(" + name + ")DH|held");
   CHECK(client.tracker.awaiting_shape());
   CHECK(client.tracker.has_due_replies() == false);
   CHECK(answer(client.tracker, second_server, "1t") == "");
   CHECK(reply(client.tracker, second_server, row_description({"id", "a"})) == StatementTracker::Disposition::swallow);
   CHECK_FALSE(client.tracker.awaiting_shape());
   // Offered again, the Bind goes; the copy's shape is known from now on, for every client.
-  CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "B(" + name + ")ES");
+  CHECK(feed(client.tracker, second_server, then(bind("s1"), execute_sync())) == "B(" + name + ")ES");
   CHECK(answer(client.tracker, second_server, "2DCZ") == "2DCZ");
-  CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "B(" + name + ")ES");
+  CHECK(feed(client.tracker, second_server, then(bind("s1"), execute_sync())) == "B(" + name + ")ES");
 }
 
 TEST_CASE("a described statement whose columns changed type or name under DDL gets 0A000, not rows of the new shape",
@@ -408,12 +495,12 @@ TEST_CASE("a described statement whose columns changed type or name under DDL ge
   for (const bool renamed : {false, true}) {
     DescribedClient client;
     server::ServerStatements second_server;
-    CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "P(" + client.name + ")DH|held");
+    CHECK(feed(client.tracker, second_server, then(bind("s1"), execute_sync())) == "P(" + client.name + ")DH|held");
     answer(client.tracker, second_server, "1t");
     const Buffer now = renamed ? row_description({"id", "b"}) : row_description({"id", "a"}, 23);
     CHECK(reply(client.tracker, second_server, now) == StatementTracker::Disposition::swallow);
     // Offered again: pgsluice answers the Bind itself (the stale plan), the server skips to the Sync.
-    CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "S");
+    CHECK(feed(client.tracker, second_server, then(bind("s1"), execute_sync())) == "S");
     CHECK(answer(client.tracker, second_server, "Z") == "+EZ");
     CHECK(client.tracker.idle());
   }
@@ -426,24 +513,24 @@ TEST_CASE("a copy known to differ is parsed anew before the client is told its p
   server::ServerStatements second_server;
   second_server.add(client.name);
   second_server.set_shape(client.name, 12345);
-  CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) ==
+  CHECK(feed(client.tracker, second_server, then(bind("s1"), execute_sync())) ==
         "CP(" + client.name + ")DH|held");
   CHECK(answer(client.tracker, second_server, "31t") == "");
   CHECK(reply(client.tracker, second_server, row_description({"id", "a"})) == StatementTracker::Disposition::swallow);
-  CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "B(" + client.name + ")ES");
+  CHECK(feed(client.tracker, second_server, then(bind("s1"), execute_sync())) == "B(" + client.name + ")ES");
 }
 
 TEST_CASE("a verification skipped by an error skips the Bind that waited for it, up to the Sync",
           "[session][statements]") {
   DescribedClient client;
   server::ServerStatements second_server;
-  CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "P(" + client.name + ")DH|held");
+  CHECK(feed(client.tracker, second_server, then(bind("s1"), execute_sync())) == "P(" + client.name + ")DH|held");
   // The injected Parse fails (the table was dropped): the client learns why, the server skips the
   // Describe and everything else up to the Sync.
   CHECK(answer(client.tracker, second_server, "E") == "E");
   CHECK_FALSE(client.tracker.awaiting_shape());
   CHECK_FALSE(second_server.contains(client.name));
-  CHECK(feed(client.tracker, second_server, 2, then(bind("s1"), execute_sync())) == "S");
+  CHECK(feed(client.tracker, second_server, then(bind("s1"), execute_sync())) == "S");
   CHECK(answer(client.tracker, second_server, "Z") == "Z");
   CHECK(client.tracker.idle());
 }
@@ -451,11 +538,11 @@ TEST_CASE("a verification skipped by an error skips the Bind that waited for it,
 TEST_CASE("a statement the client never described binds without a verification", "[session][statements]") {
   StatementTracker tracker;
   server::ServerStatements first_server;
-  feed(tracker, first_server, 1, then(parse("s1", "select * from t"), execute_sync()));
+  feed(tracker, first_server, then(parse("s1", "select * from t"), execute_sync()));
   answer(tracker, first_server, "1DCZ");
   server::ServerStatements second_server;
   const auto name = StatementTracker::server_name("select * from t", protocol::Bytes(kNoTypes));
-  CHECK(feed(tracker, second_server, 2, then(bind("s1"), execute_sync())) == "P(" + name + ")B(" + name + ")ES");
+  CHECK(feed(tracker, second_server, then(bind("s1"), execute_sync())) == "P(" + name + ")B(" + name + ")ES");
 }
 
 TEST_CASE("the columns a client learnt from a Describe of its portal are verified like a statement's",
@@ -465,7 +552,7 @@ TEST_CASE("the columns a client learnt from a Describe of its portal are verifie
   server::ServerStatements first_server;
   Buffer describe_portal;
   protocol::append_describe(describe_portal, 'P', "");
-  feed(tracker, first_server, 1, then(then(then(parse("S_1", "select * from t"), bind("S_1")), describe_portal),
+  feed(tracker, first_server, then(then(then(parse("S_1", "select * from t"), bind("S_1")), describe_portal),
                                        execute_sync()));
   answer(tracker, first_server, "12");
   CHECK(reply(tracker, first_server, row_description({"id", "a"})) == StatementTracker::Disposition::relay);
@@ -473,16 +560,16 @@ TEST_CASE("the columns a client learnt from a Describe of its portal are verifie
 
   server::ServerStatements second_server;
   const auto name = StatementTracker::server_name("select * from t", protocol::Bytes(kNoTypes));
-  CHECK(feed(tracker, second_server, 2, then(bind("S_1"), execute_sync())) == "P(" + name + ")DH|held");
+  CHECK(feed(tracker, second_server, then(bind("S_1"), execute_sync())) == "P(" + name + ")DH|held");
   answer(tracker, second_server, "1t");
   CHECK(reply(tracker, second_server, row_description({"id", "n"}, 23)) == StatementTracker::Disposition::swallow);
-  CHECK(feed(tracker, second_server, 2, then(bind("S_1"), execute_sync())) == "S");
+  CHECK(feed(tracker, second_server, then(bind("S_1"), execute_sync())) == "S");
   CHECK(answer(tracker, second_server, "Z") == "+EZ");
 
   // A portal of the unnamed statement teaches nothing about S_1.
   server::ServerStatements third_server;
   Buffer unnamed = then(then(parse("", "select 1"), bind("")), describe_portal);
-  feed(tracker, third_server, 3, then(unnamed, execute_sync()));
+  feed(tracker, third_server, then(unnamed, execute_sync()));
   answer(tracker, third_server, "12");
   CHECK(reply(tracker, third_server, row_description({"x"})) == StatementTracker::Disposition::relay);
   CHECK(answer(tracker, third_server, "DCZ") == "DCZ");
@@ -496,7 +583,7 @@ TEST_CASE("a pipeline that never drains keeps its replies in order", "[session][
   server::ServerStatements server;
   Buffer sync;
   protocol::append_sync(sync);
-  feed(tracker, server, 1, then(parse("s1", "select 1"), sync));
+  feed(tracker, server, then(parse("s1", "select 1"), sync));
   CHECK(answer(tracker, server, "1Z") == "1Z");
   Buffer close;
   protocol::append_close(close, 'S', "s1");
@@ -505,9 +592,9 @@ TEST_CASE("a pipeline that never drains keeps its replies in order", "[session][
     // Every tenth is a Close (answered by pgsluice once everything before it was) and a Parse of the
     // same name, which closes the server's copy (swallowed) and parses it anew.
     if (i % 10 == 9) {
-      feed(tracker, server, 1, then(then(close, parse("s1", "select 1")), sync));
+      feed(tracker, server, then(then(close, parse("s1", "select 1")), sync));
     } else {
-      feed(tracker, server, 1, then(bind("s1"), execute_sync()));
+      feed(tracker, server, then(bind("s1"), execute_sync()));
     }
     if (i >= 100) {
       const bool closing = (i - 100) % 10 == 9;

@@ -1,34 +1,50 @@
 #pragma once
 // A reusable byte buffer with a read cursor: sockets read into its free tail, the relay cuts whole
 // messages off its front and writes them on unchanged (DESIGN §1: no per-message allocation).
+// Its storage is not zero-filled: pages a read never reached cost no memory (an idle client, or one
+// that declared a large message and sent little of it).
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <span>
-#include <vector>
 
 namespace pgsluice::net {
 
+// The free space the next read asks for when the message at the front needs `needed` bytes in all
+// and `have` are there: at least a page's worth, and never the whole declared length up front, so
+// that the buffer grows with the bytes that actually arrive (DESIGN §8: a length field alone must
+// not make pgsluice allocate).
+inline constexpr std::size_t kMaxReadAhead = 64 * 1024;
+inline std::size_t read_size_for(std::size_t needed, std::size_t have) {
+  const std::size_t missing = needed > have ? needed - have : 0;
+  return std::clamp<std::size_t>(missing, 4096, kMaxReadAhead);
+}
+
 class MessageBuffer {
  public:
-  explicit MessageBuffer(std::size_t initial_capacity = 16 * 1024) : data_(initial_capacity) {}
+  explicit MessageBuffer(std::size_t initial_capacity = 16 * 1024) : initial_capacity_(initial_capacity) {}
 
   // Bytes received and not yet consumed.
-  std::span<const std::uint8_t> readable() const { return {data_.data() + begin_, end_ - begin_}; }
+  std::span<const std::uint8_t> readable() const { return {data_.get() + begin_, end_ - begin_}; }
   std::size_t size() const { return end_ - begin_; }
   bool empty() const { return begin_ == end_; }
+  std::size_t capacity() const { return capacity_; }
 
   // Free space to read into, at least `min_free` bytes (moves unread bytes to the front or grows).
   std::span<std::uint8_t> writable(std::size_t min_free = 4096) {
-    if (data_.size() - end_ < min_free) {
+    if (capacity_ - end_ < min_free) {
       if (begin_ > 0) {
-        std::memmove(data_.data(), data_.data() + begin_, end_ - begin_);
+        std::memmove(data_.get(), data_.get() + begin_, end_ - begin_);
         end_ -= begin_;
         begin_ = 0;
       }
-      if (data_.size() - end_ < min_free) data_.resize(std::max(data_.size() * 2, end_ + min_free));
+      if (capacity_ - end_ < min_free) {
+        reallocate(std::max({capacity_ * 2, end_ + min_free, initial_capacity_}));
+      }
     }
-    return {data_.data() + end_, data_.size() - end_};
+    return {data_.get() + end_, capacity_ - end_};
   }
   void commit(std::size_t count) { end_ += count; }
   void consume(std::size_t count) {
@@ -37,14 +53,22 @@ class MessageBuffer {
   }
   // Gives memory back after a large message went through (the steady state keeps the initial size).
   void shrink_if_idle(std::size_t keep = 64 * 1024) {
-    if (empty() && data_.size() > keep) {
-      data_.resize(keep);
-      data_.shrink_to_fit();
-    }
+    if (empty() && capacity_ > keep) reallocate(std::max(keep, initial_capacity_));
   }
 
  private:
-  std::vector<std::uint8_t> data_;
+  void reallocate(std::size_t capacity) {
+    std::unique_ptr<std::uint8_t[]> grown(new std::uint8_t[capacity]);  // default-initialised: not touched
+    if (end_ > begin_) std::memcpy(grown.get(), data_.get() + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+    data_ = std::move(grown);
+    capacity_ = capacity;
+  }
+
+  std::unique_ptr<std::uint8_t[]> data_;
+  std::size_t capacity_ = 0;  // allocated on the first read
+  std::size_t initial_capacity_;
   std::size_t begin_ = 0;
   std::size_t end_ = 0;
 };

@@ -33,6 +33,12 @@ struct ResultFormats {
 };
 std::optional<ResultFormats> bind_result_formats(Bytes rest);
 
+struct ExecuteView {
+  std::string_view portal;
+  std::int32_t max_rows = 0;  // 0: all
+};
+Result<ExecuteView> parse_execute(Bytes payload);
+
 // Describe and Close share a shape: 'S' (statement) or 'P' (portal), then a name.
 struct TargetView {
   char kind = 'S';

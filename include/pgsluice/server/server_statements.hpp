@@ -35,6 +35,15 @@ class ServerStatements {
   void set_shape(const std::string& name, std::uint64_t shape);
   void clear();
   std::size_t size() const { return index_.size(); }
+
+  // Whose unnamed statement the server holds now: the token of the client Parse that made it (see
+  // StatementTracker), kNoUnnamed when there is none, kUnknownUnnamed when it may be anything (one
+  // pgsluice parsed to apply parameters). Whatever else replaces or drops it on this connection
+  // says so here, so that a client landing here again never binds another's.
+  static constexpr std::uint64_t kUnknownUnnamed = 0;
+  static constexpr std::uint64_t kNoUnnamed = 1;
+  std::uint64_t unnamed_owner() const { return unnamed_owner_; }
+  void set_unnamed_owner(std::uint64_t token) { unnamed_owner_ = token; }
   // When full: the least recently used name, removed here; the caller closes it on the server.
   std::optional<std::string> evict_if_full();
 
@@ -47,6 +56,7 @@ class ServerStatements {
   };
   std::unordered_map<std::string, Entry> index_;
   std::unordered_set<std::string> stale_;
+  std::uint64_t unnamed_owner_ = kNoUnnamed;  // a new connection has none
 };
 
 }  // namespace pgsluice::server

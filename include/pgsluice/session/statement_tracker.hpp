@@ -11,6 +11,7 @@
 // No sockets here: the session feeds messages in and writes what comes out.
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -38,8 +39,7 @@ class StatementTracker {
   // to columns of other types or names than the client was told of (a column count change is
   // caught by the Bind's result formats, below): rows of that shape would be read with the wrong
   // columns, so the client gets the 0A000 its own connection would have given it.
-  bool client_message(const protocol::MessageView& message, server::ServerStatements& server,
-                      std::uint64_t server_id, Outgoing& to_server);
+  bool client_message(const protocol::MessageView& message, server::ServerStatements& server, Outgoing& to_server);
   bool awaiting_shape() const { return awaiting_shape_; }
   // One server message, in order: relay it to the client or swallow it (a reply to an injection).
   Disposition server_message(const protocol::MessageView& message, server::ServerStatements& server);
@@ -68,6 +68,14 @@ class StatementTracker {
     int columns = -1;
     std::uint64_t shape = 0;  // protocol::RowShape fingerprint of that Describe; 0: never described
   };
+  // The client's unnamed statement as pgsluice knows it.
+  struct UnnamedState {
+    bool exists = false;        // false: the client has no unnamed statement (as Postgres would say)
+    std::uint64_t token = 0;    // the client Parse that made it (ServerStatements::unnamed_owner)
+    std::uint64_t server_owner = server::ServerStatements::kUnknownUnnamed;  // what the server held before
+    std::string query;
+    std::string parameter_types;
+  };
   enum class Kind : std::uint8_t { parse, bind, describe_statement, describe_portal, close, execute, sync, simple };
   // What one message sent to the server will answer. Small, so that a transaction's few fit in a
   // cache line or two: the names and replies that only some need are in Detail, on the side.
@@ -78,6 +86,8 @@ class StatementTracker {
     bool fake = false;          // not sent: the detail's `reply` goes to the client in its place
     bool eviction = false;      // close: an LRU eviction (the statement stays if it is skipped)
     bool verification = false;  // describe_statement: injected to learn a copy's shape
+    bool unnamed = false;       // parse, close: of the unnamed statement
+    bool drops_all = false;     // execute, simple: runs DEALLOCATE ALL or DISCARD ALL
     std::uint32_t detail = kNoDetail;
   };
   struct Detail {
@@ -85,6 +95,9 @@ class StatementTracker {
     std::string server_name;   // parse: forgotten on the server if it fails or is skipped
     std::string client_name;   // parse: the client's name, dropped if the Parse fails or is skipped
     std::string described;     // describe_*: the client statement's name, to learn its columns
+    // parse (unnamed, not the oldest pending one): the unnamed statement it replaced, restored if
+    // the server skips it (the oldest pending one keeps it in previous_unnamed_ instead).
+    std::optional<UnnamedState> replaced;
   };
 
   // A FIFO that keeps its storage: std::deque allocates and frees a block as a queue of one or two
@@ -124,6 +137,11 @@ class StatementTracker {
       }
     }
 
+    template <typename Visit>
+    void for_each(Visit visit) const {
+      for (std::size_t i = head_; i < items_.size(); ++i) visit(items_[i]);
+    }
+
    private:
     void compact() {
       std::vector<Detail> kept;
@@ -152,7 +170,19 @@ class StatementTracker {
                   std::string client_name);
   // Asks the server for the shape of copy `server_name` (Describe + Flush): see client_message.
   void verify_shape(const std::string& server_name, Outgoing& to_server);
-  void ensure_unnamed_on_server(std::uint64_t server_id, Outgoing& to_server);
+  // Before a Bind or Describe of the unnamed statement: the server connection holds this client's,
+  // parsed again if another's (or none) is there; or, when the client has none, holds none either
+  // (Closed), so that the client gets Postgres's 26000 and never another client's statement.
+  void ensure_unnamed_on_server(server::ServerStatements& server, Outgoing& to_server);
+  // The server skipped or refused unnamed Parses from `failed` on: the unnamed statement is what it
+  // was at that point (none, if the failed message was itself an unnamed Parse).
+  void unwind_unnamed(const Expectation& failed, server::ServerStatements& server);
+  // The first unnamed Parse (or injected Close) the server skipped: back to what it replaced.
+  void restore_unnamed(const Expectation& skipped, server::ServerStatements& server);
+  // DEALLOCATE ALL or DISCARD ALL ran on the server (see server_message).
+  void forget_named_statements(server::ServerStatements& server);
+  // A DEALLOCATE ALL or DISCARD ALL sent is not answered yet: a name it drops may be parsed again.
+  bool drop_all_pending() const;
   // A statement marked stale on this connection is closed (reply swallowed) before it is parsed anew.
   void close_if_stale(const std::string& name, server::ServerStatements& server, Outgoing& to_server);
   // The server will never answer this one (error, skipped): undo what it would have done.
@@ -161,15 +191,17 @@ class StatementTracker {
   bool simple_query(const protocol::MessageView& message, Outgoing& to_server);
 
   std::unordered_map<std::string, Statement> statements_;  // by the client's name
-  Statement unnamed_;
-  bool has_unnamed_ = false;
-  std::uint64_t unnamed_server_id_ = 0;  // the server connection the unnamed statement was parsed on
+  UnnamedState unnamed_;
+  UnnamedState previous_unnamed_;   // what the oldest pending unnamed Parse replaced
+  int pending_unnamed_parses_ = 0;  // client Parses of the unnamed statement not yet answered
   bool skip_until_sync_ = false;         // after a 42P05 pgsluice answered, like the server would
   std::uint64_t stand_ins_ = 0;          // throwaway statements for DEALLOCATE (see client_message)
   bool awaiting_shape_ = false;          // a verification Describe is unanswered
   std::string verified_;                 // the copy the last verification asked about
   std::string bound_portal_;             // the portal of the last Bind of a client statement ...
   std::string bound_statement_;          // ... and that statement's client name (empty: other Binds)
+  bool dropping_portal_ = false;      // the last Bind of the unnamed statement runs DEALLOCATE ALL ...
+  std::string dropping_portal_name_;  // ... into this portal
   Queue queue_;
 };
 

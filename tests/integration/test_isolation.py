@@ -1,0 +1,263 @@
+"""Isolation between clients that share server connections (issue 14, DESIGN §2, §8): no client
+receives another client's statement, result or setting, whatever it sends and in whatever order,
+and no client can make pgsluice hold memory for bytes it never sent.
+
+Each reproduction from the issue has a test here that failed before its fix. They run raw protocol
+clients (tests/harness/pgwire.py) over a pool smaller than the client count, in the transaction-mode
+pass; the memory tests run in both passes."""
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from contextlib import contextmanager
+
+import psycopg2
+import pytest
+
+import pgharness
+from conftest import POOL_MODE, TARGET, start_pgsluice, stop_pgsluice
+from pgwire import RawConnection, message, parse_error_fields, startup_packet
+
+pytestmark = [pytest.mark.proxy_only]
+if TARGET == "direct":
+    pytest.skip("pgsluice-only behaviour", allow_module_level=True)
+
+SERVER_ROLE = "scram_user"
+transaction_only = pytest.mark.skipif(POOL_MODE != "transaction",
+                                      reason="runs in the transaction-mode pass (PGSLUICE_TEST_MODE=transaction)")
+
+
+def config_for(pg, **service):
+    config = pgharness.base_config(pg, pgharness.free_port())
+    config["users"]["pooled"] = {"auth": "trust"}
+    config["services"] = {
+        "pooled": {
+            "backend": "primary",
+            "match": {"user": "pooled", "database": "postgres"},
+            "server_user": SERVER_ROLE,
+            "server_password": pgharness.password_for(SERVER_ROLE),
+            "server_database": "postgres",
+            "mode": POOL_MODE,
+            "max_connections": 5,
+            "min_connections": 0,
+            **service,
+        }
+    }
+    return config
+
+
+@contextmanager
+def pgsluice(pg, **service):
+    target = start_pgsluice(pg, config_for(pg, **service))
+    try:
+        yield target
+    finally:
+        stop_pgsluice(target)
+
+
+# Extended-protocol messages (docs §55.7), text parameters only.
+def parse(name: str, query: str) -> bytes:
+    return message(b"P", name.encode() + b"\0" + query.encode() + b"\0" + struct.pack("!h", 0))
+
+
+def bind(statement: str, *params: str | None, portal: str = "") -> bytes:
+    body = portal.encode() + b"\0" + statement.encode() + b"\0" + struct.pack("!h", 0)
+    body += struct.pack("!h", len(params))
+    for value in params:
+        body += struct.pack("!i", -1) if value is None else struct.pack("!i", len(value.encode())) + value.encode()
+    return message(b"B", body + struct.pack("!h", 0))
+
+
+def describe_statement(name: str) -> bytes:
+    return message(b"D", b"S" + name.encode() + b"\0")
+
+
+def execute(portal: str = "", max_rows: int = 0) -> bytes:
+    return message(b"E", portal.encode() + b"\0" + struct.pack("!i", max_rows))
+
+
+SYNC = message(b"S")
+
+
+def login(port: int, **params) -> RawConnection:
+    conn = RawConnection("127.0.0.1", port, timeout=20)
+    conn.startup("pooled", "postgres", None, **params)
+    return conn
+
+
+def data_rows(messages) -> list[list[str | None]]:
+    rows = []
+    for msg_type, payload in messages:
+        if msg_type != b"D":
+            continue
+        (count,) = struct.unpack("!h", payload[:2])
+        pos, row = 2, []
+        for _ in range(count):
+            (length,) = struct.unpack("!i", payload[pos:pos + 4])
+            pos += 4
+            if length < 0:
+                row.append(None)
+            else:
+                row.append(payload[pos:pos + length].decode())
+                pos += length
+        rows.append(row)
+    return rows
+
+
+def errors(messages) -> list[dict]:
+    return [parse_error_fields(payload) for msg_type, payload in messages if msg_type == b"E"]
+
+
+def run_clients(count: int, body) -> list[str]:
+    """Runs body(index) in `count` threads at once; returns the failures (exceptions as text)."""
+    failures: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(count)
+
+    def runner(index: int) -> None:
+        try:
+            start.wait(timeout=30)
+            body(index)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported with its client
+            with lock:
+                failures.append(f"client {index}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=runner, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return failures
+
+
+@transaction_only
+def test_the_unnamed_statement_of_another_client_is_never_bound(pg):
+    # asyncpg, Bun and diesel: Parse/Describe/Sync of the unnamed statement, then (a moment later)
+    # Bind/Execute/Sync. A client coming back to a connection where another client has parsed its
+    # own unnamed statement meanwhile must get its own statement's result.
+    with pgsluice(pg, max_connections=5) as target:
+        def client(index: int) -> None:
+            factor = index + 2
+            with login(target.port) as conn:
+                for i in range(30):
+                    conn.send(parse("", f"SELECT $1::int * {factor}") + describe_statement("") + SYNC)
+                    replies = conn.read_until_ready()
+                    assert not errors(replies), errors(replies)
+                    time.sleep(0.001)
+                    conn.send(bind("", str(i)) + execute() + SYNC)
+                    replies = conn.read_until_ready()
+                    assert not errors(replies), errors(replies)
+                    assert data_rows(replies) == [[str(i * factor)]], \
+                        f"SELECT {i} * {factor} answered {data_rows(replies)}"
+
+        assert run_clients(40, client) == []
+
+
+@transaction_only
+def test_a_client_without_an_unnamed_statement_gets_26000_not_another_clients(pg):
+    with pgsluice(pg, max_connections=1) as target:
+        with login(target.port) as other, login(target.port) as mine:
+            other.send(parse("", "SELECT 'other client'") + SYNC)
+            other.read_until_ready()
+            mine.send(bind("") + execute() + SYNC)
+            replies = mine.read_until_ready()
+            assert data_rows(replies) == []
+            assert [e["C"] for e in errors(replies)] == ["26000"]
+
+
+@transaction_only
+def test_deallocate_all_in_a_pipeline_keeps_the_statement_parsed_after_it(pg):
+    with pgsluice(pg, max_connections=5) as target:
+        def client(index: int) -> None:
+            with login(target.port) as conn:
+                for i in range(10):
+                    name = f"after_deallocate_{index}"
+                    conn.send(parse("", "DEALLOCATE ALL") + bind("") + execute()
+                              + parse(name, f"SELECT {index} + $1::int") + bind(name, str(i)) + execute() + SYNC)
+                    replies = conn.read_until_ready()
+                    assert not errors(replies), errors(replies)
+                    assert data_rows(replies) == [[str(index + i)]]
+                    conn.send(bind(name, str(i + 1)) + execute() + SYNC)
+                    replies = conn.read_until_ready()
+                    assert not errors(replies), f"round {i}: {errors(replies)}"
+                    assert data_rows(replies) == [[str(index + i + 1)]]
+
+        assert run_clients(20, client) == []
+
+
+@transaction_only
+def test_startup_options_never_reach_another_client(pg):
+    pg.sql("drop schema if exists evil cascade")
+    pg.sql("create schema evil")
+    pg.sql(f"grant usage on schema evil to {SERVER_ROLE}")
+    pg.sql("drop table if exists public.iso_whose; create table public.iso_whose (v text)")
+    pg.sql("insert into public.iso_whose values ('public')")
+    pg.sql("create table evil.iso_whose (v text); insert into evil.iso_whose values ('evil')")
+    pg.sql(f"grant select on public.iso_whose, evil.iso_whose to {SERVER_ROLE}")
+    with pgsluice(pg, max_connections=1) as target:
+        base = f"host=127.0.0.1 port={target.port} user=pooled dbname=postgres connect_timeout=10"
+        tenant = psycopg2.connect(base + " options='-c search_path=evil,public -c app.tenant=A'")
+        tenant.autocommit = True
+        others = [psycopg2.connect(base) for _ in range(3)]
+        for other in others:
+            other.autocommit = True
+        try:
+            for _ in range(20):
+                with tenant.cursor() as cur:
+                    cur.execute("select v, current_setting('app.tenant', true) from iso_whose")
+                    assert cur.fetchall() == [("evil", "A")]
+                for other in others:
+                    with other.cursor() as cur:
+                        cur.execute("select v, current_setting('app.tenant', true) from iso_whose")
+                        rows = cur.fetchall()
+                        # Never A's table or A's tenant ('' is what a reset placeholder reads as).
+                        assert len(rows) == 1 and rows[0][0] == "public" and rows[0][1] in (None, ""), rows
+        finally:
+            tenant.close()
+            for other in others:
+                other.close()
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_declared_message_lengths_cost_no_memory_before_or_after_login(pg):
+    # 16 connections declaring 64 MiB messages (and sending a few bytes of them) must not make
+    # pgsluice hold 16 x 64 MiB: buffers grow with the bytes that arrive. Before login the declared
+    # length alone is refused (a password message cannot exceed 65 535 bytes).
+    with pgsluice(pg) as target:
+        pid = target.proxy.proc.pid
+        # Warm up what one ordinary client costs, so the measure below is about the big headers.
+        with login(target.port) as warm:
+            warm.query("select 1")
+        before = rss_kib(pid)
+        held = []
+        try:
+            for _ in range(8):  # before login: SCRAM user, a password message of 64 MiB declared
+                conn = RawConnection("127.0.0.1", target.port, timeout=10)
+                conn.send(startup_packet({"user": "app", "database": "app"}))
+                msg_type, _ = conn.read_message()
+                assert msg_type == b"R"
+                conn.send(b"p" + struct.pack("!I", 64 * 1024 * 1024) + b"x" * 100)
+                fields = conn.expect_rejected()
+                assert fields is not None and fields["C"] == "08P01", fields
+                conn.close()
+            for _ in range(8):  # after login: a Query of 60 MiB declared, 1 KiB sent
+                conn = login(target.port)
+                conn.send(b"Q" + struct.pack("!I", 60 * 1024 * 1024) + b"x" * 1024)
+                held.append(conn)
+            time.sleep(0.5)
+            grown = rss_kib(pid) - before
+            assert grown < 16 * 1024, f"pgsluice's RSS grew by {grown} KiB for 16 declared 64 MiB messages"
+            # Nothing else was harmed: a new client is served.
+            with login(target.port) as other:
+                assert data_rows(other.query("select 42")) == [["42"]]
+        finally:
+            for conn in held:
+                conn.close()
