@@ -28,6 +28,7 @@ RUN apt-get update \
       libspdlog-dev \
       libfmt-dev \
       prometheus-cpp-dev \
+      libpg-query-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -55,6 +56,7 @@ RUN apt-get update \
       libprometheus-cpp-pull1.0 \
       libspdlog1.10 \
       libfmt9 \
+      libpg-query1504.0 \
  && rm -rf /var/lib/apt/lists/*
 
 # A fixed numeric uid/gid so Kubernetes' runAsNonRoot can verify it without a passwd lookup.

@@ -14,7 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 BUILD_PACKAGES=(
   g++ cmake ninja-build pkg-config
   libboost1.81-dev libboost-program-options1.81-dev
-  libssl-dev libyaml-cpp-dev prometheus-cpp-dev libspdlog-dev libfmt-dev catch2
+  libssl-dev libyaml-cpp-dev prometheus-cpp-dev libspdlog-dev libfmt-dev catch2 libpg-query-dev
 )
 # Tests, benchmarks and demo: a real Postgres, PgBouncer to compare with, libpq clients (psql,
 # pgbench, psycopg2/psycopg), pytest, and the tools the harness calls (runuser, ps, ss).

@@ -414,6 +414,15 @@ net::awaitable<bool> ServerConnection::apply_parameters(const ParameterMap& want
   co_return status == 'I';
 }
 
+void ServerConnection::note_applied(const std::string& name, const std::optional<std::string>& value) {
+  if (parameters_.contains(name)) return;  // reported: ParameterStatus keeps parameters_ current
+  if (value) {
+    applied_[name] = *value;
+  } else {
+    applied_.erase(name);
+  }
+}
+
 net::awaitable<bool> ServerConnection::run_discarding(std::string_view sql) {
   statements_.set_unnamed_owner(ServerStatements::kNoUnnamed);  // a simple Query drops the unnamed statement
   Buffer out;

@@ -278,6 +278,11 @@ net::awaitable<bool> ClientSession::finish_login() {
     }
   }
   cancel_key_ = context_->cancels.add(shared_from_this());
+  if (rewrite_statements_) {
+    // Pooled modes keep the session state Postgres would keep per connection per client instead.
+    startup_parameters_ = parameters_;
+    statements_.follow_session_state(&context_->analyzer, &startup_parameters_, &parameters_);
+  }
 
   Buffer out;
   protocol::append_authentication_ok(out);

@@ -289,6 +289,27 @@ void ClientSession::release_server(bool reusable) {
   service_->pool->release(std::move(server_), clean);
 }
 
+void ClientSession::record_settled_state() {
+  for (auto& setting : statements_.take_settled()) {
+    if (setting.value) {
+      parameters_[setting.name] = *setting.value;
+    } else {
+      parameters_.erase(setting.name);
+    }
+    if (server_) server_->note_applied(setting.name, setting.value);
+  }
+  parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
+  // The connection carries exactly what this client wants now: what it was given at the lease
+  // plus the changes the client made itself.
+  if (server_) server_->set_applied_fingerprint(parameters_fingerprint_);
+  if (statements_.pinned() && !pin_logged_) {
+    pin_logged_ = true;
+    spdlog::info("session {}: pinned to its server connection (LISTEN, a session advisory lock, a temporary table "
+                 "or a WITH HOLD cursor) until it releases them",
+                 peer_);
+  }
+}
+
 void ClientSession::forward_cancel() {
   std::shared_ptr<const server::ServerTarget> target;
   protocol::BackendKeyData key;
@@ -628,7 +649,8 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
         break;
       }
       transaction_status_ = *status;
-      if (expected_ready_ > 0) --expected_ready_;
+      // In the pooled modes some are answers to what pgsluice sent (a probe): the tracker says which.
+      if (!rewrite_statements_ && expected_ready_ > 0) --expected_ready_;
       ready_seen = true;
     } else if (message.type == 'S') {
       if (auto parameter = protocol::parse_parameter_status(message.payload)) {
@@ -661,6 +683,9 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
         if (rewrite_statements_) {
           statements_.take_due_replies(out);
           const auto disposition = statements_.server_message(message, server_->statements());
+          if (message.type == 'Z' && disposition != StatementTracker::Disposition::swallow && expected_ready_ > 0) {
+            --expected_ready_;
+          }
           if (disposition == StatementTracker::Disposition::swallow) continue;
           if (disposition == StatementTracker::Disposition::stale_result_type) {
             StatementTracker::append_stale_plan_error(out.build());
@@ -680,7 +705,10 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
         }
         out.append(message.frame);
       }
-      if (rewrite_statements_) statements_.take_due_replies(out);
+      if (rewrite_statements_) {
+        statements_.take_due_replies(out);
+        if (statements_.has_settled()) record_settled_state();
+      }
       if (awaiting_shape && !statements_.awaiting_shape()) shape_known_.notify();
     } else {
       out.append(data.first(offset));
@@ -749,7 +777,7 @@ void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std:
   }
   if (ready_seen && service_->config.mode != config::PoolMode::session && transaction_status_ == 'I' &&
       expected_ready_ == 0 && !in_extended_batch_ && !client_writing_ && buffer.empty() && !stop_server_reader_ &&
-      statements_.idle()) {
+      statements_.idle() && !statements_.pinned()) {
     release_server(true);
     return end_server_reader();
   }
@@ -797,8 +825,9 @@ net::awaitable<void> ClientSession::finish_server() {
     // The client left inside a transaction: roll it back and keep the connection.
     reusable = co_await server_->run_discarding("ROLLBACK", timeout);
   }
-  if (reusable && service_->config.mode == config::PoolMode::session) {
-    // Session mode: whatever the client changed is reset before the next client (DESIGN §2).
+  if (reusable && (service_->config.mode == config::PoolMode::session || statements_.pinned())) {
+    // Session mode, or a client pinned to its connection: whatever the client changed is reset
+    // before the next client (DESIGN §2): its advisory locks, temporary tables, cursors, LISTENs.
     reusable = co_await server_->run_discarding("DISCARD ALL", timeout);
     server_->forget_applied_parameters();
     server_->statements().clear();

@@ -1,5 +1,6 @@
 #include "pgsluice/session/statement_tracker.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <fmt/format.h>
@@ -250,6 +251,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         ++pending_unnamed_parses_;
         unnamed_.query.assign(deallocate_stand_in.empty() ? parse->query : deallocate_stand_in);
         unnamed_.parameter_types.assign(protocol::as_string_view(parse->parameter_types));
+        unnamed_.effects = effects_of(unnamed_.query);
         unnamed_.exists = true;
         unnamed_.token = next_unnamed_token();
         server.set_unnamed_owner(unnamed_.token);
@@ -266,6 +268,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       }
       Statement statement{std::string(parse->query), std::string(protocol::as_string_view(parse->parameter_types)),
                           server_name(parse->query, parse->parameter_types)};
+      statement.effects = effects_of(parse->query);
       // The server parses it even when this connection has the text already (for this client or
       // another): a copy parsed before DDL changed its tables would answer the Describe or Bind that
       // follows with 0A000 "cached plan must not change result type", which a fresh Parse never
@@ -284,6 +287,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       if (!bind) break;
       if (bind->statement.empty()) {
         ensure_unnamed_on_server(server, to_server);
+        if (unnamed_.exists && unnamed_.effects) note_effects(*unnamed_.effects);
         dropping_portal_ = unnamed_.exists && drops_all_statements(unnamed_.query);
         if (dropping_portal_) dropping_portal_name_.assign(bind->portal);
         break;
@@ -291,6 +295,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       auto it = statements_.find(std::string(bind->statement));
       if (it == statements_.end()) break;  // the server answers 26000 with the client's name
       const Statement& statement = it->second;
+      if (statement.effects) note_effects(*statement.effects);
       const bool just_verified = std::exchange(verified_, {}) == statement.server_name;
       ensure_on_server(statement, server, to_server);
       const std::uint64_t copy_shape = server.shape(statement.server_name);
@@ -393,16 +398,24 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       }
       return true;
     }
-    case 'S': to_server.append(message.frame); expect(Kind::sync); return true;
-    case 'Q':
+    case 'S':
+      to_server.append(message.frame);
+      expect(Kind::sync);
+      send_probe(server, to_server);
+      return true;
+    case 'Q': {
       // A simple Query drops the unnamed statement, the client's and whoever's the server held.
       unnamed_.exists = false;
       server.set_unnamed_owner(server::ServerStatements::kNoUnnamed);
       if (simple_query(message, to_server)) return true;
       to_server.append(message.frame);
       expect(Kind::simple);
-      queue_.back().drops_all = drops_all_statements(protocol::as_string_view(message.payload));
+      const auto text = protocol::as_string_view(message.payload);
+      queue_.back().drops_all = drops_all_statements(text);
+      if (auto effects = effects_of(text)) note_effects(*effects);
+      send_probe(server, to_server);
       return true;
+    }
     case 'F': to_server.append(message.frame); expect(Kind::simple); return true;
     default: to_server.append(message.frame); return true;  // Flush, COPY data: no reply of their own
   }
@@ -410,6 +423,124 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
   to_server.append(message.frame);
   expect(type == 'P' ? Kind::parse : type == 'B' ? Kind::bind : Kind::describe_statement);
   return true;
+}
+
+void StatementTracker::note_effects(const sql::SessionEffects& effects) {
+  for (const auto& name : effects.settings) {
+    if (std::find(dirty_settings_.begin(), dirty_settings_.end(), name) == dirty_settings_.end()) {
+      dirty_settings_.push_back(name);
+    }
+  }
+  if (effects.reset_all) reset_all_pending_ = true;
+  if (effects.pins || effects.may_unpin) pin_check_pending_ = true;
+}
+
+namespace {
+
+// A string literal for any standard_conforming_strings: E'...' with ' and \ escaped.
+void append_literal(std::string& sql, std::string_view text) {
+  sql += "E'";
+  for (char c : text) {
+    if (c == '\'' || c == '\\') sql += c;
+    sql += c;
+  }
+  sql += '\'';
+}
+
+// One injected statement as its own extended-protocol group under names no client uses, so that
+// neither the client's unnamed statement nor its unnamed portal is touched (a simple Query would
+// drop both, and a portal may live across Syncs inside a transaction).
+void append_injected(Outgoing& to_server, const std::string& sql) {
+  static constexpr std::string_view kName = "pgsluice_probe";
+  auto& out = to_server.build();
+  protocol::append_close(out, 'P', kName);
+  protocol::append_close(out, 'S', kName);
+  static const std::uint8_t kNoTypes[] = {0, 0};
+  protocol::append_parse(out, kName, sql, Bytes(kNoTypes, sizeof kNoTypes));
+  static const std::uint8_t kNoParameters[] = {0, 0, 0, 0, 0, 0};  // no formats, values or result formats
+  protocol::append_bind(out, kName, kName, Bytes(kNoParameters, sizeof kNoParameters));
+  protocol::append_execute(out, kName);
+  protocol::append_close(out, 'P', kName);
+  protocol::append_close(out, 'S', kName);
+  protocol::append_sync(out);
+}
+
+// How many things pin a session to its connection: session advisory locks, temporary relations,
+// WITH HOLD cursors and channels it listens on.
+constexpr std::string_view kPinCount =
+    "(SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())"
+    " + (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())"
+    " + (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable)"
+    " + (SELECT count(*) FROM pg_catalog.pg_listening_channels())";
+
+}  // namespace
+
+void StatementTracker::send_probe([[maybe_unused]] server::ServerStatements& server, Outgoing& to_server) {
+  if (dirty_settings_.empty() && !reset_all_pending_ && !pin_check_pending_) return;
+  if (reset_all_pending_) {
+    // Postgres's RESET ALL (and DISCARD ALL) return settings to the values the session started
+    // with, the client's startup parameters among them; on a pooled connection those were applied
+    // by pgsluice, so it applies them again, in the same transaction as the RESET.
+    if (startup_ != nullptr && !startup_->empty()) {
+      std::string sql = "SELECT ";
+      bool first = true;
+      for (const auto& [name, value] : *startup_) {
+        if (!first) sql += ", ";
+        first = false;
+        sql += "pg_catalog.set_config(";
+        append_literal(sql, name);
+        sql += ", ";
+        append_literal(sql, value);
+        sql += ", false)";
+      }
+      append_injected(to_server, sql);
+      auto& restore = queue_.emplace_back(Kind::probe);
+      restore.swallow = true;
+    }
+    if (wanted_ != nullptr) {
+      for (const auto& [name, value] : *wanted_) {
+        if (std::find(dirty_settings_.begin(), dirty_settings_.end(), name) == dirty_settings_.end()) {
+          dirty_settings_.push_back(name);
+        }
+      }
+    }
+  }
+  std::string sql = "SELECT ";
+  sql += pin_check_pending_ ? kPinCount : std::string_view("NULL");
+  for (const auto& name : dirty_settings_) {
+    sql += ", pg_catalog.current_setting(";
+    append_literal(sql, name);
+    sql += ", true)";
+  }
+  append_injected(to_server, sql);
+  auto& probe = queue_.emplace_back(Kind::probe);
+  probe.swallow = true;
+  auto& detail = queue_.detail(probe);
+  detail.probe_settings = std::move(dirty_settings_);
+  detail.probe_pins = pin_check_pending_;
+  detail.probe_reset_all = reset_all_pending_;
+  dirty_settings_.clear();
+  pin_check_pending_ = false;
+  reset_all_pending_ = false;
+}
+
+void StatementTracker::settle_probe(Detail& probe, char status) {
+  const bool answered = probe.probe_row.size() == probe.probe_settings.size() + 1;
+  if (status != 'I' || !answered) {
+    // Inside a transaction (which may still roll back), or the probe failed: ask again after the
+    // client's next batch. A restore of startup values (no settings, no pins) needs nothing more.
+    for (auto& name : probe.probe_settings) {
+      if (std::find(dirty_settings_.begin(), dirty_settings_.end(), name) == dirty_settings_.end()) {
+        dirty_settings_.push_back(std::move(name));
+      }
+    }
+    pin_check_pending_ = pin_check_pending_ || probe.probe_pins;
+    return;
+  }
+  if (probe.probe_pins) pinned_ = probe.probe_row[0] && *probe.probe_row[0] != "0";
+  for (std::size_t i = 0; i < probe.probe_settings.size(); ++i) {
+    settled_.push_back({std::move(probe.probe_settings[i]), std::move(probe.probe_row[i + 1])});
+  }
 }
 
 bool StatementTracker::simple_query(const protocol::MessageView& message, Outgoing& to_server) {
@@ -503,6 +634,27 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     if (type == 'Z') queue_.pop_front();
     return Disposition::relay;
   }
+  if (front.kind == Kind::probe) {
+    auto& probe = queue_.detail(front);
+    if (type == 'D') {
+      probe.probe_row.clear();
+      protocol::PayloadReader reader(message.payload);
+      const auto columns = reader.int16();
+      for (int i = 0; i < columns && reader.ok(); ++i) {
+        const auto length = reader.int32();
+        if (length < 0) {
+          probe.probe_row.emplace_back();
+        } else {
+          probe.probe_row.emplace_back(std::string(protocol::as_string_view(reader.bytes(static_cast<std::size_t>(length)))));
+        }
+      }
+    } else if (type == 'Z') {
+      auto status = protocol::parse_ready_for_query(message.payload);
+      settle_probe(probe, status ? *status : 'E');
+      queue_.pop_front();
+    }
+    return Disposition::swallow;
+  }
   if (type == 'E') {
     Disposition disposition = Disposition::relay;  // even for an injected Parse: the client learns why
     const auto& front_name = queue_.detail(std::as_const(front)).server_name;
@@ -576,7 +728,8 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     case Kind::describe_portal: done = type == 'T' || type == 'n'; break;
     case Kind::execute: done = type == 'C' || type == 'I' || type == 's'; break;
     case Kind::sync: done = type == 'Z'; break;
-    case Kind::simple: break;
+    case Kind::simple:
+    case Kind::probe: break;
   }
   if (done) {
     if (front.unnamed && front.kind == Kind::parse && !front.swallow) --pending_unnamed_parses_;

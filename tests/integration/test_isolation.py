@@ -231,11 +231,16 @@ def test_declared_message_lengths_cost_no_memory_before_or_after_login(pg):
     # 16 connections declaring 64 MiB messages (and sending a few bytes of them) must not make
     # pgsluice hold 16 x 64 MiB: buffers grow with the bytes that arrive. Before login the declared
     # length alone is refused (a password message cannot exceed 65 535 bytes).
-    with pgsluice(pg) as target:
+    with pgsluice(pg, max_connections=20) as target:  # session mode holds one per client
         pid = target.proxy.proc.pid
-        # Warm up what one ordinary client costs, so the measure below is about the big headers.
-        with login(target.port) as warm:
-            warm.query("select 1")
+        # Warm up what ordinary clients cost (and, in session mode, the server connections they
+        # hold), so that the measure below is about the big headers alone.
+        warm = [login(target.port) for _ in range(8)]
+        for conn in warm:
+            conn.query("select 1")
+        for conn in warm:
+            conn.close()
+        time.sleep(0.3)
         before = rss_kib(pid)
         held = []
         try:
@@ -260,4 +265,150 @@ def test_declared_message_lengths_cost_no_memory_before_or_after_login(pg):
                 assert data_rows(other.query("select 42")) == [["42"]]
         finally:
             for conn in held:
+                conn.close()
+
+
+def psycopg2_clients(target, count):
+    base = f"host=127.0.0.1 port={target.port} user=pooled dbname=postgres connect_timeout=10"
+    clients = [psycopg2.connect(base) for _ in range(count)]
+    for client in clients:
+        client.autocommit = True
+    return clients
+
+
+def scalar(conn, sql, *args):
+    with conn.cursor() as cur:
+        cur.execute(sql, args or None)
+        return cur.fetchone()[0]
+
+
+@transaction_only
+def test_each_client_keeps_its_own_settings_in_autocommit(pg):
+    defaults = {name: pg.sql(f"select current_setting('{name}')")[0][0]
+                for name in ("work_mem", "search_path", "statement_timeout")}
+    with pgsluice(pg, max_connections=5) as target:
+        def client(index: int) -> None:
+            (conn,) = psycopg2_clients(target, 1)
+            try:
+                own = {"work_mem": f"{64 + index}kB", "search_path": f"s{index}, public",
+                       "statement_timeout": f"{1001 + index}ms"}
+                with conn.cursor() as cur:
+                    cur.execute(f"SET work_mem = '{own['work_mem']}'")
+                    cur.execute(f"SET search_path = s{index}, public")
+                    cur.execute(f"SET statement_timeout = {1001 + index}")
+                for i in range(40):
+                    seen = {name: scalar(conn, "select current_setting(%s)", name) for name in own}
+                    assert seen == own, f"query {i}: {seen} != {own}"
+                    assert scalar(conn, "show work_mem") == own["work_mem"]
+                with conn.cursor() as cur:
+                    cur.execute("RESET ALL")
+                for _ in range(5):
+                    seen = {name: scalar(conn, "select current_setting(%s)", name) for name in own}
+                    assert seen == defaults, f"after RESET ALL: {seen} != {defaults}"
+            finally:
+                conn.close()
+
+        assert run_clients(30, client) == []
+
+
+@transaction_only
+def test_a_setting_follows_the_transaction_that_made_it(pg):
+    with pgsluice(pg, max_connections=2) as target:
+        mine, other = psycopg2_clients(target, 2)
+        try:
+            default = scalar(other, "show work_mem")
+            with mine.cursor() as cur:
+                cur.execute("BEGIN; SET work_mem = '71kB'; ROLLBACK")
+                assert scalar(mine, "show work_mem") == default
+                cur.execute("BEGIN")
+                cur.execute("SET work_mem = '72kB'")
+                cur.execute("SET LOCAL statement_timeout = 1234")
+                cur.execute("COMMIT")
+            for _ in range(10):
+                assert scalar(mine, "show work_mem") == "72kB"
+                assert scalar(mine, "show statement_timeout") != "1234ms"
+                assert scalar(other, "show work_mem") == default
+        finally:
+            mine.close()
+            other.close()
+
+
+@transaction_only
+def test_an_advisory_lock_holder_keeps_its_connection_until_it_unlocks(pg):
+    with pgsluice(pg, max_connections=1, acquire_timeout="500ms") as target:
+        holder, other = psycopg2_clients(target, 2)
+        try:
+            assert scalar(holder, "select pg_advisory_lock(77)") == ""
+            pid = scalar(holder, "select pg_backend_pid()")
+            # The only server connection stays with the holder: the other client cannot lease it.
+            with pytest.raises(psycopg2.OperationalError) as failure:
+                scalar(other, "select 1")
+            assert failure.value.pgcode == "53300"
+            assert scalar(holder, "select pg_backend_pid()") == pid
+            assert scalar(holder, "select pg_advisory_unlock(77)") is True
+            # Released: pooled again.
+            assert scalar(other, "select 1") == 1
+            assert scalar(other, "select pg_try_advisory_lock(77)") is True
+            scalar(other, "select pg_advisory_unlock_all()")
+        finally:
+            holder.close()
+            other.close()
+
+
+@transaction_only
+def test_notifications_reach_the_listener_and_nobody_else(pg):
+    import select
+
+    with pgsluice(pg, max_connections=4) as target:
+        listener, notifier = psycopg2_clients(target, 2)
+        busy = psycopg2_clients(target, 20)
+        stop = threading.Event()
+        try:
+            with listener.cursor() as cur:
+                cur.execute("LISTEN iso_channel")
+
+            def keep_busy(conn):
+                while not stop.is_set():
+                    scalar(conn, "select 1")
+
+            threads = [threading.Thread(target=keep_busy, args=(conn,)) for conn in busy]
+            for thread in threads:
+                thread.start()
+            for i in range(100):
+                with notifier.cursor() as cur:
+                    cur.execute("select pg_notify('iso_channel', %s)", (str(i),))
+            received = []
+            deadline = time.monotonic() + 10
+            while len(received) < 100 and time.monotonic() < deadline:
+                select.select([listener], [], [], 0.2)
+                listener.poll()
+                while listener.notifies:
+                    received.append(listener.notifies.pop(0).payload)
+            stop.set()
+            for thread in threads:
+                thread.join()
+            assert received == [str(i) for i in range(100)]
+            for conn in busy + [notifier]:
+                conn.poll()
+                assert conn.notifies == [], "a notification reached a client that never listened"
+            # An idle listener gets its notification promptly.
+            started = time.monotonic()
+            with notifier.cursor() as cur:
+                cur.execute("notify iso_channel, 'idle'")
+            select.select([listener], [], [], 5)
+            listener.poll()
+            assert [n.payload for n in listener.notifies] == ["idle"]
+            assert time.monotonic() - started < 1.0
+            listener.notifies.clear()
+            # UNLISTEN stops delivery, and the connection is pooled again.
+            with listener.cursor() as cur:
+                cur.execute("UNLISTEN *")
+            with notifier.cursor() as cur:
+                cur.execute("notify iso_channel, 'after'")
+            time.sleep(0.3)
+            listener.poll()
+            assert listener.notifies == []
+        finally:
+            stop.set()
+            for conn in [listener, notifier, *busy]:
                 conn.close()

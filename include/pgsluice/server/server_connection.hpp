@@ -13,6 +13,7 @@
 #include "pgsluice/net/io.hpp"
 #include "pgsluice/pool/pool.hpp"
 #include "pgsluice/protocol/backend_messages.hpp"
+#include "pgsluice/server/parameter_map.hpp"
 #include "pgsluice/server/server_statements.hpp"
 
 namespace pgsluice::server {
@@ -29,17 +30,6 @@ struct ServerTarget {
 
   bool operator==(const ServerTarget&) const = default;
 };
-
-// Case-insensitive, as GUC names are.
-struct GucNameLess {
-  bool operator()(const std::string& a, const std::string& b) const;
-};
-using ParameterMap = std::map<std::string, std::string, GucNameLess>;
-
-// The reported parameters whose value a client sees restored on every connection it is given.
-bool is_tracked_parameter(std::string_view name);
-// "name=value\0name=value\0..." in map order: equal exactly when two parameter sets are equal.
-std::string parameter_fingerprint(const ParameterMap& parameters);
 
 class ServerConnection : public pool::Connection {
  public:
@@ -83,6 +73,9 @@ class ServerConnection : public pool::Connection {
   // that the next client with the same set costs a string compare instead of a map walk. Cleared
   // whenever the server reports a change.
   const std::string& applied_fingerprint() const { return applied_fingerprint_; }
+  // A client changed a setting on this connection itself (SET, RESET): it now carries `value`
+  // (nullopt: the setting does not exist), and the next client that did not ask for it gets it reset.
+  void note_applied(const std::string& name, const std::optional<std::string>& value);
   void set_applied_fingerprint(std::string fingerprint) { applied_fingerprint_ = std::move(fingerprint); }
   // A look at an idle connection's socket without a round trip: false when the server closed it or
   // sent something (an idle server sends nothing but a FATAL before it goes, e.g. after

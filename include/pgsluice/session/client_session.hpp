@@ -103,6 +103,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool parameters_in_place();
   void note_cancel_target();
   void release_server(bool reusable);
+  // Records the settings a probe settled (StatementTracker::take_settled) for this client and as
+  // what the attached connection carries.
+  void record_settled_state();
   net::awaitable<void> stop_server_reader();
   net::awaitable<void> finish_server();
   // Answers the messages of a run the proxy could not send on (no server connection), the way
@@ -145,6 +148,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::string database_;
   std::shared_ptr<Service> service_;
   server::ParameterMap parameters_;  // what this client wants on any server connection it is given
+  server::ParameterMap startup_parameters_;  // what it asked for at startup (RESET ALL returns to them)
+  bool pin_logged_ = false;                  // "pinned to its server connection" was logged
   std::string parameters_fingerprint_;  // of parameters_; empty = to be computed
   std::optional<CancelRegistry::Key> cancel_key_;
 

@@ -13,6 +13,7 @@
 #include "pgsluice/protocol/scram.hpp"
 #include "pgsluice/server/server_connection.hpp"
 #include "pgsluice/session/cancel_registry.hpp"
+#include "pgsluice/sql/session_effects.hpp"
 
 namespace pgsluice::session {
 
@@ -71,6 +72,7 @@ struct Snapshot {
 
 struct SessionContext {
   CancelRegistry cancels;
+  sql::Analyzer analyzer;  // what statement texts do to session state, parsed once per text
   std::string mock_secret;  // makes the mock SCRAM salt of unknown users stable but unguessable
   std::atomic<int> clients{0};
   std::atomic<bool> draining{false};  // SIGTERM received: no new logins

@@ -11,13 +11,17 @@
 // No sockets here: the session feeds messages in and writes what comes out.
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "pgsluice/protocol/message.hpp"
+#include "pgsluice/server/parameter_map.hpp"
 #include "pgsluice/server/server_statements.hpp"
+#include "pgsluice/sql/session_effects.hpp"
 #include "pgsluice/session/outgoing.hpp"
 
 namespace pgsluice::session {
@@ -56,6 +60,31 @@ class StatementTracker {
 
   std::size_t client_statement_count() const { return statements_.size(); }
 
+  // Session state kept per client (DESIGN §2). Statements whose text may change it are recognised
+  // by the parser (sql::Analyzer; none given: nothing is followed). After a batch that ran one, a
+  // probe goes to the server behind the client's Sync or Query, its replies swallowed: it reads
+  // back the settings named (their values as Postgres holds them, so replaying them elsewhere is
+  // exact) and whether anything pins the client to this connection. What a probe finds once the
+  // transaction has ended is settled; inside one it is asked again at the next batch.
+  // `startup` are the client's startup parameters, which RESET ALL restores as Postgres does;
+  // `wanted` everything the client carries (RESET ALL re-reads all of it). Both outlive the tracker.
+  void follow_session_state(sql::Analyzer* analyzer, const server::ParameterMap* startup,
+                            const server::ParameterMap* wanted) {
+    analyzer_ = analyzer;
+    startup_ = startup;
+    wanted_ = wanted;
+  }
+  struct SettledSetting {
+    std::string name;
+    std::optional<std::string> value;  // nullopt: no such setting
+  };
+  // Settings whose value a probe settled since the last call (the session records them).
+  std::vector<SettledSetting> take_settled() { return std::exchange(settled_, {}); }
+  bool has_settled() const { return !settled_.empty(); }
+  // LISTEN, a session advisory lock, a temporary relation or a WITH HOLD cursor holds the client to
+  // this server connection: it is not given back between transactions.
+  bool pinned() const { return pinned_; }
+
  private:
   struct Statement {
     std::string query;
@@ -67,6 +96,7 @@ class StatementTracker {
     // Bind instead of sending rows of another shape.
     int columns = -1;
     std::uint64_t shape = 0;  // protocol::RowShape fingerprint of that Describe; 0: never described
+    std::shared_ptr<const sql::SessionEffects> effects{};  // of its text, when it has any
   };
   // The client's unnamed statement as pgsluice knows it.
   struct UnnamedState {
@@ -75,8 +105,11 @@ class StatementTracker {
     std::uint64_t server_owner = server::ServerStatements::kUnknownUnnamed;  // what the server held before
     std::string query;
     std::string parameter_types;
+    std::shared_ptr<const sql::SessionEffects> effects;
   };
-  enum class Kind : std::uint8_t { parse, bind, describe_statement, describe_portal, close, execute, sync, simple };
+  // probe: a group pgsluice sends behind a Sync or Query, every reply up to its ReadyForQuery
+  // swallowed (see follow_session_state).
+  enum class Kind : std::uint8_t { parse, bind, describe_statement, describe_portal, close, execute, sync, simple, probe };
   // What one message sent to the server will answer. Small, so that a transaction's few fit in a
   // cache line or two: the names and replies that only some need are in Detail, on the side.
   static constexpr std::uint32_t kNoDetail = ~std::uint32_t{0};
@@ -98,6 +131,11 @@ class StatementTracker {
     // parse (unnamed, not the oldest pending one): the unnamed statement it replaced, restored if
     // the server skips it (the oldest pending one keeps it in previous_unnamed_ instead).
     std::optional<UnnamedState> replaced;
+    // probe: the settings it reads back (after the pin count, when `probe_pins`).
+    std::vector<std::string> probe_settings;
+    bool probe_pins = false;
+    bool probe_reset_all = false;
+    std::vector<std::optional<std::string>> probe_row;  // its DataRow, settled at ReadyForQuery 'I'
   };
 
   // A FIFO that keeps its storage: std::deque allocates and frees a block as a queue of one or two
@@ -187,6 +225,15 @@ class StatementTracker {
   void close_if_stale(const std::string& name, server::ServerStatements& server, Outgoing& to_server);
   // The server will never answer this one (error, skipped): undo what it would have done.
   void abandon(const Expectation& expectation, server::ServerStatements& server);
+  // Session state: what a statement's text does, noted when it is sent.
+  std::shared_ptr<const sql::SessionEffects> effects_of(std::string_view text) const {
+    return analyzer_ ? analyzer_->effects_of(text) : nullptr;
+  }
+  void note_effects(const sql::SessionEffects& effects);
+  // Behind a Sync or Query: the probe for what was noted, if anything was.
+  void send_probe(server::ServerStatements& server, Outgoing& to_server);
+  // A probe's answer: `row` read at ReadyForQuery `status`.
+  void settle_probe(Detail& probe, char status);
   // Handles DEALLOCATE / DISCARD ALL sent as a simple query. True when the query was answered here.
   bool simple_query(const protocol::MessageView& message, Outgoing& to_server);
 
@@ -200,6 +247,14 @@ class StatementTracker {
   std::string verified_;                 // the copy the last verification asked about
   std::string bound_portal_;             // the portal of the last Bind of a client statement ...
   std::string bound_statement_;          // ... and that statement's client name (empty: other Binds)
+  sql::Analyzer* analyzer_ = nullptr;
+  const server::ParameterMap* startup_ = nullptr;
+  const server::ParameterMap* wanted_ = nullptr;
+  std::vector<std::string> dirty_settings_;  // SET / RESET sent, not settled by a probe yet
+  bool reset_all_pending_ = false;           // RESET ALL / DISCARD ALL sent: startup values to restore
+  bool pin_check_pending_ = false;           // something that pins or unpins was sent
+  bool pinned_ = false;
+  std::vector<SettledSetting> settled_;
   bool dropping_portal_ = false;      // the last Bind of the unnamed statement runs DEALLOCATE ALL ...
   std::string dropping_portal_name_;  // ... into this portal
   Queue queue_;

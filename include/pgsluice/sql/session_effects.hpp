@@ -1,0 +1,54 @@
+#pragma once
+// What a statement text does to the state Postgres keeps per connection (DESIGN §2), as far as a
+// transaction pooler must follow it: settings a SET or RESET changes, and state that cannot move
+// between server connections (LISTEN, session advisory locks, temporary tables, WITH HOLD cursors).
+// Decided by the Postgres 15 parser itself (libpg_query), once per distinct text: the relay's hot
+// path asks may_have_session_effects() first, which parses nothing.
+#include <cstddef>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace pgsluice::sql {
+
+struct SessionEffects {
+  bool valid = true;                  // false: not SQL Postgres parses (its own error will say why)
+  std::vector<std::string> settings;  // GUCs a session-level SET / RESET names (not SET LOCAL)
+  bool reset_all = false;             // RESET ALL or DISCARD ALL: every setting back to its default
+  bool pins = false;                  // LISTEN, a session advisory lock, a temporary relation, WITH HOLD
+  bool may_unpin = false;             // UNLISTEN, an advisory unlock, DISCARD, DROP, CLOSE
+
+  bool any() const { return !settings.empty() || reset_all || pins || may_unpin; }
+};
+
+// False when `text` cannot have session effects: it starts with a keyword that never has any
+// (SELECT, INSERT, ...), holds one statement only, and calls no advisory-lock function. True
+// means "parse it to know".
+bool may_have_session_effects(std::string_view text);
+
+// Parses `text` (one or several statements) and reports their effects together.
+SessionEffects analyze(std::string_view text);
+
+// analyze() with a bounded cache of distinct texts, shared by every session (thread-safe).
+class Analyzer {
+ public:
+  explicit Analyzer(std::size_t capacity = 4096) : capacity_(capacity) {}
+  // Null when may_have_session_effects() says no or the text has no effect: nothing to follow.
+  std::shared_ptr<const SessionEffects> effects_of(std::string_view text);
+
+ private:
+  std::size_t capacity_;
+  std::mutex mutex_;
+  std::list<std::string> order_;  // most recently used first
+  struct Entry {
+    std::list<std::string>::iterator at;
+    std::shared_ptr<const SessionEffects> effects;
+  };
+  std::unordered_map<std::string_view, Entry> cache_;  // keys view the strings in order_
+};
+
+}  // namespace pgsluice::sql

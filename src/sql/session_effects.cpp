@@ -1,0 +1,209 @@
+#include "pgsluice/sql/session_effects.hpp"
+
+#include <pg_query.h>
+
+#include <array>
+#include <boost/json.hpp>
+#include <cctype>
+#include <string>
+
+namespace pgsluice::sql {
+
+namespace json = boost::json;
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+  }
+  return true;
+}
+
+bool icontains(std::string_view text, std::string_view needle) {
+  if (needle.size() > text.size()) return false;
+  for (std::size_t i = 0; i + needle.size() <= text.size(); ++i) {
+    if (iequals(text.substr(i, needle.size()), needle)) return true;
+  }
+  return false;
+}
+
+// The first keyword after white space, comments and opening parentheses.
+std::string_view first_word(std::string_view text) {
+  std::size_t i = 0;
+  for (;;) {
+    while (i < text.size() && (std::isspace(static_cast<unsigned char>(text[i])) || text[i] == '(')) ++i;
+    if (text.substr(i, 2) == "--") {
+      while (i < text.size() && text[i] != '\n') ++i;
+    } else if (text.substr(i, 2) == "/*") {
+      auto end = text.find("*/", i + 2);
+      i = end == std::string_view::npos ? text.size() : end + 2;
+    } else {
+      break;
+    }
+  }
+  std::size_t end = i;
+  while (end < text.size() && std::isalpha(static_cast<unsigned char>(text[end]))) ++end;
+  return text.substr(i, end - i);
+}
+
+// Statements that may change what a session carries; everything else (SELECT, INSERT, UPDATE,
+// DELETE, WITH, VALUES, BEGIN, COMMIT, ...) never does on its own.
+constexpr std::array<std::string_view, 9> kEffectKeywords = {"SET",   "RESET",  "DISCARD", "LISTEN", "UNLISTEN",
+                                                             "DECLARE", "CREATE", "DROP", "CLOSE"};
+
+constexpr std::array<std::string_view, 4> kAdvisoryLocks = {"pg_advisory_lock", "pg_advisory_lock_shared",
+                                                            "pg_try_advisory_lock", "pg_try_advisory_lock_shared"};
+constexpr std::array<std::string_view, 3> kAdvisoryUnlocks = {"pg_advisory_unlock", "pg_advisory_unlock_shared",
+                                                              "pg_advisory_unlock_all"};
+
+// DeclareCursorStmt options: CURSOR_OPT_HOLD (src/include/nodes/parsenodes.h).
+constexpr std::int64_t kCursorOptHold = 0x0020;
+
+std::string_view string_of(const json::object& node, std::string_view key) {
+  auto it = node.find(key);
+  if (it == node.end() || !it->value().is_string()) return {};
+  const auto& s = it->value().get_string();
+  return {s.data(), s.size()};
+}
+
+bool is_one_of(std::string_view name, const auto& names) {
+  for (auto candidate : names) {
+    if (name == candidate) return true;
+  }
+  return false;
+}
+
+// Anywhere in a statement: calls of advisory-lock functions and temporary relations.
+void visit_tree(const json::value& value, SessionEffects& effects) {
+  if (value.is_array()) {
+    for (const auto& item : value.get_array()) visit_tree(item, effects);
+    return;
+  }
+  if (!value.is_object()) return;
+  const auto& object = value.get_object();
+  for (const auto& [key, child] : object) {
+    if (key == "relpersistence" && child.is_string() && child.get_string() == "t") effects.pins = true;
+    if (key == "schemaname" && child.is_string() && child.get_string().starts_with("pg_temp")) effects.pins = true;
+    if (key == "FuncCall" && child.is_object()) {
+      const auto* names = child.get_object().if_contains("funcname");
+      if (names && names->is_array() && !names->get_array().empty()) {
+        const auto& last = names->get_array().back();
+        std::string_view name;
+        if (const auto* string = last.is_object() ? last.get_object().if_contains("String") : nullptr) {
+          if (string->is_object()) name = string_of(string->get_object(), "sval");
+        }
+        if (is_one_of(name, kAdvisoryLocks)) effects.pins = true;
+        if (is_one_of(name, kAdvisoryUnlocks)) effects.may_unpin = true;
+      }
+    }
+    visit_tree(child, effects);
+  }
+}
+
+// One top-level statement (a RawStmt's "stmt": {"NodeType": {...}}).
+void visit_statement(const json::object& statement, SessionEffects& effects) {
+  for (const auto& [type, body_value] : statement) {
+    if (!body_value.is_object()) continue;
+    const auto& body = body_value.get_object();
+    if (type == "VariableSetStmt") {
+      const auto* local = body.if_contains("is_local");
+      if (local && local->is_bool() && local->get_bool()) continue;  // SET LOCAL ends with its transaction
+      const auto kind = string_of(body, "kind");
+      const auto name = string_of(body, "name");
+      if (kind == "VAR_RESET_ALL") {
+        effects.reset_all = true;
+      } else if (kind == "VAR_SET_MULTI") {
+        if (name == "SESSION CHARACTERISTICS") {
+          for (const char* setting :
+               {"default_transaction_isolation", "default_transaction_read_only", "default_transaction_deferrable"}) {
+            effects.settings.emplace_back(setting);
+          }
+        }  // SET TRANSACTION ...: this transaction only
+      } else if (!name.empty()) {
+        effects.settings.emplace_back(name);
+      }
+    } else if (type == "DiscardStmt") {
+      const auto target = string_of(body, "target");
+      if (target == "DISCARD_ALL") effects.reset_all = true;
+      if (target == "DISCARD_ALL" || target == "DISCARD_TEMP") effects.may_unpin = true;
+    } else if (type == "ListenStmt") {
+      effects.pins = true;
+    } else if (type == "UnlistenStmt" || type == "ClosePortalStmt" || type == "DropStmt") {
+      effects.may_unpin = true;
+    } else if (type == "DeclareCursorStmt") {
+      const auto* options = body.if_contains("options");
+      if (options && options->is_int64() && (options->get_int64() & kCursorOptHold) != 0) effects.pins = true;
+    }
+    visit_tree(body_value, effects);
+  }
+}
+
+}  // namespace
+
+bool may_have_session_effects(std::string_view text) {
+  const auto word = first_word(text);
+  for (auto keyword : kEffectKeywords) {
+    if (iequals(word, keyword)) return true;
+  }
+  // Several statements: any of them may have effects (a ';' inside a literal only costs a parse).
+  if (auto semicolon = text.find(';'); semicolon != std::string_view::npos) {
+    for (std::size_t i = semicolon + 1; i < text.size(); ++i) {
+      const char c = text[i];
+      if (c != ';' && c != '\0' && !std::isspace(static_cast<unsigned char>(c))) return true;
+    }
+  }
+  return icontains(text, "advisory");
+}
+
+SessionEffects analyze(std::string_view text) {
+  SessionEffects effects;
+  const std::string input(text.data(), text.find('\0') == std::string_view::npos ? text.size() : text.find('\0'));
+  PgQueryParseResult result = pg_query_parse(input.c_str());
+  if (result.error != nullptr || result.parse_tree == nullptr) {
+    effects.valid = false;
+    pg_query_free_parse_result(result);
+    return effects;
+  }
+  json::error_code ec;
+  const auto tree = json::parse(result.parse_tree, ec);
+  pg_query_free_parse_result(result);
+  if (ec || !tree.is_object()) {
+    effects.valid = false;
+    return effects;
+  }
+  if (const auto* statements = tree.get_object().if_contains("stmts"); statements && statements->is_array()) {
+    for (const auto& raw : statements->get_array()) {
+      if (!raw.is_object()) continue;
+      if (const auto* statement = raw.get_object().if_contains("stmt"); statement && statement->is_object()) {
+        visit_statement(statement->get_object(), effects);
+      }
+    }
+  }
+  return effects;
+}
+
+std::shared_ptr<const SessionEffects> Analyzer::effects_of(std::string_view text) {
+  if (!may_have_session_effects(text)) return nullptr;
+  {
+    std::lock_guard lock(mutex_);
+    if (auto it = cache_.find(text); it != cache_.end()) {
+      order_.splice(order_.begin(), order_, it->second.at);
+      return it->second.effects->any() ? it->second.effects : nullptr;
+    }
+  }
+  auto effects = std::make_shared<const SessionEffects>(analyze(text));  // outside the lock: the parse is the cost
+  std::lock_guard lock(mutex_);
+  if (!cache_.contains(text)) {
+    order_.emplace_front(text);
+    cache_.emplace(std::string_view(order_.front()), Entry{order_.begin(), effects});
+    while (cache_.size() > capacity_) {
+      cache_.erase(std::string_view(order_.back()));
+      order_.pop_back();
+    }
+  }
+  return effects->any() ? effects : nullptr;
+}
+
+}  // namespace pgsluice::sql

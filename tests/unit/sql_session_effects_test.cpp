@@ -1,0 +1,68 @@
+// What the Postgres parser says a statement does to the session (sql/session_effects).
+#include <catch.hpp>
+
+#include "pgsluice/sql/session_effects.hpp"
+
+using pgsluice::sql::analyze;
+using pgsluice::sql::Analyzer;
+using pgsluice::sql::may_have_session_effects;
+using Names = std::vector<std::string>;
+
+TEST_CASE("ordinary statements are let through without a parse", "[sql]") {
+  CHECK_FALSE(may_have_session_effects("SELECT abalance FROM pgbench_accounts WHERE aid = $1"));
+  CHECK_FALSE(may_have_session_effects("  insert into t values (1);"));
+  CHECK_FALSE(may_have_session_effects("BEGIN"));
+  CHECK(may_have_session_effects("set work_mem = '64kB'"));
+  CHECK(may_have_session_effects("/* app */ SET search_path TO a"));
+  CHECK(may_have_session_effects("SELECT 1; SET x.y = 1"));
+  CHECK(may_have_session_effects("select pg_advisory_lock(1)"));
+  CHECK(may_have_session_effects("listen ch"));
+}
+
+TEST_CASE("session-level SET and RESET name their settings; SET LOCAL and SET TRANSACTION do not", "[sql]") {
+  CHECK(analyze("SET work_mem = '64kB'").settings == Names{"work_mem"});
+  CHECK(analyze("set session statement_timeout to 5000; reset search_path").settings ==
+        Names{"statement_timeout", "search_path"});
+  CHECK(analyze("SET TIME ZONE 'UTC'").settings == Names{"timezone"});
+  CHECK(analyze("SET app.tenant TO DEFAULT").settings == Names{"app.tenant"});
+  CHECK(analyze("SET LOCAL work_mem = '1MB'").settings.empty());
+  CHECK(analyze("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").settings.empty());
+  CHECK(analyze("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY").settings.size() == 3);
+  CHECK(analyze("RESET ALL").reset_all);
+  CHECK(analyze("DISCARD ALL").reset_all);
+  // A SET clause of a function definition is not a session SET.
+  CHECK_FALSE(analyze("CREATE FUNCTION f() RETURNS int LANGUAGE sql SET work_mem = '1MB' AS 'select 1'").any());
+}
+
+TEST_CASE("state that cannot move pins; what may release it is noticed", "[sql]") {
+  CHECK(analyze("LISTEN ch").pins);
+  CHECK(analyze("select pg_advisory_lock(42)").pins);
+  CHECK(analyze("select pg_catalog.pg_try_advisory_lock_shared(1, 2)").pins);
+  CHECK_FALSE(analyze("select pg_advisory_xact_lock(42)").any());
+  CHECK(analyze("create temp table t (a int)").pins);
+  CHECK(analyze("create table pg_temp.t as select 1").pins);
+  CHECK(analyze("DECLARE c CURSOR WITH HOLD FOR SELECT 1").pins);
+  CHECK_FALSE(analyze("DECLARE c CURSOR FOR SELECT 1").pins);
+  CHECK(analyze("UNLISTEN *").may_unpin);
+  CHECK(analyze("select pg_advisory_unlock_all()").may_unpin);
+  CHECK(analyze("DISCARD TEMP").may_unpin);
+  CHECK(analyze("CLOSE c").may_unpin);
+}
+
+TEST_CASE("text Postgres cannot parse has no effects pgsluice follows", "[sql]") {
+  auto effects = analyze("SET = nonsense");
+  CHECK_FALSE(effects.valid);
+  CHECK_FALSE(effects.any());
+}
+
+TEST_CASE("the analyzer caches by text and stays bounded", "[sql]") {
+  Analyzer analyzer(2);
+  auto first = analyzer.effects_of("SET a.b = 1");
+  REQUIRE(first);
+  CHECK(first == analyzer.effects_of("SET a.b = 1"));  // the same analysis, not a new parse
+  CHECK_FALSE(analyzer.effects_of("select 1"));
+  CHECK_FALSE(analyzer.effects_of("SET a.b = 1; select 1") == first);
+  analyzer.effects_of("SET a.c = 1");
+  analyzer.effects_of("SET a.d = 1");
+  CHECK_FALSE(first == analyzer.effects_of("SET a.b = 1"));  // evicted, parsed again
+}
