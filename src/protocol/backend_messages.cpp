@@ -152,3 +152,25 @@ std::string_view password_message_text(Bytes payload) {
 }
 
 }  // namespace pgsluice::protocol
+
+namespace pgsluice::protocol {
+
+void append_error_renamed(Buffer& out, char type, Bytes payload, std::string_view from, std::string_view to) {
+  MessageBuilder builder(out);
+  builder.begin(type);
+  PayloadReader reader(payload);
+  while (reader.ok() && !reader.at_end()) {
+    const auto code = static_cast<char>(reader.byte());
+    if (code == '\0') break;
+    std::string value(reader.cstring());
+    if (code == 'M' && !from.empty()) {
+      for (auto at = value.find(from); at != std::string::npos; at = value.find(from, at + to.size())) {
+        value.replace(at, from.size(), to);
+      }
+    }
+    builder.byte(static_cast<std::uint8_t>(code)).cstring(value);
+  }
+  builder.byte(0).end();
+}
+
+}  // namespace pgsluice::protocol

@@ -687,6 +687,11 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
             --expected_ready_;
           }
           if (disposition == StatementTracker::Disposition::swallow) continue;
+          if (disposition == StatementTracker::Disposition::rewritten) {
+            const auto& reply = statements_.rewritten_reply();
+            out.build().insert(out.build().end(), reply.begin(), reply.end());
+            continue;
+          }
           if (disposition == StatementTracker::Disposition::stale_result_type) {
             StatementTracker::append_stale_plan_error(out.build());
             continue;

@@ -408,11 +408,14 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       unnamed_.exists = false;
       server.set_unnamed_owner(server::ServerStatements::kNoUnnamed);
       if (simple_query(message, to_server)) return true;
-      to_server.append(message.frame);
-      expect(Kind::simple);
       const auto text = protocol::as_string_view(message.payload);
+      auto effects = effects_of(text);
+      if (!effects || !rewrite_prepared_names(text, *effects, server, to_server)) {
+        to_server.append(message.frame);
+        expect(Kind::simple);
+      }
       queue_.back().drops_all = drops_all_statements(text);
-      if (auto effects = effects_of(text)) note_effects(*effects);
+      if (effects) note_effects(*effects);
       send_probe(server, to_server);
       return true;
     }
@@ -543,6 +546,104 @@ void StatementTracker::settle_probe(Detail& probe, char status) {
   }
 }
 
+void StatementTracker::inject_statement(const Statement& statement, server::ServerStatements& server,
+                                        Outgoing& to_server) {
+  close_if_stale(statement.server_name, server, to_server);
+  if (auto victim = server.evict_if_full()) {
+    protocol::append_close(to_server.build(), 'S', *victim);
+    protocol::append_sync(to_server.build());
+    queue_.emplace_back(Kind::probe).swallow = true;
+  }
+  if (statement.sql_prepare.empty()) {
+    protocol::append_parse(to_server.build(), statement.server_name, statement.query, bytes_of(statement.parameter_types));
+    protocol::append_sync(to_server.build());
+  } else {
+    protocol::append_query(to_server.build(), statement.sql_prepare);
+  }
+  queue_.emplace_back(Kind::probe).swallow = true;
+  server.add(statement.server_name);
+}
+
+bool StatementTracker::rewrite_prepared_names(std::string_view text, const sql::SessionEffects& effects,
+                                              server::ServerStatements& server, Outgoing& to_server) {
+  using RefKind = sql::PreparedNameRef::Kind;
+  if (effects.prepared.empty()) return false;
+  if (client_id_ == 0) client_id_ = next_unnamed_token();
+  if (!text.empty() && text.back() == '\0') text.remove_suffix(1);
+  std::string rewritten;
+  std::size_t copied = 0;
+  std::vector<std::pair<std::string, std::string>> renames;
+  std::vector<std::string> prepared_here;
+  for (const auto& ref : effects.prepared) {
+    if (ref.name_begin < copied || ref.name_end > text.size()) continue;
+    std::string server_name;
+    auto it = statements_.find(ref.name);
+    switch (ref.kind) {
+      case RefKind::prepare:
+        if (it != statements_.end()) {
+          // A live name: Postgres says 42P05. Preparing its server statement again says it too.
+          server_name = it->second.server_name;
+          if (!server.contains(server_name)) inject_statement(it->second, server, to_server);
+          break;
+        }
+        {
+          Statement statement;
+          statement.server_name = fmt::format("pgsluice_sql_{}_{}", client_id_, ++sql_prepares_);
+          statement.sql_prepare.assign(text.substr(ref.statement_begin, ref.name_begin - ref.statement_begin));
+          statement.sql_prepare += statement.server_name;
+          statement.sql_prepare.append(text.substr(ref.name_end, ref.statement_end - ref.name_end));
+          server_name = statement.server_name;
+          close_if_stale(server_name, server, to_server);
+          if (auto victim = server.evict_if_full()) {
+            protocol::append_close(to_server.build(), 'S', *victim);
+            protocol::append_sync(to_server.build());
+            queue_.emplace_back(Kind::probe).swallow = true;
+          }
+          server.add(server_name);
+          statements_.emplace(ref.name, std::move(statement));
+          prepared_here.push_back(ref.name);
+        }
+        break;
+      case RefKind::execute:
+        if (it == statements_.end()) continue;  // Postgres's own 26000 names it
+        server_name = it->second.server_name;
+        if (server.contains(server_name)) {
+          server.touch(server_name);
+        } else {
+          inject_statement(it->second, server, to_server);
+        }
+        break;
+      case RefKind::deallocate:
+        if (it != statements_.end()) {
+          // The server statement is the client's alone but is left to the LRU; what the server
+          // deallocates is a throwaway, so that the client gets every reply from the server.
+          server_name = fmt::format("pgsluice_deallocate_{}", ++stand_ins_);
+          protocol::append_query(to_server.build(), "PREPARE " + server_name + " AS SELECT 1");
+          queue_.emplace_back(Kind::probe).swallow = true;
+          statements_.erase(it);
+        } else if (ref.name.starts_with("pgsluice_")) {
+          // No client can reach the statements pgsluice shares between clients (DESIGN §2).
+          server_name = "pgsluice_absent";
+        } else {
+          continue;
+        }
+        break;
+    }
+    rewritten.append(text.substr(copied, ref.name_begin - copied));
+    rewritten += server_name;
+    copied = ref.name_end;
+    renames.emplace_back("\"" + server_name + "\"", "\"" + ref.name + "\"");
+  }
+  if (renames.empty()) return false;
+  rewritten.append(text.substr(copied));
+  protocol::append_query(to_server.build(), rewritten);
+  auto& simple = queue_.emplace_back(Kind::simple);
+  auto& detail = queue_.detail(simple);
+  detail.renames = std::move(renames);
+  detail.prepared_here = std::move(prepared_here);
+  return true;
+}
+
 bool StatementTracker::simple_query(const protocol::MessageView& message, Outgoing& to_server) {
   // DISCARD ALL and DEALLOCATE ALL run on the server; their CommandComplete clears the bookkeeping
   // (server_message). DEALLOCATE of one client statement is answered here.
@@ -631,7 +732,31 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
   if (type == 'N' || type == 'A' || type == 'S' || queue_.empty()) return Disposition::relay;
   Expectation& front = queue_.front();
   if (front.kind == Kind::simple) {
-    if (type == 'Z') queue_.pop_front();
+    if (type == 'Z') {
+      queue_.pop_front();
+    } else if (type == 'E' && front.detail != kNoDetail) {
+      auto& detail = queue_.detail(front);
+      // A PREPARE in a failed query may not have run: forgotten, a later EXECUTE gets 26000.
+      for (const auto& name : detail.prepared_here) {
+        if (auto it = statements_.find(name); it != statements_.end()) {
+          server.forget(it->second.server_name);
+          statements_.erase(it);
+        }
+      }
+      detail.prepared_here.clear();
+      if (!detail.renames.empty()) {
+        rewritten_.clear();
+        Buffer renamed;
+        Bytes payload = message.payload;
+        for (const auto& [server_name, client_name] : detail.renames) {
+          renamed.clear();
+          protocol::append_error_renamed(renamed, 'E', payload, server_name, client_name);
+          rewritten_ = renamed;
+          payload = Bytes(rewritten_).subspan(5);
+        }
+        return Disposition::rewritten;
+      }
+    }
     return Disposition::relay;
   }
   if (front.kind == Kind::probe) {

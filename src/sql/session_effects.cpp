@@ -5,6 +5,7 @@
 #include <array>
 #include <boost/json.hpp>
 #include <cctype>
+#include <cstdint>
 #include <string>
 
 namespace pgsluice::sql {
@@ -50,8 +51,81 @@ std::string_view first_word(std::string_view text) {
 
 // Statements that may change what a session carries; everything else (SELECT, INSERT, UPDATE,
 // DELETE, WITH, VALUES, BEGIN, COMMIT, ...) never does on its own.
-constexpr std::array<std::string_view, 9> kEffectKeywords = {"SET",   "RESET",  "DISCARD", "LISTEN", "UNLISTEN",
-                                                             "DECLARE", "CREATE", "DROP", "CLOSE"};
+constexpr std::array<std::string_view, 13> kEffectKeywords = {
+    "SET",  "RESET", "DISCARD", "LISTEN",  "UNLISTEN",   "DECLARE", "CREATE",
+    "DROP", "CLOSE", "PREPARE", "EXECUTE", "DEALLOCATE", "EXPLAIN"};
+
+// Token codes of libpg_query's scanner (pg_query.proto, enum Token).
+constexpr int kTokenAll = 285;
+constexpr int kTokenDeallocate = 371;
+constexpr int kTokenExecute = 409;
+constexpr int kTokenPrepare = 574;
+
+struct ScanToken {
+  std::size_t begin = 0;
+  std::size_t end = 0;
+  int token = 0;
+};
+
+// pg_query_scan's answer is a protobuf ScanResult { repeated ScanToken tokens = 2 } with ScanToken
+// { int32 start = 1; int32 end = 2; Token token = 4; KeywordKind keyword_kind = 5 }: decoded here,
+// varints and length-delimited fields only, which is all that message uses.
+bool read_varint(const std::uint8_t*& at, const std::uint8_t* end, std::uint64_t& value) {
+  value = 0;
+  for (int shift = 0; at < end && shift < 64; shift += 7) {
+    const std::uint8_t byte = *at++;
+    value |= std::uint64_t{byte & 0x7fu} << shift;
+    if ((byte & 0x80u) == 0) return true;
+  }
+  return false;
+}
+
+std::vector<ScanToken> scan_tokens(const std::string& text) {
+  std::vector<ScanToken> tokens;
+  PgQueryScanResult result = pg_query_scan(text.c_str());
+  if (result.error == nullptr) {
+    const auto* at = reinterpret_cast<const std::uint8_t*>(result.pbuf.data);
+    const auto* end = at + result.pbuf.len;
+    std::uint64_t key = 0;
+    std::uint64_t value = 0;
+    while (at < end && read_varint(at, end, key)) {
+      if ((key & 7u) == 0) {  // a varint field of ScanResult (version)
+        if (!read_varint(at, end, value)) break;
+        continue;
+      }
+      if ((key & 7u) != 2 || !read_varint(at, end, value) || value > static_cast<std::uint64_t>(end - at)) break;
+      const auto* field_end = at + value;
+      if ((key >> 3) == 2) {
+        ScanToken token;
+        while (at < field_end && read_varint(at, field_end, key) && (key & 7u) == 0 && read_varint(at, field_end, value)) {
+          switch (key >> 3) {
+            case 1: token.begin = static_cast<std::size_t>(value); break;
+            case 2: token.end = static_cast<std::size_t>(value); break;
+            case 4: token.token = static_cast<int>(value); break;
+            default: break;
+          }
+        }
+        tokens.push_back(token);
+      }
+      at = field_end;
+    }
+  }
+  pg_query_free_scan_result(result);
+  return tokens;
+}
+
+// The statement's name token: the one after its `keyword` (DEALLOCATE takes an optional PREPARE).
+void add_name_ref(PreparedNameRef::Kind kind, std::string_view name, int keyword, std::size_t begin,
+                  std::size_t end, const std::vector<ScanToken>& tokens, SessionEffects& effects) {
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i].begin < begin || tokens[i].begin >= end || tokens[i].token != keyword) continue;
+    std::size_t at = i + 1;
+    if (kind == PreparedNameRef::Kind::deallocate && at < tokens.size() && tokens[at].token == kTokenPrepare) ++at;
+    if (at >= tokens.size() || tokens[at].begin >= end || tokens[at].token == kTokenAll) return;
+    effects.prepared.push_back({kind, std::string(name), tokens[at].begin, tokens[at].end, begin, end});
+    return;
+  }
+}
 
 constexpr std::array<std::string_view, 4> kAdvisoryLocks = {"pg_advisory_lock", "pg_advisory_lock_shared",
                                                             "pg_try_advisory_lock", "pg_try_advisory_lock_shared"};
@@ -102,11 +176,32 @@ void visit_tree(const json::value& value, SessionEffects& effects) {
   }
 }
 
-// One top-level statement (a RawStmt's "stmt": {"NodeType": {...}}).
-void visit_statement(const json::object& statement, SessionEffects& effects) {
+std::string_view execute_name(const json::object& body) {
+  const auto* query = body.if_contains("query");
+  const auto* execute = query && query->is_object() ? query->get_object().if_contains("ExecuteStmt") : nullptr;
+  return execute && execute->is_object() ? string_of(execute->get_object(), "name") : std::string_view();
+}
+
+// One top-level statement (a RawStmt's "stmt": {"NodeType": {...}}) at [begin, end) of the text.
+void visit_statement(const json::object& statement, std::size_t begin, std::size_t end,
+                     const std::vector<ScanToken>& tokens, SessionEffects& effects) {
+  using Kind = PreparedNameRef::Kind;
   for (const auto& [type, body_value] : statement) {
     if (!body_value.is_object()) continue;
     const auto& body = body_value.get_object();
+    if (type == "PrepareStmt") {
+      add_name_ref(Kind::prepare, string_of(body, "name"), kTokenPrepare, begin, end, tokens, effects);
+    } else if (type == "ExecuteStmt") {
+      add_name_ref(Kind::execute, string_of(body, "name"), kTokenExecute, begin, end, tokens, effects);
+    } else if (type == "DeallocateStmt") {
+      if (auto name = string_of(body, "name"); !name.empty()) {
+        add_name_ref(Kind::deallocate, name, kTokenDeallocate, begin, end, tokens, effects);
+      }
+    } else if (type == "ExplainStmt" || type == "CreateTableAsStmt") {
+      if (auto name = execute_name(body); !name.empty()) {
+        add_name_ref(Kind::execute, name, kTokenExecute, begin, end, tokens, effects);
+      }
+    }
     if (type == "VariableSetStmt") {
       const auto* local = body.if_contains("is_local");
       if (local && local->is_bool() && local->get_bool()) continue;  // SET LOCAL ends with its transaction
@@ -173,11 +268,24 @@ SessionEffects analyze(std::string_view text) {
     effects.valid = false;
     return effects;
   }
+  std::vector<ScanToken> tokens;
+  if (icontains(input, "PREPARE") || icontains(input, "EXECUTE") || icontains(input, "DEALLOCATE")) {
+    tokens = scan_tokens(input);
+  }
   if (const auto* statements = tree.get_object().if_contains("stmts"); statements && statements->is_array()) {
     for (const auto& raw : statements->get_array()) {
       if (!raw.is_object()) continue;
-      if (const auto* statement = raw.get_object().if_contains("stmt"); statement && statement->is_object()) {
-        visit_statement(statement->get_object(), effects);
+      const auto& raw_statement = raw.get_object();
+      auto offset = [&](std::string_view key) -> std::size_t {
+        const auto* value = raw_statement.if_contains(key);
+        return value && value->is_int64() ? static_cast<std::size_t>(value->get_int64()) : 0;
+      };
+      const std::size_t begin = offset("stmt_location");
+      const std::size_t length = offset("stmt_len");  // 0: to the end of the text
+      const std::size_t end = length == 0 ? input.size() : std::min(input.size(), begin + length);
+      ++effects.statements;
+      if (const auto* statement = raw_statement.if_contains("stmt"); statement && statement->is_object()) {
+        visit_statement(statement->get_object(), begin, end, tokens, effects);
       }
     }
   }

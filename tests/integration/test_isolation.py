@@ -412,3 +412,50 @@ def test_notifications_reach_the_listener_and_nobody_else(pg):
             stop.set()
             for conn in [listener, notifier, *busy]:
                 conn.close()
+
+
+@transaction_only
+def test_sql_prepared_statements_are_each_clients_own(pg):
+    with pgsluice(pg, max_connections=5) as target:
+        def client(index: int) -> None:
+            (conn,) = psycopg2_clients(target, 1)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f"PREPARE acc_x (int) AS SELECT $1 * {index + 2}")
+                for i in range(40):
+                    assert scalar(conn, f"EXECUTE acc_x({i})") == i * (index + 2)
+                with conn.cursor() as cur:
+                    with pytest.raises(psycopg2.errors.DuplicatePreparedStatement) as duplicate:
+                        cur.execute("PREPARE acc_x AS SELECT 0")
+                    assert 'prepared statement "acc_x" already exists' in str(duplicate.value)
+                    cur.execute("DEALLOCATE acc_x")
+                    with pytest.raises(psycopg2.errors.InvalidSqlStatementName) as missing:
+                        cur.execute("EXECUTE acc_x(1)")
+                    assert 'prepared statement "acc_x" does not exist' in str(missing.value)
+                    # Several statements in one query, the name reused after DEALLOCATE.
+                    cur.execute(f"PREPARE acc_x AS SELECT {index}; EXECUTE acc_x")
+                    assert cur.fetchone()[0] == index
+            finally:
+                conn.close()
+
+        assert run_clients(30, client) == []
+
+
+@transaction_only
+def test_a_client_cannot_deallocate_the_statements_pgsluice_shares(pg):
+    with pgsluice(pg, max_connections=1) as target:
+        with login(target.port) as sharer, login(target.port) as vandal:
+            sharer.send(parse("shared_stmt", "SELECT 7") + bind("shared_stmt") + execute() + SYNC)
+            assert data_rows(sharer.read_until_ready()) == [["7"]]
+            names = [row[0] for row in data_rows(vandal.query("select name from pg_prepared_statements"))]
+            server_names = [name for name in names if name.startswith("pgsluice_")]
+            assert server_names, names
+            for name in server_names:
+                replies = vandal.query(f'DEALLOCATE "{name}"')
+                assert [e["C"] for e in errors(replies)] == ["26000"]
+                assert errors(replies)[0]["M"] == f'prepared statement "{name}" does not exist'
+            for _ in range(20):
+                sharer.send(bind("shared_stmt") + execute() + SYNC)
+                replies = sharer.read_until_ready()
+                assert not errors(replies), errors(replies)
+                assert data_rows(replies) == [["7"]]

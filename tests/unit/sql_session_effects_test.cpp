@@ -66,3 +66,28 @@ TEST_CASE("the analyzer caches by text and stays bounded", "[sql]") {
   analyzer.effects_of("SET a.d = 1");
   CHECK_FALSE(first == analyzer.effects_of("SET a.b = 1"));  // evicted, parsed again
 }
+
+TEST_CASE("SQL PREPARE, EXECUTE and DEALLOCATE names are found where the text spells them", "[sql]") {
+  using Kind = pgsluice::sql::PreparedNameRef::Kind;
+  const std::string text =
+      "PREPARE \"Acc X\" (int) AS SELECT $1; EXECUTE acc_y(1); explain execute z; DEALLOCATE PREPARE w; "
+      "DEALLOCATE ALL; create table t as execute v";
+  auto effects = analyze(text);
+  REQUIRE(effects.prepared.size() == 5);
+  auto spelled = [&](const pgsluice::sql::PreparedNameRef& ref) {
+    return text.substr(ref.name_begin, ref.name_end - ref.name_begin);
+  };
+  CHECK(effects.prepared[0].kind == Kind::prepare);
+  CHECK(effects.prepared[0].name == "Acc X");
+  CHECK(spelled(effects.prepared[0]) == "\"Acc X\"");
+  CHECK(text.substr(effects.prepared[0].statement_begin,
+                    effects.prepared[0].statement_end - effects.prepared[0].statement_begin) ==
+        "PREPARE \"Acc X\" (int) AS SELECT $1");
+  CHECK(effects.prepared[1].kind == Kind::execute);
+  CHECK(spelled(effects.prepared[1]) == "acc_y");
+  CHECK(spelled(effects.prepared[2]) == "z");
+  CHECK(effects.prepared[3].kind == Kind::deallocate);
+  CHECK(spelled(effects.prepared[3]) == "w");
+  CHECK(spelled(effects.prepared[4]) == "v");
+  CHECK(effects.statements == 6);
+}

@@ -6,6 +6,7 @@
 #include <string_view>
 #include <vector>
 
+#include "pgsluice/protocol/builder.hpp"
 #include "pgsluice/protocol/message.hpp"
 
 namespace pgsluice::protocol {
@@ -18,6 +19,10 @@ struct ErrorFields {
   std::string detail;    // 'D'
 };
 Result<ErrorFields> parse_error_response(Bytes payload);
+// The same ErrorResponse (or NoticeResponse, `type`) with every `from` in its message field ('M')
+// replaced by `to`, appended to `out`: an error about a statement under the name pgsluice gave it
+// on the server reads as Postgres would have said it to the client.
+void append_error_renamed(Buffer& out, char type, Bytes payload, std::string_view from, std::string_view to);
 
 struct ParameterStatus {
   std::string_view name;

@@ -33,7 +33,9 @@ class StatementTracker {
   // (DDL in between) and refused the Bind's result formats (08P01). On the connection the client
   // described it on, Postgres would have said 0A000 "cached plan must not change result type", which
   // drivers heal by preparing again: the session sends that instead.
-  enum class Disposition { relay, swallow, stale_result_type };
+  // rewritten: relay rewritten_reply() in its place (an error naming a statement by the name
+  // pgsluice gave it on the server, told with the client's name).
+  enum class Disposition { relay, swallow, stale_result_type, rewritten };
 
   // One client message: appends what goes to the server to `to_server` (possibly nothing). False
   // when the message must wait: it binds a statement whose result the client knows (it described
@@ -47,6 +49,7 @@ class StatementTracker {
   bool awaiting_shape() const { return awaiting_shape_; }
   // One server message, in order: relay it to the client or swallow it (a reply to an injection).
   Disposition server_message(const protocol::MessageView& message, server::ServerStatements& server);
+  const protocol::Buffer& rewritten_reply() const { return rewritten_; }
   // Replies pgsluice makes itself that are due now (nothing the server owes comes before them).
   void take_due_replies(Outgoing& to_client);
   bool has_due_replies() const { return !queue_.empty() && queue_.front().fake; }
@@ -97,6 +100,9 @@ class StatementTracker {
     int columns = -1;
     std::uint64_t shape = 0;  // protocol::RowShape fingerprint of that Describe; 0: never described
     std::shared_ptr<const sql::SessionEffects> effects{};  // of its text, when it has any
+    // An SQL PREPARE's statement, re-created under server_name where it is missing (empty: a
+    // protocol-level Parse made it). SQL and protocol names share one namespace, as in Postgres.
+    std::string sql_prepare{};
   };
   // The client's unnamed statement as pgsluice knows it.
   struct UnnamedState {
@@ -136,6 +142,10 @@ class StatementTracker {
     bool probe_pins = false;
     bool probe_reset_all = false;
     std::vector<std::optional<std::string>> probe_row;  // its DataRow, settled at ReadyForQuery 'I'
+    // simple: server names put in the client's text and the client's names they stand for, and
+    // the statements its PREPAREs made (forgotten if it fails).
+    std::vector<std::pair<std::string, std::string>> renames;
+    std::vector<std::string> prepared_here;
   };
 
   // A FIFO that keeps its storage: std::deque allocates and frees a block as a queue of one or two
@@ -234,6 +244,12 @@ class StatementTracker {
   void send_probe(server::ServerStatements& server, Outgoing& to_server);
   // A probe's answer: `row` read at ReadyForQuery `status`.
   void settle_probe(Detail& probe, char status);
+  // A simple query with SQL PREPARE / EXECUTE / DEALLOCATE names: sent with the names rewritten to
+  // the client's own server-side statements (re-created here first where missing). False: none.
+  bool rewrite_prepared_names(std::string_view text, const sql::SessionEffects& effects,
+                              server::ServerStatements& server, Outgoing& to_server);
+  // A statement the client made, made present on this connection in a group of its own.
+  void inject_statement(const Statement& statement, server::ServerStatements& server, Outgoing& to_server);
   // Handles DEALLOCATE / DISCARD ALL sent as a simple query. True when the query was answered here.
   bool simple_query(const protocol::MessageView& message, Outgoing& to_server);
 
@@ -255,6 +271,9 @@ class StatementTracker {
   bool pin_check_pending_ = false;           // something that pins or unpins was sent
   bool pinned_ = false;
   std::vector<SettledSetting> settled_;
+  std::uint64_t client_id_ = 0;     // names this client's SQL-prepared statements on the server
+  std::uint64_t sql_prepares_ = 0;
+  protocol::Buffer rewritten_;
   bool dropping_portal_ = false;      // the last Bind of the unnamed statement runs DEALLOCATE ALL ...
   std::string dropping_portal_name_;  // ... into this portal
   Queue queue_;

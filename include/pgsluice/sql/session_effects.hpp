@@ -15,14 +15,27 @@
 
 namespace pgsluice::sql {
 
+// A name in an SQL-level PREPARE, EXECUTE or DEALLOCATE: where it is in the text, so that it can be
+// rewritten to the name pgsluice gives the statement on the server (DESIGN §2).
+struct PreparedNameRef {
+  enum class Kind { prepare, execute, deallocate } kind = Kind::execute;
+  std::string name;                // as Postgres folds it: the client's statement name
+  std::size_t name_begin = 0;      // the name's token in the text ([begin, end) bytes)
+  std::size_t name_end = 0;
+  std::size_t statement_begin = 0;  // its statement in the text (PREPARE: re-created from it)
+  std::size_t statement_end = 0;
+};
+
 struct SessionEffects {
   bool valid = true;                  // false: not SQL Postgres parses (its own error will say why)
   std::vector<std::string> settings;  // GUCs a session-level SET / RESET names (not SET LOCAL)
   bool reset_all = false;             // RESET ALL or DISCARD ALL: every setting back to its default
   bool pins = false;                  // LISTEN, a session advisory lock, a temporary relation, WITH HOLD
   bool may_unpin = false;             // UNLISTEN, an advisory unlock, DISCARD, DROP, CLOSE
+  std::vector<PreparedNameRef> prepared;  // SQL PREPARE / EXECUTE / DEALLOCATE name, in text order
+  std::size_t statements = 0;             // how many statements the text holds
 
-  bool any() const { return !settings.empty() || reset_all || pins || may_unpin; }
+  bool any() const { return !settings.empty() || reset_all || pins || may_unpin || !prepared.empty(); }
 };
 
 // False when `text` cannot have session effects: it starts with a keyword that never has any
