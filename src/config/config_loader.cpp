@@ -100,7 +100,8 @@ class Loader {
   LoadResult load(const YAML::Node& root) {
     Section top(context_, root, "", 1,
                 {"listen", "workers", "client_login_timeout", "shutdown_timeout", "max_client_connections",
-                 "max_message_size", "replicas", "log", "metrics", "admin", "backends", "users", "services"});
+                 "max_message_size", "max_prepared_statements_per_client",
+                 "max_prepared_statement_bytes_per_client", "replicas", "log", "metrics", "admin", "backends", "users", "services"});
     read_settings(top);
     read_backends(top);
     read_users(top);
@@ -128,6 +129,9 @@ class Loader {
     top.read_duration("shutdown_timeout", config_.shutdown_timeout, /*allow_zero=*/true);
     top.read("max_client_connections", config_.max_client_connections, 1);
     top.read_byte_size("max_message_size", config_.max_message_size, kMinMessageSize, kMaxMessageSize);
+    top.read("max_prepared_statements_per_client", config_.max_prepared_statements_per_client, 1);
+    top.read_byte_size("max_prepared_statement_bytes_per_client", config_.max_prepared_statement_bytes_per_client,
+                       kMinMessageSize, kMaxMessageSize);
     replicas_ok_ = top.read("replicas", config_.replicas, 1);
 
     const Section log = top.child("log", {"level", "format"});

@@ -282,6 +282,8 @@ net::awaitable<bool> ClientSession::finish_login() {
     // Pooled modes keep the session state Postgres would keep per connection per client instead.
     startup_parameters_ = parameters_;
     statements_.follow_session_state(&context_->analyzer, &startup_parameters_, &parameters_);
+    statements_.set_statement_limits(static_cast<std::size_t>(config_->max_prepared_statements_per_client),
+                                     config_->max_prepared_statement_bytes_per_client);
   }
 
   Buffer out;

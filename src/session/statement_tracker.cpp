@@ -258,7 +258,9 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         return true;
       }
       std::string client_name(parse->statement);
-      if (statements_.contains(client_name) && !drop_all_pending()) {
+      const bool live = statements_.contains(client_name);
+      if (!live && refuse_over_limit(parse->query.size() + parse->parameter_types.size())) return true;
+      if (live && !drop_all_pending()) {
         Buffer error;
         protocol::append_error_response(error, protocol::Severity::error, "42P05",
                                         "prepared statement \"" + client_name + "\" already exists");
@@ -564,12 +566,41 @@ void StatementTracker::inject_statement(const Statement& statement, server::Serv
   server.add(statement.server_name);
 }
 
+bool StatementTracker::refuse_over_limit(std::size_t bytes) {
+  std::size_t held = bytes;
+  for (const auto& [name, statement] : statements_) {
+    held += statement.query.size() + statement.parameter_types.size() + statement.sql_prepare.size();
+  }
+  if (statements_.size() < max_statements_ && held <= max_statement_bytes_) return false;
+  Buffer error;
+  protocol::append_error_response(
+      error, protocol::Severity::error, "53400",
+      fmt::format("pgsluice: this client keeps {} prepared statements of {} bytes, the most it may "
+                  "(max_prepared_statements_per_client {}, max_prepared_statement_bytes_per_client {}); "
+                  "deallocate some before preparing more",
+                  statements_.size(), held - bytes, max_statements_, max_statement_bytes_));
+  expect_fake(std::move(error));
+  skip_until_sync_ = true;
+  return true;
+}
+
 bool StatementTracker::rewrite_prepared_names(std::string_view text, const sql::SessionEffects& effects,
                                               server::ServerStatements& server, Outgoing& to_server) {
   using RefKind = sql::PreparedNameRef::Kind;
   if (effects.prepared.empty()) return false;
   if (client_id_ == 0) client_id_ = next_unnamed_token();
   if (!text.empty() && text.back() == '\0') text.remove_suffix(1);
+  std::size_t adding = 0;
+  for (const auto& ref : effects.prepared) {
+    if (ref.kind == RefKind::prepare && !statements_.contains(ref.name)) adding += ref.statement_end - ref.statement_begin;
+  }
+  if (adding > 0 && refuse_over_limit(adding)) {
+    // Answered here: the error, then the server's ReadyForQuery for the true transaction status.
+    skip_until_sync_ = false;
+    protocol::append_sync(to_server.build());
+    expect(Kind::sync);
+    return true;
+  }
   std::string rewritten;
   std::size_t copied = 0;
   std::vector<std::pair<std::string, std::string>> renames;
@@ -788,6 +819,9 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
       // type", at a Bind or a Describe): the next use of that text closes and re-parses it here.
       auto fields = protocol::parse_error_response(message.payload);
       if (fields && fields->sqlstate == "0A000") server.mark_stale(front_name);
+      // Gone from the server although pgsluice parsed it there (a DEALLOCATE it could not see, in a
+      // function): parsed again at its next use instead of failing every client until evicted.
+      if (fields && fields->sqlstate == "26000") server.forget(front_name);
       if (front.kind == Kind::bind && fields && fields->sqlstate == "08P01" &&
           fields->message.starts_with("bind message has ") &&
           fields->message.find(" result formats but query has ") != std::string::npos) {

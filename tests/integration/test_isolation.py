@@ -459,3 +459,38 @@ def test_a_client_cannot_deallocate_the_statements_pgsluice_shares(pg):
                 replies = sharer.read_until_ready()
                 assert not errors(replies), errors(replies)
                 assert data_rows(replies) == [["7"]]
+
+
+@transaction_only
+def test_prepared_statements_a_client_keeps_are_bounded(pg):
+    config = config_for(pg, max_connections=2)
+    config["max_prepared_statements_per_client"] = 5
+    config["max_prepared_statement_bytes_per_client"] = "64KB"
+    target = start_pgsluice(pg, config)
+    try:
+        with login(target.port) as conn:
+            for i in range(5):
+                conn.send(parse(f"s{i}", f"SELECT {i}") + SYNC)
+                assert not errors(conn.read_until_ready())
+            conn.send(parse("s5", "SELECT 5") + bind("s5") + execute() + SYNC)
+            replies = conn.read_until_ready()
+            assert [e["C"] for e in errors(replies)] == ["53400"]
+            assert "max_prepared_statements_per_client" in errors(replies)[0]["M"]
+            # SQL PREPARE counts against the same limit; the client goes on.
+            assert [e["C"] for e in errors(conn.query("PREPARE p AS SELECT 1"))] == ["53400"]
+            assert data_rows(conn.query("select 42")) == [["42"]]
+            conn.send(message(b"C", b"Ss0\0") + SYNC)
+            conn.read_until_ready()
+            conn.send(parse("s5", "SELECT 5") + bind("s5") + execute() + SYNC)
+            assert data_rows(conn.read_until_ready()) == [["5"]]
+        with login(target.port) as big:
+            # 30 KiB statements: the byte budget (64 KB) holds two, the third is refused.
+            filler = "x" * (30 * 1024)
+            big.send(parse("b0", f"SELECT '{filler}'") + SYNC)
+            assert not errors(big.read_until_ready())
+            big.send(parse("b1", f"SELECT '{filler}', 1") + SYNC)
+            assert not errors(big.read_until_ready())
+            big.send(parse("b2", f"SELECT '{filler}', 2") + SYNC)
+            assert [e["C"] for e in errors(big.read_until_ready())] == ["53400"]
+    finally:
+        stop_pgsluice(target)

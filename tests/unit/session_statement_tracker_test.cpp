@@ -607,3 +607,20 @@ TEST_CASE("a pipeline that never drains keeps its replies in order", "[session][
   CHECK(replies == expected);
   CHECK(tracker.idle());
 }
+
+TEST_CASE("a shared statement missing from the server (26000) is parsed again at its next use",
+          "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  const auto name = StatementTracker::server_name("select 1", protocol::Bytes(kNoTypes));
+  feed(tracker, server, then(parse("s", "select 1"), sync_only()));
+  answer(tracker, server, "1Z");
+  CHECK(feed(tracker, server, then(bind("s"), execute_sync())) == "B(" + name + ")ES");
+  Buffer missing;
+  protocol::append_error_response(missing, protocol::Severity::error, "26000",
+                                  "prepared statement \"" + name + "\" does not exist");
+  CHECK(reply(tracker, server, missing) == StatementTracker::Disposition::relay);
+  CHECK(answer(tracker, server, "Z") == "Z");
+  CHECK_FALSE(server.contains(name));
+  CHECK(feed(tracker, server, then(bind("s"), execute_sync())) == "P(" + name + ")B(" + name + ")ES");
+}

@@ -87,6 +87,10 @@ struct Config {
   Duration shutdown_timeout = std::chrono::seconds(30);
   int max_client_connections = 10000;
   std::uint32_t max_message_size = 64u * 1024u * 1024u;
+  // What one client may make pgsluice keep of its prepared statements (protocol-level and SQL
+  // PREPARE) in the pooled modes: how many, and their text in bytes.
+  int max_prepared_statements_per_client = 1000;
+  std::uint32_t max_prepared_statement_bytes_per_client = 16u * 1024u * 1024u;
   int replicas = 1;  // sidecar mode: how many pgsluice instances share each backend
   std::string log_level = "info";
   LogFormat log_format = LogFormat::text;

@@ -77,6 +77,11 @@ class StatementTracker {
     startup_ = startup;
     wanted_ = wanted;
   }
+  // How many prepared statements one client may keep here, and their text in bytes (DESIGN §8).
+  void set_statement_limits(std::size_t count, std::size_t bytes) {
+    max_statements_ = count;
+    max_statement_bytes_ = bytes;
+  }
   struct SettledSetting {
     std::string name;
     std::optional<std::string> value;  // nullopt: no such setting
@@ -248,6 +253,9 @@ class StatementTracker {
   // the client's own server-side statements (re-created here first where missing). False: none.
   bool rewrite_prepared_names(std::string_view text, const sql::SessionEffects& effects,
                               server::ServerStatements& server, Outgoing& to_server);
+  // Whether one more statement of `bytes` fits this client's limits; if not, the 53400 it gets
+  // is queued and the rest of the batch skipped (true: it does not fit).
+  bool refuse_over_limit(std::size_t bytes);
   // A statement the client made, made present on this connection in a group of its own.
   void inject_statement(const Statement& statement, server::ServerStatements& server, Outgoing& to_server);
   // Handles DEALLOCATE / DISCARD ALL sent as a simple query. True when the query was answered here.
@@ -271,6 +279,8 @@ class StatementTracker {
   bool pin_check_pending_ = false;           // something that pins or unpins was sent
   bool pinned_ = false;
   std::vector<SettledSetting> settled_;
+  std::size_t max_statements_ = 1000;
+  std::size_t max_statement_bytes_ = 16u * 1024u * 1024u;
   std::uint64_t client_id_ = 0;     // names this client's SQL-prepared statements on the server
   std::uint64_t sql_prepares_ = 0;
   protocol::Buffer rewritten_;
