@@ -8,6 +8,9 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <cerrno>
 
 #include "pgsluice/protocol/backend_messages.hpp"
 
@@ -282,7 +285,7 @@ void ClientSession::release_server(bool reusable) {
     cancel_target_.reset();
   }
   if (!server_) return;
-  server_->buffer().shrink_if_idle();
+  server_->buffer().release_if_empty();  // an idle pooled connection holds no buffer
   // Decided before the call: the order in which arguments are evaluated is unspecified, and the
   // unique_ptr parameter empties server_.
   const bool clean = reusable && server_->buffer().empty();
@@ -374,8 +377,43 @@ struct ClientSession::LeaseReady {
   }
 };
 
+// Between messages an idle client holds no buffer (DESIGN §8: an idle client costs little): the
+// session waits for the socket to become readable and takes a buffer from the worker's cache only
+// then. The wait is woken by bytes that arrive after it starts (Asio registers sockets
+// edge-triggered and a wait does not try the socket first, unlike a read), so the socket is
+// peeked first: bytes already there (a pipelining client) are read at once instead.
+struct ClientSession::ClientReady {
+  std::shared_ptr<ClientSession> self;
+  void operator()(const net::error_code& ec) {
+    auto* session = self.get();
+    session->on_client_ready(std::move(self), ec);
+  }
+};
+
 void ClientSession::read_client(std::shared_ptr<ClientSession> self) {
+  if (buffer_.empty()) {
+    buffer_.release_if_empty();
+    std::uint8_t peeked;
+    const auto n = ::recv(socket_.native_handle(), &peeked, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      socket_.async_wait(net::tcp::socket::wait_read, ClientReady{std::move(self)});
+      return;
+    }
+  }
   net::async_read_into(socket_, buffer_, net::read_size_for(run_.want, buffer_.size()), ClientRead{std::move(self)});
+}
+
+void ClientSession::on_client_ready(std::shared_ptr<ClientSession> self, net::error_code ec) {
+  if (ec) return end_client();
+  // Readable: read what is there now, without another trip through the reactor.
+  auto space = buffer_.writable(net::read_size_for(run_.want, buffer_.size()));
+  ssize_t count;
+  do {
+    count = ::recv(socket_.native_handle(), space.data(), space.size(), MSG_DONTWAIT);
+  } while (count < 0 && errno == EINTR);
+  if (count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return read_client(std::move(self));  // no bytes after all
+  if (count < 0) ec = net::error_code(errno, net::asio::error::get_system_category());
+  on_client_read(std::move(self), ec, count < 0 ? 0 : static_cast<std::size_t>(count));
 }
 
 void ClientSession::on_client_read(std::shared_ptr<ClientSession> self, net::error_code ec, std::size_t count) {

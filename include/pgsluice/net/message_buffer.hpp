@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <span>
+#include <vector>
 
 namespace pgsluice::net {
 
@@ -22,9 +23,24 @@ inline std::size_t read_size_for(std::size_t needed, std::size_t have) {
   return std::clamp<std::size_t>(missing, 4096, kMaxReadAhead);
 }
 
+namespace detail {
+// Storage of the standard size, kept per thread for the next buffer that needs some: a buffer holds
+// storage only while bytes pass through it (an idle client or server connection holds none), and
+// taking it back costs no malloc. Each worker is one thread, so nothing here is shared.
+inline constexpr std::size_t kBlockSize = 16 * 1024;
+struct BlockCache {
+  static constexpr std::size_t kKeep = 256;
+  std::vector<std::unique_ptr<std::uint8_t[]>> blocks;
+};
+inline thread_local BlockCache block_cache;
+}  // namespace detail
+
 class MessageBuffer {
  public:
-  explicit MessageBuffer(std::size_t initial_capacity = 16 * 1024) : initial_capacity_(initial_capacity) {}
+  explicit MessageBuffer(std::size_t initial_capacity = detail::kBlockSize) : initial_capacity_(initial_capacity) {}
+  ~MessageBuffer() { give_back(); }
+  MessageBuffer(const MessageBuffer&) = delete;
+  MessageBuffer& operator=(const MessageBuffer&) = delete;
 
   // Bytes received and not yet consumed.
   std::span<const std::uint8_t> readable() const { return {data_.get() + begin_, end_ - begin_}; }
@@ -53,17 +69,40 @@ class MessageBuffer {
   }
   // Gives memory back after a large message went through (the steady state keeps the initial size).
   void shrink_if_idle(std::size_t keep = 64 * 1024) {
-    if (empty() && capacity_ > keep) reallocate(std::max(keep, initial_capacity_));
+    if (empty() && capacity_ > keep) give_back();
+  }
+  // Nothing unread: the storage goes back to the thread's cache until the next read needs some.
+  void release_if_empty() {
+    if (empty()) give_back();
   }
 
  private:
   void reallocate(std::size_t capacity) {
-    std::unique_ptr<std::uint8_t[]> grown(new std::uint8_t[capacity]);  // default-initialised: not touched
+    std::unique_ptr<std::uint8_t[]> grown;
+    auto& cache = detail::block_cache.blocks;
+    if (capacity == detail::kBlockSize && !cache.empty()) {
+      grown = std::move(cache.back());
+      cache.pop_back();
+    } else {
+      grown.reset(new std::uint8_t[capacity]);  // default-initialised: pages not touched
+    }
     if (end_ > begin_) std::memcpy(grown.get(), data_.get() + begin_, end_ - begin_);
     end_ -= begin_;
     begin_ = 0;
+    give_storage(std::move(data_), capacity_);
     data_ = std::move(grown);
     capacity_ = capacity;
+  }
+  void give_back() {
+    give_storage(std::move(data_), capacity_);
+    capacity_ = 0;
+    begin_ = end_ = 0;
+  }
+  static void give_storage(std::unique_ptr<std::uint8_t[]> storage, std::size_t capacity) {
+    auto& cache = detail::block_cache.blocks;
+    if (storage && capacity == detail::kBlockSize && cache.size() < detail::BlockCache::kKeep) {
+      cache.push_back(std::move(storage));
+    }
   }
 
   std::unique_ptr<std::uint8_t[]> data_;

@@ -56,8 +56,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   // The client side (see the top of this file). Each read's handler holds the session.
   struct ClientRead;
+  struct ClientReady;
   struct LeaseReady;
   void read_client(std::shared_ptr<ClientSession> self);
+  void on_client_ready(std::shared_ptr<ClientSession> self, net::error_code ec);
   void on_client_read(std::shared_ptr<ClientSession> self, net::error_code ec, std::size_t count);
   // Takes the whole messages at the front of buffer_ as the next run (run_) and forwards it.
   void on_client_data(std::shared_ptr<ClientSession> self);
