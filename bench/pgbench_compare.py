@@ -117,8 +117,12 @@ def tail(text: str, lines: int = 15) -> str:
 class PgBouncer:
     """Debian's pgbouncer in a temp dir with its own ini and userlist, as the `postgres` OS user."""
 
-    def __init__(self, pg: LocalPostgres, pool_mode: str, pool_size: int, max_clients: int):
+    def __init__(self, pg: LocalPostgres, pool_mode: str, pool_size: int, max_clients: int,
+                 nofile: int | None = None):
         self.pg, self.pool_mode, self.pool_size, self.max_clients = pg, pool_mode, pool_size, max_clients
+        # With nofile, pgbouncer runs under `prlimit --nofile=N:N` (runuser's PAM session resets the
+        # soft limit to 1024, too few for thousands of clients); None leaves its limits alone.
+        self.nofile = nofile
         self.port = free_port()
         self.dir: Path | None = None
         self.proc: subprocess.Popen | None = None
@@ -150,9 +154,10 @@ class PgBouncer:
             for path in (self.dir, *self.dir.iterdir()):
                 os.chown(path, pw.pw_uid, pw.pw_gid)
             os.chmod(self.dir / "userlist.txt", 0o600)
-            argv = ["runuser", "-u", "postgres", "--", PGBOUNCER, str(self.dir / "pgbouncer.ini")]
+            argv = ["runuser", "-u", "postgres", "--", *self.limits_prefix(), PGBOUNCER,
+                    str(self.dir / "pgbouncer.ini")]
         else:
-            argv = [PGBOUNCER, str(self.dir / "pgbouncer.ini")]
+            argv = [*self.limits_prefix(), PGBOUNCER, str(self.dir / "pgbouncer.ini")]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT, cwd="/tmp")
         if not wait_for_port("127.0.0.1", self.port, 15, alive=lambda: self.proc.poll() is None):
@@ -160,6 +165,11 @@ class PgBouncer:
             self.stop()
             raise RuntimeError(f"pgbouncer did not start on port {self.port}:\n{tail(log)}")
         return self
+
+    def limits_prefix(self) -> list[str]:
+        """What pgbouncer's argv starts with to get its file descriptor limit (prlimit execs it, so
+        the pid stays pgbouncer's)."""
+        return [] if self.nofile is None else ["prlimit", f"--nofile={self.nofile}:{self.nofile}", "--"]
 
     def pid(self) -> int | None:
         """pgbouncer's own pid (runuser forks it), from its pidfile once written."""
@@ -223,7 +233,8 @@ def pgsluice_config(pg: LocalPostgres, port: int, args, workers: int) -> dict:
 
 # -- running pgbench --------------------------------------------------------------------------------
 def pgbench_argv(port: int, args, duration: int) -> list[str]:
-    return [PGBENCH, "-h", "127.0.0.1", "-p", str(port), "-U", USER, "-n", "-S",
+    workload = ["-f", str(Path(args.script).resolve())] if args.script else ["-S"]
+    return [PGBENCH, "-h", "127.0.0.1", "-p", str(port), "-U", USER, "-n", *workload,
             "-M", args.mode, "-c", str(args.clients), "-j", str(args.threads), "-T", str(duration), DATABASE]
 
 
@@ -446,6 +457,8 @@ def parse_args(argv=None):
                         "per value (targets pgsluice-w1, pgsluice-w2)")
     p.add_argument("--binary", default=str(REPO_ROOT / "build" / "release" / "pgsluice"),
                    help="pgsluice binary (default: the release build, build/release/pgsluice)")
+    p.add_argument("--script", "-f", default=None,
+                   help="a pgbench script to run instead of the built-in -S (e.g. one that SETs first)")
     p.add_argument("--scale", "-s", type=int, default=10, help="pgbench -i scale factor (default 10)")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every target this many times, interleaved; report medians (default 1)")
@@ -511,7 +524,7 @@ def main(argv=None) -> int:
     params = {k: v for k, v in vars(args).items() if k not in ("json", "runs")}
     params["targets"] = [name for name, _ in args.runs]
     workers = ",".join(map(str, args.workers))
-    print(f"pgbench -S -M {args.mode} -c {args.clients} -j {args.threads} -T {args.duration}, "
+    print(f"pgbench {'-f ' + args.script if args.script else '-S'} -M {args.mode} -c {args.clients} -j {args.threads} -T {args.duration}, "
           f"pool mode {args.pool_mode}, pool size {args.pool_size}, pgsluice workers {workers}, "
           f"scale {args.scale}, {args.rounds} round(s), {os.cpu_count()} CPUs", flush=True)
 
@@ -591,7 +604,7 @@ def main(argv=None) -> int:
             if s.target == "pgbouncer" and args.mode == "prepared" and args.pool_mode == "transaction":
                 print("  (PgBouncer 1.18 does not support protocol-level prepared statements in transaction "
                       "mode; 1.21 added max_prepared_statements)")
-    print(f"\n(pgbench -S -M {args.mode} -c {args.clients} -j {args.threads} -T {args.duration}; "
+    print(f"\n(pgbench {'-f ' + args.script if args.script else '-S'} -M {args.mode} -c {args.clients} -j {args.threads} -T {args.duration}; "
           f"{args.pool_mode} mode, pool size {args.pool_size}; ratios > 1 mean more TPS / more latency "
           f"than the reference, each the median over rounds of the ratio within a round (in brackets: "
           f"the lowest and highest round's TPS / PgBouncer); proxy CPU is the "

@@ -9,6 +9,7 @@
 #include "pgsluice/protocol/backend_messages.hpp"
 #include "pgsluice/protocol/builder.hpp"
 #include "pgsluice/protocol/frontend_messages.hpp"
+#include "pgsluice/server/parameter_map.hpp"
 
 namespace pgsluice::session {
 
@@ -430,11 +431,33 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
   return true;
 }
 
+void StatementTracker::mark_dirty(const std::string& name) {
+  if (std::find(dirty_settings_.begin(), dirty_settings_.end(), name) == dirty_settings_.end()) {
+    dirty_settings_.push_back(name);
+  }
+}
+
 void StatementTracker::note_effects(const sql::SessionEffects& effects) {
   for (const auto& name : effects.settings) {
-    if (std::find(dirty_settings_.begin(), dirty_settings_.end(), name) == dirty_settings_.end()) {
-      dirty_settings_.push_back(name);
+    // The reported settings come back as ParameterStatus, which the session follows already.
+    if (server::is_tracked_parameter(name)) continue;
+    if (effects.literal) {
+      std::optional<std::string> known;
+      {
+        std::lock_guard lock(effects.literal->mutex);
+        known = effects.literal->value;
+      }
+      if (known) {
+        pending_literals_.push_back({name, std::move(known)});
+        continue;
+      }
+      // Unknown yet: the probe that reads it teaches every session, if it reads that alone.
+      learning_ = dirty_settings_.empty() ? effects.literal : nullptr;
+      mark_dirty(name);
+      continue;
     }
+    learning_.reset();
+    mark_dirty(name);
   }
   if (effects.reset_all) reset_all_pending_ = true;
   if (effects.pins || effects.may_unpin) pin_check_pending_ = true;
@@ -481,6 +504,12 @@ constexpr std::string_view kPinCount =
 }  // namespace
 
 void StatementTracker::send_probe([[maybe_unused]] server::ServerStatements& server, Outgoing& to_server) {
+  if (!pending_literals_.empty()) {
+    // The batch just ended with the client's Sync or Query (queue_.back()): settled with it.
+    auto& batch = queue_.detail(queue_.back());
+    for (auto& setting : pending_literals_) batch.settle_if_committed.push_back(std::move(setting));
+    pending_literals_.clear();
+  }
   if (dirty_settings_.empty() && !reset_all_pending_ && !pin_check_pending_) return;
   if (reset_all_pending_) {
     // Postgres's RESET ALL (and DISCARD ALL) return settings to the values the session started
@@ -524,9 +553,23 @@ void StatementTracker::send_probe([[maybe_unused]] server::ServerStatements& ser
   detail.probe_settings = std::move(dirty_settings_);
   detail.probe_pins = pin_check_pending_;
   detail.probe_reset_all = reset_all_pending_;
+  if (detail.probe_settings.size() == 1 && !pin_check_pending_ && !reset_all_pending_) detail.learns = learning_;
+  learning_.reset();
   dirty_settings_.clear();
   pin_check_pending_ = false;
   reset_all_pending_ = false;
+}
+
+void StatementTracker::settle_literals(Detail& batch, const protocol::MessageView& ready) {
+  if (batch.settle_if_committed.empty()) return;
+  auto status = protocol::parse_ready_for_query(ready.payload);
+  if (status && *status == 'I' && !batch.batch_failed) {
+    for (auto& setting : batch.settle_if_committed) settled_.push_back(std::move(setting));
+  } else {
+    // An error, or a transaction still open that may roll back: read back after the next batch.
+    for (const auto& setting : batch.settle_if_committed) mark_dirty(setting.name);
+  }
+  batch.settle_if_committed.clear();
 }
 
 void StatementTracker::settle_probe(Detail& probe, char status) {
@@ -543,6 +586,10 @@ void StatementTracker::settle_probe(Detail& probe, char status) {
     return;
   }
   if (probe.probe_pins) pinned_ = probe.probe_row[0] && *probe.probe_row[0] != "0";
+  if (probe.learns && probe.probe_row.size() == 2 && probe.probe_row[1]) {
+    std::lock_guard lock(probe.learns->mutex);
+    probe.learns->value = probe.probe_row[1];
+  }
   for (std::size_t i = 0; i < probe.probe_settings.size(); ++i) {
     settled_.push_back({std::move(probe.probe_settings[i]), std::move(probe.probe_row[i + 1])});
   }
@@ -764,9 +811,11 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
   Expectation& front = queue_.front();
   if (front.kind == Kind::simple) {
     if (type == 'Z') {
+      if (front.detail != kNoDetail) settle_literals(queue_.detail(front), message);
       queue_.pop_front();
     } else if (type == 'E' && front.detail != kNoDetail) {
       auto& detail = queue_.detail(front);
+      detail.batch_failed = true;
       // A PREPARE in a failed query may not have run: forgotten, a later EXECUTE gets 26000.
       for (const auto& name : detail.prepared_here) {
         if (auto it = statements_.find(name); it != statements_.end()) {
@@ -845,6 +894,9 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
       abandon(skipped, server);
       queue_.pop_front();
     }
+    if (!queue_.empty() && queue_.front().kind == Kind::sync && queue_.front().detail != kNoDetail) {
+      queue_.detail(queue_.front()).batch_failed = true;
+    }
     if (was_awaiting_shape && !awaiting_shape_) {
       // The verification was skipped with the rest: so is the Bind waiting for it, up to the Sync.
       skip_until_sync_ = true;
@@ -892,6 +944,7 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
   }
   if (done) {
     if (front.unnamed && front.kind == Kind::parse && !front.swallow) --pending_unnamed_parses_;
+    if (front.kind == Kind::sync && front.detail != kNoDetail) settle_literals(queue_.detail(front), message);
     queue_.pop_front();
   }
   return swallow ? Disposition::swallow : Disposition::relay;

@@ -207,6 +207,15 @@ void visit_statement(const json::object& statement, std::size_t begin, std::size
       if (local && local->is_bool() && local->get_bool()) continue;  // SET LOCAL ends with its transaction
       const auto kind = string_of(body, "kind");
       const auto name = string_of(body, "name");
+      if (kind == "VAR_SET_VALUE" && !iequals(name, "DateStyle")) {  // DateStyle keeps half of what it had
+        bool constants = true;
+        if (const auto* args = body.if_contains("args"); args && args->is_array()) {
+          for (const auto& arg : args->get_array()) {
+            constants = constants && arg.is_object() && arg.get_object().contains("A_Const");
+          }
+        }
+        if (constants) effects.literal = std::make_shared<SessionEffects::LiteralSetting>();
+      }
       if (kind == "VAR_RESET_ALL") {
         effects.reset_all = true;
       } else if (kind == "VAR_SET_MULTI") {
@@ -288,6 +297,10 @@ SessionEffects analyze(std::string_view text) {
         visit_statement(statement->get_object(), begin, end, tokens, effects);
       }
     }
+  }
+  if (effects.statements != 1 || effects.settings.size() != 1 || effects.reset_all || effects.pins ||
+      effects.may_unpin || !effects.prepared.empty()) {
+    effects.literal.reset();
   }
   return effects;
 }

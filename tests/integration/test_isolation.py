@@ -494,3 +494,33 @@ def test_prepared_statements_a_client_keeps_are_bounded(pg):
             assert [e["C"] for e in errors(big.read_until_ready())] == ["53400"]
     finally:
         stop_pgsluice(target)
+
+
+@transaction_only
+def test_a_known_literal_set_is_kept_without_a_probe_and_undone_by_a_rollback(pg):
+    # The first run of a literal SET is read back by a probe; later runs (any client) are not,
+    # and must still follow what the transaction around them did.
+    with pgsluice(pg, max_connections=2) as target:
+        teacher, mine, other = psycopg2_clients(target, 3)
+        try:
+            default = scalar(other, "show work_mem")
+            with teacher.cursor() as cur:
+                cur.execute("SET work_mem = '73kB'")
+            assert scalar(teacher, "show work_mem") == "73kB"
+            with mine.cursor() as cur:
+                cur.execute("BEGIN")
+                cur.execute("SET work_mem = '73kB'")
+                assert scalar(mine, "show work_mem") == "73kB"
+                cur.execute("ROLLBACK")
+            for _ in range(5):
+                assert scalar(mine, "show work_mem") == default
+                assert scalar(other, "show work_mem") == default
+            with mine.cursor() as cur:
+                cur.execute("SET work_mem = '73kB'")
+            for _ in range(10):
+                assert scalar(mine, "show work_mem") == "73kB"
+                assert scalar(other, "show work_mem") == default
+                assert scalar(teacher, "show work_mem") == "73kB"
+        finally:
+            for conn in (teacher, mine, other):
+                conn.close()

@@ -91,3 +91,12 @@ TEST_CASE("SQL PREPARE, EXECUTE and DEALLOCATE names are found where the text sp
   CHECK(spelled(effects.prepared[4]) == "v");
   CHECK(effects.statements == 6);
 }
+
+TEST_CASE("a SET of one setting to constants is a literal one; others are not", "[sql]") {
+  CHECK(analyze("SET work_mem = '64kB'").literal);
+  CHECK(analyze("set search_path to a, \"B c\"").literal);
+  CHECK_FALSE(analyze("SET work_mem TO DEFAULT").literal);
+  CHECK_FALSE(analyze("SET DateStyle = 'ISO'").literal);
+  CHECK_FALSE(analyze("SET work_mem = '64kB'; SET search_path = a").literal);
+  CHECK_FALSE(analyze("RESET work_mem").literal);
+}

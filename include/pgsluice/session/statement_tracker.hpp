@@ -151,6 +151,12 @@ class StatementTracker {
     // the statements its PREPAREs made (forgotten if it fails).
     std::vector<std::pair<std::string, std::string>> renames;
     std::vector<std::string> prepared_here;
+    // sync, simple: literal SETs whose value is known, settled when this batch ends without an
+    // error at ReadyForQuery 'I' (see sql::SessionEffects::LiteralSetting); probed otherwise.
+    std::vector<SettledSetting> settle_if_committed;
+    bool batch_failed = false;
+    // probe: the literal SET whose value it reads (the only setting it reads), to remember.
+    std::shared_ptr<sql::SessionEffects::LiteralSetting> learns;
   };
 
   // A FIFO that keeps its storage: std::deque allocates and frees a block as a queue of one or two
@@ -249,6 +255,9 @@ class StatementTracker {
   void send_probe(server::ServerStatements& server, Outgoing& to_server);
   // A probe's answer: `row` read at ReadyForQuery `status`.
   void settle_probe(Detail& probe, char status);
+  // The end of a batch that carried literal SETs of known value (see Detail::settle_if_committed).
+  void settle_literals(Detail& batch, const protocol::MessageView& ready);
+  void mark_dirty(const std::string& name);
   // A simple query with SQL PREPARE / EXECUTE / DEALLOCATE names: sent with the names rewritten to
   // the client's own server-side statements (re-created here first where missing). False: none.
   bool rewrite_prepared_names(std::string_view text, const sql::SessionEffects& effects,
@@ -275,6 +284,8 @@ class StatementTracker {
   const server::ParameterMap* startup_ = nullptr;
   const server::ParameterMap* wanted_ = nullptr;
   std::vector<std::string> dirty_settings_;  // SET / RESET sent, not settled by a probe yet
+  std::vector<SettledSetting> pending_literals_;  // literal SETs of known value sent in this batch
+  std::shared_ptr<sql::SessionEffects::LiteralSetting> learning_;  // the one dirty setting's literal SET
   bool reset_all_pending_ = false;           // RESET ALL / DISCARD ALL sent: startup values to restore
   bool pin_check_pending_ = false;           // something that pins or unpins was sent
   bool pinned_ = false;

@@ -8,6 +8,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -27,6 +28,14 @@ struct PreparedNameRef {
 };
 
 struct SessionEffects {
+  // A text that is one session-level SET of one setting to constants (SET work_mem = '64kB'):
+  // the value it leaves is the same whoever runs it, so once a probe has read it back, later runs
+  // of the same text need none. Shared by every session that runs the text.
+  struct LiteralSetting {
+    std::mutex mutex;
+    std::optional<std::string> value;  // as current_setting() reads it; unknown until a probe read it
+  };
+
   bool valid = true;                  // false: not SQL Postgres parses (its own error will say why)
   std::vector<std::string> settings;  // GUCs a session-level SET / RESET names (not SET LOCAL)
   bool reset_all = false;             // RESET ALL or DISCARD ALL: every setting back to its default
@@ -34,6 +43,7 @@ struct SessionEffects {
   bool may_unpin = false;             // UNLISTEN, an advisory unlock, DISCARD, DROP, CLOSE
   std::vector<PreparedNameRef> prepared;  // SQL PREPARE / EXECUTE / DEALLOCATE name, in text order
   std::size_t statements = 0;             // how many statements the text holds
+  std::shared_ptr<LiteralSetting> literal;  // see LiteralSetting; null for any other text
 
   bool any() const { return !settings.empty() || reset_all || pins || may_unpin || !prepared.empty(); }
 };
