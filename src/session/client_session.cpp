@@ -571,7 +571,9 @@ bool ClientSession::build_chunk(std::size_t& at, Outgoing& out) {
   // A Bind waits for the shape of the statement it binds (StatementTracker): the chunk ends before it.
   while (at < run_.offset) {
     auto frame = protocol::next_frame(run.subspan(at), max_message_size_);
-    if (!statements_.client_message(frame.message, server_->statements(), out)) return true;
+    const bool taken = statements_.client_message(frame.message, server_->statements(), out);
+    expected_ready_ -= statements_.take_ignored_queries();
+    if (!taken) return true;
     at += frame.message.frame.size();
   }
   return false;
@@ -671,6 +673,7 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
   auto data = buffer.readable();
   std::size_t offset = 0;
   bool ready_seen = false;
+  bool notification_seen = false;
   const char* malformed = nullptr;
   while (offset < data.size()) {
     auto frame = protocol::next_frame(data.subspan(offset), max_size);
@@ -690,6 +693,8 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
       // In the pooled modes some are answers to what pgsluice sent (a probe): the tracker says which.
       if (!rewrite_statements_ && expected_ready_ > 0) --expected_ready_;
       ready_seen = true;
+    } else if (message.type == 'A') {
+      notification_seen = true;
     } else if (message.type == 'S') {
       if (auto parameter = protocol::parse_parameter_status(message.payload)) {
         std::string name(parameter->name);
@@ -712,7 +717,7 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
   if (offset > 0) {
     Outgoing& out = to_client_;
     out.clear();
-    if (rewrite_statements_ || timeout_cancel_pending_) {
+    if (rewrite_statements_ || timeout_cancel_pending_ || notification_seen) {
       const bool awaiting_shape = statements_.awaiting_shape();
       for (std::size_t at = 0; at < offset;) {
         auto frame = protocol::next_frame(data.subspan(at), max_size);
@@ -732,6 +737,20 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
           }
           if (disposition == StatementTracker::Disposition::stale_result_type) {
             StatementTracker::append_stale_plan_error(out.build());
+            continue;
+          }
+        }
+        if (message.type == 'A' && cancel_key_ && message.payload.size() >= 4) {
+          // A notification names the backend that sent it; the client knows pgsluice's key for
+          // itself (BackendKeyData), so one from its own server connection carries that pid.
+          protocol::PayloadReader reader(message.payload);
+          const auto pid = static_cast<std::uint32_t>(reader.int32());
+          if (pid == server_->backend_key().process_id) {
+            protocol::MessageBuilder(out.build())
+                .begin('A')
+                .int32(static_cast<std::int32_t>(cancel_key_->process_id))
+                .bytes(protocol::as_string_view(message.payload.subspan(4)))
+                .end();
             continue;
           }
         }

@@ -133,7 +133,7 @@ void StatementTracker::ensure_on_server(const Statement& statement, server::Serv
 
 void StatementTracker::send_parse(const Statement& statement, server::ServerStatements& server,
                                   Outgoing& to_server, std::string client_name) {
-  close_if_stale(statement.server_name, server, to_server);
+  const bool replaces_copy = close_if_stale(statement.server_name, server, to_server);
   if (auto victim = server.evict_if_full()) {
     protocol::append_close(to_server.build(), 'S', *victim);
     auto& close = queue_.emplace_back(Kind::close);
@@ -149,16 +149,18 @@ void StatementTracker::send_parse(const Statement& statement, server::ServerStat
   auto& detail = queue_.detail(parse);
   detail.server_name = statement.server_name;
   detail.client_name = std::move(client_name);
+  detail.keeps_copy = replaces_copy;
 }
 
-void StatementTracker::close_if_stale(const std::string& name, server::ServerStatements& server,
+bool StatementTracker::close_if_stale(const std::string& name, server::ServerStatements& server,
                                       Outgoing& to_server) {
-  if (!server.take_stale(name)) return;
+  if (!server.take_stale(name)) return false;
   server.forget(name);
   protocol::append_close(to_server.build(), 'S', name);
   expect(Kind::close, /*swallow=*/true);
   queue_.detail(queue_.back()).server_name = name;
   queue_.back().eviction = true;  // if skipped, the statement is still there (see abandon)
+  return true;
 }
 
 void StatementTracker::verify_shape(const std::string& server_name, Outgoing& to_server) {
@@ -215,7 +217,9 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
                                       Outgoing& to_server) {
   const char type = message.type;
   if (skip_until_sync_) {
-    if (type != 'S') return true;  // Postgres ignores everything up to Sync after an error
+    // Postgres ignores everything up to Sync after an error, a simple Query too (no ReadyForQuery).
+    if (type == 'Q') ++ignored_queries_;
+    if (type != 'S') return true;
     skip_until_sync_ = false;
     verified_.clear();
   }
@@ -223,6 +227,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
     case 'P': {
       auto parse = protocol::parse_parse(message.payload);
       if (!parse) break;  // malformed: the server's own error is relayed
+      if (sql::starts_copy(parse->query)) copy_in_batch_ = true;
       if (parse->statement.empty()) {
         std::string deallocate_stand_in;
         if (auto target = deallocate_target(parse->query); target && !target->empty() && statements_.erase(*target)) {
@@ -262,11 +267,14 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       const bool live = statements_.contains(client_name);
       if (!live && refuse_over_limit(parse->query.size() + parse->parameter_types.size())) return true;
       if (live && !drop_all_pending()) {
-        Buffer error;
-        protocol::append_error_response(error, protocol::Severity::error, "42P05",
-                                        "prepared statement \"" + client_name + "\" already exists");
-        expect_fake(std::move(error));
-        skip_until_sync_ = true;
+        // Postgres says 42P05, and inside a transaction block that error aborts it: the server must
+        // see it. Parsing the client's statement again under its server name (present first) fails
+        // the same way; the error is told with the client's name.
+        const Statement& existing = statements_.find(client_name)->second;
+        ensure_on_server(existing, server, to_server);
+        protocol::append_parse(to_server.build(), existing.server_name, parse->query, parse->parameter_types);
+        auto& refused = queue_.emplace_back(Kind::parse);
+        queue_.detail(refused).renames.emplace_back("\"" + existing.server_name + "\"", "\"" + client_name + "\"");
         return true;
       }
       Statement statement{std::string(parse->query), std::string(protocol::as_string_view(parse->parameter_types)),
@@ -326,7 +334,8 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       // sending rows the client would read with the columns it was told of. pgjdbc spells them out
       // itself; postgres.js sends none.
       auto formats = statement.columns > 1 ? protocol::bind_result_formats(bind->rest) : std::nullopt;
-      if (formats && formats->count <= 1) {
+      const bool spelled = formats && formats->count <= 1;
+      if (spelled) {
         protocol::append_bind_with_result_formats(to_server.build(), bind->portal, statement.server_name,
                                                   bind->rest.first(formats->offset), formats->first,
                                                   statement.columns);
@@ -335,6 +344,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       }
       expect(Kind::bind);
       queue_.detail(queue_.back()).server_name = it->second.server_name;
+      queue_.detail(queue_.back()).spelled_formats = spelled;
       bound_portal_ = bind->portal;
       bound_statement_ = it->first;
       return true;
@@ -378,10 +388,11 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       auto close = protocol::parse_describe_or_close(message.payload);
       if (close && close->kind == 'S' && !close->name.empty()) {
         // Answered here: the server statement is shared and stays (DESIGN §2).
-        statements_.erase(std::string(close->name));
+        auto closed = statements_.extract(std::string(close->name));
         Buffer complete;
         protocol::append_close_complete(complete);
         expect_fake(std::move(complete));
+        if (closed) queue_.detail(queue_.back()).closed.emplace(std::move(closed.key()), std::move(closed.mapped()));
         return true;
       }
       if (close && close->kind == 'S') {
@@ -407,6 +418,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       send_probe(server, to_server);
       return true;
     case 'Q': {
+      if (sql::starts_copy(protocol::as_string_view(message.payload))) copy_in_batch_ = true;
       // A simple Query drops the unnamed statement, the client's and whoever's the server held.
       unnamed_.exists = false;
       server.set_unnamed_owner(server::ServerStatements::kNoUnnamed);
@@ -504,6 +516,10 @@ constexpr std::string_view kPinCount =
 }  // namespace
 
 void StatementTracker::send_probe([[maybe_unused]] server::ServerStatements& server, Outgoing& to_server) {
+  if (!pending_literals_.empty() && copy_in_batch_) {
+    for (const auto& setting : pending_literals_) mark_dirty(setting.name);
+    pending_literals_.clear();
+  }
   if (!pending_literals_.empty()) {
     // The batch just ended with the client's Sync or Query (queue_.back()): settled with it.
     auto& batch = queue_.detail(queue_.back());
@@ -511,6 +527,7 @@ void StatementTracker::send_probe([[maybe_unused]] server::ServerStatements& ser
     pending_literals_.clear();
   }
   if (dirty_settings_.empty() && !reset_all_pending_ && !pin_check_pending_) return;
+  if (std::exchange(copy_in_batch_, false)) return;  // the server may be in COPY: after the next batch
   if (reset_all_pending_) {
     // Postgres's RESET ALL (and DISCARD ALL) return settings to the values the session started
     // with, the client's startup parameters among them; on a pooled connection those were applied
@@ -530,6 +547,8 @@ void StatementTracker::send_probe([[maybe_unused]] server::ServerStatements& ser
       append_injected(to_server, sql);
       auto& restore = queue_.emplace_back(Kind::probe);
       restore.swallow = true;
+      queue_.detail(restore).restores_startup = true;
+      ++restores_pending_;
     }
     if (wanted_ != nullptr) {
       for (const auto& [name, value] : *wanted_) {
@@ -570,6 +589,24 @@ void StatementTracker::settle_literals(Detail& batch, const protocol::MessageVie
     for (const auto& setting : batch.settle_if_committed) mark_dirty(setting.name);
   }
   batch.settle_if_committed.clear();
+}
+
+bool StatementTracker::settle_status() {
+  rewritten_.clear();
+  for (auto& [name, value] : held_status_) {
+    auto told = told_status_.find(name);
+    std::optional<std::string> before;
+    if (told != told_status_.end()) {
+      before = told->second;
+    } else if (wanted_ != nullptr) {
+      if (auto it = wanted_->find(name); it != wanted_->end()) before = it->second;
+    }
+    if (before && *before == value) continue;
+    protocol::append_parameter_status(rewritten_, name, value);
+    told_status_.insert_or_assign(name, value);
+  }
+  held_status_.clear();
+  return !rewritten_.empty();
 }
 
 void StatementTracker::settle_probe(Detail& probe, char status) {
@@ -787,11 +824,16 @@ void StatementTracker::forget_named_statements(server::ServerStatements& server)
   statements_ = std::move(kept);
 }
 
-void StatementTracker::abandon(const Expectation& expectation, server::ServerStatements& server) {
-  const auto& detail = queue_.detail(expectation);
+void StatementTracker::abandon(Expectation& expectation, server::ServerStatements& server) {
+  auto& detail = queue_.detail(expectation);
   if (expectation.kind == Kind::parse && !expectation.fake && !detail.server_name.empty()) {
-    server.forget(detail.server_name);
+    if (detail.keeps_copy) {
+      server.mark_stale(detail.server_name);  // the old copy is still there: closed before the next Parse
+    } else {
+      server.forget(detail.server_name);
+    }
   }
+  if (detail.closed) statements_.insert(std::move(*detail.closed));
   if (expectation.kind == Kind::close && expectation.eviction) server.add(detail.server_name);
   if (!detail.client_name.empty()) statements_.erase(detail.client_name);
   if (expectation.verification) awaiting_shape_ = false;
@@ -807,6 +849,20 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     if (tag.starts_with("DEALLOCATE ALL") || tag.starts_with("DISCARD ALL")) forget_named_statements(server);
   }
   // Messages that may come at any time belong to no request.
+  if (type == 'S' && restores_pending_ > 0) {
+    // RESET ALL / DISCARD ALL reported the server connection's defaults; the startup values pgsluice
+    // restores right after are reported again. The client hears only what ends up different from
+    // what it was told before, once the restore is done (see settle_status).
+    if (auto status = protocol::parse_parameter_status(message.payload)) {
+      held_status_.insert_or_assign(std::string(status->name), std::string(status->value));
+    }
+    return Disposition::swallow;
+  }
+  if (type == 'S') {
+    if (auto status = protocol::parse_parameter_status(message.payload)) {
+      told_status_.insert_or_assign(std::string(status->name), std::string(status->value));
+    }
+  }
   if (type == 'N' || type == 'A' || type == 'S' || queue_.empty()) return Disposition::relay;
   Expectation& front = queue_.front();
   if (front.kind == Kind::simple) {
@@ -824,6 +880,9 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
         }
       }
       detail.prepared_here.clear();
+      std::erase_if(detail.renames, [&](const auto& rename) {
+        return protocol::as_string_view(message.payload).find(rename.first) == std::string_view::npos;
+      });
       if (!detail.renames.empty()) {
         rewritten_.clear();
         Buffer renamed;
@@ -856,13 +915,26 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     } else if (type == 'Z') {
       auto status = protocol::parse_ready_for_query(message.payload);
       settle_probe(probe, status ? *status : 'E');
+      const bool restored = probe.restores_startup;
       queue_.pop_front();
+      if (restored && --restores_pending_ == 0 && settle_status()) return Disposition::rewritten;
     }
     return Disposition::swallow;
   }
   if (type == 'E') {
     Disposition disposition = Disposition::relay;  // even for an injected Parse: the client learns why
     const auto& front_name = queue_.detail(std::as_const(front)).server_name;
+    const bool spelled_formats = queue_.detail(std::as_const(front)).spelled_formats;
+    // The error names a statement by its server name: the client hears its own name.
+    std::vector<std::pair<std::string, std::string>> renames = queue_.detail(std::as_const(front)).renames;
+    if ((front.kind == Kind::bind || front.kind == Kind::describe_statement) && !front_name.empty()) {
+      for (const auto& [name, statement] : statements_) {
+        if (statement.server_name == front_name) {
+          renames.emplace_back("\"" + front_name + "\"", "\"" + name + "\"");
+          break;
+        }
+      }
+    }
     if ((front.kind == Kind::bind || front.kind == Kind::describe_statement) && !front_name.empty()) {
       // After DDL a shared statement's plan may be stale (0A000 "cached plan must not change result
       // type", at a Bind or a Describe): the next use of that text closes and re-parses it here.
@@ -871,7 +943,7 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
       // Gone from the server although pgsluice parsed it there (a DEALLOCATE it could not see, in a
       // function): parsed again at its next use instead of failing every client until evicted.
       if (fields && fields->sqlstate == "26000") server.forget(front_name);
-      if (front.kind == Kind::bind && fields && fields->sqlstate == "08P01" &&
+      if (front.kind == Kind::bind && spelled_formats && fields && fields->sqlstate == "08P01" &&
           fields->message.starts_with("bind message has ") &&
           fields->message.find(" result formats but query has ") != std::string::npos) {
         disposition = Disposition::stale_result_type;
@@ -896,6 +968,24 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     }
     if (!queue_.empty() && queue_.front().kind == Kind::sync && queue_.front().detail != kNoDetail) {
       queue_.detail(queue_.front()).batch_failed = true;
+    }
+    // No Sync sent yet (the error came back because of a Flush): the server ignores what the client
+    // sends until it does, and so does the bookkeeping (no replies made here, no statements kept).
+    if (queue_.empty()) skip_until_sync_ = true;
+    std::erase_if(renames, [&](const auto& rename) {
+      return protocol::as_string_view(message.payload).find(rename.first) == std::string_view::npos;
+    });
+    if (disposition == Disposition::relay && !renames.empty()) {
+      rewritten_.clear();
+      Buffer renamed;
+      Bytes payload = message.payload;
+      for (const auto& [from, to] : renames) {
+        renamed.clear();
+        protocol::append_error_renamed(renamed, 'E', payload, from, to);
+        rewritten_ = renamed;
+        payload = Bytes(rewritten_).subspan(5);
+      }
+      disposition = Disposition::rewritten;
     }
     if (was_awaiting_shape && !awaiting_shape_) {
       // The verification was skipped with the rest: so is the Bind waiting for it, up to the Sync.

@@ -261,6 +261,8 @@ bool may_have_session_effects(std::string_view text) {
   return icontains(text, "advisory");
 }
 
+bool starts_copy(std::string_view text) { return iequals(first_word(text), "COPY"); }
+
 SessionEffects analyze(std::string_view text) {
   SessionEffects effects;
   const std::string input(text.data(), text.find('\0') == std::string_view::npos ? text.size() : text.find('\0'));

@@ -2,6 +2,7 @@
 // server, which server replies the client sees, and which replies pgsluice makes itself.
 #include <catch.hpp>
 
+#include "pgsluice/protocol/backend_messages.hpp"
 #include "pgsluice/protocol/builder.hpp"
 #include "pgsluice/protocol/frontend_messages.hpp"
 #include "pgsluice/session/statement_tracker.hpp"
@@ -190,7 +191,7 @@ TEST_CASE("Bind on a server connection without the statement injects a Parse and
   CHECK(second_server.contains(name));
 }
 
-TEST_CASE("a Bind refused for its result formats on a re-parsed statement is a stale plan; other errors relay",
+TEST_CASE("a Bind refused for result formats pgsluice did not spell out is the client's own error",
           "[session][statements]") {
   StatementTracker tracker;
   server::ServerStatements first_server;
@@ -203,13 +204,13 @@ TEST_CASE("a Bind refused for its result formats on a re-parsed statement is a s
     auto frame = protocol::next_frame(protocol::Bytes(error), 1 << 20);
     return tracker.server_message(frame.message, server);
   };
-  // A column was added meanwhile: the text parsed on the next connection has three columns, the
-  // client's Bind names two result formats.
+  // The client's Bind itself names two result formats (pgsluice spells them out only for a
+  // statement whose columns the client was told of): Postgres's 08P01 is the client's to read.
   server::ServerStatements second_server;
   feed(tracker, second_server, then(bind("s1"), execute_sync()));
   CHECK(answer(tracker, second_server, "1") == "");
   CHECK(reply(second_server, "08P01", "bind message has 2 result formats but query has 3 columns") ==
-        StatementTracker::Disposition::stale_result_type);
+        StatementTracker::Disposition::relay);
   CHECK(answer(tracker, second_server, "Z") == "Z");
   CHECK(tracker.idle());
 
@@ -291,14 +292,25 @@ TEST_CASE("an error unwinds up to the Sync: the failed statement exists neither 
   CHECK(answer(tracker, server, "1CZ") == "1CZ");
 }
 
-TEST_CASE("re-Parsing a live name gets 42P05 from pgsluice and the rest up to Sync is skipped",
+TEST_CASE("re-Parsing a live name gets the server's own 42P05, told with the client's name",
           "[session][statements]") {
   StatementTracker tracker;
   server::ServerStatements server;
   feed(tracker, server, then(parse("dup", "select 4"), execute_sync()));
   answer(tracker, server, "1CZ");
-  CHECK(feed(tracker, server, then(then(parse("dup", "select 5"), bind("dup")), execute_sync())) == "S");
-  CHECK(answer(tracker, server, "Z") == "+EZ");
+  // The server itself refuses it (so that a transaction block is aborted as on a connection of the
+  // client's own): the client's statement parsed again under its server name.
+  const auto name = StatementTracker::server_name("select 4", protocol::Bytes(kNoTypes));
+  CHECK(feed(tracker, server, then(then(parse("dup", "select 5"), bind("dup")), execute_sync())) ==
+        "P(" + name + ")B(" + name + ")ES");
+  Buffer exists;
+  protocol::append_error_response(exists, protocol::Severity::error, "42P05",
+                                  "prepared statement \"" + name + "\" already exists");
+  CHECK(reply(tracker, server, exists) == StatementTracker::Disposition::rewritten);
+  auto told = protocol::parse_error_response(protocol::Bytes(tracker.rewritten_reply()).subspan(5));
+  REQUIRE(told);
+  CHECK(told->message == "prepared statement \"dup\" already exists");
+  CHECK(answer(tracker, server, "Z") == "Z");
   CHECK(tracker.client_statement_count() == 1);
 }
 
@@ -619,7 +631,10 @@ TEST_CASE("a shared statement missing from the server (26000) is parsed again at
   Buffer missing;
   protocol::append_error_response(missing, protocol::Severity::error, "26000",
                                   "prepared statement \"" + name + "\" does not exist");
-  CHECK(reply(tracker, server, missing) == StatementTracker::Disposition::relay);
+  CHECK(reply(tracker, server, missing) == StatementTracker::Disposition::rewritten);  // told as "s"
+  auto told = protocol::parse_error_response(protocol::Bytes(tracker.rewritten_reply()).subspan(5));
+  REQUIRE(told);
+  CHECK(told->message == "prepared statement \"s\" does not exist");
   CHECK(answer(tracker, server, "Z") == "Z");
   CHECK_FALSE(server.contains(name));
   CHECK(feed(tracker, server, then(bind("s"), execute_sync())) == "P(" + name + ")B(" + name + ")ES");

@@ -11,6 +11,7 @@
 // No sockets here: the session feeds messages in and writes what comes out.
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -50,6 +51,9 @@ class StatementTracker {
   // One server message, in order: relay it to the client or swallow it (a reply to an injection).
   Disposition server_message(const protocol::MessageView& message, server::ServerStatements& server);
   const protocol::Buffer& rewritten_reply() const { return rewritten_; }
+  // Simple Queries the server ignores (they came while it skips to a Sync after an error) and so
+  // never answers with a ReadyForQuery; the session stops expecting one for each.
+  int take_ignored_queries() { return std::exchange(ignored_queries_, 0); }
   // Replies pgsluice makes itself that are due now (nothing the server owes comes before them).
   void take_due_replies(Outgoing& to_client);
   bool has_due_replies() const { return !queue_.empty() && queue_.front().fake; }
@@ -157,6 +161,12 @@ class StatementTracker {
     bool batch_failed = false;
     // probe: the literal SET whose value it reads (the only setting it reads), to remember.
     std::shared_ptr<sql::SessionEffects::LiteralSetting> learns;
+    bool restores_startup = false;  // probe: re-applies startup values after RESET ALL / DISCARD ALL
+    bool keeps_copy = false;       // parse: a skipped stale Close before it left the old copy there
+    bool spelled_formats = false;  // bind: pgsluice named one result format per column
+    // fake CloseComplete of a client statement: the statement, restored if the server never got
+    // as far (an error earlier in the pipeline).
+    std::optional<std::pair<std::string, Statement>> closed;
   };
 
   // A FIFO that keeps its storage: std::deque allocates and frees a block as a queue of one or two
@@ -243,9 +253,10 @@ class StatementTracker {
   // A DEALLOCATE ALL or DISCARD ALL sent is not answered yet: a name it drops may be parsed again.
   bool drop_all_pending() const;
   // A statement marked stale on this connection is closed (reply swallowed) before it is parsed anew.
-  void close_if_stale(const std::string& name, server::ServerStatements& server, Outgoing& to_server);
+  // True when it closed one (the Parse that follows replaces that copy).
+  bool close_if_stale(const std::string& name, server::ServerStatements& server, Outgoing& to_server);
   // The server will never answer this one (error, skipped): undo what it would have done.
-  void abandon(const Expectation& expectation, server::ServerStatements& server);
+  void abandon(Expectation& expectation, server::ServerStatements& server);
   // Session state: what a statement's text does, noted when it is sent.
   std::shared_ptr<const sql::SessionEffects> effects_of(std::string_view text) const {
     return analyzer_ ? analyzer_->effects_of(text) : nullptr;
@@ -258,6 +269,9 @@ class StatementTracker {
   // The end of a batch that carried literal SETs of known value (see Detail::settle_if_committed).
   void settle_literals(Detail& batch, const protocol::MessageView& ready);
   void mark_dirty(const std::string& name);
+  // The restore after RESET ALL is done: the held ParameterStatus that differ from what the client
+  // was told go into rewritten_ (true when there are any).
+  bool settle_status();
   // A simple query with SQL PREPARE / EXECUTE / DEALLOCATE names: sent with the names rewritten to
   // the client's own server-side statements (re-created here first where missing). False: none.
   bool rewrite_prepared_names(std::string_view text, const sql::SessionEffects& effects,
@@ -292,6 +306,11 @@ class StatementTracker {
   std::vector<SettledSetting> settled_;
   std::size_t max_statements_ = 1000;
   std::size_t max_statement_bytes_ = 16u * 1024u * 1024u;
+  int ignored_queries_ = 0;
+  int restores_pending_ = 0;  // startup restores sent and not answered: ParameterStatus is held
+  std::map<std::string, std::string> held_status_;  // name -> the last value held meanwhile
+  std::map<std::string, std::string> told_status_;  // name -> the last value the client was told
+  bool copy_in_batch_ = false;  // a COPY was sent since the last Sync or Query: no probe behind it
   std::uint64_t client_id_ = 0;     // names this client's SQL-prepared statements on the server
   std::uint64_t sql_prepares_ = 0;
   protocol::Buffer rewritten_;

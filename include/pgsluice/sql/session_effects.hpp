@@ -53,6 +53,10 @@ struct SessionEffects {
 // means "parse it to know".
 bool may_have_session_effects(std::string_view text);
 
+// The text starts with COPY (after white space and comments): the server may then wait for
+// CopyData, and nothing else may be sent to it until the client ends the copy.
+bool starts_copy(std::string_view text);
+
 // Parses `text` (one or several statements) and reports their effects together.
 SessionEffects analyze(std::string_view text);
 
