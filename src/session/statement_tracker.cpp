@@ -239,6 +239,19 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
           expect(Kind::parse, /*swallow=*/true);
           deallocate_stand_in = "DEALLOCATE " + stand_in;
           protocol::append_parse(to_server.build(), "", deallocate_stand_in, parse->parameter_types);
+        } else if (auto effects = effects_of(parse->query); effects && !effects->prepared.empty()) {
+          // SQL PREPARE / EXECUTE / DEALLOCATE through the extended protocol (psycopg 3 sends every
+          // statement so): the names rewritten as for a simple Query.
+          if (const auto adding = bytes_to_prepare(*effects); adding > 0 && refuse_over_limit(adding)) return true;
+          std::vector<std::pair<std::string, std::string>> renames;
+          std::vector<std::string> prepared_here;
+          if (auto rewritten = rewrite_prepared_text(parse->query, *effects, server, to_server, /*in_batch=*/true,
+                                                     renames, prepared_here)) {
+            deallocate_stand_in = std::move(*rewritten);
+            protocol::append_parse(to_server.build(), "", deallocate_stand_in, parse->parameter_types);
+          } else {
+            to_server.append(message.frame);
+          }
         } else {
           to_server.append(message.frame);
         }
@@ -298,7 +311,10 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       if (!bind) break;
       if (bind->statement.empty()) {
         ensure_unnamed_on_server(server, to_server);
-        if (unnamed_.exists && unnamed_.effects) note_effects(*unnamed_.effects);
+        if (unnamed_.exists && unnamed_.effects) {
+          note_effects(*unnamed_.effects);
+          ensure_executed_statements(*unnamed_.effects, server, to_server);
+        }
         dropping_portal_ = unnamed_.exists && drops_all_statements(unnamed_.query);
         if (dropping_portal_) dropping_portal_name_.assign(bind->portal);
         break;
@@ -306,7 +322,10 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       auto it = statements_.find(std::string(bind->statement));
       if (it == statements_.end()) break;  // the server answers 26000 with the client's name
       const Statement& statement = it->second;
-      if (statement.effects) note_effects(*statement.effects);
+      if (statement.effects) {
+        note_effects(*statement.effects);
+        ensure_executed_statements(*statement.effects, server, to_server);
+      }
       const bool just_verified = std::exchange(verified_, {}) == statement.server_name;
       ensure_on_server(statement, server, to_server);
       const std::uint64_t copy_shape = server.shape(statement.server_name);
@@ -632,24 +651,6 @@ void StatementTracker::settle_probe(Detail& probe, char status) {
   }
 }
 
-void StatementTracker::inject_statement(const Statement& statement, server::ServerStatements& server,
-                                        Outgoing& to_server) {
-  close_if_stale(statement.server_name, server, to_server);
-  if (auto victim = server.evict_if_full()) {
-    protocol::append_close(to_server.build(), 'S', *victim);
-    protocol::append_sync(to_server.build());
-    queue_.emplace_back(Kind::probe).swallow = true;
-  }
-  if (statement.sql_prepare.empty()) {
-    protocol::append_parse(to_server.build(), statement.server_name, statement.query, bytes_of(statement.parameter_types));
-    protocol::append_sync(to_server.build());
-  } else {
-    protocol::append_query(to_server.build(), statement.sql_prepare);
-  }
-  queue_.emplace_back(Kind::probe).swallow = true;
-  server.add(statement.server_name);
-}
-
 bool StatementTracker::refuse_over_limit(std::size_t bytes) {
   std::size_t held = bytes;
   for (const auto& [name, statement] : statements_) {
@@ -668,27 +669,85 @@ bool StatementTracker::refuse_over_limit(std::size_t bytes) {
   return true;
 }
 
-bool StatementTracker::rewrite_prepared_names(std::string_view text, const sql::SessionEffects& effects,
-                                              server::ServerStatements& server, Outgoing& to_server) {
+void StatementTracker::inject_statement(const Statement& statement, server::ServerStatements& server,
+                                        Outgoing& to_server, bool in_batch) {
+  // In a group of its own behind a Sync, or, inside the client's unsynced batch (a Sync there would
+  // end the client's implicit transaction), as messages of that batch whose replies are swallowed.
+  auto swallow = [&](Kind kind) -> Expectation& {
+    auto& expectation = queue_.emplace_back(kind);
+    expectation.swallow = true;
+    return expectation;
+  };
+  close_if_stale(statement.server_name, server, to_server);
+  if (auto victim = server.evict_if_full()) {
+    protocol::append_close(to_server.build(), 'S', *victim);
+    if (in_batch) {
+      auto& close = swallow(Kind::close);
+      close.eviction = true;
+      queue_.detail(close).server_name = std::move(*victim);
+    } else {
+      protocol::append_sync(to_server.build());
+      swallow(Kind::probe);
+    }
+  }
+  auto& out = to_server.build();
+  if (statement.sql_prepare.empty()) {
+    protocol::append_parse(out, statement.server_name, statement.query, bytes_of(statement.parameter_types));
+    if (in_batch) {
+      queue_.detail(swallow(Kind::parse)).server_name = statement.server_name;
+    } else {
+      protocol::append_sync(out);
+      swallow(Kind::probe);
+    }
+  } else if (in_batch) {
+    // The PREPARE runs through a statement and portal of pgsluice's own: the client's unnamed
+    // ones stay as they are.
+    static constexpr std::string_view kName = "pgsluice_inject";
+    static const std::uint8_t kNoTypes[] = {0, 0};
+    static const std::uint8_t kNoParameters[] = {0, 0, 0, 0, 0, 0};
+    protocol::append_close(out, 'P', kName);
+    swallow(Kind::close);
+    protocol::append_close(out, 'S', kName);
+    swallow(Kind::close);
+    protocol::append_parse(out, kName, statement.sql_prepare, Bytes(kNoTypes, sizeof kNoTypes));
+    swallow(Kind::parse);
+    protocol::append_bind(out, kName, kName, Bytes(kNoParameters, sizeof kNoParameters));
+    swallow(Kind::bind);
+    protocol::append_execute(out, kName);
+    swallow(Kind::execute);
+    protocol::append_close(out, 'P', kName);
+    swallow(Kind::close);
+    protocol::append_close(out, 'S', kName);
+    swallow(Kind::close);
+  } else {
+    protocol::append_query(out, statement.sql_prepare);
+    swallow(Kind::probe);
+  }
+  server.add(statement.server_name);
+}
+
+void StatementTracker::ensure_executed_statements(const sql::SessionEffects& effects,
+                                                  server::ServerStatements& server, Outgoing& to_server) {
+  for (const auto& ref : effects.prepared) {
+    if (ref.kind != sql::PreparedNameRef::Kind::execute) continue;
+    auto it = statements_.find(ref.name);
+    if (it == statements_.end()) continue;
+    if (server.contains(it->second.server_name)) {
+      server.touch(it->second.server_name);
+    } else {
+      inject_statement(it->second, server, to_server, /*in_batch=*/true);
+    }
+  }
+}
+
+std::optional<std::string> StatementTracker::rewrite_prepared_text(
+    std::string_view text, const sql::SessionEffects& effects, server::ServerStatements& server, Outgoing& to_server,
+    bool in_batch, std::vector<std::pair<std::string, std::string>>& renames, std::vector<std::string>& prepared_here) {
   using RefKind = sql::PreparedNameRef::Kind;
-  if (effects.prepared.empty()) return false;
   if (client_id_ == 0) client_id_ = next_unnamed_token();
   if (!text.empty() && text.back() == '\0') text.remove_suffix(1);
-  std::size_t adding = 0;
-  for (const auto& ref : effects.prepared) {
-    if (ref.kind == RefKind::prepare && !statements_.contains(ref.name)) adding += ref.statement_end - ref.statement_begin;
-  }
-  if (adding > 0 && refuse_over_limit(adding)) {
-    // Answered here: the error, then the server's ReadyForQuery for the true transaction status.
-    skip_until_sync_ = false;
-    protocol::append_sync(to_server.build());
-    expect(Kind::sync);
-    return true;
-  }
   std::string rewritten;
   std::size_t copied = 0;
-  std::vector<std::pair<std::string, std::string>> renames;
-  std::vector<std::string> prepared_here;
   for (const auto& ref : effects.prepared) {
     if (ref.name_begin < copied || ref.name_end > text.size()) continue;
     std::string server_name;
@@ -698,7 +757,7 @@ bool StatementTracker::rewrite_prepared_names(std::string_view text, const sql::
         if (it != statements_.end()) {
           // A live name: Postgres says 42P05. Preparing its server statement again says it too.
           server_name = it->second.server_name;
-          if (!server.contains(server_name)) inject_statement(it->second, server, to_server);
+          if (!server.contains(server_name)) inject_statement(it->second, server, to_server, in_batch);
           break;
         }
         {
@@ -711,8 +770,15 @@ bool StatementTracker::rewrite_prepared_names(std::string_view text, const sql::
           close_if_stale(server_name, server, to_server);
           if (auto victim = server.evict_if_full()) {
             protocol::append_close(to_server.build(), 'S', *victim);
-            protocol::append_sync(to_server.build());
-            queue_.emplace_back(Kind::probe).swallow = true;
+            if (in_batch) {
+              auto& close = queue_.emplace_back(Kind::close);
+              close.swallow = true;
+              close.eviction = true;
+              queue_.detail(close).server_name = std::move(*victim);
+            } else {
+              protocol::append_sync(to_server.build());
+              queue_.emplace_back(Kind::probe).swallow = true;
+            }
           }
           server.add(server_name);
           statements_.emplace(ref.name, std::move(statement));
@@ -725,7 +791,7 @@ bool StatementTracker::rewrite_prepared_names(std::string_view text, const sql::
         if (server.contains(server_name)) {
           server.touch(server_name);
         } else {
-          inject_statement(it->second, server, to_server);
+          inject_statement(it->second, server, to_server, in_batch);
         }
         break;
       case RefKind::deallocate:
@@ -733,8 +799,14 @@ bool StatementTracker::rewrite_prepared_names(std::string_view text, const sql::
           // The server statement is the client's alone but is left to the LRU; what the server
           // deallocates is a throwaway, so that the client gets every reply from the server.
           server_name = fmt::format("pgsluice_deallocate_{}", ++stand_ins_);
-          protocol::append_query(to_server.build(), "PREPARE " + server_name + " AS SELECT 1");
-          queue_.emplace_back(Kind::probe).swallow = true;
+          static const std::uint8_t kNoTypes[] = {0, 0};
+          protocol::append_parse(to_server.build(), server_name, "SELECT 1", Bytes(kNoTypes, sizeof kNoTypes));
+          if (in_batch) {
+            queue_.emplace_back(Kind::parse).swallow = true;
+          } else {
+            protocol::append_sync(to_server.build());
+            queue_.emplace_back(Kind::probe).swallow = true;
+          }
           statements_.erase(it);
         } else if (ref.name.starts_with("pgsluice_")) {
           // No client can reach the statements pgsluice shares between clients (DESIGN §2).
@@ -749,9 +821,36 @@ bool StatementTracker::rewrite_prepared_names(std::string_view text, const sql::
     copied = ref.name_end;
     renames.emplace_back("\"" + server_name + "\"", "\"" + ref.name + "\"");
   }
-  if (renames.empty()) return false;
+  if (renames.empty()) return std::nullopt;
   rewritten.append(text.substr(copied));
-  protocol::append_query(to_server.build(), rewritten);
+  return rewritten;
+}
+
+std::size_t StatementTracker::bytes_to_prepare(const sql::SessionEffects& effects) const {
+  std::size_t adding = 0;
+  for (const auto& ref : effects.prepared) {
+    if (ref.kind == sql::PreparedNameRef::Kind::prepare && !statements_.contains(ref.name)) {
+      adding += ref.statement_end - ref.statement_begin;
+    }
+  }
+  return adding;
+}
+
+bool StatementTracker::rewrite_prepared_names(std::string_view text, const sql::SessionEffects& effects,
+                                              server::ServerStatements& server, Outgoing& to_server) {
+  if (effects.prepared.empty()) return false;
+  if (const auto adding = bytes_to_prepare(effects); adding > 0 && refuse_over_limit(adding)) {
+    // Answered here: the error, then the server's ReadyForQuery for the true transaction status.
+    skip_until_sync_ = false;
+    protocol::append_sync(to_server.build());
+    expect(Kind::sync);
+    return true;
+  }
+  std::vector<std::pair<std::string, std::string>> renames;
+  std::vector<std::string> prepared_here;
+  auto rewritten = rewrite_prepared_text(text, effects, server, to_server, /*in_batch=*/false, renames, prepared_here);
+  if (!rewritten) return false;
+  protocol::append_query(to_server.build(), *rewritten);
   auto& simple = queue_.emplace_back(Kind::simple);
   auto& detail = queue_.detail(simple);
   detail.renames = std::move(renames);

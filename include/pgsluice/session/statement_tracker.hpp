@@ -279,8 +279,19 @@ class StatementTracker {
   // Whether one more statement of `bytes` fits this client's limits; if not, the 53400 it gets
   // is queued and the rest of the batch skipped (true: it does not fit).
   bool refuse_over_limit(std::size_t bytes);
-  // A statement the client made, made present on this connection in a group of its own.
-  void inject_statement(const Statement& statement, server::ServerStatements& server, Outgoing& to_server);
+  // The text with its SQL PREPARE / EXECUTE / DEALLOCATE names rewritten (nullopt: none to
+  // rewrite), what those need injected before it (`in_batch`: inside the client's unsynced batch).
+  std::optional<std::string> rewrite_prepared_text(std::string_view text, const sql::SessionEffects& effects,
+                                                   server::ServerStatements& server, Outgoing& to_server, bool in_batch,
+                                                   std::vector<std::pair<std::string, std::string>>& renames,
+                                                   std::vector<std::string>& prepared_here);
+  std::size_t bytes_to_prepare(const sql::SessionEffects& effects) const;
+  // Before a Bind of a text that EXECUTEs SQL-prepared statements: those present on this connection.
+  void ensure_executed_statements(const sql::SessionEffects& effects, server::ServerStatements& server,
+                                  Outgoing& to_server);
+  // A statement the client made, made present on this connection (see the definition).
+  void inject_statement(const Statement& statement, server::ServerStatements& server, Outgoing& to_server,
+                        bool in_batch);
   // Handles DEALLOCATE / DISCARD ALL sent as a simple query. True when the query was answered here.
   bool simple_query(const protocol::MessageView& message, Outgoing& to_server);
 
