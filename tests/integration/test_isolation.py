@@ -524,3 +524,23 @@ def test_a_known_literal_set_is_kept_without_a_probe_and_undone_by_a_rollback(pg
         finally:
             for conn in (teacher, mine, other):
                 conn.close()
+
+
+@transaction_only
+def test_sql_prepare_through_psycopg3_extended_protocol(pg):
+    import psycopg
+
+    with pgsluice(pg, max_connections=2) as target:
+        base = f"host=127.0.0.1 port={target.port} user=pooled dbname=postgres connect_timeout=10"
+
+        def client(index: int) -> None:
+            with psycopg.connect(base, autocommit=True) as conn:
+                conn.execute(f"PREPARE q3 (int) AS SELECT $1 * {index + 3}")
+                for i in range(20):
+                    # (Postgres takes no $n parameters in EXECUTE: the value is spelled in the text.)
+                    assert conn.execute(f"EXECUTE q3({i})").fetchone()[0] == i * (index + 3)
+                conn.execute("DEALLOCATE q3")
+                with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+                    conn.execute("EXECUTE q3(1)")
+
+        assert run_clients(8, client) == []
