@@ -128,6 +128,11 @@ void StatementTracker::ensure_on_server(const Statement& statement, server::Serv
     server.touch(statement.server_name);
     return;
   }
+  if (!statement.sql_prepare.empty()) {
+    // An SQL PREPARE's statement: re-created by its own text (it has no Parse form).
+    inject_statement(statement, server, to_server, /*in_batch=*/true);
+    return;
+  }
   send_parse(statement, server, to_server, /*client_name=*/{});
 }
 
