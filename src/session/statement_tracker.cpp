@@ -575,11 +575,7 @@ void StatementTracker::send_probe([[maybe_unused]] server::ServerStatements& ser
       ++restores_pending_;
     }
     if (wanted_ != nullptr) {
-      for (const auto& [name, value] : *wanted_) {
-        if (std::find(dirty_settings_.begin(), dirty_settings_.end(), name) == dirty_settings_.end()) {
-          dirty_settings_.push_back(name);
-        }
-      }
+      for (const auto& [name, value] : *wanted_) mark_dirty(name);
     }
   }
   std::string sql = "SELECT ";
@@ -674,6 +670,21 @@ bool StatementTracker::refuse_over_limit(std::size_t bytes) {
   return true;
 }
 
+void StatementTracker::evict_if_full(server::ServerStatements& server, Outgoing& to_server, bool in_batch) {
+  auto victim = server.evict_if_full();
+  if (!victim) return;
+  protocol::append_close(to_server.build(), 'S', *victim);
+  if (in_batch) {
+    auto& close = queue_.emplace_back(Kind::close);
+    close.swallow = true;
+    close.eviction = true;
+    queue_.detail(close).server_name = std::move(*victim);
+  } else {
+    protocol::append_sync(to_server.build());
+    queue_.emplace_back(Kind::probe).swallow = true;
+  }
+}
+
 void StatementTracker::inject_statement(const Statement& statement, server::ServerStatements& server,
                                         Outgoing& to_server, bool in_batch) {
   // In a group of its own behind a Sync, or, inside the client's unsynced batch (a Sync there would
@@ -684,17 +695,7 @@ void StatementTracker::inject_statement(const Statement& statement, server::Serv
     return expectation;
   };
   close_if_stale(statement.server_name, server, to_server);
-  if (auto victim = server.evict_if_full()) {
-    protocol::append_close(to_server.build(), 'S', *victim);
-    if (in_batch) {
-      auto& close = swallow(Kind::close);
-      close.eviction = true;
-      queue_.detail(close).server_name = std::move(*victim);
-    } else {
-      protocol::append_sync(to_server.build());
-      swallow(Kind::probe);
-    }
-  }
+  evict_if_full(server, to_server, in_batch);
   auto& out = to_server.build();
   if (statement.sql_prepare.empty()) {
     protocol::append_parse(out, statement.server_name, statement.query, bytes_of(statement.parameter_types));
@@ -773,18 +774,7 @@ std::optional<std::string> StatementTracker::rewrite_prepared_text(
           statement.sql_prepare.append(text.substr(ref.name_end, ref.statement_end - ref.name_end));
           server_name = statement.server_name;
           close_if_stale(server_name, server, to_server);
-          if (auto victim = server.evict_if_full()) {
-            protocol::append_close(to_server.build(), 'S', *victim);
-            if (in_batch) {
-              auto& close = queue_.emplace_back(Kind::close);
-              close.swallow = true;
-              close.eviction = true;
-              queue_.detail(close).server_name = std::move(*victim);
-            } else {
-              protocol::append_sync(to_server.build());
-              queue_.emplace_back(Kind::probe).swallow = true;
-            }
-          }
+          evict_if_full(server, to_server, in_batch);
           server.add(server_name);
           statements_.emplace(ref.name, std::move(statement));
           prepared_here.push_back(ref.name);

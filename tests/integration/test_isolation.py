@@ -17,7 +17,7 @@ import pytest
 
 import pgharness
 from conftest import POOL_MODE, TARGET, start_pgsluice, stop_pgsluice
-from pgwire import RawConnection, message, parse_error_fields, startup_packet
+from pgwire import RawConnection, errors_of as errors, message, rows_of as data_rows, startup_packet
 
 pytestmark = [pytest.mark.proxy_only]
 if TARGET == "direct":
@@ -84,29 +84,6 @@ def login(port: int, **params) -> RawConnection:
     conn = RawConnection("127.0.0.1", port, timeout=20)
     conn.startup("pooled", "postgres", None, **params)
     return conn
-
-
-def data_rows(messages) -> list[list[str | None]]:
-    rows = []
-    for msg_type, payload in messages:
-        if msg_type != b"D":
-            continue
-        (count,) = struct.unpack("!h", payload[:2])
-        pos, row = 2, []
-        for _ in range(count):
-            (length,) = struct.unpack("!i", payload[pos:pos + 4])
-            pos += 4
-            if length < 0:
-                row.append(None)
-            else:
-                row.append(payload[pos:pos + length].decode())
-                pos += length
-        rows.append(row)
-    return rows
-
-
-def errors(messages) -> list[dict]:
-    return [parse_error_fields(payload) for msg_type, payload in messages if msg_type == b"E"]
 
 
 def run_clients(count: int, body) -> list[str]:

@@ -289,6 +289,8 @@ class StatementTracker {
   // Before a Bind of a text that EXECUTEs SQL-prepared statements: those present on this connection.
   void ensure_executed_statements(const sql::SessionEffects& effects, server::ServerStatements& server,
                                   Outgoing& to_server);
+  // Makes room on a full connection: its least recently used statement closed, reply swallowed.
+  void evict_if_full(server::ServerStatements& server, Outgoing& to_server, bool in_batch);
   // A statement the client made, made present on this connection (see the definition).
   void inject_statement(const Statement& statement, server::ServerStatements& server, Outgoing& to_server,
                         bool in_batch);

@@ -1,0 +1,140 @@
+"""Frontend messages of the v3 protocol as the differential test sends them: each with a line a person
+can read (for reports and shrunk reproductions), grouped into Steps (one write each).
+
+Python 3 standard library only.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+
+def _cstr(text: str) -> bytes:
+    return text.encode() + b"\0"
+
+
+@dataclass(frozen=True)
+class Msg:
+    """One frontend message: its type byte, payload, and a line a person can read."""
+
+    type: bytes
+    payload: bytes
+    text: str
+
+    def frame(self) -> bytes:
+        return self.type + struct.pack("!I", len(self.payload) + 4) + self.payload
+
+    def to_json(self) -> dict:
+        return {"type": self.type.decode(), "payload": self.payload.hex(), "text": self.text}
+
+    @staticmethod
+    def from_json(data: dict) -> "Msg":
+        return Msg(data["type"].encode(), bytes.fromhex(data["payload"]), data["text"])
+
+
+@dataclass
+class Step:
+    """Messages sent with one write (then their due replies are read), or a sleep (no messages)."""
+
+    msgs: list[Msg] = field(default_factory=list)
+    sleep: float = 0.0
+
+    def describe(self) -> str:
+        if not self.msgs:
+            return f"sleep {self.sleep * 1000:.0f} ms"
+        return "; ".join(m.text for m in self.msgs)
+
+    def to_json(self) -> dict:
+        return {"msgs": [m.to_json() for m in self.msgs], "sleep": self.sleep}
+
+    @staticmethod
+    def from_json(data: dict) -> "Step":
+        return Step([Msg.from_json(m) for m in data["msgs"]], data.get("sleep", 0.0))
+
+
+def parse(name: str, query: str, types: tuple[int, ...] = ()) -> Msg:
+    payload = _cstr(name) + _cstr(query) + struct.pack("!H", len(types)) + b"".join(struct.pack("!I", t) for t in types)
+    shown = f" types={list(types)}" if types else ""
+    return Msg(b"P", payload, f"Parse({name!r}, {query!r}{shown})")
+
+
+def bind(portal: str, statement: str, params: list[tuple[int, bytes | None]], param_format_codes: list[int],
+         result_formats: list[int]) -> Msg:
+    """params: (format, value bytes or None for NULL); param_format_codes as sent (0, 1 or n codes)."""
+    payload = _cstr(portal) + _cstr(statement)
+    payload += struct.pack("!H", len(param_format_codes)) + b"".join(struct.pack("!H", c) for c in param_format_codes)
+    payload += struct.pack("!H", len(params))
+    shown = []
+    for fmt, value in params:
+        if value is None:
+            payload += struct.pack("!i", -1)
+            shown.append("NULL")
+        else:
+            payload += struct.pack("!i", len(value)) + value
+            shown.append(f"{value.decode()!r}" if fmt == 0 else f"bin:{value.hex()}")
+    payload += struct.pack("!H", len(result_formats)) + b"".join(struct.pack("!H", c) for c in result_formats)
+    return Msg(b"B", payload, f"Bind(portal={portal!r}, stmt={statement!r}, params=[{', '.join(shown)}], "
+                              f"param_formats={param_format_codes}, result_formats={result_formats})")
+
+
+def describe(kind: str, name: str) -> Msg:
+    return Msg(b"D", kind.encode() + _cstr(name), f"Describe({kind}, {name!r})")
+
+
+def execute(portal: str, max_rows: int = 0) -> Msg:
+    return Msg(b"E", _cstr(portal) + struct.pack("!I", max_rows), f"Execute({portal!r}, max_rows={max_rows})")
+
+
+def close(kind: str, name: str) -> Msg:
+    return Msg(b"C", kind.encode() + _cstr(name), f"Close({kind}, {name!r})")
+
+
+def sync() -> Msg:
+    return Msg(b"S", b"", "Sync")
+
+
+def flush() -> Msg:
+    return Msg(b"H", b"", "Flush")
+
+
+def query(sql: str) -> Msg:
+    return Msg(b"Q", _cstr(sql), f"Query({sql!r})")
+
+
+def copy_data(data: bytes) -> Msg:
+    return Msg(b"d", data, f"CopyData({data!r})")
+
+
+def copy_done() -> Msg:
+    return Msg(b"c", b"", "CopyDone")
+
+
+def copy_fail(reason: str) -> Msg:
+    return Msg(b"f", _cstr(reason), f"CopyFail({reason!r})")
+
+
+OID = {"int4": 23, "int8": 20, "text": 25, "bool": 16, "float8": 701, "numeric": 1700}
+
+
+def encode(kind: str, value, fmt: int) -> bytes | None:
+    """A parameter value in text (0) or binary (1) format."""
+    if value is None:
+        return None
+    if fmt == 0:
+        if kind == "bool":
+            return b"t" if value else b"f"
+        return str(value).encode()
+    if kind == "int4":
+        return struct.pack("!i", value)
+    if kind == "int8":
+        return struct.pack("!q", value)
+    if kind == "float8":
+        return struct.pack("!d", value)
+    if kind == "bool":
+        return b"\x01" if value else b"\x00"
+    if kind == "text":
+        return str(value).encode()
+    raise ValueError(f"no binary encoding for {kind}")
+
+
+BINARY_KINDS = {"int4", "int8", "float8", "bool", "text"}
