@@ -840,6 +840,20 @@ void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std:
   if (ready_seen && service_->config.mode != config::PoolMode::session && transaction_status_ == 'I' &&
       expected_ready_ == 0 && !in_extended_batch_ && !client_writing_ && buffer.empty() && !stop_server_reader_ &&
       statements_.idle() && !statements_.pinned()) {
+    if (statements_.has_unsettled_state()) {
+      // A SET whose batch ended inside a transaction, answered after the client's next batch had
+      // gone out without a probe (a pipelining client): read it back before anyone else gets the
+      // connection. A server that does not take the probe at once loses the connection instead.
+      Outgoing probe;
+      statements_.send_probe_now(server_->statements(), probe);
+      std::size_t written = 0;
+      net::error_code ec;
+      if (!probe.empty() && net::try_write_all(server_->socket(), probe.pieces(), written, ec) && !ec) {
+        return read_server(std::move(self));
+      }
+      release_server(false);
+      return end_server_reader();
+    }
     release_server(true);
     return end_server_reader();
   }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The differential test (see the docstring of tests/differential/differential.py):
 #   tests/differential/run.sh [--long] [--seed N] [--clients N] [--pool N] [--mode transaction|session|both]
-#                             [--messages N] [--features LIST] [--replay FILE] [--list-features] [--help]
+#                             [--messages N] [--features LIST] [--rounds N] [--replay FILE] [--known-issues [KEY...]]
+#                             [--list-features] [--help]
 # Starts its own Postgres and pgsluice ($PGSLUICE_BIN, else build/asan/pgsluice). Prints the number of client
 # messages compared and the differences found; exits non-zero on any difference.
 set -euo pipefail

@@ -48,6 +48,8 @@ FEATURES = {
     "simple": "simple queries, several statements in one",
     "transactions": "BEGIN/COMMIT/ROLLBACK/SAVEPOINT spanning several Syncs, portals kept across Syncs",
     "start_transaction": "with transactions: START TRANSACTION as well as BEGIN to open a transaction block",
+    "extended_commit": "with transactions: COMMIT/ROLLBACK/END/ABORT through the extended protocol too (as drivers "
+                       "send them), not only as simple queries",
     "reparse": "Parse of a live statement name (42P05)",
     "deallocate": "DEALLOCATE name / ALL, simple and through the extended protocol",
     "discard": "DISCARD ALL, simple and extended",
@@ -470,7 +472,10 @@ class Generator:
                 self.statement(end, error=not self.m.savepoint)
                 self.m.tx_failed = not self.m.savepoint
                 return  # the transaction goes on (or, with no such savepoint, stays failed): it ends later
-            self.statement(end)
+            if self.has("extended_commit"):
+                self.statement(end)
+            else:
+                self.simple_query(end)
             self.m.in_tx, self.m.tx_failed = False, False
             self.m.portals.clear()
             self.m.open_portals.clear()

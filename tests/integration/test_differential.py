@@ -61,7 +61,7 @@ def _one_row_at_a_time(client: int, steps: list[Step]) -> list[Step]:
 def test_a_planted_difference_is_reported_with_its_seed_and_a_shrunk_sequence(lab):
     # The test of the test: with a fault planted on pgsluice's side of the comparison, the run must
     # fail, name the seed and the client, and shrink the sequence to a few messages.
-    scenario = differential.Scenario(2, 4, 2, POOL_MODE, 40, differential.DEFAULT_FEATURES[POOL_MODE])
+    scenario = differential.Scenario(2, 4, 2, POOL_MODE, 30, differential.DEFAULT_FEATURES[POOL_MODE])
     planted = [m for step in scenario.sequences()[2] for m in _one_row_at_a_time(2, [step])[0].msgs
                if "planted" in m.text]
     assert len(planted) >= 3, "the seed gives client 2 too few Executes to plant the fault in"

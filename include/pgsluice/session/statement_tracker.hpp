@@ -96,6 +96,17 @@ class StatementTracker {
   // LISTEN, a session advisory lock, a temporary relation or a WITH HOLD cursor holds the client to
   // this server connection: it is not given back between transactions.
   bool pinned() const { return pinned_; }
+  // Settings or pins noted and not read back yet (see follow_session_state): the connection must
+  // not go to another client before send_probe_now's answer is in.
+  bool has_unsettled_state() const {
+    return !dirty_settings_.empty() || reset_all_pending_ || pin_check_pending_ || !pending_literals_.empty();
+  }
+  void send_probe_now(server::ServerStatements& server, Outgoing& to_server) {
+    copy_in_batch_ = false;
+    for (const auto& setting : pending_literals_) mark_dirty(setting.name);
+    pending_literals_.clear();
+    send_probe(server, to_server);
+  }
 
  private:
   struct Statement {
