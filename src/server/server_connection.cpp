@@ -49,6 +49,10 @@ std::uint64_t next_connection_id() {
 
 }  // namespace
 
+bool same_guc_name(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
+}
+
 bool is_tracked_parameter(std::string_view name) {
   for (auto tracked : kTrackedParameters) {
     if (tracked.size() == name.size() && ::strncasecmp(tracked.data(), name.data(), name.size()) == 0) return true;

@@ -1,6 +1,7 @@
 // The relay half of a client session (see client_session.hpp for the two-coroutine design).
 #include "pgsluice/session/client_session.hpp"
 
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -29,7 +30,7 @@ ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionCon
       max_message_size_(config_->max_message_size),
       client_done_event_(socket_.get_executor()),
       server_reader_done_(socket_.get_executor()),
-      shape_known_(socket_.get_executor()),
+      answer_known_(socket_.get_executor()),
       client_write_unlocked_(socket_.get_executor()),
       timer_(socket_.get_executor()) {
   net::error_code ec;
@@ -560,6 +561,30 @@ net::awaitable<void> ClientSession::attach_slowly(std::shared_ptr<ClientSession>
   on_client_data(std::move(self));  // what is left of the buffer, then reads on
 }
 
+namespace {
+
+// What goes to the server, one line a message (trace level: the differential test's debugging).
+void trace_sent(const std::string& peer, Outgoing& out, std::size_t max_size) {
+  for (auto piece : out.pieces()) {
+    std::size_t offset = 0;
+    while (offset < piece.size()) {
+      auto frame = protocol::next_frame(piece.subspan(offset), max_size);
+      if (frame.status != protocol::FrameStatus::complete) break;
+      std::string detail;
+      if (frame.message.type == 'P' || frame.message.type == 'B' || frame.message.type == 'D' ||
+          frame.message.type == 'C' || frame.message.type == 'Q') {
+        auto text = protocol::as_string_view(frame.message.payload);
+        detail = std::string(text.substr(0, std::min<std::size_t>(text.size(), 80)));
+        std::replace(detail.begin(), detail.end(), '\0', '|');
+      }
+      spdlog::trace("session {}: to server '{}' {}", peer, frame.message.type, detail);
+      offset += frame.message.frame.size();
+    }
+  }
+}
+
+}  // namespace
+
 bool ClientSession::build_chunk(std::size_t& at, Outgoing& out) {
   auto run = buffer_.readable().first(run_.offset);
   out.clear();
@@ -572,10 +597,18 @@ bool ClientSession::build_chunk(std::size_t& at, Outgoing& out) {
   while (at < run_.offset) {
     auto frame = protocol::next_frame(run.subspan(at), max_message_size_);
     const bool taken = statements_.client_message(frame.message, server_->statements(), out);
+    if (spdlog::should_log(spdlog::level::trace)) {
+      spdlog::trace("session {}: client '{}' ({} bytes){}", peer_, frame.message.type, frame.message.frame.size(),
+                    taken ? "" : ", held");
+    }
     expected_ready_ -= statements_.take_ignored_queries();
-    if (!taken) return true;
+    if (!taken) {
+      if (spdlog::should_log(spdlog::level::trace)) trace_sent(peer_, out, max_message_size_);
+      return true;
+    }
     at += frame.message.frame.size();
   }
+  if (spdlog::should_log(spdlog::level::trace)) trace_sent(peer_, out, max_message_size_);
   return false;
 }
 
@@ -619,8 +652,8 @@ net::awaitable<void> ClientSession::forward_slowly(std::shared_ptr<ClientSession
     // The server reader sees a failure and tells the client.
     failed = ec || (rewrite_statements_ && statements_.has_due_replies() && !co_await send_due_replies());
     if (failed || !held) break;
-    while (statements_.awaiting_shape() && server_reader_running_ && !closing_) co_await shape_known_.wait();
-    if (statements_.awaiting_shape() || closing_ || !server_) {
+    while (statements_.awaiting_server() && server_reader_running_ && !closing_) co_await answer_known_.wait();
+    if (statements_.awaiting_server() || closing_ || !server_) {
       failed = true;  // the server connection went away meanwhile: the session is ending
       break;
     }
@@ -658,7 +691,7 @@ void ClientSession::read_server(std::shared_ptr<ClientSession> self) {
 void ClientSession::end_server_reader() {
   server_reader_running_ = false;
   server_reader_done_.notify();
-  shape_known_.notify();
+  answer_known_.notify();
 }
 
 void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::error_code read_ec, std::size_t count) {
@@ -718,7 +751,7 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
     Outgoing& out = to_client_;
     out.clear();
     if (rewrite_statements_ || timeout_cancel_pending_ || notification_seen) {
-      const bool awaiting_shape = statements_.awaiting_shape();
+      const bool awaiting = statements_.awaiting_server();
       for (std::size_t at = 0; at < offset;) {
         auto frame = protocol::next_frame(data.subspan(at), max_size);
         const auto& message = frame.message;
@@ -726,6 +759,14 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
         if (rewrite_statements_) {
           statements_.take_due_replies(out);
           const auto disposition = statements_.server_message(message, server_->statements());
+          if (spdlog::should_log(spdlog::level::trace)) {
+            spdlog::trace("session {}: server '{}' ({} bytes) {}: {}", peer_, message.type, message.frame.size(),
+                          static_cast<int>(disposition),
+                          message.type == 'E' || message.type == 'C'
+                              ? std::string(protocol::as_string_view(message.payload.subspan(0, std::min<std::size_t>(
+                                                                                                 message.payload.size(), 120))))
+                              : std::string());
+          }
           if (message.type == 'Z' && disposition != StatementTracker::Disposition::swallow && expected_ready_ > 0) {
             --expected_ready_;
           }
@@ -771,7 +812,7 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
         statements_.take_due_replies(out);
         if (statements_.has_settled()) record_settled_state();
       }
-      if (awaiting_shape && !statements_.awaiting_shape()) shape_known_.notify();
+      if (awaiting && !statements_.awaiting_server()) answer_known_.notify();
     } else {
       out.append(data.first(offset));
     }

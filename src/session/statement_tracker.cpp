@@ -153,8 +153,30 @@ void StatementTracker::send_parse(const Statement& statement, server::ServerStat
   parse.swallow = client_name.empty();
   auto& detail = queue_.detail(parse);
   detail.server_name = statement.server_name;
-  detail.client_name = std::move(client_name);
+  detail.serial = statement.serial;
   detail.keeps_copy = replaces_copy;
+  if (client_name.empty()) return;
+  detail.client_name = client_name;
+  unlearned_ = {std::move(client_name), statement.server_name};
+}
+
+void StatementTracker::learn_statement(const protocol::MessageView& next, Outgoing& to_server) {
+  // What the statement takes and whether it returns rows: in a failed transaction Postgres still
+  // describes it, where pgsluice can no longer parse it (see client_message). Most drivers describe
+  // it themselves right after their Parse, which teaches the same.
+  auto [client_name, server_name] = std::exchange(unlearned_, {});
+  if (skip_until_sync_) return;
+  if (next.type == 'D') {
+    auto describe = protocol::parse_describe_or_close(next.payload);
+    if (describe && describe->kind == 'S' && describe->name == client_name) return;
+  }
+  protocol::append_describe(to_server.build(), 'S', server_name);
+  auto& describe = queue_.emplace_back(Kind::describe_statement);
+  describe.swallow = true;
+  describe.learning = true;
+  auto& learn = queue_.detail(describe);
+  learn.server_name = std::move(server_name);
+  learn.described = std::move(client_name);
 }
 
 bool StatementTracker::close_if_stale(const std::string& name, server::ServerStatements& server,
@@ -221,6 +243,9 @@ void StatementTracker::unwind_unnamed(const Expectation& failed, server::ServerS
 bool StatementTracker::client_message(const protocol::MessageView& message, server::ServerStatements& server,
                                       Outgoing& to_server) {
   const char type = message.type;
+  waiting_for_.clear();
+  waiting_for_answers_ = false;
+  if (!unlearned_.first.empty()) learn_statement(message, to_server);
   if (skip_until_sync_) {
     // Postgres ignores everything up to Sync after an error, a simple Query too (no ReadyForQuery).
     if (type == 'Q') ++ignored_queries_;
@@ -235,7 +260,9 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       if (sql::starts_copy(parse->query)) copy_in_batch_ = true;
       if (parse->statement.empty()) {
         std::string deallocate_stand_in;
-        if (auto target = deallocate_target(parse->query); target && !target->empty() && statements_.erase(*target)) {
+        if (in_failed_transaction()) {
+          to_server.append(message.frame);  // refused by the server (25P02) whatever it says
+        } else if (auto target = deallocate_target(parse->query); target && !target->empty() && statements_.erase(*target)) {
           // DEALLOCATE of a client statement through the extended protocol (psycopg 3 evicts so): the
           // server never had that name. Deallocate a throwaway statement instead, so the client gets
           // every reply (ParseComplete ... CommandComplete "DEALLOCATE") from the server itself.
@@ -281,23 +308,32 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         server.set_unnamed_owner(unnamed_.token);
         return true;
       }
+      if (must_wait_for(parse->statement)) return false;
       std::string client_name(parse->statement);
       const bool live = statements_.contains(client_name);
       if (!live && refuse_over_limit(parse->query.size() + parse->parameter_types.size())) return true;
       if (live && !drop_all_pending()) {
         // Postgres says 42P05, and inside a transaction block that error aborts it: the server must
-        // see it. Parsing the client's statement again under its server name (present first) fails
-        // the same way; the error is told with the client's name.
-        const Statement& existing = statements_.find(client_name)->second;
-        ensure_on_server(existing, server, to_server);
-        protocol::append_parse(to_server.build(), existing.server_name, parse->query, parse->parameter_types);
+        // see it. The client's text is parsed under a name pgsluice made sure exists, so the server
+        // checks it in Postgres's order (syntax, then a failed transaction unless it ends one, then
+        // the name); the error is told with the client's name. The stand-in is a COMMIT, which may
+        // be parsed in a failed transaction too, and is never run.
+        static constexpr std::string_view kDuplicate = "pgsluice_duplicate";
+        static const std::uint8_t kNoTypes[] = {0, 0};
+        auto& out = to_server.build();
+        protocol::append_close(out, 'S', kDuplicate);
+        expect(Kind::close, /*swallow=*/true);
+        protocol::append_parse(out, kDuplicate, "COMMIT", Bytes(kNoTypes, sizeof kNoTypes));
+        expect(Kind::parse, /*swallow=*/true);
+        protocol::append_parse(out, kDuplicate, parse->query, parse->parameter_types);
         auto& refused = queue_.emplace_back(Kind::parse);
-        queue_.detail(refused).renames.emplace_back("\"" + existing.server_name + "\"", "\"" + client_name + "\"");
+        queue_.detail(refused).renames.emplace_back("\"" + std::string(kDuplicate) + "\"", "\"" + client_name + "\"");
         return true;
       }
       Statement statement{std::string(parse->query), std::string(protocol::as_string_view(parse->parameter_types)),
                           server_name(parse->query, parse->parameter_types)};
       statement.effects = effects_of(parse->query);
+      statement.serial = ++statement_serials_;
       // The server parses it even when this connection has the text already (for this client or
       // another): a copy parsed before DDL changed its tables would answer the Describe or Bind that
       // follows with 0A000 "cached plan must not change result type", which a fresh Parse never
@@ -314,6 +350,8 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       bound_statement_.clear();
       auto bind = protocol::parse_bind(message.payload);
       if (!bind) break;
+      if (dropping_portal_ && bind->portal == dropping_portal_name_) dropping_portal_ = false;  // replaced
+      if (!bind->statement.empty() && must_wait_for(bind->statement)) return false;
       if (bind->statement.empty()) {
         ensure_unnamed_on_server(server, to_server);
         if (unnamed_.exists && unnamed_.effects) {
@@ -327,6 +365,10 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       auto it = statements_.find(std::string(bind->statement));
       if (it == statements_.end()) break;  // the server answers 26000 with the client's name
       const Statement& statement = it->second;
+      if (!server.contains(statement.server_name) && in_failed_transaction() &&
+          refuse_bind_in_failed_transaction(*bind, statement)) {
+        return true;
+      }
       if (statement.effects) {
         note_effects(*statement.effects);
         ensure_executed_statements(*statement.effects, server, to_server);
@@ -368,6 +410,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       }
       expect(Kind::bind);
       queue_.detail(queue_.back()).server_name = it->second.server_name;
+      queue_.detail(queue_.back()).described = it->first;
       queue_.detail(queue_.back()).spelled_formats = spelled;
       bound_portal_ = bind->portal;
       bound_statement_ = it->first;
@@ -394,10 +437,26 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         expect(Kind::describe_statement);
         return true;
       }
+      if (must_wait_for(describe->name)) return false;
       auto it = statements_.find(std::string(describe->name));
       if (it == statements_.end()) {
         to_server.append(message.frame);
         expect(Kind::describe_statement);
+        return true;
+      }
+      if (!server.contains(it->second.server_name) && in_failed_transaction() && !it->second.parameters.empty() &&
+          it->second.returns_rows >= 0) {
+        // Postgres describes the parameters in a failed transaction, and refuses to describe rows.
+        Buffer reply;
+        protocol::MessageBuilder(reply).begin('t').bytes(it->second.parameters).end();
+        if (it->second.returns_rows != 0) {
+          protocol::append_error_response(reply, protocol::Severity::error, "25P02",
+                                          "current transaction is aborted, commands ignored until end of transaction block");
+          skip_until_sync_ = true;
+        } else {
+          protocol::MessageBuilder(reply).begin('n').end();
+        }
+        expect_fake(std::move(reply));
         return true;
       }
       ensure_on_server(it->second, server, to_server);
@@ -411,6 +470,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
     case 'C': {
       auto close = protocol::parse_describe_or_close(message.payload);
       if (close && close->kind == 'S' && !close->name.empty()) {
+        if (must_wait_for(close->name)) return false;
         // Answered here: the server statement is shared and stays (DESIGN §2).
         auto closed = statements_.extract(std::string(close->name));
         Buffer complete;
@@ -419,12 +479,16 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         if (closed) queue_.detail(queue_.back()).closed.emplace(std::move(closed.key()), std::move(closed.mapped()));
         return true;
       }
+      to_server.append(message.frame);
+      auto& expectation = queue_.emplace_back(Kind::close);
       if (close && close->kind == 'S') {
+        // What it closes comes back if the server skips it (an error earlier in the pipeline).
+        expectation.unnamed = true;
+        auto& replaced = queue_.detail(expectation).replaced.emplace(unnamed_);
+        replaced.server_owner = server.unnamed_owner();
         unnamed_.exists = false;
         server.set_unnamed_owner(server::ServerStatements::kNoUnnamed);
       }
-      to_server.append(message.frame);
-      expect(Kind::close);
       return true;
     }
     case 'E': {
@@ -442,13 +506,24 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       send_probe(server, to_server);
       return true;
     case 'Q': {
-      if (sql::starts_copy(protocol::as_string_view(message.payload))) copy_in_batch_ = true;
+      const auto text = protocol::as_string_view(message.payload);
+      auto effects = effects_of(text);
+      if (effects && !effects->prepared.empty() && answers_pending()) {
+        // What PREPARE / EXECUTE / DEALLOCATE do here depends on whether the transaction has
+        // failed (Postgres then runs nothing): known once what was sent before is answered.
+        waiting_for_answers_ = true;
+        return false;
+      }
+      if (sql::starts_copy(text)) copy_in_batch_ = true;
       // A simple Query drops the unnamed statement, the client's and whoever's the server held.
       unnamed_.exists = false;
       server.set_unnamed_owner(server::ServerStatements::kNoUnnamed);
+      if (effects && effects->statements == 1 && in_failed_transaction()) {
+        to_server.append(message.frame);  // the server's 25P02, and nothing changes
+        expect(Kind::simple);
+        return true;
+      }
       if (simple_query(message, to_server)) return true;
-      const auto text = protocol::as_string_view(message.payload);
-      auto effects = effects_of(text);
       if (!effects || !rewrite_prepared_names(text, *effects, server, to_server)) {
         to_server.append(message.frame);
         expect(Kind::simple);
@@ -475,6 +550,16 @@ void StatementTracker::mark_dirty(const std::string& name) {
 
 void StatementTracker::note_effects(const sql::SessionEffects& effects) {
   for (const auto& name : effects.settings) {
+    // RESET of a startup parameter goes back to the client's startup value (see send_probe); a
+    // later SET of it in the same batch wins.
+    const bool reset = std::find(effects.resets.begin(), effects.resets.end(), name) != effects.resets.end();
+    if (startup_ != nullptr && startup_->contains(name)) {
+      if (reset) {
+        startup_resets_.push_back(name);
+      } else {
+        std::erase_if(startup_resets_, [&](const std::string& r) { return server::same_guc_name(r, name); });
+      }
+    }
     // The reported settings come back as ParameterStatus, which the session follows already.
     if (server::is_tracked_parameter(name)) continue;
     if (effects.literal) {
@@ -540,7 +625,8 @@ constexpr std::string_view kPinCount =
 }  // namespace
 
 void StatementTracker::send_probe([[maybe_unused]] server::ServerStatements& server, Outgoing& to_server) {
-  if (!pending_literals_.empty() && copy_in_batch_) {
+  const bool after_copy = std::exchange(copy_in_batch_, false);
+  if (!pending_literals_.empty() && after_copy) {
     for (const auto& setting : pending_literals_) mark_dirty(setting.name);
     pending_literals_.clear();
   }
@@ -550,16 +636,20 @@ void StatementTracker::send_probe([[maybe_unused]] server::ServerStatements& ser
     for (auto& setting : pending_literals_) batch.settle_if_committed.push_back(std::move(setting));
     pending_literals_.clear();
   }
-  if (dirty_settings_.empty() && !reset_all_pending_ && !pin_check_pending_) return;
-  if (std::exchange(copy_in_batch_, false)) return;  // the server may be in COPY: after the next batch
-  if (reset_all_pending_) {
-    // Postgres's RESET ALL (and DISCARD ALL) return settings to the values the session started
-    // with, the client's startup parameters among them; on a pooled connection those were applied
-    // by pgsluice, so it applies them again, in the same transaction as the RESET.
+  if (dirty_settings_.empty() && !reset_all_pending_ && !pin_check_pending_ && startup_resets_.empty()) return;
+  if (after_copy) return;  // the server may be in COPY: after the next batch
+  if (reset_all_pending_ || !startup_resets_.empty()) {
+    // Postgres's RESET ALL (and DISCARD ALL, RESET name) return settings to the values the session
+    // started with, the client's startup parameters among them; on a pooled connection those were
+    // applied by pgsluice, so it applies them again, in the same transaction as the RESET.
     if (startup_ != nullptr && !startup_->empty()) {
       std::string sql = "SELECT ";
       bool first = true;
       for (const auto& [name, value] : *startup_) {
+        if (!reset_all_pending_ && std::none_of(startup_resets_.begin(), startup_resets_.end(),
+                                                [&](const auto& r) { return server::same_guc_name(r, name); })) {
+          continue;
+        }
         if (!first) sql += ", ";
         first = false;
         sql += "pg_catalog.set_config(";
@@ -568,15 +658,22 @@ void StatementTracker::send_probe([[maybe_unused]] server::ServerStatements& ser
         append_literal(sql, value);
         sql += ", false)";
       }
+      // Postgres reports the values a batch leaves before its ReadyForQuery: the client's is held
+      // until the restore is done and the ParameterStatus that differ have gone first.
+      if (!queue_.empty() && (queue_.back().kind == Kind::sync || queue_.back().kind == Kind::simple) &&
+          !queue_.back().swallow) {
+        queue_.back().holds_ready = true;
+      }
       append_injected(to_server, sql);
       auto& restore = queue_.emplace_back(Kind::probe);
       restore.swallow = true;
       queue_.detail(restore).restores_startup = true;
       ++restores_pending_;
     }
-    if (wanted_ != nullptr) {
+    if (wanted_ != nullptr && reset_all_pending_) {
       for (const auto& [name, value] : *wanted_) mark_dirty(name);
     }
+    startup_resets_.clear();
   }
   std::string sql = "SELECT ";
   sql += pin_check_pending_ ? kPinCount : std::string_view("NULL");
@@ -609,6 +706,11 @@ void StatementTracker::settle_literals(Detail& batch, const protocol::MessageVie
     for (const auto& setting : batch.settle_if_committed) mark_dirty(setting.name);
   }
   batch.settle_if_committed.clear();
+}
+
+StatementTracker::Disposition StatementTracker::hold_ready(const protocol::MessageView& ready) {
+  held_ready_.insert(held_ready_.end(), ready.frame.begin(), ready.frame.end());
+  return Disposition::swallow;
 }
 
 bool StatementTracker::settle_status() {
@@ -880,12 +982,12 @@ void StatementTracker::take_due_replies(Outgoing& to_client) {
 }
 
 void StatementTracker::restore_unnamed(const Expectation& skipped, server::ServerStatements& server) {
-  if (skipped.kind != Kind::parse || skipped.swallow) {
+  const auto& detail = queue_.detail(skipped);
+  if (skipped.swallow || (skipped.kind != Kind::parse && !detail.replaced)) {
     // An injected Parse or Close: the client's own is unchanged, the server's is not known.
     server.set_unnamed_owner(server::ServerStatements::kUnknownUnnamed);
     return;
   }
-  const auto& detail = queue_.detail(skipped);
   if (detail.replaced) {
     unnamed_ = *detail.replaced;
   } else {
@@ -918,6 +1020,76 @@ void StatementTracker::forget_named_statements(server::ServerStatements& server)
   statements_ = std::move(kept);
 }
 
+bool StatementTracker::in_failed_transaction() const {
+  // Probes behind the last Sync leave the status as it was.
+  bool only_probes = true;
+  queue_.for_each([&](const Expectation& expectation) { only_probes = only_probes && expectation.kind == Kind::probe; });
+  return transaction_status_ == 'E' && only_probes;
+}
+
+bool StatementTracker::answers_pending() const {
+  bool pending = false;
+  queue_.for_each([&](const Expectation& expectation) {
+    pending = pending || expectation.kind == Kind::sync || expectation.kind == Kind::simple ||
+              expectation.kind == Kind::probe;
+  });
+  return pending;
+}
+
+bool StatementTracker::refuse_bind_in_failed_transaction(const protocol::BindView& bind, const Statement& statement) {
+  // Postgres checks a Bind's parameter counts before it refuses it in a failed transaction (25P02).
+  // Refused by a Parse pgsluice injects, the client would hear 25P02 for what Postgres calls 08P01.
+  protocol::PayloadReader reader(bind.rest);
+  const int formats = reader.int16();
+  for (int i = 0; i < formats && reader.ok(); ++i) reader.int16();
+  const int values = reader.int16();
+  if (!reader.ok()) return false;
+  auto count_of = [](const std::string& counted) {  // a leading Int16 count
+    return counted.size() >= 2
+               ? (static_cast<unsigned char>(counted[0]) << 8) | static_cast<unsigned char>(counted[1])
+               : 0;
+  };
+  const int wanted = !statement.parameters.empty()
+                         ? count_of(statement.parameters)
+                         : std::max<int>(sql::highest_parameter(statement.query), count_of(statement.parameter_types));
+  std::string message;
+  if (formats > 1 && formats != values) {
+    message = fmt::format("bind message has {} parameter formats but {} parameters", formats, values);
+  } else if (values != wanted) {
+    message = fmt::format("bind message supplies {} parameters, but prepared statement \"{}\" requires {}", values,
+                          bind.statement, wanted);
+  } else {
+    return false;
+  }
+  Buffer error;
+  protocol::append_error_response(error, protocol::Severity::error, "08P01", message);
+  expect_fake(std::move(error));
+  skip_until_sync_ = true;
+  return true;
+}
+
+bool StatementTracker::name_in_doubt(std::string_view name) const {
+  // The last Sync (or Query) queued: a Parse or Close of the name before it is in doubt.
+  bool found = false;
+  bool in_doubt = false;
+  queue_.for_each([&](const Expectation& expectation) {
+    if (found && (expectation.kind == Kind::sync || expectation.kind == Kind::simple)) in_doubt = true;
+    if (expectation.detail == kNoDetail || expectation.swallow) return;
+    const auto& detail = queue_.detail(expectation);
+    if ((expectation.kind == Kind::parse && detail.client_name == name) ||
+        (expectation.fake && detail.closed && detail.closed->first == name)) {
+      found = true;
+    }
+  });
+  return in_doubt;
+}
+
+bool StatementTracker::must_wait_for(std::string_view name) {
+  if (queue_.empty() || !name_in_doubt(name)) return false;
+  waiting_for_.assign(name);
+  return true;
+}
+
 void StatementTracker::abandon(Expectation& expectation, server::ServerStatements& server) {
   auto& detail = queue_.detail(expectation);
   if (expectation.kind == Kind::parse && !expectation.fake && !detail.server_name.empty()) {
@@ -927,15 +1099,27 @@ void StatementTracker::abandon(Expectation& expectation, server::ServerStatement
       server.forget(detail.server_name);
     }
   }
-  if (detail.closed) statements_.insert(std::move(*detail.closed));
+  // Undone in pipeline order: a skipped Close puts its statement back over one a later (also
+  // skipped) Parse made, and a skipped Parse drops only the statement it made itself.
+  if (detail.closed && std::find(unwound_serials_.begin(), unwound_serials_.end(), detail.closed->second.serial) ==
+                            unwound_serials_.end()) {
+    statements_.insert_or_assign(std::move(detail.closed->first), std::move(detail.closed->second));
+  }
   if (expectation.kind == Kind::close && expectation.eviction) server.add(detail.server_name);
-  if (!detail.client_name.empty()) statements_.erase(detail.client_name);
+  if (!detail.client_name.empty()) {
+    auto it = statements_.find(detail.client_name);
+    if (it != statements_.end() && it->second.serial == detail.serial) statements_.erase(it);
+    unwound_serials_.push_back(detail.serial);  // a skipped Close of it after this does not bring it back
+  }
   if (expectation.verification) awaiting_shape_ = false;
 }
 
 StatementTracker::Disposition StatementTracker::server_message(const protocol::MessageView& message,
                                                                server::ServerStatements& server) {
   const char type = message.type;
+  if (type == 'Z') {
+    if (auto status = protocol::parse_ready_for_query(message.payload)) transaction_status_ = *status;
+  }
   if (type == 'C') {
     // However it was sent (simple query, extended protocol, a function), once the server says it ran
     // DEALLOCATE ALL or DISCARD ALL, every statement on that connection is gone.
@@ -962,7 +1146,9 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
   if (front.kind == Kind::simple) {
     if (type == 'Z') {
       if (front.detail != kNoDetail) settle_literals(queue_.detail(front), message);
+      const bool hold = front.holds_ready;
       queue_.pop_front();
+      if (hold) return hold_ready(message);
     } else if (type == 'E' && front.detail != kNoDetail) {
       auto& detail = queue_.detail(front);
       detail.batch_failed = true;
@@ -1011,7 +1197,12 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
       settle_probe(probe, status ? *status : 'E');
       const bool restored = probe.restores_startup;
       queue_.pop_front();
-      if (restored && --restores_pending_ == 0 && settle_status()) return Disposition::rewritten;
+      if (restored && --restores_pending_ == 0) {
+        settle_status();
+        rewritten_.insert(rewritten_.end(), held_ready_.begin(), held_ready_.end());
+        held_ready_.clear();
+        if (!rewritten_.empty()) return Disposition::rewritten;
+      }
     }
     return Disposition::swallow;
   }
@@ -1020,14 +1211,15 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     const auto& front_name = queue_.detail(std::as_const(front)).server_name;
     const bool spelled_formats = queue_.detail(std::as_const(front)).spelled_formats;
     // The error names a statement by its server name: the client hears its own name.
+    // (the name the client used, not another it gave the same text, nor one it closed since).
     std::vector<std::pair<std::string, std::string>> renames = queue_.detail(std::as_const(front)).renames;
-    if ((front.kind == Kind::bind || front.kind == Kind::describe_statement) && !front_name.empty()) {
-      for (const auto& [name, statement] : statements_) {
-        if (statement.server_name == front_name) {
-          renames.emplace_back("\"" + front_name + "\"", "\"" + name + "\"");
-          break;
-        }
-      }
+    const auto& client_name = queue_.detail(std::as_const(front)).described;
+    if ((front.kind == Kind::bind || front.kind == Kind::describe_statement) && !front_name.empty() &&
+        !client_name.empty()) {
+      renames.emplace_back("\"" + front_name + "\"", "\"" + client_name + "\"");
+    }
+    if (front.kind == Kind::parse && !front_name.empty() && !queue_.detail(std::as_const(front)).client_name.empty()) {
+      renames.emplace_back("\"" + front_name + "\"", "\"" + queue_.detail(std::as_const(front)).client_name + "\"");
     }
     if ((front.kind == Kind::bind || front.kind == Kind::describe_statement) && !front_name.empty()) {
       // After DDL a shared statement's plan may be stale (0A000 "cached plan must not change result
@@ -1046,6 +1238,7 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     // The server skips to the next Sync: so does the bookkeeping (replies made here included).
     const bool was_awaiting_shape = awaiting_shape_;
     bool unnamed_settled = front.unnamed;
+    unwound_serials_.clear();
     unwind_unnamed(front, server);
     abandon(front, server);
     queue_.pop_front();
@@ -1069,6 +1262,17 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     std::erase_if(renames, [&](const auto& rename) {
       return protocol::as_string_view(message.payload).find(rename.first) == std::string_view::npos;
     });
+    if (renames.empty() && protocol::as_string_view(message.payload).find("\"pgsluice_") != std::string_view::npos) {
+      // Named through a path that kept no rename (an SQL PREPARE of a protocol statement's name
+      // through the extended protocol, say): the client's statement with that server name.
+      for (const auto& [name, statement] : statements_) {
+        const auto quoted = "\"" + statement.server_name + "\"";
+        if (protocol::as_string_view(message.payload).find(quoted) != std::string_view::npos) {
+          renames.emplace_back(quoted, "\"" + name + "\"");
+          break;
+        }
+      }
+    }
     if (disposition == Disposition::relay && !renames.empty()) {
       rewritten_.clear();
       Buffer renamed;
@@ -1108,11 +1312,20 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     if (shape) server.set_shape(detail.server_name, shape->fingerprint);
     auto it = detail.described.empty() ? statements_.end() : statements_.find(detail.described);
     if (it != statements_.end() && it->second.server_name == detail.server_name) {
-      protocol::PayloadReader reader(message.payload);
-      it->second.columns = type == 'n' ? 0 : reader.int16();
-      it->second.shape = shape ? shape->fingerprint : 0;
+      it->second.returns_rows = type == 'T' ? 1 : 0;
+      if (!front.learning) {  // what the client was told
+        protocol::PayloadReader reader(message.payload);
+        it->second.columns = type == 'n' ? 0 : reader.int16();
+        it->second.shape = shape ? shape->fingerprint : 0;
+      }
     }
     if (front.verification) awaiting_shape_ = false;
+  }
+  if (type == 't' && front.kind == Kind::describe_statement && !detail.described.empty()) {
+    auto it = statements_.find(detail.described);
+    if (it != statements_.end() && it->second.server_name == detail.server_name) {
+      it->second.parameters.assign(protocol::as_string_view(message.payload));
+    }
   }
   bool done = false;
   switch (front.kind) {
@@ -1129,7 +1342,9 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
   if (done) {
     if (front.unnamed && front.kind == Kind::parse && !front.swallow) --pending_unnamed_parses_;
     if (front.kind == Kind::sync && front.detail != kNoDetail) settle_literals(queue_.detail(front), message);
+    const bool hold = front.holds_ready;
     queue_.pop_front();
+    if (hold) return hold_ready(message);
   }
   return swallow ? Disposition::swallow : Disposition::relay;
 }

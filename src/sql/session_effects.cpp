@@ -2,6 +2,7 @@
 
 #include <pg_query.h>
 
+#include <algorithm>
 #include <array>
 #include <boost/json.hpp>
 #include <cctype>
@@ -227,6 +228,11 @@ void visit_statement(const json::object& statement, std::size_t begin, std::size
         }  // SET TRANSACTION ...: this transaction only
       } else if (!name.empty()) {
         effects.settings.emplace_back(name);
+        if (kind == "VAR_RESET" || kind == "VAR_SET_DEFAULT") {
+          effects.resets.emplace_back(name);
+        } else {
+          std::erase(effects.resets, name);  // set again after its RESET
+        }
       }
     } else if (type == "DiscardStmt") {
       const auto target = string_of(body, "target");
@@ -262,6 +268,23 @@ bool may_have_session_effects(std::string_view text) {
 }
 
 bool starts_copy(std::string_view text) { return iequals(first_word(text), "COPY"); }
+
+int highest_parameter(std::string_view text) {
+  constexpr int kTokenParam = 267;  // $n
+  const std::string input(text.data(), text.find('\0') == std::string_view::npos ? text.size() : text.find('\0'));
+  if (input.find('$') == std::string::npos) return 0;
+  int highest = 0;
+  for (const auto& token : scan_tokens(input)) {
+    if (token.token != kTokenParam || token.end > input.size() || token.end <= token.begin + 1) continue;
+    int number = 0;
+    for (std::size_t i = token.begin + 1; i < token.end && number < 100000; ++i) {
+      if (!std::isdigit(static_cast<unsigned char>(input[i]))) break;
+      number = number * 10 + (input[i] - '0');
+    }
+    highest = std::max(highest, number);
+  }
+  return highest;
+}
 
 SessionEffects analyze(std::string_view text) {
   SessionEffects effects;

@@ -77,6 +77,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -276,8 +277,16 @@ class Lab:
                 tail = "\n".join(proxy.log_text().splitlines()[-40:])
                 problem = (f"pgsluice exited with {code}; sanitizer reports: {reports[:5]}\n"
                            f"  log tail:\n{tail}")
+            keep_log(proxy)
             proxy.cleanup()
         return results, problem
+
+
+def keep_log(proxy) -> None:
+    """With PGSLUICE_KEEP_LOG=FILE (and PGSLUICE_TEST_LOG_LEVEL=trace, say), pgsluice's log is kept there."""
+    target = os.environ.get("PGSLUICE_KEEP_LOG")
+    if target:
+        shutil.copyfile(proxy.log_path, target)
 
 
 def run_script(lab: Lab, mode: str, pool: int, script: list[tuple[int, Step]],
@@ -315,6 +324,7 @@ def run_script(lab: Lab, mode: str, pool: int, script: list[tuple[int, Step]],
         code = proxy.stop(timeout=30)
         if proxy.sanitizer_reports() or code != 0:
             problem = f"pgsluice exited with {code}; sanitizer reports: {proxy.sanitizer_reports()[:5]}"
+        keep_log(proxy)
         proxy.cleanup()
     return direct, proxied, problem
 

@@ -150,9 +150,9 @@ TEST_CASE("a named Parse is sent under the shared server name and its reply rela
   StatementTracker tracker;
   server::ServerStatements server;
   const auto name = StatementTracker::server_name("select 1", protocol::Bytes(kNoTypes));
-  CHECK(feed(tracker, server, then(parse("s1", "select 1"), execute_sync())) == "P(" + name + ")ES");
+  CHECK(feed(tracker, server, then(parse("s1", "select 1"), execute_sync())) == "P(" + name + ")DES");  // and a Describe to learn its parameters (swallowed)
   CHECK(server.contains(name));
-  CHECK(answer(tracker, server, "1CZ") == "1CZ");
+  CHECK(answer(tracker, server, "1tnCZ") == "1CZ");
   CHECK(tracker.idle());
 }
 
@@ -161,7 +161,7 @@ TEST_CASE("a client's Parse of a text the connection has is closed and parsed an
   server::ServerStatements server;
   StatementTracker first;
   feed(first, server, then(parse("a", "select 1"), execute_sync()));
-  answer(first, server, "1CZ");
+  answer(first, server, "1tnCZ");
 
   // Another client, same text, same server connection: its copy may predate DDL, so the client's own
   // Parse (which it may Describe next) gets a fresh one; the Close's reply is pgsluice's to swallow.
@@ -169,7 +169,7 @@ TEST_CASE("a client's Parse of a text the connection has is closed and parsed an
   Buffer sync;
   protocol::append_sync(sync);
   const auto name = StatementTracker::server_name("select 1", protocol::Bytes(kNoTypes));
-  CHECK(feed(second, server, then(parse("b", "select 1"), sync)) == "CP(" + name + ")S");
+  CHECK(feed(second, server, then(parse("b", "select 1"), sync)) == "CP(" + name + ")DS");
   CHECK(answer(second, server, "31Z") == "1Z");
   CHECK(server.contains(name));
   // The first client binds its statement on that connection: the new copy is used as it is.
@@ -182,7 +182,7 @@ TEST_CASE("Bind on a server connection without the statement injects a Parse and
   StatementTracker tracker;
   server::ServerStatements first_server;
   feed(tracker, first_server, then(parse("s1", "select 2"), execute_sync()));
-  answer(tracker, first_server, "1CZ");
+  answer(tracker, first_server, "1tnCZ");
 
   server::ServerStatements second_server;  // the client was given another connection
   const auto name = StatementTracker::server_name("select 2", protocol::Bytes(kNoTypes));
@@ -196,7 +196,7 @@ TEST_CASE("a Bind refused for result formats pgsluice did not spell out is the c
   StatementTracker tracker;
   server::ServerStatements first_server;
   feed(tracker, first_server, then(parse("s1", "select * from t"), execute_sync()));
-  answer(tracker, first_server, "1CZ");
+  answer(tracker, first_server, "1tnCZ");
 
   auto reply = [&](server::ServerStatements& server, std::string_view sqlstate, std::string_view text) {
     Buffer error;
@@ -267,7 +267,7 @@ TEST_CASE("Close of a named statement is answered by pgsluice and keeps the serv
   StatementTracker tracker;
   server::ServerStatements server;
   feed(tracker, server, then(parse("s1", "select 3"), execute_sync()));
-  answer(tracker, server, "1CZ");
+  answer(tracker, server, "1tnCZ");
   Buffer close;
   protocol::append_close(close, 'S', "s1");
   protocol::append_sync(close);
@@ -289,7 +289,7 @@ TEST_CASE("an error unwinds up to the Sync: the failed statement exists neither 
   CHECK(server.size() == 0);
   // The name is free again, as in Postgres.
   feed(tracker, server, then(parse("bad", "select 1"), execute_sync()));
-  CHECK(answer(tracker, server, "1CZ") == "1CZ");
+  CHECK(answer(tracker, server, "1tnCZ") == "1CZ");
 }
 
 TEST_CASE("re-Parsing a live name gets the server's own 42P05, told with the client's name",
@@ -297,15 +297,16 @@ TEST_CASE("re-Parsing a live name gets the server's own 42P05, told with the cli
   StatementTracker tracker;
   server::ServerStatements server;
   feed(tracker, server, then(parse("dup", "select 4"), execute_sync()));
-  answer(tracker, server, "1CZ");
+  answer(tracker, server, "1tnCZ");
   // The server itself refuses it (so that a transaction block is aborted as on a connection of the
-  // client's own): the client's statement parsed again under its server name.
+  // client's own): the client's text parsed under a stand-in name made to exist first.
   const auto name = StatementTracker::server_name("select 4", protocol::Bytes(kNoTypes));
   CHECK(feed(tracker, server, then(then(parse("dup", "select 5"), bind("dup")), execute_sync())) ==
-        "P(" + name + ")B(" + name + ")ES");
+        "CP(pgsluice_duplicate)P(pgsluice_duplicate)B(" + name + ")ES");
+  CHECK(answer(tracker, server, "31") == "");
   Buffer exists;
   protocol::append_error_response(exists, protocol::Severity::error, "42P05",
-                                  "prepared statement \"" + name + "\" already exists");
+                                  "prepared statement \"pgsluice_duplicate\" already exists");
   CHECK(reply(tracker, server, exists) == StatementTracker::Disposition::rewritten);
   auto told = protocol::parse_error_response(protocol::Bytes(tracker.rewritten_reply()).subspan(5));
   REQUIRE(told);
@@ -355,7 +356,7 @@ TEST_CASE("a client without an unnamed statement never binds the one another cli
   StatementTracker other;
   server::ServerStatements server;
   feed(other, server, then(parse("", "select 6"), sync_only()));
-  answer(other, server, "1Z");
+  answer(other, server, "1tnZ");
   // Postgres says 26000 to a client that never parsed one: the other client's is closed first.
   CHECK(feed(mine, server, then(bind(""), execute_sync())) == "CB()ES");
   CHECK(answer(mine, server, "3EZ") == "EZ");
@@ -371,7 +372,7 @@ TEST_CASE("an unnamed Parse the server skipped after an error leaves the one bef
   StatementTracker tracker;
   server::ServerStatements server;
   feed(tracker, server, then(parse("", "select 1"), sync_only()));
-  answer(tracker, server, "1Z");
+  answer(tracker, server, "1tnZ");
   // Bind of a missing statement fails; the Parse after it is skipped by the server.
   CHECK(feed(tracker, server, then(then(bind("missing"), parse("", "select 2")), sync_only())) == "B(missing)P()S");
   CHECK(answer(tracker, server, "EZ") == "EZ");
@@ -393,12 +394,12 @@ TEST_CASE("DEALLOCATE ALL in a pipeline forgets only the statements parsed befor
   StatementTracker tracker;
   server::ServerStatements server;
   feed(tracker, server, then(parse("old", "select 0"), sync_only()));
-  answer(tracker, server, "1Z");
+  answer(tracker, server, "1tnZ");
   // One pipeline: DEALLOCATE ALL (unnamed), then a new named statement, bound and executed.
   Buffer pipeline = then(then(then(parse("", "DEALLOCATE ALL"), bind("")), execute_only()),
                          then(then(parse("fresh", "select 7"), bind("fresh")), execute_sync()));
   feed(tracker, server, pipeline);
-  CHECK(answer(tracker, server, "12X12CZ") == "12C12CZ");
+  CHECK(answer(tracker, server, "12X1tn2CZ") == "12C12CZ");
   CHECK(tracker.client_statement_count() == 1);
   CHECK(server.size() == 1);
   CHECK(server.contains(StatementTracker::server_name("select 7", protocol::Bytes(kNoTypes))));
@@ -411,7 +412,7 @@ TEST_CASE("DEALLOCATE of a client statement is answered with the server's ReadyF
   StatementTracker tracker;
   server::ServerStatements server;
   feed(tracker, server, then(parse("s9", "select 9"), execute_sync()));
-  answer(tracker, server, "1CZ");
+  answer(tracker, server, "1tnCZ");
   Buffer query;
   protocol::append_query(query, "DEALLOCATE s9;");
   CHECK(feed(tracker, server, query) == "S");
@@ -428,10 +429,10 @@ TEST_CASE("the per-connection LRU closes the least recently used statement", "[s
     const std::string sent = feed(tracker, server, then(parse("s" + std::to_string(i), query), execute_sync()));
     if (i < 2) {
       CHECK(sent.front() == 'P');
-      CHECK(answer(tracker, server, "1CZ") == "1CZ");
+      CHECK(answer(tracker, server, "1tnCZ") == "1CZ");
     } else {
       CHECK(sent.front() == 'C');  // eviction Close first, its CloseComplete swallowed
-      CHECK(answer(tracker, server, "31CZ") == "1CZ");
+      CHECK(answer(tracker, server, "31tnCZ") == "1CZ");
     }
   }
   CHECK(server.size() == 2);
@@ -442,7 +443,7 @@ TEST_CASE("DEALLOCATE ALL run on the server, however sent, clears both maps", "[
   StatementTracker tracker;
   server::ServerStatements server;
   feed(tracker, server, then(parse("s1", "select 1"), execute_sync()));
-  answer(tracker, server, "1CZ");
+  answer(tracker, server, "1tnCZ");
   REQUIRE(server.size() == 1);
   // Extended protocol through the unnamed statement: passed on, and its tag noticed.
   CHECK(feed(tracker, server, then(then(parse("", "deallocate all"), bind("")), execute_sync())) == "P()B()ES");
@@ -456,7 +457,7 @@ TEST_CASE("DEALLOCATE of a client statement through the extended protocol deallo
   StatementTracker tracker;
   server::ServerStatements server;
   feed(tracker, server, then(parse("_pg3_1", "select 1"), execute_sync()));
-  answer(tracker, server, "1CZ");
+  answer(tracker, server, "1tnCZ");
   CHECK(feed(tracker, server, then(then(parse("", "DEALLOCATE _pg3_1"), bind("")), execute_sync())) ==
         "P(pgsluice_deallocate_1)P()B()ES");
   CHECK(answer(tracker, server, "112CZ") == "12CZ");
@@ -491,11 +492,11 @@ TEST_CASE("a described statement parsed afresh elsewhere is described first; the
   const auto& name = client.name;
   // The Bind waits: the copy parsed here is described first, and that reply (with a Flush) comes now.
   CHECK(feed(client.tracker, second_server, then(bind("s1"), execute_sync())) == "P(" + name + ")DH|held");
-  CHECK(client.tracker.awaiting_shape());
+  CHECK(client.tracker.awaiting_server());
   CHECK(client.tracker.has_due_replies() == false);
   CHECK(answer(client.tracker, second_server, "1t") == "");
   CHECK(reply(client.tracker, second_server, row_description({"id", "a"})) == StatementTracker::Disposition::swallow);
-  CHECK_FALSE(client.tracker.awaiting_shape());
+  CHECK_FALSE(client.tracker.awaiting_server());
   // Offered again, the Bind goes; the copy's shape is known from now on, for every client.
   CHECK(feed(client.tracker, second_server, then(bind("s1"), execute_sync())) == "B(" + name + ")ES");
   CHECK(answer(client.tracker, second_server, "2DCZ") == "2DCZ");
@@ -540,7 +541,7 @@ TEST_CASE("a verification skipped by an error skips the Bind that waited for it,
   // The injected Parse fails (the table was dropped): the client learns why, the server skips the
   // Describe and everything else up to the Sync.
   CHECK(answer(client.tracker, second_server, "E") == "E");
-  CHECK_FALSE(client.tracker.awaiting_shape());
+  CHECK_FALSE(client.tracker.awaiting_server());
   CHECK_FALSE(second_server.contains(client.name));
   CHECK(feed(client.tracker, second_server, then(bind("s1"), execute_sync())) == "S");
   CHECK(answer(client.tracker, second_server, "Z") == "Z");
@@ -551,7 +552,7 @@ TEST_CASE("a statement the client never described binds without a verification",
   StatementTracker tracker;
   server::ServerStatements first_server;
   feed(tracker, first_server, then(parse("s1", "select * from t"), execute_sync()));
-  answer(tracker, first_server, "1DCZ");
+  answer(tracker, first_server, "1tnDCZ");
   server::ServerStatements second_server;
   const auto name = StatementTracker::server_name("select * from t", protocol::Bytes(kNoTypes));
   CHECK(feed(tracker, second_server, then(bind("s1"), execute_sync())) == "P(" + name + ")B(" + name + ")ES");
@@ -566,7 +567,7 @@ TEST_CASE("the columns a client learnt from a Describe of its portal are verifie
   protocol::append_describe(describe_portal, 'P', "");
   feed(tracker, first_server, then(then(then(parse("S_1", "select * from t"), bind("S_1")), describe_portal),
                                        execute_sync()));
-  answer(tracker, first_server, "12");
+  answer(tracker, first_server, "1tT2");  // pgsluice's own Describe of S_1 went before the Bind
   CHECK(reply(tracker, first_server, row_description({"id", "a"})) == StatementTracker::Disposition::relay);
   CHECK(answer(tracker, first_server, "DCZ") == "DCZ");
 
@@ -597,14 +598,16 @@ TEST_CASE("a pipeline that never drains keeps its replies in order", "[session][
   protocol::append_sync(sync);
   feed(tracker, server, then(parse("s1", "select 1"), sync));
   CHECK(answer(tracker, server, "1Z") == "1Z");
-  Buffer close;
-  protocol::append_close(close, 'S', "s1");
   std::string replies;
   for (int i = 0; i < 1000; ++i) {
     // Every tenth is a Close (answered by pgsluice once everything before it was) and a Parse of the
-    // same name, which closes the server's copy (swallowed) and parses it anew.
+    // same name, which closes the server's copy of the text (swallowed) and parses it anew. A name
+    // of its own each time: a name whose Close is still in doubt behind a Sync would wait.
     if (i % 10 == 9) {
-      feed(tracker, server, then(then(close, parse("s1", "select 1")), sync));
+      const auto name = "c" + std::to_string(i);
+      Buffer close;
+      protocol::append_close(close, 'S', name);
+      CHECK(feed(tracker, server, then(then(close, parse(name, "select 1")), sync)).find("held") == std::string::npos);
     } else {
       feed(tracker, server, then(bind("s1"), execute_sync()));
     }
@@ -626,7 +629,7 @@ TEST_CASE("a shared statement missing from the server (26000) is parsed again at
   server::ServerStatements server;
   const auto name = StatementTracker::server_name("select 1", protocol::Bytes(kNoTypes));
   feed(tracker, server, then(parse("s", "select 1"), sync_only()));
-  answer(tracker, server, "1Z");
+  answer(tracker, server, "1tnZ");
   CHECK(feed(tracker, server, then(bind("s"), execute_sync())) == "B(" + name + ")ES");
   Buffer missing;
   protocol::append_error_response(missing, protocol::Severity::error, "26000",
@@ -638,4 +641,77 @@ TEST_CASE("a shared statement missing from the server (26000) is parsed again at
   CHECK(answer(tracker, server, "Z") == "Z");
   CHECK_FALSE(server.contains(name));
   CHECK(feed(tracker, server, then(bind("s"), execute_sync())) == "P(" + name + ")B(" + name + ")ES");
+}
+
+TEST_CASE("a Close and a Sync read after a flushed error are skipped: the statement stays",
+          "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  const auto name = StatementTracker::server_name("select 1", protocol::Bytes(kNoTypes));
+  feed(tracker, server, then(parse("s1", "select 1"), execute_only()));
+  CHECK(answer(tracker, server, "1E") == "1E");
+  Buffer close;
+  protocol::append_close(close, 'S', "s1");
+  // Postgres skips the Close; the Parse of the live name after the Sync gets 42P05 from the server.
+  CHECK(feed(tracker, server, then(then(close, sync_only()), then(parse("s1", "select 2"), sync_only()))) ==
+        "SCP(pgsluice_duplicate)P(pgsluice_duplicate)S");
+}
+
+TEST_CASE("a Parse of a name whose Close is in doubt behind a Sync waits for the Sync's answer",
+          "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  feed(tracker, server, then(parse("s1", "select 1"), sync_only()));
+  answer(tracker, server, "1tnZ");
+  Buffer close;
+  protocol::append_close(close, 'S', "s1");
+  const auto old_name = StatementTracker::server_name("select 1", protocol::Bytes(kNoTypes));
+  CHECK(feed(tracker, server, then(execute_only(), then(close, sync_only()))) == "ES");
+  // Whether s1 is still there depends on the Execute: the Parse is held.
+  CHECK(feed(tracker, server, parse("s1", "select 2")) == "|held");
+  CHECK(tracker.awaiting_server());
+  CHECK(answer(tracker, server, "EZ") == "EZ");  // the Execute failed: Postgres skipped the Close
+  CHECK_FALSE(tracker.awaiting_server());
+  CHECK(feed(tracker, server, then(parse("s1", "select 2"), sync_only())) ==
+        "CP(pgsluice_duplicate)P(pgsluice_duplicate)S");  // 42P05 there
+}
+
+TEST_CASE("a skipped Close and Parse of one name leave the statement as it was", "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  const auto old_name = StatementTracker::server_name("select 1", protocol::Bytes(kNoTypes));
+  feed(tracker, server, then(parse("s1", "select 1"), sync_only()));
+  answer(tracker, server, "1tnZ");
+  Buffer close;
+  protocol::append_close(close, 'S', "s1");
+  feed(tracker, server, then(then(bind("s1"), close), then(parse("s1", "select 2"), sync_only())));
+  CHECK(answer(tracker, server, "EZ") == "EZ");  // the Bind failed: the Close and Parse were skipped
+  CHECK(feed(tracker, server, then(bind("s1"), execute_sync())) == "B(" + old_name + ")ES");
+}
+
+TEST_CASE("in a failed transaction a statement missing from the connection is described and checked as Postgres would",
+          "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements first_server;
+  const auto name = StatementTracker::server_name("update t set a = $1", protocol::Bytes(kNoTypes));
+  // After the client's Parse pgsluice describes the statement itself (the client did not).
+  CHECK(feed(tracker, first_server, then(parse("s1", "update t set a = $1"), sync_only())) == "P(" + name + ")DS");
+  CHECK(answer(tracker, first_server, "1") == "1");
+  Buffer parameters;
+  protocol::MessageBuilder(parameters).begin('t').int16(1).int32(23).end();
+  CHECK(reply(tracker, first_server, parameters) == StatementTracker::Disposition::swallow);
+  CHECK(answer(tracker, first_server, "nZ") == "Z");
+
+  // Another connection, in a transaction that failed there: the statement cannot be parsed now.
+  server::ServerStatements second_server;
+  Buffer failed;
+  protocol::append_ready_for_query(failed, 'E');
+  feed(tracker, second_server, sync_only());
+  CHECK(reply(tracker, second_server, failed) == StatementTracker::Disposition::relay);
+  CHECK(feed(tracker, second_server, then(describe_statement("s1"), sync_only())) == "S");
+  CHECK(answer(tracker, second_server, "Z") == "+t+nZ");
+  // A Bind with one parameter too few: Postgres's 08P01 (it checks before refusing the Bind), not 25P02.
+  CHECK(feed(tracker, second_server, then(bind("s1"), execute_sync())) == "S");
+  CHECK(answer(tracker, second_server, "Z") == "+EZ");
+  CHECK(tracker.idle());
 }

@@ -12,6 +12,7 @@ struct GucNameLess {
   bool operator()(const std::string& a, const std::string& b) const;
 };
 using ParameterMap = std::map<std::string, std::string, GucNameLess>;
+bool same_guc_name(std::string_view a, std::string_view b);
 
 // The reported parameters whose value a client sees restored on every connection it is given.
 bool is_tracked_parameter(std::string_view name);

@@ -169,7 +169,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool server_reader_running_ = false;  // the server side is relaying (from attach to release)
   bool stop_server_reader_ = false;
   net::Event server_reader_done_;
-  net::Event shape_known_;  // the server side saw the answer a held Bind waits for (or stopped)
+  net::Event answer_known_;  // the server side saw the answer a held message waits for (or stopped)
   int expected_ready_ = 0;          // ReadyForQuery messages the server still owes
   bool in_extended_batch_ = false;  // extended-protocol messages sent since the last Sync
   bool client_writing_ = false;     // the client side is writing to the server

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "pgsluice/protocol/frontend_messages.hpp"
 #include "pgsluice/protocol/message.hpp"
 #include "pgsluice/server/parameter_map.hpp"
 #include "pgsluice/server/server_statements.hpp"
@@ -46,8 +47,15 @@ class StatementTracker {
   // to columns of other types or names than the client was told of (a column count change is
   // caught by the Bind's result formats, below): rows of that shape would be read with the wrong
   // columns, so the client gets the 0A000 its own connection would have given it.
+  // Also false for a message naming a statement whose Parse or Close (pgsluice answers a Close
+  // itself) sent before a Sync is not answered yet: an error before it would make Postgres skip it,
+  // and what this message must do depends on whether it did. Nothing went into `to_server` for it:
+  // offer it again once awaiting_server() is false (the Sync's answer is on its way).
   bool client_message(const protocol::MessageView& message, server::ServerStatements& server, Outgoing& to_server);
-  bool awaiting_shape() const { return awaiting_shape_; }
+  bool awaiting_server() const {
+    return awaiting_shape_ || (!waiting_for_.empty() && name_in_doubt(waiting_for_)) ||
+           (waiting_for_answers_ && answers_pending());
+  }
   // One server message, in order: relay it to the client or swallow it (a reply to an injection).
   Disposition server_message(const protocol::MessageView& message, server::ServerStatements& server);
   const protocol::Buffer& rewritten_reply() const { return rewritten_; }
@@ -99,7 +107,8 @@ class StatementTracker {
   // Settings or pins noted and not read back yet (see follow_session_state): the connection must
   // not go to another client before send_probe_now's answer is in.
   bool has_unsettled_state() const {
-    return !dirty_settings_.empty() || reset_all_pending_ || pin_check_pending_ || !pending_literals_.empty();
+    return !dirty_settings_.empty() || reset_all_pending_ || pin_check_pending_ || !pending_literals_.empty() ||
+           !startup_resets_.empty();
   }
   void send_probe_now(server::ServerStatements& server, Outgoing& to_server) {
     copy_in_batch_ = false;
@@ -120,6 +129,9 @@ class StatementTracker {
     int columns = -1;
     std::uint64_t shape = 0;  // protocol::RowShape fingerprint of that Describe; 0: never described
     std::shared_ptr<const sql::SessionEffects> effects{};  // of its text, when it has any
+    std::uint64_t serial = 0;  // which client Parse made it (see abandon)
+    std::string parameters{};  // its ParameterDescription's payload, once a Describe showed it
+    std::int8_t returns_rows = -1;  // 1: RowDescription, 0: NoData, -1: not described yet
     // An SQL PREPARE's statement, re-created under server_name where it is missing (empty: a
     // protocol-level Parse made it). SQL and protocol names share one namespace, as in Postgres.
     std::string sql_prepare{};
@@ -147,15 +159,19 @@ class StatementTracker {
     bool verification = false;  // describe_statement: injected to learn a copy's shape
     bool unnamed = false;       // parse, close: of the unnamed statement
     bool drops_all = false;     // execute, simple: runs DEALLOCATE ALL or DISCARD ALL
+    bool holds_ready = false;   // sync, simple: its ReadyForQuery waits for the startup restore behind it
+    bool learning = false;      // describe_statement: injected after the client's Parse (see send_parse)
     std::uint32_t detail = kNoDetail;
   };
   struct Detail {
     protocol::Buffer reply;    // fake only
     std::string server_name;   // parse: forgotten on the server if it fails or is skipped
-    std::string client_name;   // parse: the client's name, dropped if the Parse fails or is skipped
-    std::string described;     // describe_*: the client statement's name, to learn its columns
-    // parse (unnamed, not the oldest pending one): the unnamed statement it replaced, restored if
-    // the server skips it (the oldest pending one keeps it in previous_unnamed_ instead).
+    std::string client_name;   // parse: the client's name, dropped if the Parse fails or is skipped ...
+    std::uint64_t serial = 0;  // ... and still names the statement this Parse made
+    std::string described;     // bind, describe_*: the client statement's name (its columns, errors' names)
+    // parse (unnamed, not the oldest pending one), close (of the unnamed statement): the unnamed
+    // statement it replaced, restored if the server skips it (the oldest pending Parse keeps it in
+    // previous_unnamed_ instead).
     std::optional<UnnamedState> replaced;
     // probe: the settings it reads back (after the pin count, when `probe_pins`).
     std::vector<std::string> probe_settings;
@@ -248,6 +264,9 @@ class StatementTracker {
   // name it answers the client's own Parse; without, it is an injection whose reply is swallowed.
   void send_parse(const Statement& statement, server::ServerStatements& server, Outgoing& to_server,
                   std::string client_name);
+  // Before the client's next message after its Parse: a Describe of the statement, unless that
+  // message is the client's own (unlearned_: the client name and server name).
+  void learn_statement(const protocol::MessageView& next, Outgoing& to_server);
   // Asks the server for the shape of copy `server_name` (Describe + Flush): see client_message.
   void verify_shape(const std::string& server_name, Outgoing& to_server);
   // Before a Bind or Describe of the unnamed statement: the server connection holds this client's,
@@ -266,6 +285,17 @@ class StatementTracker {
   // A statement marked stale on this connection is closed (reply swallowed) before it is parsed anew.
   // True when it closed one (the Parse that follows replaces that copy).
   bool close_if_stale(const std::string& name, server::ServerStatements& server, Outgoing& to_server);
+  // A client Parse or a Close of `name` is not answered yet, with a Sync behind it (see client_message).
+  bool name_in_doubt(std::string_view name) const;
+  // A Sync, Query or probe is unanswered: the transaction status is not known yet.
+  bool answers_pending() const;
+  // The last ReadyForQuery said the transaction failed and nothing has been sent since.
+  bool in_failed_transaction() const;
+  // A Bind of a statement missing from this connection, in a failed transaction: Postgres's 08P01
+  // queued when its parameter counts are wrong (true), else nothing done.
+  bool refuse_bind_in_failed_transaction(const protocol::BindView& bind, const Statement& statement);
+  // name_in_doubt: remembers the name for awaiting_server(), and says so.
+  bool must_wait_for(std::string_view name);
   // The server will never answer this one (error, skipped): undo what it would have done.
   void abandon(Expectation& expectation, server::ServerStatements& server);
   // Session state: what a statement's text does, noted when it is sent.
@@ -283,6 +313,8 @@ class StatementTracker {
   // The restore after RESET ALL is done: the held ParameterStatus that differ from what the client
   // was told go into rewritten_ (true when there are any).
   bool settle_status();
+  // A ReadyForQuery held until the restore after it is done (Expectation::holds_ready).
+  Disposition hold_ready(const protocol::MessageView& ready);
   // A simple query with SQL PREPARE / EXECUTE / DEALLOCATE names: sent with the names rewritten to
   // the client's own server-side statements (re-created here first where missing). False: none.
   bool rewrite_prepared_names(std::string_view text, const sql::SessionEffects& effects,
@@ -315,6 +347,12 @@ class StatementTracker {
   bool skip_until_sync_ = false;         // after a 42P05 pgsluice answered, like the server would
   std::uint64_t stand_ins_ = 0;          // throwaway statements for DEALLOCATE (see client_message)
   bool awaiting_shape_ = false;          // a verification Describe is unanswered
+  std::string waiting_for_;              // a statement name in doubt (must_wait_for)
+  bool waiting_for_answers_ = false;     // a message waits for the transaction status
+  std::pair<std::string, std::string> unlearned_;  // a statement just parsed (learn_statement)
+  char transaction_status_ = 'I';        // of the last ReadyForQuery
+  std::uint64_t statement_serials_ = 0;
+  std::vector<std::uint64_t> unwound_serials_;  // statements whose Parse the server skipped (see abandon)
   std::string verified_;                 // the copy the last verification asked about
   std::string bound_portal_;             // the portal of the last Bind of a client statement ...
   std::string bound_statement_;          // ... and that statement's client name (empty: other Binds)
@@ -325,6 +363,7 @@ class StatementTracker {
   std::vector<SettledSetting> pending_literals_;  // literal SETs of known value sent in this batch
   std::shared_ptr<sql::SessionEffects::LiteralSetting> learning_;  // the one dirty setting's literal SET
   bool reset_all_pending_ = false;           // RESET ALL / DISCARD ALL sent: startup values to restore
+  std::vector<std::string> startup_resets_;  // startup parameters RESET one by one: to restore
   bool pin_check_pending_ = false;           // something that pins or unpins was sent
   bool pinned_ = false;
   std::vector<SettledSetting> settled_;
@@ -333,6 +372,7 @@ class StatementTracker {
   int ignored_queries_ = 0;
   int restores_pending_ = 0;  // startup restores sent and not answered: ParameterStatus is held
   std::map<std::string, std::string> held_status_;  // name -> the last value held meanwhile
+  protocol::Buffer held_ready_;                      // the client's ReadyForQuery meanwhile
   std::map<std::string, std::string> told_status_;  // name -> the last value the client was told
   bool copy_in_batch_ = false;  // a COPY was sent since the last Sync or Query: no probe behind it
   std::uint64_t client_id_ = 0;     // names this client's SQL-prepared statements on the server

@@ -38,6 +38,7 @@ struct SessionEffects {
 
   bool valid = true;                  // false: not SQL Postgres parses (its own error will say why)
   std::vector<std::string> settings;  // GUCs a session-level SET / RESET names (not SET LOCAL)
+  std::vector<std::string> resets;    // those of them it RESETs (or SETs TO DEFAULT), in parser case
   bool reset_all = false;             // RESET ALL or DISCARD ALL: every setting back to its default
   bool pins = false;                  // LISTEN, a session advisory lock, a temporary relation, WITH HOLD
   bool may_unpin = false;             // UNLISTEN, an advisory unlock, DISCARD, DROP, CLOSE
@@ -56,6 +57,10 @@ bool may_have_session_effects(std::string_view text);
 // The text starts with COPY (after white space and comments): the server may then wait for
 // CopyData, and nothing else may be sent to it until the client ends the copy.
 bool starts_copy(std::string_view text);
+
+// The highest $n parameter `text` refers to (0: none). A Parse gets max(this, its type count)
+// parameters, as Postgres counts them.
+int highest_parameter(std::string_view text);
 
 // Parses `text` (one or several statements) and reports their effects together.
 SessionEffects analyze(std::string_view text);
