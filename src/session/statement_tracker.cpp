@@ -228,16 +228,53 @@ void StatementTracker::ensure_unnamed_on_server(server::ServerStatements& server
   server.set_unnamed_owner(server::ServerStatements::kNoUnnamed);
 }
 
-void StatementTracker::unwind_unnamed(const Expectation& failed, server::ServerStatements& server) {
-  if (failed.unnamed) {
-    // Postgres drops the unnamed statement before it parses the new one: after a failed Parse there
-    // is none on the server, and none for the client if the Parse was its own.
-    server.set_unnamed_owner(server::ServerStatements::kNoUnnamed);
-    if (failed.kind == Kind::parse && !failed.swallow) {
-      unnamed_.exists = false;
-      --pending_unnamed_parses_;
-    }
+std::optional<StatementTracker::UnnamedAfter> StatementTracker::unnamed_after_failure(const Expectation& failed) {
+  if (!failed.unnamed) return std::nullopt;
+  // Postgres drops the unnamed statement before it parses the new one: after a failed Parse there
+  // is none on the server, and none for the client if the Parse was its own.
+  UnnamedAfter after;
+  if (failed.kind == Kind::parse && !failed.swallow) {
+    --pending_unnamed_parses_;
+    after.client.emplace();
   }
+  after.client_kept = !after.client;
+  after.server_owner = server::ServerStatements::kNoUnnamed;
+  return after;
+}
+
+StatementTracker::UnnamedAfter StatementTracker::unnamed_after_skip(const Expectation& skipped) {
+  const auto& detail = queue_.detail(skipped);
+  UnnamedAfter after;
+  if (skipped.swallow || (skipped.kind != Kind::parse && !detail.replaced)) {
+    // An injected Parse or Close: the client's own is unchanged, the server's is not known.
+    after.client_kept = true;
+    after.server_owner = server::ServerStatements::kUnknownUnnamed;
+    return after;
+  }
+  after.client = detail.replaced ? *detail.replaced : previous_unnamed_;
+  after.server_owner = after.client->server_owner;
+  return after;
+}
+
+void StatementTracker::settle_unnamed(const UnnamedAfter& after, server::ServerStatements& server) {
+  // A client Parse or Close of the unnamed statement behind the Sync (pipelined) has replaced it
+  // since: what it replaced is corrected instead, for the case the server skips it too.
+  Expectation* later = nullptr;
+  queue_.for_each_mutable([&](Expectation& expectation) {
+    if (!later && expectation.unnamed && !expectation.swallow) later = &expectation;
+  });
+  if (later != nullptr) {
+    auto& replaced = queue_.detail(*later).replaced;
+    if (!after.client_kept) {
+      replaced = *after.client;
+    } else if (!replaced) {
+      replaced = previous_unnamed_;
+    }
+    replaced->server_owner = after.server_owner;
+    return;
+  }
+  if (!after.client_kept) unnamed_ = *after.client;
+  server.set_unnamed_owner(after.server_owner);
 }
 
 bool StatementTracker::client_message(const protocol::MessageView& message, server::ServerStatements& server,
@@ -365,6 +402,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       auto it = statements_.find(std::string(bind->statement));
       if (it == statements_.end()) break;  // the server answers 26000 with the client's name
       const Statement& statement = it->second;
+      if (must_wait_to_inject(statement, server)) return false;
       if (!server.contains(statement.server_name) && in_failed_transaction() &&
           refuse_bind_in_failed_transaction(*bind, statement)) {
         return true;
@@ -444,16 +482,18 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         expect(Kind::describe_statement);
         return true;
       }
+      if (must_wait_to_inject(it->second, server)) return false;
       if (!server.contains(it->second.server_name) && in_failed_transaction() && !it->second.parameters.empty() &&
           it->second.returns_rows >= 0) {
-        // Postgres describes the parameters in a failed transaction, and refuses to describe rows.
+        // Postgres describes a statement that returns no rows in a failed transaction, and refuses
+        // the others (before their parameters).
         Buffer reply;
-        protocol::MessageBuilder(reply).begin('t').bytes(it->second.parameters).end();
         if (it->second.returns_rows != 0) {
           protocol::append_error_response(reply, protocol::Severity::error, "25P02",
                                           "current transaction is aborted, commands ignored until end of transaction block");
           skip_until_sync_ = true;
         } else {
+          protocol::MessageBuilder(reply).begin('t').bytes(it->second.parameters).end();
           protocol::MessageBuilder(reply).begin('n').end();
         }
         expect_fake(std::move(reply));
@@ -981,21 +1021,6 @@ void StatementTracker::take_due_replies(Outgoing& to_client) {
   }
 }
 
-void StatementTracker::restore_unnamed(const Expectation& skipped, server::ServerStatements& server) {
-  const auto& detail = queue_.detail(skipped);
-  if (skipped.swallow || (skipped.kind != Kind::parse && !detail.replaced)) {
-    // An injected Parse or Close: the client's own is unchanged, the server's is not known.
-    server.set_unnamed_owner(server::ServerStatements::kUnknownUnnamed);
-    return;
-  }
-  if (detail.replaced) {
-    unnamed_ = *detail.replaced;
-  } else {
-    std::swap(unnamed_, previous_unnamed_);
-  }
-  server.set_unnamed_owner(unnamed_.server_owner);
-}
-
 bool StatementTracker::drop_all_pending() const {
   bool pending = false;
   queue_.for_each([&](const Expectation& expectation) { pending = pending || expectation.drops_all; });
@@ -1018,6 +1043,14 @@ void StatementTracker::forget_named_statements(server::ServerStatements& server)
   server.clear();
   for (const auto& name : kept_on_server) server.add(name);
   statements_ = std::move(kept);
+}
+
+bool StatementTracker::must_wait_to_inject(const Statement& statement, const server::ServerStatements& server) {
+  // A statement missing here is parsed first, which a failed transaction refuses: whether it has
+  // failed is known once the batches before are answered (rare: the client moved in mid-pipeline).
+  if (server.contains(statement.server_name) || !answers_pending()) return false;
+  waiting_for_answers_ = true;
+  return true;
 }
 
 bool StatementTracker::in_failed_transaction() const {
@@ -1237,22 +1270,21 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     }
     // The server skips to the next Sync: so does the bookkeeping (replies made here included).
     const bool was_awaiting_shape = awaiting_shape_;
-    bool unnamed_settled = front.unnamed;
     unwound_serials_.clear();
-    unwind_unnamed(front, server);
+    auto unnamed_after = unnamed_after_failure(front);
     abandon(front, server);
     queue_.pop_front();
     while (!queue_.empty() && queue_.front().kind != Kind::sync && queue_.front().kind != Kind::simple) {
       auto& skipped = queue_.front();
-      if (skipped.unnamed && !unnamed_settled) {
+      if (skipped.unnamed && !unnamed_after) {
         // The first skipped unnamed Parse or Close: the server holds what it held before it.
-        unnamed_settled = true;
-        restore_unnamed(skipped, server);
+        unnamed_after = unnamed_after_skip(skipped);
       }
       if (skipped.unnamed && skipped.kind == Kind::parse && !skipped.swallow) --pending_unnamed_parses_;
       abandon(skipped, server);
       queue_.pop_front();
     }
+    if (unnamed_after) settle_unnamed(*unnamed_after, server);
     if (!queue_.empty() && queue_.front().kind == Kind::sync && queue_.front().detail != kNoDetail) {
       queue_.detail(queue_.front()).batch_failed = true;
     }

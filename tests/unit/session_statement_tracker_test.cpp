@@ -709,9 +709,31 @@ TEST_CASE("in a failed transaction a statement missing from the connection is de
   feed(tracker, second_server, sync_only());
   CHECK(reply(tracker, second_server, failed) == StatementTracker::Disposition::relay);
   CHECK(feed(tracker, second_server, then(describe_statement("s1"), sync_only())) == "S");
-  CHECK(answer(tracker, second_server, "Z") == "+t+nZ");
+  CHECK(answer(tracker, second_server, "Z") == "+t+nZ");  // no rows: described (with rows: 25P02)
   // A Bind with one parameter too few: Postgres's 08P01 (it checks before refusing the Bind), not 25P02.
   CHECK(feed(tracker, second_server, then(bind("s1"), execute_sync())) == "S");
   CHECK(answer(tracker, second_server, "Z") == "+EZ");
   CHECK(tracker.idle());
+}
+
+TEST_CASE("an unnamed Parse skipped before a Sync does not undo the client's unnamed Parse after it",
+          "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements server;
+  feed(tracker, server, then(parse("", "select 1"), sync_only()));
+  answer(tracker, server, "1Z");
+  // One pipeline: an error, a skipped unnamed Parse, Sync; a new unnamed Parse, Sync.
+  feed(tracker, server, then(then(execute_only(), parse("", "select 2")), sync_only()));
+  feed(tracker, server, then(parse("", "select 3"), sync_only()));
+  CHECK(answer(tracker, server, "EZ1Z") == "EZ1Z");
+  // The client's unnamed statement is "select 3", and this connection holds it: bound as it is.
+  CHECK(feed(tracker, server, then(bind(""), execute_sync())) == "B()ES");
+  // On another connection it is parsed again, from its own text.
+  server::ServerStatements other;
+  Outgoing out;
+  const Buffer bound = bind("");
+  REQUIRE(tracker.client_message(protocol::next_frame(protocol::Bytes(bound), 1 << 20).message, other, out));
+  auto sent = protocol::next_frame(out.pieces().front(), 1 << 20);
+  REQUIRE(sent.message.type == 'P');
+  CHECK(protocol::parse_parse(sent.message.payload)->query == "select 3");
 }

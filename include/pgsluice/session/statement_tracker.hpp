@@ -237,6 +237,10 @@ class StatementTracker {
     void for_each(Visit visit) const {
       for (std::size_t i = head_; i < items_.size(); ++i) visit(items_[i]);
     }
+    template <typename Visit>
+    void for_each_mutable(Visit visit) {
+      for (std::size_t i = head_; i < items_.size(); ++i) visit(items_[i]);
+    }
 
    private:
     void compact() {
@@ -273,11 +277,20 @@ class StatementTracker {
   // parsed again if another's (or none) is there; or, when the client has none, holds none either
   // (Closed), so that the client gets Postgres's 26000 and never another client's statement.
   void ensure_unnamed_on_server(server::ServerStatements& server, Outgoing& to_server);
-  // The server skipped or refused unnamed Parses from `failed` on: the unnamed statement is what it
-  // was at that point (none, if the failed message was itself an unnamed Parse).
-  void unwind_unnamed(const Expectation& failed, server::ServerStatements& server);
-  // The first unnamed Parse (or injected Close) the server skipped: back to what it replaced.
-  void restore_unnamed(const Expectation& skipped, server::ServerStatements& server);
+  // The unnamed statement once an error undid a segment of the pipeline: the client's (unless
+  // client_kept: unchanged) and whose the server holds.
+  struct UnnamedAfter {
+    std::optional<UnnamedState> client;
+    bool client_kept = false;
+    std::uint64_t server_owner = server::ServerStatements::kUnknownUnnamed;
+  };
+  // The failed message was an unnamed Parse or Close: none is left (Postgres drops it first).
+  std::optional<UnnamedAfter> unnamed_after_failure(const Expectation& failed);
+  // The first unnamed Parse or Close the server skipped: what it replaced.
+  UnnamedAfter unnamed_after_skip(const Expectation& skipped);
+  // Applies it, or, when a later client Parse or Close of the unnamed statement is pending behind
+  // the Sync, makes it what that one replaced.
+  void settle_unnamed(const UnnamedAfter& after, server::ServerStatements& server);
   // DEALLOCATE ALL or DISCARD ALL ran on the server (see server_message).
   void forget_named_statements(server::ServerStatements& server);
   // A DEALLOCATE ALL or DISCARD ALL sent is not answered yet: a name it drops may be parsed again.
@@ -289,6 +302,8 @@ class StatementTracker {
   bool name_in_doubt(std::string_view name) const;
   // A Sync, Query or probe is unanswered: the transaction status is not known yet.
   bool answers_pending() const;
+  // `statement` is missing from this connection while a Sync or Query is unanswered (true: wait).
+  bool must_wait_to_inject(const Statement& statement, const server::ServerStatements& server);
   // The last ReadyForQuery said the transaction failed and nothing has been sent since.
   bool in_failed_transaction() const;
   // A Bind of a statement missing from this connection, in a failed transaction: Postgres's 08P01
