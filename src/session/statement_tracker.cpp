@@ -4,6 +4,8 @@
 #include <atomic>
 #include <cctype>
 #include <fmt/format.h>
+#include <mutex>
+#include <unordered_map>
 #include <utility>
 
 #include "pgsluice/protocol/backend_messages.hpp"
@@ -84,6 +86,43 @@ std::optional<std::string> deallocate_target(std::string_view text) {
   if (!name || name->empty() || !only_terminator_left(text)) return std::nullopt;
   return name;
 }
+
+// What Describes of shared server statements showed, for every session: a statement missing from
+// a connection in a failed transaction is described (and its Bind checked) from it, where pgsluice
+// can no longer parse it there. Keyed by server name (text and types); bounded, dropped when full.
+class Descriptions {
+ public:
+  struct Described {
+    std::string parameters;  // ParameterDescription's payload (empty: not seen)
+    std::int8_t returns_rows = -1;
+  };
+  static Descriptions& instance() {
+    static Descriptions descriptions;
+    return descriptions;
+  }
+  void set_parameters(const std::string& server_name, std::string_view payload) {
+    std::lock_guard lock(mutex_);
+    make_room();
+    map_[server_name].parameters.assign(payload);
+  }
+  void set_returns_rows(const std::string& server_name, bool rows) {
+    std::lock_guard lock(mutex_);
+    make_room();
+    map_[server_name].returns_rows = rows ? 1 : 0;
+  }
+  Described find(const std::string& server_name) {
+    std::lock_guard lock(mutex_);
+    auto it = map_.find(server_name);
+    return it == map_.end() ? Described{} : it->second;
+  }
+
+ private:
+  void make_room() {
+    if (map_.size() >= 8192) map_.clear();
+  }
+  std::mutex mutex_;
+  std::unordered_map<std::string, Described> map_;
+};
 
 // Tokens of client Parses of the unnamed statement, unique in the process (ServerStatements keeps
 // the one whose statement a connection holds; 0 and 1 mean unknown and none).
@@ -311,7 +350,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         } else if (auto effects = effects_of(parse->query); effects && !effects->prepared.empty()) {
           // SQL PREPARE / EXECUTE / DEALLOCATE through the extended protocol (psycopg 3 sends every
           // statement so): the names rewritten as for a simple Query.
-          if (const auto adding = bytes_to_prepare(*effects); adding > 0 && refuse_over_limit(adding)) return true;
+          if (const auto adding = bytes_to_prepare(*effects); adding > 0 && refuse_over_limit(adding, to_server)) return true;
           std::vector<std::pair<std::string, std::string>> renames;
           std::vector<std::string> prepared_here;
           if (auto rewritten = rewrite_prepared_text(parse->query, *effects, server, to_server, /*in_batch=*/true,
@@ -348,7 +387,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       if (must_wait_for(parse->statement)) return false;
       std::string client_name(parse->statement);
       const bool live = statements_.contains(client_name);
-      if (!live && refuse_over_limit(parse->query.size() + parse->parameter_types.size())) return true;
+      if (!live && refuse_over_limit(parse->query.size() + parse->parameter_types.size(), to_server)) return true;
       if (live && !drop_all_pending()) {
         // Postgres says 42P05, and inside a transaction block that error aborts it: the server must
         // see it. The client's text is parsed under a name pgsluice made sure exists, so the server
@@ -404,7 +443,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       const Statement& statement = it->second;
       if (must_wait_to_inject(statement, server)) return false;
       if (!server.contains(statement.server_name) && in_failed_transaction() &&
-          refuse_bind_in_failed_transaction(*bind, statement)) {
+          refuse_bind_in_failed_transaction(*bind, statement, to_server)) {
         return true;
       }
       if (statement.effects) {
@@ -428,8 +467,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         // The tables as they are now give other columns than the client was told of.
         Buffer error;
         append_stale_plan_error(error);
-        expect_fake(std::move(error));
-        skip_until_sync_ = true;
+        fail_here(std::move(error), to_server);
         return true;
       }
       // 0 or 1 result formats apply to every column, whatever their number: spelled out per column,
@@ -483,20 +521,21 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         return true;
       }
       if (must_wait_to_inject(it->second, server)) return false;
-      if (!server.contains(it->second.server_name) && in_failed_transaction() && !it->second.parameters.empty() &&
-          it->second.returns_rows >= 0) {
+      if (const auto described = Descriptions::instance().find(it->second.server_name);
+          !server.contains(it->second.server_name) && in_failed_transaction() && !described.parameters.empty() &&
+          described.returns_rows >= 0) {
         // Postgres describes a statement that returns no rows in a failed transaction, and refuses
         // the others (before their parameters).
         Buffer reply;
-        if (it->second.returns_rows != 0) {
+        if (described.returns_rows != 0) {
           protocol::append_error_response(reply, protocol::Severity::error, "25P02",
                                           "current transaction is aborted, commands ignored until end of transaction block");
-          skip_until_sync_ = true;
+          fail_here(std::move(reply), to_server);
         } else {
-          protocol::MessageBuilder(reply).begin('t').bytes(it->second.parameters).end();
+          protocol::MessageBuilder(reply).begin('t').bytes(described.parameters).end();
           protocol::MessageBuilder(reply).begin('n').end();
+          expect_fake(std::move(reply));
         }
-        expect_fake(std::move(reply));
         return true;
       }
       ensure_on_server(it->second, server, to_server);
@@ -794,7 +833,16 @@ void StatementTracker::settle_probe(Detail& probe, char status) {
   }
 }
 
-bool StatementTracker::refuse_over_limit(std::size_t bytes) {
+void StatementTracker::fail_here(Buffer error, Outgoing& to_server) {
+  // Postgres sends an error at once, with every reply before it: those the server owes are flushed.
+  bool owed = false;
+  queue_.for_each([&](const Expectation& expectation) { owed = owed || !expectation.fake; });
+  expect_fake(std::move(error));
+  skip_until_sync_ = true;
+  if (owed) protocol::append_flush(to_server.build());
+}
+
+bool StatementTracker::refuse_over_limit(std::size_t bytes, Outgoing& to_server) {
   std::size_t held = bytes;
   for (const auto& [name, statement] : statements_) {
     held += statement.query.size() + statement.parameter_types.size() + statement.sql_prepare.size();
@@ -807,8 +855,7 @@ bool StatementTracker::refuse_over_limit(std::size_t bytes) {
                   "(max_prepared_statements_per_client {}, max_prepared_statement_bytes_per_client {}); "
                   "deallocate some before preparing more",
                   statements_.size(), held - bytes, max_statements_, max_statement_bytes_));
-  expect_fake(std::move(error));
-  skip_until_sync_ = true;
+  fail_here(std::move(error), to_server);
   return true;
 }
 
@@ -976,7 +1023,7 @@ std::size_t StatementTracker::bytes_to_prepare(const sql::SessionEffects& effect
 bool StatementTracker::rewrite_prepared_names(std::string_view text, const sql::SessionEffects& effects,
                                               server::ServerStatements& server, Outgoing& to_server) {
   if (effects.prepared.empty()) return false;
-  if (const auto adding = bytes_to_prepare(effects); adding > 0 && refuse_over_limit(adding)) {
+  if (const auto adding = bytes_to_prepare(effects); adding > 0 && refuse_over_limit(adding, to_server)) {
     // Answered here: the error, then the server's ReadyForQuery for the true transaction status.
     skip_until_sync_ = false;
     protocol::append_sync(to_server.build());
@@ -1054,10 +1101,14 @@ bool StatementTracker::must_wait_to_inject(const Statement& statement, const ser
 }
 
 bool StatementTracker::in_failed_transaction() const {
-  // Probes behind the last Sync leave the status as it was.
-  bool only_probes = true;
-  queue_.for_each([&](const Expectation& expectation) { only_probes = only_probes && expectation.kind == Kind::probe; });
-  return transaction_status_ == 'E' && only_probes;
+  // Only something run (a Query, an Execute: ROLLBACK) ends a failed transaction; probes behind the
+  // last Sync leave it as it was.
+  bool runs = false;
+  queue_.for_each([&](const Expectation& expectation) {
+    runs = runs || expectation.kind == Kind::sync || expectation.kind == Kind::simple ||
+           expectation.kind == Kind::execute;
+  });
+  return transaction_status_ == 'E' && !runs;
 }
 
 bool StatementTracker::answers_pending() const {
@@ -1069,7 +1120,8 @@ bool StatementTracker::answers_pending() const {
   return pending;
 }
 
-bool StatementTracker::refuse_bind_in_failed_transaction(const protocol::BindView& bind, const Statement& statement) {
+bool StatementTracker::refuse_bind_in_failed_transaction(const protocol::BindView& bind, const Statement& statement,
+                                                         Outgoing& to_server) {
   // Postgres checks a Bind's parameter counts before it refuses it in a failed transaction (25P02).
   // Refused by a Parse pgsluice injects, the client would hear 25P02 for what Postgres calls 08P01.
   protocol::PayloadReader reader(bind.rest);
@@ -1082,8 +1134,9 @@ bool StatementTracker::refuse_bind_in_failed_transaction(const protocol::BindVie
                ? (static_cast<unsigned char>(counted[0]) << 8) | static_cast<unsigned char>(counted[1])
                : 0;
   };
-  const int wanted = !statement.parameters.empty()
-                         ? count_of(statement.parameters)
+  const auto described = Descriptions::instance().find(statement.server_name);
+  const int wanted = !described.parameters.empty()
+                         ? count_of(described.parameters)
                          : std::max<int>(sql::highest_parameter(statement.query), count_of(statement.parameter_types));
   std::string message;
   if (formats > 1 && formats != values) {
@@ -1096,8 +1149,7 @@ bool StatementTracker::refuse_bind_in_failed_transaction(const protocol::BindVie
   }
   Buffer error;
   protocol::append_error_response(error, protocol::Severity::error, "08P01", message);
-  expect_fake(std::move(error));
-  skip_until_sync_ = true;
+  fail_here(std::move(error), to_server);
   return true;
 }
 
@@ -1342,22 +1394,18 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     auto shape = type == 'n' ? protocol::Result<protocol::RowShape>(protocol::no_data_shape())
                              : protocol::parse_row_shape(message.payload);
     if (shape) server.set_shape(detail.server_name, shape->fingerprint);
+    if (front.kind == Kind::describe_statement) Descriptions::instance().set_returns_rows(detail.server_name, type == 'T');
     auto it = detail.described.empty() ? statements_.end() : statements_.find(detail.described);
-    if (it != statements_.end() && it->second.server_name == detail.server_name) {
-      it->second.returns_rows = type == 'T' ? 1 : 0;
-      if (!front.learning) {  // what the client was told
-        protocol::PayloadReader reader(message.payload);
-        it->second.columns = type == 'n' ? 0 : reader.int16();
-        it->second.shape = shape ? shape->fingerprint : 0;
-      }
+    if (it != statements_.end() && it->second.server_name == detail.server_name && !front.learning) {
+      // What the client was told.
+      protocol::PayloadReader reader(message.payload);
+      it->second.columns = type == 'n' ? 0 : reader.int16();
+      it->second.shape = shape ? shape->fingerprint : 0;
     }
     if (front.verification) awaiting_shape_ = false;
   }
-  if (type == 't' && front.kind == Kind::describe_statement && !detail.described.empty()) {
-    auto it = statements_.find(detail.described);
-    if (it != statements_.end() && it->second.server_name == detail.server_name) {
-      it->second.parameters.assign(protocol::as_string_view(message.payload));
-    }
+  if (type == 't' && front.kind == Kind::describe_statement && !detail.server_name.empty()) {
+    Descriptions::instance().set_parameters(detail.server_name, protocol::as_string_view(message.payload));
   }
   bool done = false;
   switch (front.kind) {

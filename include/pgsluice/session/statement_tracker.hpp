@@ -130,8 +130,6 @@ class StatementTracker {
     std::uint64_t shape = 0;  // protocol::RowShape fingerprint of that Describe; 0: never described
     std::shared_ptr<const sql::SessionEffects> effects{};  // of its text, when it has any
     std::uint64_t serial = 0;  // which client Parse made it (see abandon)
-    std::string parameters{};  // its ParameterDescription's payload, once a Describe showed it
-    std::int8_t returns_rows = -1;  // 1: RowDescription, 0: NoData, -1: not described yet
     // An SQL PREPARE's statement, re-created under server_name where it is missing (empty: a
     // protocol-level Parse made it). SQL and protocol names share one namespace, as in Postgres.
     std::string sql_prepare{};
@@ -304,11 +302,12 @@ class StatementTracker {
   bool answers_pending() const;
   // `statement` is missing from this connection while a Sync or Query is unanswered (true: wait).
   bool must_wait_to_inject(const Statement& statement, const server::ServerStatements& server);
-  // The last ReadyForQuery said the transaction failed and nothing has been sent since.
+  // The last ReadyForQuery said the transaction failed and nothing that could end it was sent since.
   bool in_failed_transaction() const;
   // A Bind of a statement missing from this connection, in a failed transaction: Postgres's 08P01
   // queued when its parameter counts are wrong (true), else nothing done.
-  bool refuse_bind_in_failed_transaction(const protocol::BindView& bind, const Statement& statement);
+  bool refuse_bind_in_failed_transaction(const protocol::BindView& bind, const Statement& statement,
+                                         Outgoing& to_server);
   // name_in_doubt: remembers the name for awaiting_server(), and says so.
   bool must_wait_for(std::string_view name);
   // The server will never answer this one (error, skipped): undo what it would have done.
@@ -336,7 +335,9 @@ class StatementTracker {
                               server::ServerStatements& server, Outgoing& to_server);
   // Whether one more statement of `bytes` fits this client's limits; if not, the 53400 it gets
   // is queued and the rest of the batch skipped (true: it does not fit).
-  bool refuse_over_limit(std::size_t bytes);
+  bool refuse_over_limit(std::size_t bytes, Outgoing& to_server);
+  // An error pgsluice answers in the server's place: queued, the rest of the batch skipped.
+  void fail_here(protocol::Buffer error, Outgoing& to_server);
   // The text with its SQL PREPARE / EXECUTE / DEALLOCATE names rewritten (nullopt: none to
   // rewrite), what those need injected before it (`in_batch`: inside the client's unsynced batch).
   std::optional<std::string> rewrite_prepared_text(std::string_view text, const sql::SessionEffects& effects,
