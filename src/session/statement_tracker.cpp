@@ -336,6 +336,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       if (sql::starts_copy(parse->query)) copy_in_batch_ = true;
       if (parse->statement.empty()) {
         std::string deallocate_stand_in;
+        std::vector<std::pair<std::string, std::string>> renames;
         if (in_failed_transaction()) {
           to_server.append(message.frame);  // refused by the server (25P02) whatever it says
         } else if (auto target = deallocate_target(parse->query); target && !target->empty() && statements_.erase(*target)) {
@@ -351,7 +352,6 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
           // SQL PREPARE / EXECUTE / DEALLOCATE through the extended protocol (psycopg 3 sends every
           // statement so): the names rewritten as for a simple Query.
           if (const auto adding = bytes_to_prepare(*effects); adding > 0 && refuse_over_limit(adding, to_server)) return true;
-          std::vector<std::pair<std::string, std::string>> renames;
           std::vector<std::string> prepared_here;
           if (auto rewritten = rewrite_prepared_text(parse->query, *effects, server, to_server, /*in_batch=*/true,
                                                      renames, prepared_here)) {
@@ -379,6 +379,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         unnamed_.query.assign(deallocate_stand_in.empty() ? parse->query : deallocate_stand_in);
         unnamed_.parameter_types.assign(protocol::as_string_view(parse->parameter_types));
         unnamed_.effects = effects_of(unnamed_.query);
+        unnamed_.renames = std::move(renames);
         unnamed_.exists = true;
         unnamed_.token = next_unnamed_token();
         server.set_unnamed_owner(unnamed_.token);
@@ -427,6 +428,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       auto bind = protocol::parse_bind(message.payload);
       if (!bind) break;
       if (dropping_portal_ && bind->portal == dropping_portal_name_) dropping_portal_ = false;  // replaced
+      if (!portal_renames_.empty() && bind->portal == renamed_portal_) portal_renames_.clear();
       if (!bind->statement.empty() && must_wait_for(bind->statement)) return false;
       if (bind->statement.empty()) {
         ensure_unnamed_on_server(server, to_server);
@@ -436,6 +438,10 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         }
         dropping_portal_ = unnamed_.exists && drops_all_statements(unnamed_.query);
         if (dropping_portal_) dropping_portal_name_.assign(bind->portal);
+        if (unnamed_.exists && !unnamed_.renames.empty()) {
+          portal_renames_ = unnamed_.renames;
+          renamed_portal_.assign(bind->portal);
+        }
         break;
       }
       auto it = statements_.find(std::string(bind->statement));
@@ -573,9 +579,11 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
     case 'E': {
       to_server.append(message.frame);
       expect(Kind::execute);
-      if (dropping_portal_) {
+      if (dropping_portal_ || !portal_renames_.empty()) {
         auto execute = protocol::parse_execute(message.payload);
-        queue_.back().drops_all = execute && execute->portal == dropping_portal_name_;
+        queue_.back().drops_all = dropping_portal_ && execute && execute->portal == dropping_portal_name_;
+        // Errors of an SQL PREPARE / EXECUTE run through the extended protocol name the client's statements.
+        if (execute && execute->portal == renamed_portal_) queue_.detail(queue_.back()).renames = portal_renames_;
       }
       return true;
     }
@@ -1095,7 +1103,9 @@ void StatementTracker::forget_named_statements(server::ServerStatements& server)
 bool StatementTracker::must_wait_to_inject(const Statement& statement, const server::ServerStatements& server) {
   // A statement missing here is parsed first, which a failed transaction refuses: whether it has
   // failed is known once the batches before are answered (rare: the client moved in mid-pipeline).
-  if (server.contains(statement.server_name) || !answers_pending()) return false;
+  // So is a copy whose Parse is unanswered behind a Sync: an error before it makes Postgres skip it.
+  if (server.contains(statement.server_name) && !copy_in_doubt(statement.server_name)) return false;
+  if (!answers_pending()) return false;
   waiting_for_answers_ = true;
   return true;
 }
@@ -1151,6 +1161,19 @@ bool StatementTracker::refuse_bind_in_failed_transaction(const protocol::BindVie
   protocol::append_error_response(error, protocol::Severity::error, "08P01", message);
   fail_here(std::move(error), to_server);
   return true;
+}
+
+bool StatementTracker::copy_in_doubt(const std::string& server_name) const {
+  bool found = false;
+  bool in_doubt = false;
+  queue_.for_each([&](const Expectation& expectation) {
+    if (found && (expectation.kind == Kind::sync || expectation.kind == Kind::simple)) in_doubt = true;
+    if (expectation.kind == Kind::parse && expectation.detail != kNoDetail &&
+        queue_.detail(expectation).server_name == server_name) {
+      found = true;
+    }
+  });
+  return in_doubt;
 }
 
 bool StatementTracker::name_in_doubt(std::string_view name) const {

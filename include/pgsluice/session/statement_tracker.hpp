@@ -142,6 +142,7 @@ class StatementTracker {
     std::string query;
     std::string parameter_types;
     std::shared_ptr<const sql::SessionEffects> effects;
+    std::vector<std::pair<std::string, std::string>> renames;  // SQL PREPARE / EXECUTE names rewritten in it
   };
   // probe: a group pgsluice sends behind a Sync or Query, every reply up to its ReadyForQuery
   // swallowed (see follow_session_state).
@@ -308,6 +309,8 @@ class StatementTracker {
   // queued when its parameter counts are wrong (true), else nothing done.
   bool refuse_bind_in_failed_transaction(const protocol::BindView& bind, const Statement& statement,
                                          Outgoing& to_server);
+  // A Parse of the server statement is unanswered with a Sync behind it.
+  bool copy_in_doubt(const std::string& server_name) const;
   // name_in_doubt: remembers the name for awaiting_server(), and says so.
   bool must_wait_for(std::string_view name);
   // The server will never answer this one (error, skipped): undo what it would have done.
@@ -396,6 +399,8 @@ class StatementTracker {
   protocol::Buffer rewritten_;
   bool dropping_portal_ = false;      // the last Bind of the unnamed statement runs DEALLOCATE ALL ...
   std::string dropping_portal_name_;  // ... into this portal
+  std::vector<std::pair<std::string, std::string>> portal_renames_;  // the unnamed statement's renames ...
+  std::string renamed_portal_;                                        // ... for the portal bound to it
   Queue queue_;
 };
 
