@@ -601,22 +601,23 @@ TEST_CASE("a pipeline that never drains keeps its replies in order", "[session][
   std::string replies;
   for (int i = 0; i < 1000; ++i) {
     // Every tenth is a Close (answered by pgsluice once everything before it was) and a Parse of the
-    // same name, which closes the server's copy of the text (swallowed) and parses it anew. A name
-    // of its own each time: a name whose Close is still in doubt behind a Sync would wait.
+    // same name (and pgsluice's Describe of it, swallowed). A name and a text of its own each time:
+    // a name whose Close, or a copy whose Parse, is still in doubt behind a Sync would wait.
     if (i % 10 == 9) {
       const auto name = "c" + std::to_string(i);
       Buffer close;
       protocol::append_close(close, 'S', name);
-      CHECK(feed(tracker, server, then(then(close, parse(name, "select 1")), sync)).find("held") == std::string::npos);
+      CHECK(feed(tracker, server, then(then(close, parse(name, "select " + std::to_string(i + 2))), sync)).find("held") ==
+            std::string::npos);
     } else {
       feed(tracker, server, then(bind("s1"), execute_sync()));
     }
     if (i >= 100) {
       const bool closing = (i - 100) % 10 == 9;
-      replies += answer(tracker, server, closing ? "31Z" : "2CZ");
+      replies += answer(tracker, server, closing ? "1tnZ" : "2CZ");
     }
   }
-  for (int i = 900; i < 1000; ++i) replies += answer(tracker, server, i % 10 == 9 ? "31Z" : "2CZ");
+  for (int i = 900; i < 1000; ++i) replies += answer(tracker, server, i % 10 == 9 ? "1tnZ" : "2CZ");
   std::string expected;
   for (int i = 0; i < 1000; ++i) expected += i % 10 == 9 ? "+31Z" : "2CZ";
   CHECK(replies == expected);
