@@ -431,6 +431,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       if (!portal_renames_.empty() && bind->portal == renamed_portal_) portal_renames_.clear();
       if (!bind->statement.empty() && must_wait_for(bind->statement)) return false;
       if (bind->statement.empty()) {
+        if (must_wait_for_unnamed()) return false;
         ensure_unnamed_on_server(server, to_server);
         if (unnamed_.exists && unnamed_.effects) {
           note_effects(*unnamed_.effects);
@@ -514,6 +515,7 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
         return true;
       }
       if (describe->name.empty()) {
+        if (must_wait_for_unnamed()) return false;
         ensure_unnamed_on_server(server, to_server);
         to_server.append(message.frame);
         expect(Kind::describe_statement);
@@ -1163,6 +1165,19 @@ bool StatementTracker::refuse_bind_in_failed_transaction(const protocol::BindVie
   return true;
 }
 
+bool StatementTracker::must_wait_for_unnamed() {
+  // Which unnamed statement the server holds is in doubt while a Parse or Close of it is unanswered
+  // behind a Sync (an error before it makes Postgres skip it).
+  bool found = false;
+  bool in_doubt = false;
+  queue_.for_each([&](const Expectation& expectation) {
+    if (found && (expectation.kind == Kind::sync || expectation.kind == Kind::simple)) in_doubt = true;
+    if (expectation.unnamed) found = true;
+  });
+  waiting_for_answers_ = in_doubt;
+  return in_doubt;
+}
+
 bool StatementTracker::copy_in_doubt(const std::string& server_name) const {
   bool found = false;
   bool in_doubt = false;
@@ -1200,7 +1215,17 @@ bool StatementTracker::must_wait_for(std::string_view name) {
 
 void StatementTracker::abandon(Expectation& expectation, server::ServerStatements& server) {
   auto& detail = queue_.detail(expectation);
-  if (expectation.kind == Kind::parse && !expectation.fake && !detail.server_name.empty()) {
+  // A later Parse of the same server statement (pipelined behind a Sync) is left to say what the
+  // server holds; its own abandon undoes it if it is skipped too.
+  int parses_of_it = 0;
+  if (expectation.kind == Kind::parse && !detail.server_name.empty()) {
+    queue_.for_each([&](const Expectation& queued) {
+      if (queued.kind == Kind::parse && queued.detail != kNoDetail && queue_.detail(queued).server_name == detail.server_name) {
+        ++parses_of_it;
+      }
+    });
+  }
+  if (expectation.kind == Kind::parse && !expectation.fake && !detail.server_name.empty() && parses_of_it < 2) {
     if (detail.keeps_copy) {
       server.mark_stale(detail.server_name);  // the old copy is still there: closed before the next Parse
     } else {

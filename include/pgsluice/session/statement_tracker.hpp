@@ -309,6 +309,8 @@ class StatementTracker {
   // queued when its parameter counts are wrong (true), else nothing done.
   bool refuse_bind_in_failed_transaction(const protocol::BindView& bind, const Statement& statement,
                                          Outgoing& to_server);
+  // An unnamed Parse or Close is unanswered with a Sync behind it (true: wait for the answers).
+  bool must_wait_for_unnamed();
   // A Parse of the server statement is unanswered with a Sync behind it.
   bool copy_in_doubt(const std::string& server_name) const;
   // name_in_doubt: remembers the name for awaiting_server(), and says so.
