@@ -277,22 +277,25 @@ std::optional<StatementTracker::UnnamedAfter> StatementTracker::unnamed_after_fa
     after.client.emplace();
   }
   after.client_kept = !after.client;
+  after.owner_known = true;
   after.server_owner = server::ServerStatements::kNoUnnamed;
   return after;
 }
 
-StatementTracker::UnnamedAfter StatementTracker::unnamed_after_skip(const Expectation& skipped) {
+void StatementTracker::unnamed_after_skip(const Expectation& skipped, UnnamedAfter& after) {
   const auto& detail = queue_.detail(skipped);
-  UnnamedAfter after;
-  if (skipped.swallow || (skipped.kind != Kind::parse && !detail.replaced)) {
-    // An injected Parse or Close: the client's own is unchanged, the server's is not known.
-    after.client_kept = true;
-    after.server_owner = server::ServerStatements::kUnknownUnnamed;
-    return after;
+  const bool injected = skipped.swallow || (skipped.kind != Kind::parse && !detail.replaced);
+  if (!after.owner_known) {
+    // The first one skipped: the server holds what it held before it (not known before an injection).
+    after.owner_known = true;
+    after.server_owner = injected ? server::ServerStatements::kUnknownUnnamed
+                                  : (detail.replaced ? detail.replaced->server_owner : previous_unnamed_.server_owner);
   }
-  after.client = detail.replaced ? *detail.replaced : previous_unnamed_;
-  after.server_owner = after.client->server_owner;
-  return after;
+  if (!injected && after.client_kept) {
+    // The client's first one skipped: its unnamed statement is what that one replaced.
+    after.client = detail.replaced ? *detail.replaced : previous_unnamed_;
+    after.client_kept = false;
+  }
 }
 
 void StatementTracker::settle_unnamed(const UnnamedAfter& after, server::ServerStatements& server) {
@@ -1372,13 +1375,14 @@ StatementTracker::Disposition StatementTracker::server_message(const protocol::M
     const bool was_awaiting_shape = awaiting_shape_;
     unwound_serials_.clear();
     auto unnamed_after = unnamed_after_failure(front);
+    const bool unnamed_failed = unnamed_after.has_value();
     abandon(front, server);
     queue_.pop_front();
     while (!queue_.empty() && queue_.front().kind != Kind::sync && queue_.front().kind != Kind::simple) {
       auto& skipped = queue_.front();
-      if (skipped.unnamed && !unnamed_after) {
-        // The first skipped unnamed Parse or Close: the server holds what it held before it.
-        unnamed_after = unnamed_after_skip(skipped);
+      if (skipped.unnamed && !unnamed_failed) {
+        if (!unnamed_after) unnamed_after.emplace();
+        unnamed_after_skip(skipped, *unnamed_after);
       }
       if (skipped.unnamed && skipped.kind == Kind::parse && !skipped.swallow) --pending_unnamed_parses_;
       abandon(skipped, server);

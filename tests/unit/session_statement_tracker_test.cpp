@@ -738,3 +738,21 @@ TEST_CASE("an unnamed Parse skipped before a Sync does not undo the client's unn
   REQUIRE(sent.message.type == 'P');
   CHECK(protocol::parse_parse(sent.message.payload)->query == "select 3");
 }
+
+TEST_CASE("a skipped injected unnamed Parse does not keep the client's skipped one after it", "[session][statements]") {
+  StatementTracker tracker;
+  server::ServerStatements first_server;
+  feed(tracker, first_server, then(parse("", "select 1"), sync_only()));
+  answer(tracker, first_server, "1Z");
+  // Elsewhere: an error, then a Bind of the unnamed statement (parsed there first) and a new one.
+  server::ServerStatements second_server;
+  CHECK(feed(tracker, second_server, then(then(execute_only(), bind("")), then(parse("", "select 2"), sync_only()))) ==
+        "EP()B()P()S");
+  CHECK(answer(tracker, second_server, "EZ") == "EZ");  // all skipped: the client's is "select 1" still
+  Outgoing out;
+  const Buffer bound = bind("");
+  REQUIRE(tracker.client_message(protocol::next_frame(protocol::Bytes(bound), 1 << 20).message, second_server, out));
+  auto sent = protocol::next_frame(out.pieces().front(), 1 << 20);
+  REQUIRE(sent.message.type == 'P');
+  CHECK(protocol::parse_parse(sent.message.payload)->query == "select 1");
+}

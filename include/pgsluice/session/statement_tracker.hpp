@@ -280,13 +280,15 @@ class StatementTracker {
   // client_kept: unchanged) and whose the server holds.
   struct UnnamedAfter {
     std::optional<UnnamedState> client;
-    bool client_kept = false;
+    bool client_kept = true;
+    bool owner_known = false;
     std::uint64_t server_owner = server::ServerStatements::kUnknownUnnamed;
   };
   // The failed message was an unnamed Parse or Close: none is left (Postgres drops it first).
   std::optional<UnnamedAfter> unnamed_after_failure(const Expectation& failed);
-  // The first unnamed Parse or Close the server skipped: what it replaced.
-  UnnamedAfter unnamed_after_skip(const Expectation& skipped);
+  // An unnamed Parse or Close the server skipped, in order: the server's is what the first replaced,
+  // the client's what its own first replaced.
+  void unnamed_after_skip(const Expectation& skipped, UnnamedAfter& after);
   // Applies it, or, when a later client Parse or Close of the unnamed statement is pending behind
   // the Sync, makes it what that one replaced.
   void settle_unnamed(const UnnamedAfter& after, server::ServerStatements& server);
