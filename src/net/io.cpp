@@ -1,5 +1,7 @@
 #include "pgsluice/net/io.hpp"
 
+#include <boost/asio/post.hpp>
+
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -126,12 +128,22 @@ awaitable<protocol::Result<std::size_t>> read_startup_packet(tcp::socket& socket
 
 awaitable<void> Event::wait() {
   if (!signalled_) {
-    waiting_ = true;
-    auto [ec] = co_await timer_.async_wait(use_nothrow);  // cancelled by notify(); expires never
-    (void)ec;
-    waiting_ = false;
+    co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
+        [this](auto handler) { waiters_.emplace_back(std::move(handler)); }, asio::use_awaitable);
   }
   signalled_ = false;
+}
+
+void Event::notify() {
+  signalled_ = true;
+  if (waiters_.empty()) return;
+  auto waiters = std::move(waiters_);
+  waiters_.clear();
+  for (auto& waiter : waiters) {
+    // Resumed from the waiter's executor's queue, not from inside notify() (as a cancelled timer was).
+    auto executor = asio::prefer(asio::get_associated_executor(waiter), asio::execution::blocking.never);
+    executor.execute([waiter = std::move(waiter)]() mutable { std::move(waiter)(); });
+  }
 }
 
 }  // namespace pgsluice::net

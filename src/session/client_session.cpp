@@ -28,10 +28,6 @@ ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionCon
       snapshot_(context_->current()),
       config_(snapshot_->config),
       max_message_size_(config_->max_message_size),
-      client_done_event_(socket_.get_executor()),
-      server_reader_done_(socket_.get_executor()),
-      answer_known_(socket_.get_executor()),
-      client_write_unlocked_(socket_.get_executor()),
       timer_(socket_.get_executor()) {
   net::error_code ec;
   auto endpoint = socket_.remote_endpoint(ec);
@@ -87,7 +83,7 @@ net::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate, std::s
   co_await write_client(out);
 }
 
-net::awaitable<void> ClientSession::run() {
+net::awaitable<bool> ClientSession::run() {
   // client_login_timeout bounds everything up to the first ReadyForQuery (DESIGN §8).
   auto login = [this]() -> net::awaitable<LoginOutcome> {
     auto outcome = co_await startup();
@@ -101,25 +97,31 @@ net::awaitable<void> ClientSession::run() {
   if (outcome.index() == 1) {
     spdlog::info("session {}: client_login_timeout expired before login finished", peer_);
     co_await send_fatal("08P01", "pgsluice: client_login_timeout expired before startup and authentication finished");
-    co_return;
+    co_return false;
   }
-  if (std::get<0>(outcome) != LoginOutcome::proceed) co_return;
+  if (std::get<0>(outcome) != LoginOutcome::proceed) co_return false;
   if (context_->draining) {
     co_await send_fatal("57P01", "pgsluice: shutting down; connect again to another instance");
-    co_return;
+    co_return false;
   }
   if (!co_await finish_login()) {
     co_await finish_server();
-    co_return;
+    co_return false;
   }
   spdlog::debug("session {}: user {} database {} service {}", peer_, user_, database_, service_->config.name);
   // The client side runs as a chain of handlers from here (see the top of this file), starting with
-  // what the client sent after its login, until end_client().
+  // what the client sent after its login, until end_client(). No coroutine waits meanwhile: an idle
+  // client is its socket's pending wait and this object (DESIGN §8).
   on_client_data(shared_from_this());
-  while (!client_done_) co_await client_done_event_.wait();
+  co_return true;
+}
+
+net::awaitable<void> ClientSession::end_session(std::shared_ptr<ClientSession> self) {
   closing_ = true;
   disarm_timer();
   co_await finish_server();
+  co_await finish();  // the server reader lets go of the session
+  (void)self;
 }
 
 bool ClientSession::between_transactions() const {
@@ -426,8 +428,8 @@ void ClientSession::end_client() {
   // Closing from now on, as when relay() returned and run() went on at once: close_with (SIGTERM
   // and timeouts) must not start a second shutdown of the server side meanwhile.
   closing_ = true;
-  client_done_ = true;
-  client_done_event_.notify();
+  if (std::exchange(client_done_, true)) return;
+  asio::co_spawn(socket_.get_executor(), end_session(shared_from_this()), asio::detached);
 }
 
 net::awaitable<void> ClientSession::refuse_client([[maybe_unused]] std::shared_ptr<ClientSession> self,
@@ -955,7 +957,8 @@ net::awaitable<void> ClientSession::finish_server() {
 net::awaitable<void> run_client_session(net::tcp::socket socket, std::shared_ptr<SessionContext> context) {
   auto session = std::make_shared<ClientSession>(std::move(socket), std::move(context));
   try {
-    co_await session->run();
+    // Logged in, the session goes on in handlers that hold it, and end_client() ends it.
+    if (co_await session->run()) co_return;
   } catch (const std::exception& e) {
     spdlog::error("session: unexpected error: {}", e.what());
   }

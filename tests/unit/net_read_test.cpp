@@ -207,7 +207,7 @@ TEST_CASE("one notify() of an Event wakes every coroutine waiting on it", "[net]
   // A session's server side may be stopped by two coroutines at once (close_with on SIGTERM and the
   // end of the session): both wait for the same event, and both must go on when it fires.
   asio::io_context io;
-  net::Event event(io.get_executor());
+  net::Event event;
   bool ready = false;
   int woken = 0;
   asio::co_spawn(io, wait_until(event, ready, woken), asio::detached);

@@ -1,6 +1,7 @@
 #pragma once
 // Asio plumbing shared by the session and server components: sockets, errors as values, and
 // whole-message reads into a MessageBuffer.
+#include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -65,25 +66,20 @@ awaitable<protocol::Result<protocol::MessageView>> read_message(tcp::socket& soc
 awaitable<protocol::Result<std::size_t>> read_startup_packet(tcp::socket& socket, MessageBuffer& buffer);
 
 // A repeatable event for coroutines on one strand: wait() suspends until notify(). notify() with
-// nobody waiting only sets a flag: touching the timer would cost the reactor a syscall, and this is
-// on the relay's hot path. Wake-ups may be spurious and one notify() wakes every waiter: wait in a
-// loop on the condition (`while (!ready) co_await event.wait();`). Looping inside wait() until
-// its own flag was set left a second waiter asleep after the first took the flag.
+// nobody waiting only sets a flag. Wake-ups may be spurious and one notify() wakes every waiter:
+// wait in a loop on the condition (`while (!ready) co_await event.wait();`). Looping inside wait()
+// until its own flag was set left a second waiter asleep after the first took the flag. Small (a
+// session has several, and an idle client should cost little): the waiters' handlers are kept only
+// while they wait, and resumed through their own executor.
 class Event {
  public:
-  explicit Event(const asio::any_io_executor& executor) : timer_(executor) {
-    timer_.expires_at(std::chrono::steady_clock::time_point::max());
-  }
+  Event() = default;
   awaitable<void> wait();
-  void notify() {
-    signalled_ = true;
-    if (waiting_) timer_.cancel();
-  }
+  void notify();
 
  private:
-  asio::steady_timer timer_;
+  std::vector<asio::any_completion_handler<void()>> waiters_;
   bool signalled_ = false;
-  bool waiting_ = false;
 };
 
 }  // namespace pgsluice::net

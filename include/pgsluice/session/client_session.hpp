@@ -34,8 +34,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   ClientSession(net::tcp::socket socket, std::shared_ptr<SessionContext> context);
   ~ClientSession();
 
-  // Runs the session to its end, on the socket's worker (one thread: no strand needed).
-  net::awaitable<void> run();
+  // Logs the client in and starts the relay, on the socket's worker (one thread: no strand needed).
+  // True: the relay runs on in handlers that hold the session, and end_client() ends it; false: the
+  // session ended during login.
+  net::awaitable<bool> run();
 
   // After run(), whatever way it ended: stops the server side (its pending read holds the session).
   net::awaitable<void> finish();
@@ -81,6 +83,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void end_run(std::shared_ptr<ClientSession> self, bool failed);
   net::awaitable<void> refuse_client(std::shared_ptr<ClientSession> self, std::string sqlstate, std::string message);
   void end_client();
+  // What end_client() starts once: the server connection given back, the server side stopped.
+  net::awaitable<void> end_session(std::shared_ptr<ClientSession> self);
 
   // The server side (see the top of this file). Each read's handler holds the session.
   struct ServerRead;
@@ -164,7 +168,6 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   Run run_;
   std::shared_ptr<pool::Pool::Waiter> lease_wait_;  // the lease in the pool's line
   bool client_done_ = false;  // the client side ended (end_client)
-  net::Event client_done_event_;
   std::unique_ptr<server::ServerConnection> server_;
   bool server_reader_running_ = false;  // the server side is relaying (from attach to release)
   bool stop_server_reader_ = false;
