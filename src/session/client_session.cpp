@@ -691,6 +691,7 @@ void ClientSession::read_server(std::shared_ptr<ClientSession> self) {
 }
 
 void ClientSession::end_server_reader() {
+  answer_seen_ = false;
   server_reader_running_ = false;
   server_reader_done_.notify();
   answer_known_.notify();
@@ -814,7 +815,9 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
         statements_.take_due_replies(out);
         if (statements_.has_settled()) record_settled_state();
       }
-      if (awaiting && !statements_.awaiting_server()) answer_known_.notify();
+      // The held message goes on once what came before its answer is written (after_server_write):
+      // an answer pgsluice gives it must not overtake the server's replies to the client.
+      if (awaiting && !statements_.awaiting_server()) answer_seen_ = true;
     } else {
       out.append(data.first(offset));
     }
@@ -853,6 +856,7 @@ net::awaitable<void> ClientSession::finish_server_write(std::shared_ptr<ClientSe
 void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std::size_t offset, bool ready_seen) {
   auto& buffer = server_->buffer();
   buffer.consume(offset);
+  if (std::exchange(answer_seen_, false)) answer_known_.notify();
   if (ready_seen && expected_ready_ == 0 && transaction_status_ != 'I' &&
       service_->config.mode == config::PoolMode::statement) {
     // Statement mode hands the connection back after every statement: a transaction block cannot

@@ -294,6 +294,16 @@ ISSUES = [
                          "SELECT id, note FROM u ORDER BY id"),
                bind("", "", [], [], []), execute("", 1), bind("", "s1", [], [], []), execute(""), sync())),
          (1, Q("COMMIT")))),
+    KnownIssue(
+        "close_answered_before_the_replies_it_waited_for", "reparse", ("transaction",), 1,
+        "A Close of a statement whose Parse is in doubt behind a Sync (pipelined after that Sync) waits "
+        "for the Sync's answer; pgsluice then answered it at once, and its CloseComplete reached the "
+        "client before the BindComplete, ParseComplete and ReadyForQuery the server had sent before it "
+        "(the server's replies were still waiting for the client's socket). Found by CI seed 303.",
+        ((0, S(parse("s0", "SELECT $1::int AS n", (23,)), sync())),
+         (0, S(bind("", "s0", [(1, b"\x00\x00\x00\x21")], [1], []), parse("s1", "SELECT count(*) AS c FROM diff_c0"),
+               sync(), close("S", "s1"))),
+         (0, S(sync())))),
 ]
 
 
@@ -318,6 +328,7 @@ FIXED: frozenset[tuple[str, str]] = frozenset({
     ("internal_statement_name_in_errors", "transaction"),
     ("result_format_count_reported_as_stale_plan", "transaction"),
     ("made_up_42p05_does_not_abort_the_transaction", "transaction"),
+    ("close_answered_before_the_replies_it_waited_for", "transaction"),
 })
 
 

@@ -173,6 +173,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool stop_server_reader_ = false;
   net::Event server_reader_done_;
   net::Event answer_known_;  // the server side saw the answer a held message waits for (or stopped)
+  bool answer_seen_ = false;  // ... and tells it once the replies before it have reached the client
   int expected_ready_ = 0;          // ReadyForQuery messages the server still owes
   bool in_extended_batch_ = false;  // extended-protocol messages sent since the last Sync
   bool client_writing_ = false;     // the client side is writing to the server
