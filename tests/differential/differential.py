@@ -103,21 +103,7 @@ KNOWN_FAILING: dict[str, dict[str, str]] = {
         "discard": "discard_all_loses_startup_application_name",
     },
     "transaction": {
-        "copy": "no_pin_after_copy (temp tables, WITH HOLD cursors, LISTEN after a COPY)",
-        "discard": "discard_all_does_not_report_datestyle, discard_all_after_copy_loses_application_name",
-        "deallocate": "execute_taken_for_a_replaced_deallocate_all_portal",
-        "set": "set_in_transaction_leaks_to_the_next_client",
-        "reset_all": "reset_application_name_loses_startup_value",
         "introspect": "prepared_statements_view_shows_other_clients",
-        "start_transaction": "advisory_lock_from_rolled_back_start_transaction_unpins, set_inside_start_transaction_is_lost",
-        "pins_in_transactions": "pin_made_inside_a_transaction_block_is_lost",
-        "extended_commit": "set_committed_through_extended_protocol_is_lost",
-        "errors": "close_and_parse_after_error_at_bind, close_read_after_the_error_came (an error the generator "
-                  "did not plan is followed by more messages before the Sync)",
-        "after_error": "close_and_parse_after_error_at_bind, close_read_after_the_error_came, "
-                       "skipped_parse_then_reparse_loses_the_statement, injected_parse_in_failed_transaction",
-        "bind_errors": "error_names_another_statement_with_the_same_text, "
-                       "internal_statement_name_in_error_when_closed_in_the_same_pipeline",
         "suspended_writes": "injected_parse_makes_suspended_writes_visible",
     },
 }

@@ -308,7 +308,7 @@ ISSUES = [
 
 
 # (issue key, pool mode) pairs that no longer reproduce: regression tests from now on.
-# Seen fixed at commit c594ba4 (each reproduced on an earlier build; see the change's report).
+# Seen fixed at commit c594ba4 and after (each reproduced on an earlier build; see the change's report).
 FIXED: frozenset[tuple[str, str]] = frozenset({
     ("protocol_parse_of_a_sql_prepared_name_malformed", "transaction"),
     ("sql_prepare_through_extended_protocol_not_carried", "transaction"),
@@ -329,6 +329,22 @@ FIXED: frozenset[tuple[str, str]] = frozenset({
     ("result_format_count_reported_as_stale_plan", "transaction"),
     ("made_up_42p05_does_not_abort_the_transaction", "transaction"),
     ("close_answered_before_the_replies_it_waited_for", "transaction"),
+    ("reset_application_name_loses_startup_value", "transaction"),
+    ("discard_all_does_not_report_datestyle", "transaction"),
+    ("discard_all_after_copy_loses_application_name", "transaction"),
+    ("execute_taken_for_a_replaced_deallocate_all_portal", "transaction"),
+    ("no_pin_after_copy", "transaction"),
+    ("advisory_lock_from_rolled_back_start_transaction_unpins", "transaction"),
+    ("pin_made_inside_a_transaction_block_is_lost", "transaction"),
+    ("set_in_transaction_leaks_to_the_next_client", "transaction"),
+    ("set_committed_through_extended_protocol_is_lost", "transaction"),
+    ("set_inside_start_transaction_is_lost", "transaction"),
+    ("close_and_parse_after_error_at_bind", "transaction"),
+    ("close_read_after_the_error_came", "transaction"),
+    ("skipped_parse_then_reparse_loses_the_statement", "transaction"),
+    ("injected_parse_in_failed_transaction", "transaction"),
+    ("internal_statement_name_in_error_when_closed_in_the_same_pipeline", "transaction"),
+    ("error_names_another_statement_with_the_same_text", "transaction"),
 })
 
 
