@@ -278,13 +278,7 @@ net::awaitable<bool> ClientSession::finish_login() {
     }
   }
   cancel_key_ = context_->cancels.add(shared_from_this());
-  if (rewrite_statements_) {
-    // Pooled modes keep the session state Postgres would keep per connection per client instead.
-    startup_parameters_ = parameters_;
-    statements_.follow_session_state(&context_->analyzer, &startup_parameters_, &parameters_);
-    statements_.set_statement_limits(static_cast<std::size_t>(config_->max_prepared_statements_per_client),
-                                     config_->max_prepared_statement_bytes_per_client);
-  }
+  if (rewrite_statements_) startup_parameters_ = parameters_;  // RESET ALL returns to them (tracker())
 
   Buffer out;
   protocol::append_authentication_ok(out);

@@ -70,7 +70,7 @@ net::awaitable<bool> ClientSession::finish_write_client(Outgoing& out, std::size
 net::awaitable<bool> ClientSession::send_due_replies() {
   co_await lock_client_writes();
   Outgoing out;
-  statements_.take_due_replies(out);
+  tracker().take_due_replies(out);
   bool ok = true;
   if (!out.empty()) ok = !co_await net::write_all(socket_, out.pieces());
   unlock_client_writes();
@@ -124,8 +124,19 @@ net::awaitable<void> ClientSession::end_session(std::shared_ptr<ClientSession> s
   (void)self;
 }
 
+StatementTracker& ClientSession::tracker() {
+  if (!tracker_) {
+    tracker_ = std::make_unique<StatementTracker>();
+    // Pooled modes keep the session state Postgres would keep per connection per client instead.
+    tracker_->follow_session_state(&context_->analyzer, &startup_parameters_, &parameters_);
+    tracker_->set_statement_limits(static_cast<std::size_t>(config_->max_prepared_statements_per_client),
+                                   config_->max_prepared_statement_bytes_per_client);
+  }
+  return *tracker_;
+}
+
 bool ClientSession::between_transactions() const {
-  return transaction_status_ == 'I' && expected_ready_ == 0 && !in_extended_batch_ && statements_.idle();
+  return transaction_status_ == 'I' && expected_ready_ == 0 && !in_extended_batch_ && (!tracker_ || tracker_->idle());
 }
 
 void ClientSession::arm_timer(TimerPurpose purpose, std::chrono::milliseconds after) {
@@ -296,7 +307,7 @@ void ClientSession::release_server(bool reusable) {
 }
 
 void ClientSession::record_settled_state() {
-  for (auto& setting : statements_.take_settled()) {
+  for (auto& setting : tracker().take_settled()) {
     if (setting.value) {
       parameters_[setting.name] = *setting.value;
     } else {
@@ -308,7 +319,7 @@ void ClientSession::record_settled_state() {
   // The connection carries exactly what this client wants now: what it was given at the lease
   // plus the changes the client made itself.
   if (server_) server_->set_applied_fingerprint(parameters_fingerprint_);
-  if (statements_.pinned() && !pin_logged_) {
+  if (tracker_ && tracker_->pinned() && !pin_logged_) {
     pin_logged_ = true;
     spdlog::info("session {}: pinned to its server connection (LISTEN, a session advisory lock, a temporary table "
                  "or a WITH HOLD cursor) until it releases them",
@@ -598,12 +609,12 @@ bool ClientSession::build_chunk(std::size_t& at, Outgoing& out) {
   // A Bind waits for the shape of the statement it binds (StatementTracker): the chunk ends before it.
   while (at < run_.offset) {
     auto frame = protocol::next_frame(run.subspan(at), max_message_size_);
-    const bool taken = statements_.client_message(frame.message, server_->statements(), out);
+    const bool taken = tracker().client_message(frame.message, server_->statements(), out);
     if (spdlog::should_log(spdlog::level::trace)) {
       spdlog::trace("session {}: client '{}' ({} bytes){}", peer_, frame.message.type, frame.message.frame.size(),
                     taken ? "" : ", held");
     }
-    expected_ready_ -= statements_.take_ignored_queries();
+    expected_ready_ -= tracker_->take_ignored_queries();
     if (!taken) {
       if (spdlog::should_log(spdlog::level::trace)) trace_sent(peer_, out, max_message_size_);
       return true;
@@ -635,7 +646,7 @@ void ClientSession::forward_run(std::shared_ptr<ClientSession> self) {
   const bool sent = out.empty() || net::try_write_all(server_->socket(), out.pieces(), written, ec);
   if (!sent) client_writing_ = true;
   if (start_reader) read_server(self);
-  if (sent && (ec || (!held && !(rewrite_statements_ && statements_.has_due_replies())))) {
+  if (sent && (ec || (!held && !(tracker_ && tracker_->has_due_replies())))) {
     return end_run(std::move(self), static_cast<bool>(ec));  // the server reader sees a failure and tells the client
   }
   asio::co_spawn(socket_.get_executor(), forward_slowly(std::move(self), at, written, sent, held), asio::detached);
@@ -652,10 +663,10 @@ net::awaitable<void> ClientSession::forward_slowly(std::shared_ptr<ClientSession
       client_writing_ = false;
     }
     // The server reader sees a failure and tells the client.
-    failed = ec || (rewrite_statements_ && statements_.has_due_replies() && !co_await send_due_replies());
+    failed = ec || (tracker_ && tracker_->has_due_replies() && !co_await send_due_replies());
     if (failed || !held) break;
-    while (statements_.awaiting_server() && server_reader_running_ && !closing_) co_await answer_known_.wait();
-    if (statements_.awaiting_server() || closing_ || !server_) {
+    while (tracker_ && tracker_->awaiting_server() && server_reader_running_ && !closing_) co_await answer_known_.wait();
+    if ((tracker_ && tracker_->awaiting_server()) || closing_ || !server_) {
       failed = true;  // the server connection went away meanwhile: the session is ending
       break;
     }
@@ -754,14 +765,15 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
     Outgoing& out = to_client_;
     out.clear();
     if (rewrite_statements_ || timeout_cancel_pending_ || notification_seen) {
-      const bool awaiting = statements_.awaiting_server();
+      const bool awaiting = tracker_ && tracker_->awaiting_server();
       for (std::size_t at = 0; at < offset;) {
         auto frame = protocol::next_frame(data.subspan(at), max_size);
         const auto& message = frame.message;
         at += message.frame.size();
         if (rewrite_statements_) {
-          statements_.take_due_replies(out);
-          const auto disposition = statements_.server_message(message, server_->statements());
+          auto& tracker = this->tracker();
+          tracker.take_due_replies(out);
+          const auto disposition = tracker.server_message(message, server_->statements());
           if (spdlog::should_log(spdlog::level::trace)) {
             spdlog::trace("session {}: server '{}' ({} bytes) {}: {}", peer_, message.type, message.frame.size(),
                           static_cast<int>(disposition),
@@ -775,7 +787,7 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
           }
           if (disposition == StatementTracker::Disposition::swallow) continue;
           if (disposition == StatementTracker::Disposition::rewritten) {
-            const auto& reply = statements_.rewritten_reply();
+            const auto& reply = tracker.rewritten_reply();
             out.build().insert(out.build().end(), reply.begin(), reply.end());
             continue;
           }
@@ -812,12 +824,12 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
         out.append(message.frame);
       }
       if (rewrite_statements_) {
-        statements_.take_due_replies(out);
-        if (statements_.has_settled()) record_settled_state();
+        tracker().take_due_replies(out);
+        if (tracker_->has_settled()) record_settled_state();
       }
       // The held message goes on once what came before its answer is written (after_server_write):
       // an answer pgsluice gives it must not overtake the server's replies to the client.
-      if (awaiting && !statements_.awaiting_server()) answer_seen_ = true;
+      if (awaiting && !tracker_->awaiting_server()) answer_seen_ = true;
     } else {
       out.append(data.first(offset));
     }
@@ -886,13 +898,13 @@ void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std:
   }
   if (ready_seen && service_->config.mode != config::PoolMode::session && transaction_status_ == 'I' &&
       expected_ready_ == 0 && !in_extended_batch_ && !client_writing_ && buffer.empty() && !stop_server_reader_ &&
-      statements_.idle() && !statements_.pinned()) {
-    if (statements_.has_unsettled_state()) {
+      (!tracker_ || (tracker_->idle() && !tracker_->pinned()))) {
+    if (tracker_ && tracker_->has_unsettled_state()) {
       // A SET whose batch ended inside a transaction, answered after the client's next batch had
       // gone out without a probe (a pipelining client): read it back before anyone else gets the
       // connection. A server that does not take the probe at once loses the connection instead.
       Outgoing probe;
-      statements_.send_probe_now(server_->statements(), probe);
+      tracker_->send_probe_now(server_->statements(), probe);
       std::size_t written = 0;
       net::error_code ec;
       if (!probe.empty() && net::try_write_all(server_->socket(), probe.pieces(), written, ec) && !ec) {
@@ -902,6 +914,8 @@ void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std:
       return end_server_reader();
     }
     release_server(true);
+    // Between transactions a client that keeps nothing in its tracker costs no tracker (DESIGN §8).
+    if (tracker_ && tracker_->carries_nothing()) tracker_.reset();
     return end_server_reader();
   }
   if (stop_server_reader_) return end_server_reader();
@@ -942,13 +956,13 @@ net::awaitable<void> ClientSession::finish_server() {
   co_await stop_server_reader();
   if (!server_) co_return;
   const auto timeout = server_->target().connect_timeout;
-  const bool settled = expected_ready_ == 0 && !in_extended_batch_ && statements_.idle() && server_->buffer().empty();
+  const bool settled = expected_ready_ == 0 && !in_extended_batch_ && (!tracker_ || tracker_->idle()) && server_->buffer().empty();
   bool reusable = settled;
   if (settled && transaction_status_ != 'I') {
     // The client left inside a transaction: roll it back and keep the connection.
     reusable = co_await server_->run_discarding("ROLLBACK", timeout);
   }
-  if (reusable && (service_->config.mode == config::PoolMode::session || statements_.pinned())) {
+  if (reusable && (service_->config.mode == config::PoolMode::session || (tracker_ && tracker_->pinned()))) {
     // Session mode, or a client pinned to its connection: whatever the client changed is reset
     // before the next client (DESIGN §2): its advisory locks, temporary tables, cursors, LISTENs.
     reusable = co_await server_->run_discarding("DISCARD ALL", timeout);

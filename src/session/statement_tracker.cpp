@@ -1126,6 +1126,15 @@ bool StatementTracker::in_failed_transaction() const {
   return transaction_status_ == 'E' && !runs;
 }
 
+bool StatementTracker::carries_nothing() const {
+  return queue_.empty() && statements_.empty() && !unnamed_.exists && pending_unnamed_parses_ == 0 && !pinned_ &&
+         !has_unsettled_state() && settled_.empty() && held_status_.empty() && told_status_.empty() &&
+         held_ready_.empty() && restores_pending_ == 0 && !skip_until_sync_ && !awaiting_shape_ &&
+         unlearned_.first.empty() && ignored_queries_ == 0 && transaction_status_ == 'I' && sql_prepares_ == 0 &&
+         waiting_for_.empty() && !waiting_for_answers_ && !dropping_portal_ && portal_renames_.empty() &&
+         !copy_in_batch_;
+}
+
 bool StatementTracker::answers_pending() const {
   bool pending = false;
   queue_.for_each([&](const Expectation& expectation) {

@@ -756,3 +756,31 @@ TEST_CASE("a skipped injected unnamed Parse does not keep the client's skipped o
   REQUIRE(sent.message.type == 'P');
   CHECK(protocol::parse_parse(sent.message.payload)->query == "select 1");
 }
+
+TEST_CASE("a tracker carries nothing once its statements are closed and the server has answered",
+          "[session][statements]") {
+  // ClientSession drops such a tracker between transactions: an idle client costs no tracker.
+  StatementTracker tracker;
+  server::ServerStatements server;
+  CHECK(tracker.carries_nothing());
+  Buffer query;
+  protocol::MessageBuilder(query).begin('Q').cstring("select 1").end();
+  CHECK(feed(tracker, server, query) == "Q");
+  CHECK_FALSE(tracker.carries_nothing());  // its reply is owed
+  answer(tracker, server, "CZ");
+  CHECK(tracker.carries_nothing());
+
+  feed(tracker, server, then(parse("s1", "select 3"), execute_sync()));
+  answer(tracker, server, "1tnCZ");
+  CHECK_FALSE(tracker.carries_nothing());  // s1 is the client's
+  Buffer close;
+  protocol::append_close(close, 'S', "s1");
+  protocol::append_sync(close);
+  feed(tracker, server, close);
+  answer(tracker, server, "Z");
+  CHECK(tracker.carries_nothing());
+
+  feed(tracker, server, then(parse("", "select 4"), sync_only()));
+  answer(tracker, server, "1Z");
+  CHECK_FALSE(tracker.carries_nothing());  // the unnamed statement lives until the next one
+}

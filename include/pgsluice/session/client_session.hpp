@@ -137,6 +137,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   net::awaitable<void> watch_timer(std::uint64_t generation);
   // Ends the session from outside the relay: stops the server reader, sends a FATAL, closes.
   net::awaitable<void> close_with(std::string sqlstate, std::string message);
+  StatementTracker& tracker();
   // The client may leave now (no statement in flight, no transaction open).
   bool between_transactions() const;
 
@@ -181,7 +182,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   char transaction_status_ = 'I';
   bool closing_ = false;
   bool rewrite_statements_ = false;  // transaction and statement modes: named statements are mapped
-  StatementTracker statements_;
+  // Transaction and statement modes: made on the first message (tracker()), dropped between
+  // transactions while it carries nothing (no statements, no session state).
+  std::unique_ptr<StatementTracker> tracker_;
   Outgoing to_server_;  // the client side's run, reused
   Outgoing to_client_;  // the server reader's run, reused
   bool client_write_locked_ = false;

@@ -67,6 +67,9 @@ class StatementTracker {
   bool has_due_replies() const { return !queue_.empty() && queue_.front().fake; }
   // No reply outstanding: the server connection may go back to the pool.
   bool idle() const { return queue_.empty(); }
+  // Nothing to remember for the client: no statement, no session state in flight, nothing told
+  // that a later RESET ALL must compare with. A new tracker would do the same from here on.
+  bool carries_nothing() const;
 
   // The server-side name for a statement: the same text and types give the same name.
   static std::string server_name(std::string_view query, protocol::Bytes parameter_types);
