@@ -609,13 +609,16 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       if (sql::starts_copy(text)) copy_in_batch_ = true;
       // A simple Query drops the unnamed statement, the client's and whoever's the server held.
       unnamed_.exists = false;
-      server.set_unnamed_owner(server::ServerStatements::kNoUnnamed);
       if (effects && effects->statements == 1 && in_failed_transaction()) {
+        server.set_unnamed_owner(server::ServerStatements::kNoUnnamed);
         to_server.append(message.frame);  // the server's 25P02, and nothing changes
         expect(Kind::simple);
         return true;
       }
+      // A DEALLOCATE answered here goes as a Sync, which leaves the server's unnamed statement
+      // (ensure_unnamed_on_server closes it before this client uses the unnamed statement).
       if (simple_query(message, to_server)) return true;
+      server.set_unnamed_owner(server::ServerStatements::kNoUnnamed);
       if (!effects || !rewrite_prepared_names(text, *effects, server, to_server)) {
         to_server.append(message.frame);
         expect(Kind::simple);
@@ -974,6 +977,7 @@ std::optional<std::string> StatementTracker::rewrite_prepared_text(
           statement.sql_prepare.assign(text.substr(ref.statement_begin, ref.name_begin - ref.statement_begin));
           statement.sql_prepare += statement.server_name;
           statement.sql_prepare.append(text.substr(ref.name_end, ref.statement_end - ref.name_end));
+          statement.sql_parameters = std::max(ref.declared_types, sql::highest_parameter(statement.sql_prepare));
           server_name = statement.server_name;
           close_if_stale(server_name, server, to_server);
           evict_if_full(server, to_server, in_batch);
@@ -1159,9 +1163,10 @@ bool StatementTracker::refuse_bind_in_failed_transaction(const protocol::BindVie
                : 0;
   };
   const auto described = Descriptions::instance().find(statement.server_name);
-  const int wanted = !described.parameters.empty()
-                         ? count_of(described.parameters)
-                         : std::max<int>(sql::highest_parameter(statement.query), count_of(statement.parameter_types));
+  const int wanted = !described.parameters.empty()  ? count_of(described.parameters)
+                     : !statement.sql_prepare.empty() ? statement.sql_parameters
+                                                      : std::max<int>(sql::highest_parameter(statement.query),
+                                                                      count_of(statement.parameter_types));
   std::string message;
   if (formats > 1 && formats != values) {
     message = fmt::format("bind message has {} parameter formats but {} parameters", formats, values);

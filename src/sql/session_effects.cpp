@@ -191,7 +191,12 @@ void visit_statement(const json::object& statement, std::size_t begin, std::size
     if (!body_value.is_object()) continue;
     const auto& body = body_value.get_object();
     if (type == "PrepareStmt") {
+      const auto before = effects.prepared.size();
       add_name_ref(Kind::prepare, string_of(body, "name"), kTokenPrepare, begin, end, tokens, effects);
+      const auto* types = body.if_contains("argtypes");
+      if (effects.prepared.size() > before && types && types->is_array()) {
+        effects.prepared.back().declared_types = static_cast<int>(types->get_array().size());
+      }
     } else if (type == "ExecuteStmt") {
       add_name_ref(Kind::execute, string_of(body, "name"), kTokenExecute, begin, end, tokens, effects);
     } else if (type == "DeallocateStmt") {

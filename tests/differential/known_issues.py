@@ -304,6 +304,22 @@ ISSUES = [
          (0, S(bind("", "s0", [(1, b"\x00\x00\x00\x21")], [1], []), parse("s1", "SELECT count(*) AS c FROM diff_c0"),
                sync(), close("S", "s1"))),
          (0, S(sync())))),
+    KnownIssue(
+        "deallocate_answered_here_leaves_another_unnamed_statement", "sql_prepare", ("transaction",), 1,
+        "SQL DEALLOCATE of a protocol-level statement is answered by pgsluice and goes to the server as a "
+        "Sync, which (unlike a Query) leaves the server's unnamed statement: pgsluice took it as dropped, "
+        "and the client's Describe of the unnamed statement described the set_config statement pgsluice "
+        "had used to apply its startup parameters, where Postgres says 26000. Found by the long run, seed 1.",
+        ((0, S(parse("s0", "SELECT 1 AS one"))), (0, Q('DEALLOCATE "s0"')), (0, S(describe("S", ""))),
+         (0, S(sync())))),
+    KnownIssue(
+        "sql_prepared_bind_count_in_failed_transaction", "sql_prepare", ("transaction",), 2,
+        "In a failed transaction on a server connection that lacks the client's SQL-prepared statement, a "
+        "Bind of it with the wrong number of parameters got 25P02; Postgres checks the count first (08P01). "
+        "pgsluice did not know what an SQL PREPARE's statement takes. Found by the long run, seed 11.",
+        ((0, Q("PREPARE s1 (text) AS SELECT upper($1) AS u")), (1, Q("BEGIN")),
+         (0, Q("BEGIN; SELECT * FROM diff_missing_table")), (0, S(bind("", "s1", [], [], []), sync())),
+         (0, Q("ROLLBACK")), (1, Q("COMMIT")))),
 ]
 
 
@@ -329,6 +345,8 @@ FIXED: frozenset[tuple[str, str]] = frozenset({
     ("result_format_count_reported_as_stale_plan", "transaction"),
     ("made_up_42p05_does_not_abort_the_transaction", "transaction"),
     ("close_answered_before_the_replies_it_waited_for", "transaction"),
+    ("deallocate_answered_here_leaves_another_unnamed_statement", "transaction"),
+    ("sql_prepared_bind_count_in_failed_transaction", "transaction"),
     ("reset_application_name_loses_startup_value", "transaction"),
     ("discard_all_does_not_report_datestyle", "transaction"),
     ("discard_all_after_copy_loses_application_name", "transaction"),

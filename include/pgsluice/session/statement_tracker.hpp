@@ -136,6 +136,7 @@ class StatementTracker {
     // An SQL PREPARE's statement, re-created under server_name where it is missing (empty: a
     // protocol-level Parse made it). SQL and protocol names share one namespace, as in Postgres.
     std::string sql_prepare{};
+    int sql_parameters = 0;  // ... and how many parameters it takes
   };
   // The client's unnamed statement as pgsluice knows it.
   struct UnnamedState {

@@ -25,6 +25,7 @@ struct PreparedNameRef {
   std::size_t name_end = 0;
   std::size_t statement_begin = 0;  // its statement in the text (PREPARE: re-created from it)
   std::size_t statement_end = 0;
+  int declared_types = 0;  // PREPARE name (types): how many (the statement takes the highest $n if more)
 };
 
 struct SessionEffects {
