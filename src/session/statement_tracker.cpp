@@ -925,14 +925,14 @@ void StatementTracker::inject_statement(const Statement& statement, server::Serv
     protocol::append_bind(out, kName, kName, Bytes(kNoParameters, sizeof kNoParameters));
     swallow(Kind::bind);
     protocol::append_execute(out, kName);
-    swallow(Kind::execute);
+    queue_.detail(swallow(Kind::execute)).injected_prepare = statement.server_name;
     protocol::append_close(out, 'P', kName);
     swallow(Kind::close);
     protocol::append_close(out, 'S', kName);
     swallow(Kind::close);
   } else {
     protocol::append_query(out, statement.sql_prepare);
-    swallow(Kind::probe);
+    queue_.detail(swallow(Kind::probe)).injected_prepare = statement.server_name;
   }
   server.add(statement.server_name);
 }
@@ -1256,6 +1256,7 @@ void StatementTracker::abandon(Expectation& expectation, server::ServerStatement
     statements_.insert_or_assign(std::move(detail.closed->first), std::move(detail.closed->second));
   }
   if (expectation.kind == Kind::close && expectation.eviction) server.add(detail.server_name);
+  if (!detail.injected_prepare.empty()) server.forget(detail.injected_prepare);
   if (!detail.client_name.empty()) {
     auto it = statements_.find(detail.client_name);
     if (it != statements_.end() && it->second.serial == detail.serial) statements_.erase(it);

@@ -320,6 +320,18 @@ ISSUES = [
         ((0, Q("PREPARE s1 (text) AS SELECT upper($1) AS u")), (1, Q("BEGIN")),
          (0, Q("BEGIN; SELECT * FROM diff_missing_table")), (0, S(bind("", "s1", [], [], []), sync())),
          (0, Q("ROLLBACK")), (1, Q("COMMIT")))),
+    KnownIssue(
+        "skipped_injected_prepare_left_for_present", "sql_prepare", ("transaction",), 2,
+        "An SQL EXECUTE through the extended protocol in a failed transaction, on a server connection that "
+        "lacks the client's SQL-prepared statement: the PREPARE pgsluice injects first is skipped by the "
+        "server, but pgsluice counted the statement as present there, so the client's later PREPARE of "
+        "the same name on that connection ran (CommandComplete PREPARE) where Postgres says 42P05. Found "
+        "by the long run, seed 9.",
+        ((0, Q("PREPARE sp3 (int, text) AS INSERT INTO diff_c0 (id, note, n) VALUES ($1, $2, 0)")), (1, Q("BEGIN")),
+         (0, Q("BEGIN; SELECT 1 / 0")),
+         (0, S(parse("", "EXECUTE sp3(63, 'prep')"), bind("", "", [], [], []), execute(""), sync())),
+         (0, Q("COMMIT")),
+         (0, Q("PREPARE sp3 (int, text) AS INSERT INTO diff_c0 (id, note, n) VALUES ($1, $2, 0)")), (1, Q("COMMIT")))),
 ]
 
 
@@ -347,6 +359,7 @@ FIXED: frozenset[tuple[str, str]] = frozenset({
     ("close_answered_before_the_replies_it_waited_for", "transaction"),
     ("deallocate_answered_here_leaves_another_unnamed_statement", "transaction"),
     ("sql_prepared_bind_count_in_failed_transaction", "transaction"),
+    ("skipped_injected_prepare_left_for_present", "transaction"),
     ("reset_application_name_loses_startup_value", "transaction"),
     ("discard_all_does_not_report_datestyle", "transaction"),
     ("discard_all_after_copy_loses_application_name", "transaction"),

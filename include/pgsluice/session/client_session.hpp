@@ -14,8 +14,9 @@
 //    the client side when it sends a server something and ended when the connection is given back.
 //    Its rare slow steps (a client that does not take the reply at once, a lost server) are spawned
 //    coroutines.
-// While a server is attached only the server side writes to the client; otherwise only the client
-// side does. That rule is what keeps writes from interleaving.
+// Whoever writes to the client (the server side's relay, the replies pgsluice makes, errors,
+// FATALs) goes through send_client, one writer per client: bytes reach the client in the order
+// they were produced, whichever side produced them and whatever the client's socket takes.
 #include <memory>
 #include <mutex>
 #include <optional>

@@ -193,6 +193,9 @@ class StatementTracker {
     std::shared_ptr<sql::SessionEffects::LiteralSetting> learns;
     bool restores_startup = false;  // probe: re-applies startup values after RESET ALL / DISCARD ALL
     bool keeps_copy = false;       // parse: a skipped stale Close before it left the old copy there
+    // execute, probe: the server statement an SQL PREPARE pgsluice injected makes, forgotten on the
+    // server if that PREPARE fails or is skipped (in a failed transaction, say).
+    std::string injected_prepare;
     bool spelled_formats = false;  // bind: pgsluice named one result format per column
     // fake CloseComplete of a client statement: the statement, restored if the server never got
     // as far (an error earlier in the pipeline).
