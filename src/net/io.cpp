@@ -1,7 +1,6 @@
 #include "pgsluice/net/io.hpp"
 
 #include <boost/asio/post.hpp>
-#include <boost/asio/this_coro.hpp>
 
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -129,9 +128,8 @@ awaitable<protocol::Result<std::size_t>> read_startup_packet(tcp::socket& socket
 
 awaitable<void> Event::wait() {
   if (!signalled_) {
-    auto executor = co_await asio::this_coro::executor;
     co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
-        [this, &executor](auto handler) { waiters_.push_back({std::move(handler), executor}); }, asio::use_awaitable);
+        [this](auto handler) { waiters_.emplace_back(std::move(handler)); }, asio::use_awaitable);
   }
   signalled_ = false;
 }
@@ -141,8 +139,11 @@ void Event::notify() {
   if (waiters_.empty()) return;
   auto waiters = std::move(waiters_);
   waiters_.clear();
-  // Posted: a blocking.never preference on the handler's associated executor still ran it inline.
-  for (auto& waiter : waiters) asio::post(waiter.executor, std::move(waiter.handler));
+  for (auto& waiter : waiters) {
+    // Resumed from the waiter's executor's queue, not from inside notify() (as a cancelled timer was).
+    auto executor = asio::prefer(asio::get_associated_executor(waiter), asio::execution::blocking.never);
+    executor.execute([waiter = std::move(waiter)]() mutable { std::move(waiter)(); });
+  }
 }
 
 }  // namespace pgsluice::net

@@ -81,8 +81,8 @@ net::awaitable<ClientSession::LoginOutcome> ClientSession::startup() {
     if (std::holds_alternative<protocol::SslRequest>(*packet) ||
         std::holds_alternative<protocol::GssEncRequest>(*packet)) {
       // No TLS or GSS encryption yet: 'N' and the client goes on in plain text (docs §55.2.10).
-      static const Buffer kNo{'N'};
-      if (!co_await write_client(kNo)) co_return LoginOutcome::closed;
+      static const std::uint8_t kNo[] = {'N'};
+      if (auto ec = co_await net::write_all(socket_, kNo)) co_return LoginOutcome::closed;
       continue;
     }
     if (auto* cancel = std::get_if<protocol::CancelRequest>(&*packet)) {

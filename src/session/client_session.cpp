@@ -40,64 +40,41 @@ ClientSession::~ClientSession() {
   --context_->clients;
 }
 
-bool ClientSession::send_client(Outgoing& out) {
-  if (client_write_failed_) return false;
-  const auto& pieces = out.pieces();
-  std::size_t written = 0;
-  const bool start_flush = !client_flushing_;
-  if (start_flush) {
-    net::error_code ec;
-    if (net::try_write_all(socket_, pieces, written, ec)) {
-      if (!ec) return true;
-      client_write_failed_ = true;
-      return false;
-    }
-  }
-  // The rest joins the backlog (a slow client: copied once, written by flush_client).
-  for (auto piece : pieces) {
-    const auto skip = std::min(written, piece.size());
-    written -= skip;
-    client_backlog_.insert(client_backlog_.end(), piece.begin() + static_cast<std::ptrdiff_t>(skip), piece.end());
-  }
-  if (start_flush) {
-    // Only now: co_spawn may run the coroutine's first steps before it returns.
-    client_flushing_ = true;
-    asio::co_spawn(socket_.get_executor(), flush_client(shared_from_this()), asio::detached);
-  }
-  return true;
-}
-
-net::awaitable<void> ClientSession::flush_client(std::shared_ptr<ClientSession> self) {
-  Buffer writing;
-  while (!client_backlog_.empty() && !client_write_failed_) {
-    writing.swap(client_backlog_);  // what producers add meanwhile waits for the next round
-    if (co_await net::write_all(socket_, writing)) client_write_failed_ = true;
-    writing.clear();
-  }
-  Buffer().swap(client_backlog_);  // an idle client keeps no backlog memory
-  client_flushing_ = false;
-  client_drained_.notify();
-  (void)self;
-}
-
-net::awaitable<bool> ClientSession::client_drained() {
-  while (client_flushing_) co_await client_drained_.wait();
-  co_return !client_write_failed_;
-}
-
 net::awaitable<bool> ClientSession::write_client(const Buffer& bytes) {
-  Outgoing out;
-  out.append(bytes);
-  if (!send_client(out)) co_return false;
-  co_return co_await client_drained();
+  auto ec = co_await net::write_all(socket_, bytes);
+  co_return !ec;
+}
+
+net::awaitable<void> ClientSession::lock_client_writes() {
+  while (client_write_locked_) co_await client_write_unlocked_.wait();
+  client_write_locked_ = true;
+}
+
+void ClientSession::unlock_client_writes() {
+  client_write_locked_ = false;
+  client_write_unlocked_.notify();
+}
+
+bool ClientSession::try_write_client(Outgoing& out, std::size_t& written, net::error_code& ec) {
+  if (client_write_locked_) return false;  // someone else is writing: queue up behind them
+  return net::try_write_all(socket_, out.pieces(), written, ec);
+}
+
+net::awaitable<bool> ClientSession::finish_write_client(Outgoing& out, std::size_t written) {
+  co_await lock_client_writes();
+  auto ec = co_await net::write_rest(socket_, out.pieces(), written);
+  unlock_client_writes();
+  co_return !ec;
 }
 
 net::awaitable<bool> ClientSession::send_due_replies() {
+  co_await lock_client_writes();
   Outgoing out;
   tracker().take_due_replies(out);
-  if (out.empty()) co_return !client_write_failed_;
-  if (!send_client(out)) co_return false;
-  co_return co_await client_drained();
+  bool ok = true;
+  if (!out.empty()) ok = !co_await net::write_all(socket_, out.pieces());
+  unlock_client_writes();
+  co_return ok;
 }
 
 net::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate, std::string_view message) {
@@ -215,7 +192,9 @@ net::awaitable<void> ClientSession::close_with(std::string sqlstate, std::string
   closing_ = true;
   spdlog::info("session {}: closing the client: {} {}", peer_, sqlstate, message);
   co_await stop_server_reader();
+  co_await lock_client_writes();
   co_await send_fatal(sqlstate, message);
+  unlock_client_writes();
   // Half-close and keep reading (the relay discards input once closing_): a client that writes
   // before it reads still gets the FATAL instead of a reset that would lose it. Bounded.
   net::error_code ignored;
@@ -586,7 +565,12 @@ net::awaitable<void> ClientSession::attach_slowly(std::shared_ptr<ClientSession>
   fail_run(buffer_.readable().first(run_.offset), sqlstate, error, out);
   buffer_.consume(run_.offset);
   disarm_timer();
-  if (!out.empty() && !co_await write_client(out)) co_return end_client();
+  if (!out.empty()) {
+    co_await lock_client_writes();
+    const bool written = co_await write_client(out);
+    unlock_client_writes();
+    if (!written) co_return end_client();
+  }
   on_client_data(std::move(self));  // what is left of the buffer, then reads on
 }
 
@@ -718,6 +702,7 @@ void ClientSession::read_server(std::shared_ptr<ClientSession> self) {
 }
 
 void ClientSession::end_server_reader() {
+  answer_seen_ = false;
   server_reader_running_ = false;
   server_reader_done_.notify();
   answer_known_.notify();
@@ -842,29 +827,36 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
         tracker().take_due_replies(out);
         if (tracker_->has_settled()) record_settled_state();
       }
-      if (awaiting && !tracker_->awaiting_server()) answer_known_.notify();
+      // The held message goes on once what came before its answer is written (after_server_write):
+      // an answer pgsluice gives it must not overtake the server's replies to the client.
+      if (awaiting && !tracker_->awaiting_server()) answer_seen_ = true;
     } else {
       out.append(data.first(offset));
     }
     if (!out.empty()) {
-      if (!send_client(out)) {
+      std::size_t written = 0;
+      net::error_code ec;
+      if (!try_write_client(out, written, ec)) {
+        // The client does not take it all now: the rest waits for it, and the server is read again
+        // only after (its bytes are the run's).
+        asio::co_spawn(socket_.get_executor(), finish_server_write(std::move(self), written, offset, ready_seen),
+                       asio::detached);
+        return;
+      }
+      if (ec) {
         buffer.consume(offset);
         closing_ = true;  // the client is gone; the client side will notice too
         return end_server_reader();
-      }
-      if (client_flushing_) {
-        // The client does not take it all now: the server is read again once it has.
-        asio::co_spawn(socket_.get_executor(), finish_server_write(std::move(self), offset, ready_seen), asio::detached);
-        return;
       }
     }
   }
   after_server_write(std::move(self), offset, ready_seen);
 }
 
-net::awaitable<void> ClientSession::finish_server_write(std::shared_ptr<ClientSession> self, std::size_t offset,
-                                                        bool ready_seen) {
-  if (!co_await client_drained()) {
+net::awaitable<void> ClientSession::finish_server_write(std::shared_ptr<ClientSession> self, std::size_t written,
+                                                        std::size_t offset, bool ready_seen) {
+  const bool ok = co_await finish_write_client(to_client_, written);
+  if (!ok) {
     server_->buffer().consume(offset);
     closing_ = true;  // the client is gone; the client side will notice too
     end_server_reader();
@@ -876,6 +868,7 @@ net::awaitable<void> ClientSession::finish_server_write(std::shared_ptr<ClientSe
 void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std::size_t offset, bool ready_seen) {
   auto& buffer = server_->buffer();
   buffer.consume(offset);
+  if (std::exchange(answer_seen_, false)) answer_known_.notify();
   if (ready_seen && expected_ready_ == 0 && transaction_status_ != 'I' &&
       service_->config.mode == config::PoolMode::statement) {
     // Statement mode hands the connection back after every statement: a transaction block cannot
@@ -938,7 +931,9 @@ net::awaitable<void> ClientSession::lose_server([[maybe_unused]] std::shared_ptr
   Buffer out;
   protocol::append_error_response(out, protocol::Severity::fatal, "08006",
                                   "pgsluice: server connection lost (" + reason + ")");
+  co_await lock_client_writes();
   co_await write_client(out);
+  unlock_client_writes();
   net::error_code ignored;
   socket_.shutdown(net::tcp::socket::shutdown_both, ignored);
   socket_.cancel(ignored);

@@ -14,9 +14,9 @@
 //    the client side when it sends a server something and ended when the connection is given back.
 //    Its rare slow steps (a client that does not take the reply at once, a lost server) are spawned
 //    coroutines.
-// Whoever writes to the client (the server side's relay, the replies pgsluice makes, errors,
-// FATALs) goes through send_client, one writer per client: bytes reach the client in the order
-// they were produced, whichever side produced them and whatever the client's socket takes.
+// Both sides may write to the client (the server side's relay; the client side's replies pgsluice
+// makes, errors, FATALs): whoever writes holds the client write lock, so runs never interleave, and
+// a message held for an answer goes on only once the replies before that answer are written.
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -94,7 +94,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // What comes after the relayed bytes (`offset` of them) reached the client: give the connection
   // back, read on, or end.
   void after_server_write(std::shared_ptr<ClientSession> self, std::size_t offset, bool ready_seen);
-  net::awaitable<void> finish_server_write(std::shared_ptr<ClientSession> self, std::size_t offset, bool ready_seen);
+  net::awaitable<void> finish_server_write(std::shared_ptr<ClientSession> self, std::size_t written,
+                                           std::size_t offset, bool ready_seen);
   net::awaitable<void> lose_server(std::shared_ptr<ClientSession> self, std::string reason);
   void end_server_reader();
 
@@ -118,15 +119,15 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // Postgres answers a failed statement: an ErrorResponse, then ReadyForQuery at each Sync/Query.
   void fail_run(protocol::Bytes run, const std::string& sqlstate, const std::string& error, protocol::Buffer& out);
   net::awaitable<void> send_fatal(std::string_view sqlstate, std::string_view message);
-  // One writer per client: every byte the client receives (the server's replies, those pgsluice
-  // makes, errors, FATALs) goes through send_client, which keeps the order it is called in. It
-  // writes what the socket takes now; the rest is copied to the backlog that flush_client writes,
-  // and what later producers send queues up behind it. False: the client's socket failed.
-  bool send_client(Outgoing& out);
-  // Everything sent so far has been written (false: the client's socket failed).
-  net::awaitable<bool> client_drained();
-  net::awaitable<void> flush_client(std::shared_ptr<ClientSession> self);
-  net::awaitable<bool> write_client(const protocol::Buffer& bytes);  // send_client, then client_drained
+  net::awaitable<bool> write_client(const protocol::Buffer& bytes);
+  // Both coroutines may owe the client bytes in transaction mode (replies pgsluice makes itself):
+  // whoever writes to the client holds this, so runs never interleave.
+  net::awaitable<void> lock_client_writes();
+  void unlock_client_writes();
+  // The server reader's hot path: writes now if nobody holds the write lock and the socket takes
+  // it all (true; `ec` says how it went), else finish_write_client takes the lock and the rest.
+  bool try_write_client(Outgoing& out, std::size_t& written, net::error_code& ec);
+  net::awaitable<bool> finish_write_client(Outgoing& out, std::size_t written);
   // Replies made by pgsluice that nothing the server owes comes before (e.g. CloseComplete + Flush).
   net::awaitable<bool> send_due_replies();
 
@@ -174,6 +175,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool stop_server_reader_ = false;
   net::Event server_reader_done_;
   net::Event answer_known_;  // the server side saw the answer a held message waits for (or stopped)
+  bool answer_seen_ = false;  // ... and tells it once the replies before it have reached the client
   int expected_ready_ = 0;          // ReadyForQuery messages the server still owes
   bool in_extended_batch_ = false;  // extended-protocol messages sent since the last Sync
   bool client_writing_ = false;     // the client side is writing to the server
@@ -186,10 +188,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::unique_ptr<StatementTracker> tracker_;
   Outgoing to_server_;  // the client side's run, reused
   Outgoing to_client_;  // the server reader's run, reused
-  protocol::Buffer client_backlog_;  // sent, not yet taken by the client's socket (send_client)
-  bool client_flushing_ = false;     // flush_client runs: later bytes join the backlog
-  bool client_write_failed_ = false;
-  net::Event client_drained_;
+  bool client_write_locked_ = false;
+  net::Event client_write_unlocked_;
 
   net::asio::steady_timer timer_;
   TimerPurpose timer_purpose_ = TimerPurpose::none;
