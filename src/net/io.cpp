@@ -140,7 +140,8 @@ void Event::notify() {
   auto waiters = std::move(waiters_);
   waiters_.clear();
   for (auto& waiter : waiters) {
-    // Resumed from the waiter's executor's queue, not from inside notify() (as a cancelled timer was).
+    // Through the waiter's own executor. The blocking.never preference does not keep it out of
+    // notify(): on the waiter's thread it ran inline (see io.hpp).
     auto executor = asio::prefer(asio::get_associated_executor(waiter), asio::execution::blocking.never);
     executor.execute([waiter = std::move(waiter)]() mutable { std::move(waiter)(); });
   }

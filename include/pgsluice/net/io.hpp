@@ -70,7 +70,8 @@ awaitable<protocol::Result<std::size_t>> read_startup_packet(tcp::socket& socket
 // wait in a loop on the condition (`while (!ready) co_await event.wait();`). Looping inside wait()
 // until its own flag was set left a second waiter asleep after the first took the flag. Small (a
 // session has several, and an idle client should cost little): the waiters' handlers are kept only
-// while they wait, and resumed through their own executor.
+// while they wait, and resumed through their own executor, which may run them inside notify()
+// (seen in session 12): code after notify() must not count on running before the waiter.
 class Event {
  public:
   Event() = default;
