@@ -8,6 +8,8 @@
 #include <array>
 #include <cerrno>
 
+#include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/write.hpp>
 
 
@@ -128,8 +130,9 @@ awaitable<protocol::Result<std::size_t>> read_startup_packet(tcp::socket& socket
 
 awaitable<void> Event::wait() {
   if (!signalled_) {
+    auto executor = co_await asio::this_coro::executor;
     co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
-        [this](auto handler) { waiters_.emplace_back(std::move(handler)); }, asio::use_awaitable);
+        [this, &executor](auto handler) { waiters_.push_back({std::move(handler), executor}); }, asio::use_awaitable);
   }
   signalled_ = false;
 }
@@ -139,12 +142,8 @@ void Event::notify() {
   if (waiters_.empty()) return;
   auto waiters = std::move(waiters_);
   waiters_.clear();
-  for (auto& waiter : waiters) {
-    // Through the waiter's own executor. The blocking.never preference does not keep it out of
-    // notify(): on the waiter's thread it ran inline (see io.hpp).
-    auto executor = asio::prefer(asio::get_associated_executor(waiter), asio::execution::blocking.never);
-    executor.execute([waiter = std::move(waiter)]() mutable { std::move(waiter)(); });
-  }
+  // Posted: a blocking.never preference on the handler's associated executor still ran it inline.
+  for (auto& waiter : waiters) asio::post(waiter.executor, std::move(waiter.handler));
 }
 
 }  // namespace pgsluice::net

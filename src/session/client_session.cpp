@@ -8,6 +8,7 @@
 #include <boost/asio/recycling_allocator.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/asio/write.hpp>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
@@ -40,41 +41,90 @@ ClientSession::~ClientSession() {
   --context_->clients;
 }
 
+bool ClientSession::send_client(Outgoing& out, bool borrowed) {
+  if (client_write_failed_) return false;
+  if (out.empty()) return true;
+  const auto& pieces = out.pieces();
+  std::size_t written = 0;
+  if (!client_flushing_) {
+    net::error_code ec;
+    if (net::try_write_all(socket_, pieces, written, ec)) {
+      client_write_failed_ = static_cast<bool>(ec);
+      return !ec;
+    }
+  }
+  // The socket did not take it all, or is busy: the rest goes after what is queued already.
+  for (auto piece : pieces) {
+    const auto skip = std::min(written, piece.size());
+    written -= skip;
+    if (skip == piece.size()) continue;
+    if (borrowed && !client_flushing_) {
+      client_borrowed_.emplace_back(piece.data() + skip, piece.size() - skip);
+    } else {
+      client_backlog_.insert(client_backlog_.end(), piece.begin() + static_cast<std::ptrdiff_t>(skip), piece.end());
+    }
+  }
+  if (!client_flushing_) {
+    client_flushing_ = true;
+    flush_client(shared_from_this());
+  }
+  return true;
+}
+
+void ClientSession::flush_client(std::shared_ptr<ClientSession> self) {
+  auto done = [self = std::move(self)](net::error_code ec, std::size_t) mutable {
+    auto* session = self.get();
+    session->on_client_flushed(std::move(self), ec);
+  };
+  if (!client_borrowed_.empty()) {
+    asio::async_write(socket_, client_borrowed_, std::move(done));
+    return;
+  }
+  client_in_flight_.swap(client_backlog_);  // what producers queue meanwhile waits for the next round
+  asio::async_write(socket_, asio::buffer(client_in_flight_), std::move(done));
+}
+
+void ClientSession::on_client_flushed(std::shared_ptr<ClientSession> self, net::error_code ec) {
+  if (!client_borrowed_.empty()) {
+    client_borrowed_.clear();
+  } else {
+    client_in_flight_.clear();
+  }
+  if (ec) client_write_failed_ = true;
+  if (!client_write_failed_ && !client_backlog_.empty()) return flush_client(std::move(self));
+  // Drained (or the client is gone): an idle client keeps no write memory.
+  Buffer().swap(client_backlog_);
+  Buffer().swap(client_in_flight_);
+  std::vector<asio::const_buffer>().swap(client_borrowed_);
+  client_flushing_ = false;
+  client_drained_.notify();  // posted: the waiters run after this handler
+  if (std::exchange(server_waits_for_client_, false)) {
+    if (client_write_failed_) {
+      server_->buffer().consume(server_run_offset_);
+      closing_ = true;  // the client is gone; the client side will notice too
+      return end_server_reader();
+    }
+    after_server_write(std::move(self), server_run_offset_, server_run_ready_seen_);
+  }
+}
+
+net::awaitable<bool> ClientSession::client_drained() {
+  while (client_flushing_) co_await client_drained_.wait();
+  co_return !client_write_failed_;
+}
+
 net::awaitable<bool> ClientSession::write_client(const Buffer& bytes) {
-  auto ec = co_await net::write_all(socket_, bytes);
-  co_return !ec;
-}
-
-net::awaitable<void> ClientSession::lock_client_writes() {
-  while (client_write_locked_) co_await client_write_unlocked_.wait();
-  client_write_locked_ = true;
-}
-
-void ClientSession::unlock_client_writes() {
-  client_write_locked_ = false;
-  client_write_unlocked_.notify();
-}
-
-bool ClientSession::try_write_client(Outgoing& out, std::size_t& written, net::error_code& ec) {
-  if (client_write_locked_) return false;  // someone else is writing: queue up behind them
-  return net::try_write_all(socket_, out.pieces(), written, ec);
-}
-
-net::awaitable<bool> ClientSession::finish_write_client(Outgoing& out, std::size_t written) {
-  co_await lock_client_writes();
-  auto ec = co_await net::write_rest(socket_, out.pieces(), written);
-  unlock_client_writes();
-  co_return !ec;
+  Outgoing out;
+  out.append(bytes);
+  if (!send_client(out)) co_return false;
+  co_return co_await client_drained();
 }
 
 net::awaitable<bool> ClientSession::send_due_replies() {
-  co_await lock_client_writes();
   Outgoing out;
   tracker().take_due_replies(out);
-  bool ok = true;
-  if (!out.empty()) ok = !co_await net::write_all(socket_, out.pieces());
-  unlock_client_writes();
-  co_return ok;
+  if (!out.empty() && !send_client(out)) co_return false;
+  co_return co_await client_drained();
 }
 
 net::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate, std::string_view message) {
@@ -192,9 +242,7 @@ net::awaitable<void> ClientSession::close_with(std::string sqlstate, std::string
   closing_ = true;
   spdlog::info("session {}: closing the client: {} {}", peer_, sqlstate, message);
   co_await stop_server_reader();
-  co_await lock_client_writes();
   co_await send_fatal(sqlstate, message);
-  unlock_client_writes();
   // Half-close and keep reading (the relay discards input once closing_): a client that writes
   // before it reads still gets the FATAL instead of a reset that would lose it. Bounded.
   net::error_code ignored;
@@ -565,12 +613,7 @@ net::awaitable<void> ClientSession::attach_slowly(std::shared_ptr<ClientSession>
   fail_run(buffer_.readable().first(run_.offset), sqlstate, error, out);
   buffer_.consume(run_.offset);
   disarm_timer();
-  if (!out.empty()) {
-    co_await lock_client_writes();
-    const bool written = co_await write_client(out);
-    unlock_client_writes();
-    if (!written) co_return end_client();
-  }
+  if (!out.empty() && !co_await write_client(out)) co_return end_client();
   on_client_data(std::move(self));  // what is left of the buffer, then reads on
 }
 
@@ -702,7 +745,6 @@ void ClientSession::read_server(std::shared_ptr<ClientSession> self) {
 }
 
 void ClientSession::end_server_reader() {
-  answer_seen_ = false;
   server_reader_running_ = false;
   server_reader_done_.notify();
   answer_known_.notify();
@@ -827,40 +869,29 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
         tracker().take_due_replies(out);
         if (tracker_->has_settled()) record_settled_state();
       }
-      // The held message goes on once what came before its answer is written (after_server_write):
-      // an answer pgsluice gives it must not overtake the server's replies to the client.
-      if (awaiting && !tracker_->awaiting_server()) answer_seen_ = true;
-    } else {
-      out.append(data.first(offset));
-    }
-    if (!out.empty()) {
-      std::size_t written = 0;
-      net::error_code ec;
-      if (!try_write_client(out, written, ec)) {
-        // The client does not take it all now: the rest waits for it, and the server is read again
-        // only after (its bytes are the run's).
-        asio::co_spawn(socket_.get_executor(), finish_server_write(std::move(self), written, offset, ready_seen),
-                       asio::detached);
-        return;
-      }
-      if (ec) {
+      if (!send_client(out, true)) {
         buffer.consume(offset);
         closing_ = true;  // the client is gone; the client side will notice too
         return end_server_reader();
       }
+      // The held message goes on now: whatever pgsluice answers it is queued behind these replies.
+      if (awaiting && !tracker_->awaiting_server()) answer_known_.notify();
+    } else {
+      out.append(data.first(offset));
+      if (!send_client(out, true)) {
+        buffer.consume(offset);
+        closing_ = true;
+        return end_server_reader();
+      }
     }
-  }
-  after_server_write(std::move(self), offset, ready_seen);
-}
-
-net::awaitable<void> ClientSession::finish_server_write(std::shared_ptr<ClientSession> self, std::size_t written,
-                                                        std::size_t offset, bool ready_seen) {
-  const bool ok = co_await finish_write_client(to_client_, written);
-  if (!ok) {
-    server_->buffer().consume(offset);
-    closing_ = true;  // the client is gone; the client side will notice too
-    end_server_reader();
-    co_return;
+    if (client_flushing_) {
+      // The client does not take it all now: the server is read again once it has (the run's bytes
+      // are still in the server's buffer).
+      server_waits_for_client_ = true;
+      server_run_offset_ = offset;
+      server_run_ready_seen_ = ready_seen;
+      return;
+    }
   }
   after_server_write(std::move(self), offset, ready_seen);
 }
@@ -868,7 +899,6 @@ net::awaitable<void> ClientSession::finish_server_write(std::shared_ptr<ClientSe
 void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std::size_t offset, bool ready_seen) {
   auto& buffer = server_->buffer();
   buffer.consume(offset);
-  if (std::exchange(answer_seen_, false)) answer_known_.notify();
   if (ready_seen && expected_ready_ == 0 && transaction_status_ != 'I' &&
       service_->config.mode == config::PoolMode::statement) {
     // Statement mode hands the connection back after every statement: a transaction block cannot
@@ -931,9 +961,7 @@ net::awaitable<void> ClientSession::lose_server([[maybe_unused]] std::shared_ptr
   Buffer out;
   protocol::append_error_response(out, protocol::Severity::fatal, "08006",
                                   "pgsluice: server connection lost (" + reason + ")");
-  co_await lock_client_writes();
   co_await write_client(out);
-  unlock_client_writes();
   net::error_code ignored;
   socket_.shutdown(net::tcp::socket::shutdown_both, ignored);
   socket_.cancel(ignored);

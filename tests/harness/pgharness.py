@@ -460,6 +460,19 @@ class Pgsluice:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
+    def wait_exit(self, timeout: float = 10.0) -> int | None:
+        """Waits up to timeout for the process to exit on its own (no signal), then SIGKILL."""
+        if self.proc is None:
+            return self.returncode
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.returncode = self.proc.returncode
+        return self.returncode
+
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, wait up to timeout, then SIGKILL. Returns the exit code (negative = signal)."""
         if self.proc is None:

@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "pgsluice/net/io.hpp"
 
@@ -218,4 +219,23 @@ TEST_CASE("one notify() of an Event wakes every coroutine waiting on it", "[net]
   event.notify();
   io.run_for(std::chrono::milliseconds(50));
   CHECK(woken == 2);
+}
+
+TEST_CASE("net::Event resumes its waiters from the executor's queue, never inside notify()", "[net][event]") {
+  // A waiter that ran inside notify() would act before the notifier's next statement: the session's
+  // held message once answered the client before the server's replies it had just relayed.
+  asio::io_context io;
+  net::Event event;
+  std::vector<std::string> order;
+  asio::co_spawn(io, [&]() -> net::awaitable<void> {
+    co_await event.wait();
+    order.push_back("waiter");
+  }, asio::detached);
+  asio::co_spawn(io, [&]() -> net::awaitable<void> {
+    event.notify();
+    order.push_back("after notify");
+    co_return;
+  }, asio::detached);
+  io.run();
+  REQUIRE(order == std::vector<std::string>{"after notify", "waiter"});
 }

@@ -2,6 +2,7 @@
 // Asio plumbing shared by the session and server components: sockets, errors as values, and
 // whole-message reads into a MessageBuffer.
 #include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -70,8 +71,8 @@ awaitable<protocol::Result<std::size_t>> read_startup_packet(tcp::socket& socket
 // wait in a loop on the condition (`while (!ready) co_await event.wait();`). Looping inside wait()
 // until its own flag was set left a second waiter asleep after the first took the flag. Small (a
 // session has several, and an idle client should cost little): the waiters' handlers are kept only
-// while they wait, and resumed through their own executor, which may run them inside notify()
-// (seen in session 12): code after notify() must not count on running before the waiter.
+// while they wait, and resumed from their executor's queue after notify() returns (never inside it:
+// the code after notify() runs before any waiter).
 class Event {
  public:
   Event() = default;
@@ -79,7 +80,11 @@ class Event {
   void notify();
 
  private:
-  std::vector<asio::any_completion_handler<void()>> waiters_;
+  struct Waiter {
+    asio::any_completion_handler<void()> handler;
+    asio::any_io_executor executor;
+  };
+  std::vector<Waiter> waiters_;
   bool signalled_ = false;
 };
 

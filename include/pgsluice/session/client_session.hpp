@@ -14,9 +14,11 @@
 //    the client side when it sends a server something and ended when the connection is given back.
 //    Its rare slow steps (a client that does not take the reply at once, a lost server) are spawned
 //    coroutines.
-// Both sides may write to the client (the server side's relay; the client side's replies pgsluice
-// makes, errors, FATALs): whoever writes holds the client write lock, so runs never interleave, and
-// a message held for an answer goes on only once the replies before that answer are written.
+// Every byte the client receives goes through one writer (send_client), in the order the producers
+// call it: the server side's relay, the replies pgsluice makes, errors and FATALs. What the socket
+// does not take at once is written by a chain of handlers; the server side reads the server again
+// only once the client has taken its bytes, and a coroutine that must know its bytes went out
+// waits for client_drained().
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -94,8 +96,6 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // What comes after the relayed bytes (`offset` of them) reached the client: give the connection
   // back, read on, or end.
   void after_server_write(std::shared_ptr<ClientSession> self, std::size_t offset, bool ready_seen);
-  net::awaitable<void> finish_server_write(std::shared_ptr<ClientSession> self, std::size_t written,
-                                           std::size_t offset, bool ready_seen);
   net::awaitable<void> lose_server(std::shared_ptr<ClientSession> self, std::string reason);
   void end_server_reader();
 
@@ -119,15 +119,16 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // Postgres answers a failed statement: an ErrorResponse, then ReadyForQuery at each Sync/Query.
   void fail_run(protocol::Bytes run, const std::string& sqlstate, const std::string& error, protocol::Buffer& out);
   net::awaitable<void> send_fatal(std::string_view sqlstate, std::string_view message);
+  // The client's writer. send_client queues `out` behind what is queued already and writes what the
+  // socket takes now; false: the client is gone. `borrowed`: out's pieces stay valid until the
+  // queue drains (the server side's relay, whose buffer is consumed only then), so what the socket
+  // does not take at once is written from them without a copy.
+  bool send_client(Outgoing& out, bool borrowed = false);
+  void flush_client(std::shared_ptr<ClientSession> self);
+  void on_client_flushed(std::shared_ptr<ClientSession> self, net::error_code ec);
+  // Waits until everything queued is written; false: the client is gone.
+  net::awaitable<bool> client_drained();
   net::awaitable<bool> write_client(const protocol::Buffer& bytes);
-  // Both coroutines may owe the client bytes in transaction mode (replies pgsluice makes itself):
-  // whoever writes to the client holds this, so runs never interleave.
-  net::awaitable<void> lock_client_writes();
-  void unlock_client_writes();
-  // The server reader's hot path: writes now if nobody holds the write lock and the socket takes
-  // it all (true; `ec` says how it went), else finish_write_client takes the lock and the rest.
-  bool try_write_client(Outgoing& out, std::size_t& written, net::error_code& ec);
-  net::awaitable<bool> finish_write_client(Outgoing& out, std::size_t written);
   // Replies made by pgsluice that nothing the server owes comes before (e.g. CloseComplete + Flush).
   net::awaitable<bool> send_due_replies();
 
@@ -175,7 +176,6 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool stop_server_reader_ = false;
   net::Event server_reader_done_;
   net::Event answer_known_;  // the server side saw the answer a held message waits for (or stopped)
-  bool answer_seen_ = false;  // ... and tells it once the replies before it have reached the client
   int expected_ready_ = 0;          // ReadyForQuery messages the server still owes
   bool in_extended_batch_ = false;  // extended-protocol messages sent since the last Sync
   bool client_writing_ = false;     // the client side is writing to the server
@@ -188,8 +188,17 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::unique_ptr<StatementTracker> tracker_;
   Outgoing to_server_;  // the client side's run, reused
   Outgoing to_client_;  // the server reader's run, reused
-  bool client_write_locked_ = false;
-  net::Event client_write_unlocked_;
+  // The client's writer (send_client): what is queued and not yet written, in order.
+  protocol::Buffer client_backlog_;  // copied bytes, written after the borrowed ones
+  protocol::Buffer client_in_flight_;  // the part of the backlog being written now
+  std::vector<net::asio::const_buffer> client_borrowed_;  // the rest of a borrowed run, written first
+  bool client_flushing_ = false;     // a write to the client is under way
+  bool client_write_failed_ = false;
+  net::Event client_drained_;
+  // The server side waits for the client to take its run: after_server_write goes on then.
+  bool server_waits_for_client_ = false;
+  std::size_t server_run_offset_ = 0;
+  bool server_run_ready_seen_ = false;
 
   net::asio::steady_timer timer_;
   TimerPurpose timer_purpose_ = TimerPurpose::none;
