@@ -76,6 +76,12 @@ asio::awaitable<void> drain(std::shared_ptr<session::SessionContext> context, Ru
     co_await tick.async_wait(net::use_nothrow);
   }
   runtime.close_all();
+  // The listener connections close on their own strands: their last steps run before the loop stops
+  // (a coroutine left waiting on a hub would hold it at exit).
+  for (int i = 0; i < 50 && !runtime.listeners_closed(); ++i) {
+    tick.expires_after(std::chrono::milliseconds(20));
+    co_await tick.async_wait(net::use_nothrow);
+  }
   spdlog::info("all clients gone: stopping");
   stop();
 }

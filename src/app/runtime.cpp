@@ -10,6 +10,7 @@
 
 #include "pgsluice/net/io.hpp"
 #include "pgsluice/server/server_connection.hpp"
+#include "pgsluice/session/listener_hub.hpp"
 
 namespace pgsluice::app {
 
@@ -126,6 +127,9 @@ std::shared_ptr<session::Service> Runtime::start_service(const config::Config& c
   };
   out->pool->set_breaker(std::move(breaker), std::move(on_trip));
   asio::co_spawn(asio::make_strand(io_), out->pool->maintain(), asio::detached);
+  if (service.mode != config::PoolMode::session) {
+    out->listeners = std::make_shared<session::ListenerHub>(asio::make_strand(io_), target, service.name);
+  }
   return out;
 }
 
@@ -169,6 +173,12 @@ ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
     out->config = service;
     out->target = target;
     out->pool = kept->pool;
+    out->listeners = kept->listeners;
+    if (service.mode != config::PoolMode::session && (!out->listeners || *target != *kept->target)) {
+      // New credentials or address: the listener reconnects with them (its clients are told).
+      if (out->listeners) out->listeners->close();
+      out->listeners = std::make_shared<session::ListenerHub>(asio::make_strand(io_), target, service.name);
+    }
     if (*target != *kept->target) {
       // Another address or other credentials: connections opened before are retired.
       out->pool->reconfigure(pool_settings(service, *target), make_connector(target),
@@ -189,6 +199,7 @@ ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
     for (const auto& [name, service] : previous->services) {
       auto it = next->services.find(name);
       if (it != next->services.end() && it->second->pool == service->pool) continue;
+      if (service->listeners) service->listeners->close();
       if (it == next->services.end()) {
         service->pool->close("was removed by a configuration reload");
         summary.removed.push_back(name);
@@ -201,8 +212,18 @@ ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
   return summary;
 }
 
+bool Runtime::listeners_closed() const {
+  for (const auto& [name, service] : context_->current()->services) {
+    if (service->listeners && !service->listeners->closed()) return false;
+  }
+  return true;
+}
+
 void Runtime::close_all() {
-  for (const auto& [name, service] : context_->current()->services) service->pool->close();
+  for (const auto& [name, service] : context_->current()->services) {
+    service->pool->close();
+    if (service->listeners) service->listeners->close();
+  }
 }
 
 }  // namespace pgsluice::app

@@ -28,6 +28,8 @@ class Runtime {
   ReloadSummary apply(std::shared_ptr<const config::Config> config);
 
   // SIGTERM: closes every pool (idle connections now, leases when they come back).
+  // Every service's listener connection has closed and its last command ended (after close_all).
+  bool listeners_closed() const;
   void close_all();
 
  private:

@@ -15,6 +15,7 @@
 #include <cerrno>
 
 #include "pgsluice/protocol/backend_messages.hpp"
+#include "pgsluice/session/listener_hub.hpp"
 
 namespace pgsluice::session {
 
@@ -38,6 +39,7 @@ ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionCon
 
 ClientSession::~ClientSession() {
   if (cancel_key_) context_->cancels.remove(*cancel_key_);
+  if (listen_id_ != 0 && service_ && service_->listeners) service_->listeners->forget(listen_id_);
   --context_->clients;
 }
 
@@ -545,6 +547,7 @@ void ClientSession::on_client_data(std::shared_ptr<ClientSession> self) {
   if (run_.offset == 0) return end_run(std::move(self), false);
   if (timer_purpose_ == TimerPurpose::idle_in_transaction) disarm_timer();
   if (!server_) {
+    if (service_->listeners && !skip_until_sync_ && try_serve_listens(self)) return;
     bool attached = false;
     if (!skip_until_sync_) {
       attached = attach_server_now();
@@ -563,6 +566,105 @@ void ClientSession::on_client_data(std::shared_ptr<ClientSession> self) {
     }
   }
   forward_run(std::move(self));
+}
+
+bool ClientSession::try_serve_listens(std::shared_ptr<ClientSession>& self) {
+  // Outside a transaction with nothing in flight (no server connection), one Query of LISTEN /
+  // UNLISTEN statements only: served without a server connection, which would stay pinned.
+  auto data = buffer_.readable();
+  if (transaction_status_ != 'I' || data.empty() || data[0] != 'Q') return false;
+  auto frame = protocol::next_frame(data, max_message_size_);
+  if (frame.status != protocol::FrameStatus::complete) return false;
+  const auto text = protocol::as_string_view(frame.message.payload);
+  if (text.find("isten") == std::string_view::npos && text.find("ISTEN") == std::string_view::npos) return false;
+  auto effects = context_->analyzer.effects_of(text);
+  if (!effects || !effects->only_listens()) return false;
+  for (const auto& change : effects->listens) {
+    // Postgres truncates a longer name with a NOTICE: left to it (on a pinned connection).
+    if (change.channel.size() >= 64 || (change.listen && change.channel.empty())) return false;
+  }
+  asio::co_spawn(socket_.get_executor(), serve_listens(std::move(self), std::move(effects), frame.message.frame.size()),
+                 asio::detached);
+  return true;
+}
+
+net::awaitable<void> ClientSession::serve_listens(std::shared_ptr<ClientSession> self,
+                                                  std::shared_ptr<const sql::SessionEffects> effects,
+                                                  std::size_t size) {
+  if (listen_id_ == 0) listen_id_ = ListenerHub::new_subscriber();
+  std::weak_ptr<ClientSession> weak = self;
+  auto deliver = [weak, executor = socket_.get_executor()](std::shared_ptr<const Buffer> frame) {
+    asio::post(executor, [weak, frame = std::move(frame)]() mutable {
+      if (auto session = weak.lock()) session->deliver_notification(std::move(frame));
+    });
+  };
+  auto changes = effects->listens;
+  auto error = co_await service_->listeners->apply(listen_id_, std::move(changes), std::move(deliver));
+  Buffer out;
+  if (error) {
+    protocol::append_error_response(out, protocol::Severity::error, "08006", *error);
+  } else {
+    for (const auto& change : effects->listens) {
+      protocol::MessageBuilder(out).begin('C').cstring(change.listen ? "LISTEN" : "UNLISTEN").end();
+    }
+  }
+  protocol::append_ready_for_query(out, 'I');
+  // Only this Query was answered: the rest of the buffer is taken again (and counted again).
+  buffer_.consume(size);
+  expected_ready_ = 0;
+  in_extended_batch_ = false;
+  if (tracker_) tracker_->simple_query_answered_here();
+  if (!co_await write_client(out)) co_return end_client();
+  flush_notifications();
+  on_client_data(std::move(self));
+}
+
+void ClientSession::deliver_notification(std::shared_ptr<const Buffer> frame) {
+  if (closing_ || client_done_) return;
+  if (!frame) {
+    // The listener connection went, and every subscription with it: like a lost server connection,
+    // the client must know it may have missed notifications.
+    listen_id_ = 0;
+    asio::co_spawn(socket_.get_executor(),
+                   close_with("08006", "pgsluice: the listener connection of service \"" + service_->config.name +
+                                           "\" was lost; notifications may have been missed; connect again"),
+                   asio::detached);
+    return;
+  }
+  constexpr std::size_t kMaxUnread = 16u * 1024u * 1024u;
+  if (pending_notifications_.size() + client_backlog_.size() + frame->size() > kMaxUnread) {
+    spdlog::warn("session {}: more than {} bytes of notifications the client does not read; closing it", peer_,
+                 kMaxUnread);
+    pending_notifications_.clear();
+    asio::co_spawn(socket_.get_executor(),
+                   close_with("53200", "pgsluice: the client does not read its notifications (16 MiB waiting)"),
+                   asio::detached);
+    return;
+  }
+  pending_notifications_.insert(pending_notifications_.end(), frame->begin(), frame->end());
+  flush_notifications();
+}
+
+void ClientSession::flush_notifications() {
+  // Between transactions only, as Postgres sends them; else after the transaction's ReadyForQuery.
+  if (pending_notifications_.empty() || !between_transactions() || closing_) return;
+  Outgoing out;
+  out.append(pending_notifications_);
+  send_client(out);  // what the socket does not take now is copied into the writer's queue
+  Buffer().swap(pending_notifications_);
+}
+
+void ClientSession::pass_on_unlistens() {
+  auto changes = tracker_->take_passed_unlistens();
+  if (listen_id_ == 0 || !service_->listeners) return;
+  asio::co_spawn(
+      socket_.get_executor(),
+      [hub = service_->listeners, id = listen_id_, changes = std::move(changes)]() mutable -> net::awaitable<void> {
+        ListenerHub::Deliver none;  // not a temporary of the co_await expression (GCC PR 99576)
+        auto error = co_await hub->apply(id, std::move(changes), std::move(none));
+        (void)error;
+      },
+      asio::detached);
 }
 
 void ClientSession::on_lease_ready(std::shared_ptr<ClientSession> self) {
@@ -868,6 +970,7 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
       if (rewrite_statements_) {
         tracker().take_due_replies(out);
         if (tracker_->has_settled()) record_settled_state();
+        if (tracker_->has_passed_unlistens()) pass_on_unlistens();
       }
       if (!send_client(out, true)) {
         buffer.consume(offset);
@@ -912,6 +1015,7 @@ void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std:
     return;
   }
   if (ready_seen && expected_ready_ == 0) {
+    if (!pending_notifications_.empty()) flush_notifications();
     timeout_cancel_pending_ = false;
     if (timer_purpose_ == TimerPurpose::query || timer_purpose_ == TimerPurpose::cancel_answer) disarm_timer();
     if (transaction_status_ != 'I' && service_->config.idle_in_transaction_timeout.count() > 0) {

@@ -677,6 +677,10 @@ void StatementTracker::note_effects(const sql::SessionEffects& effects) {
   }
   if (effects.reset_all) reset_all_pending_ = true;
   if (effects.pins || effects.may_unpin) pin_check_pending_ = true;
+  for (const auto& change : effects.listens) {
+    if (!change.listen) passed_unlistens_.push_back(change);
+  }
+  if (effects.discard_all) passed_unlistens_.push_back({false, {}});
 }
 
 namespace {
@@ -1136,7 +1140,7 @@ bool StatementTracker::carries_nothing() const {
          held_ready_.empty() && restores_pending_ == 0 && !skip_until_sync_ && !awaiting_shape_ &&
          unlearned_.first.empty() && ignored_queries_ == 0 && transaction_status_ == 'I' && sql_prepares_ == 0 &&
          waiting_for_.empty() && !waiting_for_answers_ && !dropping_portal_ && portal_renames_.empty() &&
-         !copy_in_batch_;
+         !copy_in_batch_ && passed_unlistens_.empty();
 }
 
 bool StatementTracker::answers_pending() const {

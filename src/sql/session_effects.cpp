@@ -241,11 +241,15 @@ void visit_statement(const json::object& statement, std::size_t begin, std::size
       }
     } else if (type == "DiscardStmt") {
       const auto target = string_of(body, "target");
-      if (target == "DISCARD_ALL") effects.reset_all = true;
+      if (target == "DISCARD_ALL") effects.reset_all = effects.discard_all = true;
       if (target == "DISCARD_ALL" || target == "DISCARD_TEMP") effects.may_unpin = true;
     } else if (type == "ListenStmt") {
       effects.pins = true;
-    } else if (type == "UnlistenStmt" || type == "ClosePortalStmt" || type == "DropStmt") {
+      effects.listens.push_back({true, std::string(string_of(body, "conditionname"))});
+    } else if (type == "UnlistenStmt") {
+      effects.may_unpin = true;
+      effects.listens.push_back({false, std::string(string_of(body, "conditionname"))});
+    } else if (type == "ClosePortalStmt" || type == "DropStmt") {
       effects.may_unpin = true;
     } else if (type == "DeclareCursorStmt") {
       const auto* options = body.if_contains("options");

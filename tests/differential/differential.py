@@ -176,6 +176,9 @@ class Lab:
         self.tables = 0
         self.reply_timeout = 20.0  # through pgsluice: longer than any wait for a pool connection here
         self.tamper = None  # (client, steps) -> steps, applied to the sequences sent through pgsluice (self-test)
+        # The pooled modes' notifications come from pgsluice's listener connection (replies.py): set
+        # by each run for its pool mode, for the direct runs as well.
+        self.async_notifications = False
 
     # -- the database ---------------------------------------------------------------------------------
     def setup(self, clients: int) -> None:
@@ -219,7 +222,7 @@ class Lab:
 
         def one(k: int, steps: list[Step]) -> None:
             client = Client(host, port, USER, PASSWORD, DATABASE, {"application_name": f"diff{k}"},
-                            reply_timeout, first_reply_timeout)
+                            reply_timeout, first_reply_timeout, self.async_notifications)
             try:
                 barrier.wait(timeout=60)
             except threading.BrokenBarrierError:
@@ -281,6 +284,7 @@ def run_script(lab: Lab, mode: str, pool: int, script: list[tuple[int, Step]],
     in the script's order from one thread, each client on its own connection through a fresh pgsluice
     (all connections opened first, in client order). Each client's steps also run on their own direct
     connection. Returns the direct and the proxied recordings and pgsluice's own problem, if any."""
+    lab.async_notifications = mode != "session"
     clients = sorted({k for k, _ in script})
     per_client = {k: [step for c, step in script if c == k] for k in clients}
     table_count = max(clients) + 1
@@ -293,7 +297,8 @@ def run_script(lab: Lab, mode: str, pool: int, script: list[tuple[int, Step]],
     problem = ""
     try:
         sessions = {k: Session(Client("127.0.0.1", proxy.port, USER, PASSWORD, DATABASE,
-                                      {"application_name": f"diff{k}"}, reply_timeout, reply_timeout))
+                                      {"application_name": f"diff{k}"}, reply_timeout, reply_timeout,
+                                      lab.async_notifications))
                     for k in clients}
         for k in clients:
             sessions[k].open()
@@ -333,6 +338,7 @@ def compare(direct: dict[int, Recording], proxied: dict[int, Recording],
 def run_scenario(lab: Lab, scenario: Scenario, shrink: bool = True, shrink_seconds: float = 300,
                  shrink_attempts: int = 150, save: bool = True) -> Outcome:
     started = time.monotonic()
+    lab.async_notifications = scenario.mode != "session"
     sequences = scenario.sequences()
     direct = lab.direct(sequences, scenario.clients)
     proxied, problem = lab.proxied(scenario, sequences)
@@ -374,6 +380,7 @@ def replay(lab: Lab, path: str) -> int:
     scenario = Scenario(sc["seed"], sc["clients"], sc["pool"], sc["mode"], sc["messages"], frozenset(sc["features"]))
     k = data["client"]
     steps = [Step.from_json(s) for s in data["steps"]]
+    lab.async_notifications = scenario.mode != "session"
     others = {} if data["alone"] else {j: s for j, s in scenario.sequences().items() if j != k}
     direct = lab.direct({k: steps}, scenario.clients)[k]
     proxied, problem = lab.proxied(scenario, {**others, k: steps})
@@ -422,6 +429,7 @@ def known_issues_report(lab: Lab, keys: list[str]) -> int:
 def self_check(lab: Lab, scenario: Scenario) -> list[str]:
     """The test's own premise: each sequence gives the same replies run alone and among the others."""
     sequences = scenario.sequences()
+    lab.async_notifications = scenario.mode != "session"
     together = lab.direct(sequences, scenario.clients)
     problems = []
     for k in sorted(sequences)[:5]:

@@ -12,6 +12,12 @@ each ReadyForQuery, the settings whose last reported value changed since the pre
 recorded), error and notice fields P/p (position), F, L, R (source file, line, routine), and the
 authentication exchange. A NotificationResponse's process id is recorded as "self" when it is the
 pid of the client's own BackendKeyData and "other" otherwise. Nothing else.
+
+In the pooled modes (Client(async_notifications=True)) notifications come from pgsluice's listener
+connection, as they would from another backend: after the ReadyForQuery of the transaction that sent
+them, not before it, and naming the notifying server backend. There they are recorded apart, in order
+(channel and payload, not the pid), and compared as one entry at the end of the client's stream,
+after a short wait for late ones.
 """
 from __future__ import annotations
 
@@ -232,7 +238,8 @@ class Client:
     """One client connection that runs a sequence and records the replies."""
 
     def __init__(self, host: str, port: int, user: str, password: str, database: str, params: dict,
-                 reply_timeout: float, first_reply_timeout: float):
+                 reply_timeout: float, first_reply_timeout: float, async_notifications: bool = False):
+        self.async_notifications = async_notifications
         self.addr = (host, port)
         self.login = (user, password, database, params)
         self.reply_timeout = reply_timeout
@@ -260,6 +267,9 @@ class Session:
         self.last_reported: dict[str, str] = {}
         self.first = True
         self.started = time.monotonic()
+        self.notifications: list[bytes] = []  # async_notifications: channel and payload, in order
+        self.listened = False
+        self.last_step = -1
 
     def _fail(self, index: int, exc: Exception) -> None:
         # Recorded: a connection error is a reply like any other.
@@ -297,8 +307,11 @@ class Session:
                 time.sleep(step.sleep)
             return True
         conn.send(b"".join(m.frame() for m in step.msgs))
+        self.last_step = index
         for m in step.msgs:
             pending.sent(m.type, m.payload)
+            if m.type in (b"Q", b"P") and b"LISTEN" in m.payload.upper():
+                self.listened = True
         rec.sent += len(step.msgs)
         timeout = self.client.first_reply_timeout if self.first else self.client.reply_timeout
         self.first = False
@@ -320,6 +333,9 @@ class Session:
                 return False
             msg_type, payload = msg
             surprise = pending.received(msg_type)
+            if msg_type == b"A" and self.client.async_notifications:
+                self.notifications.append(payload[4:])
+                continue
             if msg_type == b"S":
                 name, value = payload.split(b"\0")[:2]
                 self.reported[name.decode()] = value.decode()
@@ -338,7 +354,22 @@ class Session:
                 return False
         return True
 
+    def _late_notifications(self) -> None:
+        """async_notifications: those still on their way after the last step, then the entry."""
+        if self.conn is not None and not self.rec.aborted and self.listened:
+            deadline = time.monotonic() + 0.3
+            with contextlib.suppress(Exception):
+                while (remaining := deadline - time.monotonic()) > 0:
+                    msg = self.conn.read_message(remaining)
+                    if msg is None:
+                        break
+                    if msg[0] == b"A":
+                        self.notifications.append(msg[1][4:])
+        self.rec.entries.append(Entry(self.last_step, "notifications", tuple(self.notifications)))
+
     def close(self) -> Recording:
+        if self.client.async_notifications:
+            self._late_notifications()
         if self.conn is not None:
             if not self.rec.aborted:
                 with contextlib.suppress(OSError):

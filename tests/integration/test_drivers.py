@@ -75,8 +75,10 @@ def test_raise_notice_reaches_the_client(target):
         assert conn.notices == ["NOTICE:  notice number 7\n", "WARNING:  a warning\n"]
 
 
-@pytest.mark.skipif(POOL_MODE != "session", reason="LISTEN needs a session-mode server connection")
 def test_listen_notify_between_two_sessions(target):
+    # In the pooled modes the LISTEN is served by pgsluice's listener connection (DESIGN §2); the
+    # notifier's statements may run on different server connections, so its pid is checked only
+    # where it has one of its own.
     listener, notifier = connect(target), connect(target)
     try:
         one(listener, "LISTEN pgsluice_channel")
@@ -90,10 +92,12 @@ def test_listen_notify_between_two_sessions(target):
                 listener.poll()
                 while listener.notifies:
                     received.append(listener.notifies.pop(0))
-        assert [(n.channel, n.payload, n.pid) for n in received] == [
-            ("pgsluice_channel", "payload-1", notifier_pid),
-            ("pgsluice_channel", "payload-2", notifier_pid),
+        assert [(n.channel, n.payload) for n in received] == [
+            ("pgsluice_channel", "payload-1"),
+            ("pgsluice_channel", "payload-2"),
         ]
+        if POOL_MODE == "session":
+            assert [n.pid for n in received] == [notifier_pid, notifier_pid]
         # A notification sent inside a transaction arrives only after COMMIT.
         notifier.autocommit = False
         with notifier.cursor() as cur:

@@ -39,9 +39,6 @@ requires_java = pytest.mark.skipif(shutil.which("javac") is None or shutil.which
                                    reason=f"no JDK (javac/java) on this machine: {INSTALL_HINT}")
 requires_node = pytest.mark.skipif(shutil.which("node") is None,
                                    reason=f"no Node.js on this machine: {INSTALL_HINT}")
-session_only = pytest.mark.skipif(
-    TARGET == "pgsluice" and POOL_MODE != "session",
-    reason="LISTEN is not transparent in transaction/statement mode (DESIGN §2)")
 moves_clients = pytest.mark.skipif(
     TARGET != "pgsluice" or POOL_MODE == "session",
     reason="moves a client between server connections: transaction and statement mode")
@@ -293,7 +290,6 @@ def test_pg_client_stays_usable_after_division_by_zero_in_every_protocol_path(ta
 
 
 @requires_node
-@session_only
 def test_pg_listen_receives_a_notification(target, node_modules):
     r = node(target, "pg-listen")
     assert (r["channel"], r["payload"]) == ("check_channel", "hello from node"), r

@@ -391,6 +391,143 @@ def test_notifications_reach_the_listener_and_nobody_else(pg):
                 conn.close()
 
 
+def wait_for_notifications(conn, count: int, timeout: float = 10.0) -> list:
+    import select
+
+    received = []
+    deadline = time.monotonic() + timeout
+    while len(received) < count and time.monotonic() < deadline:
+        select.select([conn], [], [], 0.1)
+        conn.poll()
+        while conn.notifies:
+            received.append(conn.notifies.pop(0))
+    return received
+
+
+@transaction_only
+def test_listeners_share_one_listener_connection_and_hold_no_pool_connection(pg):
+    # 30 clients LISTEN on 3 channels over a pool of 2 server connections: the LISTENs are served by
+    # pgsluice's listener connection (DESIGN §2), so 10 busy clients still get the pool, and each
+    # notification reaches exactly the clients listening on its channel.
+    with pgsluice(pg, max_connections=2, acquire_timeout="5s") as target:
+        listeners = psycopg2_clients(target, 30)
+        notifier, = psycopg2_clients(target, 1)
+        busy = psycopg2_clients(target, 10)
+        try:
+            for i, conn in enumerate(listeners):
+                with conn.cursor() as cur:
+                    cur.execute(f'LISTEN "Hub Channel {i % 3}"')
+            assert run_clients(10, lambda i: [scalar(busy[i], "select %s::int", n) for n in range(20)] and None) == []
+            # One server connection listens for all of them, and it is not one of the pool's.
+            hub = pg.sql("select count(*) from pg_stat_activity where query like 'LISTEN %'")[0][0]
+            assert hub == 1
+            for channel in range(3):
+                with notifier.cursor() as cur:
+                    cur.execute("select pg_notify(%s, %s)", (f"Hub Channel {channel}", f"to {channel}"))
+            for i, conn in enumerate(listeners):
+                got = wait_for_notifications(conn, 1)
+                assert [(n.channel, n.payload) for n in got] == [(f"Hub Channel {i % 3}", f"to {i % 3}")], i
+            time.sleep(0.2)
+            for conn in listeners + busy + [notifier]:
+                conn.poll()
+                assert conn.notifies == [], "a notification reached a client twice or one that never listened"
+            # UNLISTEN stops one client's delivery and nobody else's.
+            with listeners[0].cursor() as cur:
+                cur.execute('UNLISTEN "Hub Channel 0"')
+            with notifier.cursor() as cur:
+                cur.execute("""NOTIFY "Hub Channel 0", 'again'""")
+            for conn in listeners[3::3]:
+                assert [n.payload for n in wait_for_notifications(conn, 1)] == ["again"]
+            time.sleep(0.2)
+            listeners[0].poll()
+            assert listeners[0].notifies == []
+            # Every listener gone: the listener connection stops listening (UNLISTEN), in a while.
+            for conn in listeners:
+                conn.close()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                active = pg.sql("select query from pg_stat_activity where query like '%LISTEN %' "
+                                "and backend_type = 'client backend' and pid <> pg_backend_pid()")
+                if active and all(q[0].startswith("UNLISTEN") for q in active):
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"the listener connection still listens: {active}")
+        finally:
+            for conn in listeners + busy + [notifier]:
+                conn.close()
+
+
+@transaction_only
+def test_a_notification_waits_for_the_end_of_the_listeners_transaction(pg):
+    with pgsluice(pg, max_connections=3) as target:
+        listener, notifier = psycopg2_clients(target, 2)
+        try:
+            with listener.cursor() as cur:
+                cur.execute("LISTEN tx_channel")
+            listener.autocommit = False
+            assert scalar(listener, "select 1") == 1  # a transaction is open now
+            with notifier.cursor() as cur:
+                cur.execute("NOTIFY tx_channel, 'later'")
+            time.sleep(0.3)
+            listener.poll()
+            assert listener.notifies == [], "delivered in the middle of the client's transaction"
+            listener.commit()
+            assert [n.payload for n in wait_for_notifications(listener, 1)] == ["later"]
+            listener.autocommit = True
+            # A LISTEN inside a transaction block takes effect at COMMIT, and not at all after ROLLBACK
+            # (it runs on the client's server connection, which it then keeps).
+            listener.autocommit = False
+            with listener.cursor() as cur:
+                cur.execute("LISTEN rolled_back")
+            listener.rollback()
+            with listener.cursor() as cur:
+                cur.execute("LISTEN in_block")
+            listener.commit()
+            listener.autocommit = True
+            with notifier.cursor() as cur:
+                cur.execute("NOTIFY rolled_back, 'no'; NOTIFY in_block, 'yes'")
+            got = wait_for_notifications(listener, 1)
+            time.sleep(0.2)
+            listener.poll()
+            assert [(n.channel, n.payload) for n in got + list(listener.notifies)] == [("in_block", "yes")]
+        finally:
+            listener.close()
+            notifier.close()
+
+
+@transaction_only
+def test_a_lost_listener_connection_closes_its_listeners_who_can_listen_again(pg):
+    with pgsluice(pg, max_connections=2) as target:
+        listener, notifier = psycopg2_clients(target, 2)
+        try:
+            with listener.cursor() as cur:
+                cur.execute("LISTEN lost_channel")
+            killed = pg.sql("select pg_terminate_backend(pid) from pg_stat_activity where query like 'LISTEN %'")
+            assert killed == [(True,)]
+            # The client must know it may have missed notifications: its connection ends with an error.
+            with pytest.raises(psycopg2.Error) as failure:
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    wait_for_notifications(listener, 1, timeout=0.2)
+                    scalar(listener, "select 1")
+            # The FATAL that says why (libpq reports the closed connection; the log has the reason).
+            assert failure.value.pgcode in (None, "08006"), failure.value
+            assert "the listener connection of service" in target.proxy.log_text()
+            again, = psycopg2_clients(target, 1)
+            try:
+                with again.cursor() as cur:
+                    cur.execute("LISTEN lost_channel")
+                with notifier.cursor() as cur:
+                    cur.execute("NOTIFY lost_channel, 'back'")
+                assert [n.payload for n in wait_for_notifications(again, 1)] == ["back"]
+            finally:
+                again.close()
+        finally:
+            listener.close()
+            notifier.close()
+
+
 @transaction_only
 def test_sql_prepared_statements_are_each_clients_own(pg):
     with pgsluice(pg, max_connections=5) as target:

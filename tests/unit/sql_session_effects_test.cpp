@@ -100,3 +100,22 @@ TEST_CASE("a SET of one setting to constants is a literal one; others are not", 
   CHECK_FALSE(analyze("SET work_mem = '64kB'; SET search_path = a").literal);
   CHECK_FALSE(analyze("RESET work_mem").literal);
 }
+
+TEST_CASE("LISTEN and UNLISTEN name their channels as Postgres folds them", "[sql][listen]") {
+  auto listen = analyze("LISTEN Orders");
+  REQUIRE(listen.listens.size() == 1);
+  CHECK(listen.listens[0].listen);
+  CHECK(listen.listens[0].channel == "orders");
+  CHECK(listen.only_listens());
+  auto quoted = analyze(R"(listen "Mixed Case"; UNLISTEN other; unlisten *)");
+  REQUIRE(quoted.listens.size() == 3);
+  CHECK(quoted.listens[0].channel == "Mixed Case");
+  CHECK_FALSE(quoted.listens[1].listen);
+  CHECK(quoted.listens[1].channel == "other");
+  CHECK(quoted.listens[2].channel.empty());  // UNLISTEN *
+  CHECK(quoted.only_listens());
+  CHECK_FALSE(analyze("LISTEN a; SELECT 1").only_listens());
+  CHECK_FALSE(analyze("SELECT 1").only_listens());
+  CHECK(analyze("DISCARD ALL").discard_all);
+  CHECK_FALSE(analyze("RESET ALL").discard_all);
+}

@@ -89,6 +89,19 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // What end_client() starts once: the server connection given back, the server side stopped.
   net::awaitable<void> end_session(std::shared_ptr<ClientSession> self);
 
+  // LISTEN / UNLISTEN outside a transaction, in the pooled modes: served by the service's listener
+  // connection (listener_hub.hpp) instead of a server connection. True: the run's first message is
+  // one and serve_listens answers it.
+  bool try_serve_listens(std::shared_ptr<ClientSession>& self);
+  net::awaitable<void> serve_listens(std::shared_ptr<ClientSession> self,
+                                     std::shared_ptr<const sql::SessionEffects> effects, std::size_t size);
+  // A notification from the listener connection (on this session's worker; null: the listener
+  // connection was lost). Written at once between transactions, else after the transaction.
+  void deliver_notification(std::shared_ptr<const protocol::Buffer> frame);
+  void flush_notifications();
+  // UNLISTEN / DISCARD ALL that went to a server connection also end the listener's subscriptions.
+  void pass_on_unlistens();
+
   // The server side (see the top of this file). Each read's handler holds the session.
   struct ServerRead;
   void read_server(std::shared_ptr<ClientSession> self);
@@ -195,6 +208,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool client_flushing_ = false;     // a write to the client is under way
   bool client_write_failed_ = false;
   net::Event client_drained_;
+  // Notifications from the listener connection (listener_hub.hpp).
+  std::uint64_t listen_id_ = 0;            // this client's subscriber number there; 0: none yet
+  protocol::Buffer pending_notifications_;  // held until the transaction in flight ends
   // The server side waits for the client to take its run: after_server_write goes on then.
   bool server_waits_for_client_ = false;
   std::size_t server_run_offset_ = 0;

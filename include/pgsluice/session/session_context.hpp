@@ -17,6 +17,8 @@
 
 namespace pgsluice::session {
 
+class ListenerHub;
+
 // A user's secret in the forms the authentication methods need, derived once at load.
 struct UserSecret {
   config::AuthMethod method = config::AuthMethod::scram_sha_256;
@@ -29,6 +31,8 @@ struct Service {
   config::ServiceConfig config;
   std::shared_ptr<const server::ServerTarget> target;
   std::shared_ptr<pool::Pool> pool;
+  // The pooled modes' LISTEN (listener_hub.hpp); null in session mode.
+  std::shared_ptr<ListenerHub> listeners;
 
   // The ParameterStatus values a fresh server connection of this service reports, once known.
   std::optional<server::ParameterMap> reported_parameters() const {

@@ -104,6 +104,13 @@ class StatementTracker {
   // Settings whose value a probe settled since the last call (the session records them).
   std::vector<SettledSetting> take_settled() { return std::exchange(settled_, {}); }
   bool has_settled() const { return !settled_.empty(); }
+  // UNLISTENs (an empty channel: all, as DISCARD ALL does) sent to the server since the last call:
+  // they end the client's subscriptions on the service's listener connection too.
+  std::vector<sql::ListenChange> take_passed_unlistens() { return std::exchange(passed_unlistens_, {}); }
+  bool has_passed_unlistens() const { return !passed_unlistens_.empty(); }
+  // A simple Query pgsluice answered itself (LISTEN served by the listener connection): Postgres
+  // drops the unnamed statement at any simple Query.
+  void simple_query_answered_here() { unnamed_.exists = false; }
   // LISTEN, a session advisory lock, a temporary relation or a WITH HOLD cursor holds the client to
   // this server connection: it is not given back between transactions.
   bool pinned() const { return pinned_; }
@@ -397,6 +404,7 @@ class StatementTracker {
   bool pin_check_pending_ = false;           // something that pins or unpins was sent
   bool pinned_ = false;
   std::vector<SettledSetting> settled_;
+  std::vector<sql::ListenChange> passed_unlistens_;
   std::size_t max_statements_ = 1000;
   std::size_t max_statement_bytes_ = 16u * 1024u * 1024u;
   int ignored_queries_ = 0;

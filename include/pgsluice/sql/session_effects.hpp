@@ -28,6 +28,12 @@ struct PreparedNameRef {
   int declared_types = 0;  // PREPARE name (types): how many (the statement takes the highest $n if more)
 };
 
+// One LISTEN or UNLISTEN of a text, in text order.
+struct ListenChange {
+  bool listen = true;    // LISTEN (else UNLISTEN)
+  std::string channel;   // as Postgres folds it; empty: UNLISTEN *
+};
+
 struct SessionEffects {
   // A text that is one session-level SET of one setting to constants (SET work_mem = '64kB'):
   // the value it leaves is the same whoever runs it, so once a probe has read it back, later runs
@@ -45,6 +51,11 @@ struct SessionEffects {
   bool may_unpin = false;             // UNLISTEN, an advisory unlock, DISCARD, DROP, CLOSE
   std::vector<PreparedNameRef> prepared;  // SQL PREPARE / EXECUTE / DEALLOCATE name, in text order
   std::size_t statements = 0;             // how many statements the text holds
+  std::vector<ListenChange> listens;      // LISTEN / UNLISTEN, in text order
+  bool discard_all = false;               // DISCARD ALL (which UNLISTENs * too)
+  // Every statement of the text is a LISTEN or UNLISTEN: the pooled modes serve it with their
+  // per-service listener connection instead of a server connection (DESIGN §2).
+  bool only_listens() const { return statements > 0 && listens.size() == statements; }
   std::shared_ptr<LiteralSetting> literal;  // see LiteralSetting; null for any other text
 
   bool any() const { return !settings.empty() || reset_all || pins || may_unpin || !prepared.empty(); }
