@@ -332,6 +332,22 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
     skip_until_sync_ = false;
     verified_.clear();
   }
+  if (learning_) {
+    // A statement after the literal SET being learned may change what the probe reads (a later SET,
+    // a ROLLBACK): the text is then not learned from this batch.
+    bool other = type == 'Q' || type == 'F' || type == 'B';
+    if (type == 'E') {
+      // learning_portal_ is the last Bind's portal: the SET's own (any later Bind stopped the learning).
+      auto execute = protocol::parse_execute(message.payload);
+      other = !execute || execute->portal != learning_portal_;
+    }
+    if (other) learning_.reset();
+  }
+  if (type == 'B') {
+    // Just the portal name (the payload's first string): Bind is the hot path.
+    const auto payload = protocol::as_string_view(message.payload);
+    learning_portal_.assign(payload.substr(0, payload.find('\0')));
+  }
   switch (type) {
     case 'P': {
       auto parse = protocol::parse_parse(message.payload);
@@ -665,6 +681,8 @@ void StatementTracker::note_effects(const sql::SessionEffects& effects) {
       }
       if (known) {
         pending_literals_.push_back({name, std::move(known)});
+        // The probe would read what this one leaves, not what the text being learned leaves.
+        learning_.reset();
         continue;
       }
       // Unknown yet: the probe that reads it teaches every session, if it reads that alone.

@@ -399,6 +399,9 @@ class StatementTracker {
   std::vector<std::string> dirty_settings_;  // SET / RESET sent, not settled by a probe yet
   std::vector<SettledSetting> pending_literals_;  // literal SETs of known value sent in this batch
   std::shared_ptr<sql::SessionEffects::LiteralSetting> learning_;  // the one dirty setting's literal SET
+  // Learned only if that SET is the batch's last statement: the portal its Bind made (an Execute
+  // of any other portal, any later Bind, Query or FunctionCall stops the learning).
+  std::string learning_portal_;  // the last Bind's portal
   bool reset_all_pending_ = false;           // RESET ALL / DISCARD ALL sent: startup values to restore
   std::vector<std::string> startup_resets_;  // startup parameters RESET one by one: to restore
   bool pin_check_pending_ = false;           // something that pins or unpins was sent
