@@ -459,6 +459,41 @@ def test_listeners_share_one_listener_connection_and_hold_no_pool_connection(pg)
 
 
 @transaction_only
+def test_listen_and_unlisten_churn_on_shared_channels_leaves_every_listener_served(pg):
+    # Clients LISTEN and UNLISTEN the same channels at once: the listener connection's LISTENs and
+    # UNLISTENs interleave. Whoever listens at the end gets the notification, once.
+    with pgsluice(pg, max_connections=2) as target:
+        clients = psycopg2_clients(target, 12)
+        notifier, = psycopg2_clients(target, 1)
+        try:
+            def churn(i: int) -> None:
+                with clients[i].cursor() as cur:
+                    for n in range(25):
+                        cur.execute(f"LISTEN churn_{n % 3}")
+                        if n % 2:
+                            cur.execute(f"UNLISTEN churn_{(n + i) % 3}")
+                        else:
+                            cur.execute("UNLISTEN *")
+                    cur.execute("LISTEN churn_final")
+
+            assert run_clients(12, churn) == []
+            for conn in clients:
+                conn.poll()
+                conn.notifies.clear()
+            with notifier.cursor() as cur:
+                cur.execute("NOTIFY churn_final, 'last'")
+            for i, conn in enumerate(clients):
+                assert [n.payload for n in wait_for_notifications(conn, 1)] == ["last"], i
+            time.sleep(0.2)
+            for conn in clients:
+                conn.poll()
+                assert [n.channel for n in conn.notifies if n.channel == "churn_final"] == []
+        finally:
+            for conn in clients + [notifier]:
+                conn.close()
+
+
+@transaction_only
 def test_a_notification_waits_for_the_end_of_the_listeners_transaction(pg):
     with pgsluice(pg, max_connections=3) as target:
         listener, notifier = psycopg2_clients(target, 2)
