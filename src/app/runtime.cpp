@@ -128,7 +128,8 @@ std::shared_ptr<session::Service> Runtime::start_service(const config::Config& c
   out->pool->set_breaker(std::move(breaker), std::move(on_trip));
   asio::co_spawn(asio::make_strand(io_), out->pool->maintain(), asio::detached);
   if (service.mode != config::PoolMode::session) {
-    out->listeners = std::make_shared<session::ListenerHub>(asio::make_strand(io_), target, service.name);
+    out->listeners =
+        std::make_shared<session::ListenerHub>(asio::make_strand(io_), target, service.name, breakers_.at(service.backend));
   }
   return out;
 }
@@ -177,7 +178,8 @@ ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
     if (service.mode != config::PoolMode::session && (!out->listeners || *target != *kept->target)) {
       // New credentials or address: the listener reconnects with them (its clients are told).
       if (out->listeners) out->listeners->close();
-      out->listeners = std::make_shared<session::ListenerHub>(asio::make_strand(io_), target, service.name);
+      out->listeners = std::make_shared<session::ListenerHub>(asio::make_strand(io_), target, service.name,
+                                                              breakers_.at(service.backend));
     }
     if (*target != *kept->target) {
       // Another address or other credentials: connections opened before are retired.

@@ -602,7 +602,7 @@ net::awaitable<void> ClientSession::serve_listens(std::shared_ptr<ClientSession>
   auto error = co_await service_->listeners->apply(listen_id_, std::move(changes), std::move(deliver));
   Buffer out;
   if (error) {
-    protocol::append_error_response(out, protocol::Severity::error, "08006", *error);
+    protocol::append_error_response(out, protocol::Severity::error, error->sqlstate, error->message);
   } else {
     for (const auto& change : effects->listens) {
       protocol::MessageBuilder(out).begin('C').cstring(change.listen ? "LISTEN" : "UNLISTEN").end();

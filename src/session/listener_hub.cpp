@@ -33,8 +33,11 @@ std::string quote_identifier(std::string_view name) {
 }  // namespace
 
 ListenerHub::ListenerHub(asio::any_io_executor executor, std::shared_ptr<const server::ServerTarget> target,
-                         std::string service)
-    : executor_(std::move(executor)), target_(std::move(target)), service_(std::move(service)) {}
+                         std::string service, std::shared_ptr<pool::CircuitBreaker> breaker)
+    : executor_(std::move(executor)),
+      target_(std::move(target)),
+      service_(std::move(service)),
+      breaker_(std::move(breaker)) {}
 
 ListenerHub::~ListenerHub() = default;
 
@@ -42,7 +45,7 @@ std::uint64_t ListenerHub::new_subscriber() { return g_next_subscriber.fetch_add
 
 std::size_t ListenerHub::channel_count() const { return channel_count_.load(); }
 
-net::awaitable<std::optional<std::string>> ListenerHub::apply(std::uint64_t subscriber,
+net::awaitable<std::optional<ListenerHub::Failure>> ListenerHub::apply(std::uint64_t subscriber,
                                                               std::vector<sql::ListenChange> changes, Deliver deliver) {
   // On the hub's strand, and back to the caller's executor at the end. Named, not temporaries of the
   // co_await expression: g++ 12 destroyed such a temporary twice (GCC PR 99576).
@@ -65,11 +68,11 @@ void ListenerHub::close() {
   });
 }
 
-net::awaitable<std::optional<std::string>> ListenerHub::apply_here(std::uint64_t subscriber,
+net::awaitable<std::optional<ListenerHub::Failure>> ListenerHub::apply_here(std::uint64_t subscriber,
                                                                    std::vector<sql::ListenChange> changes,
                                                                    Deliver deliver) {
   auto self = shared_from_this();
-  if (closed_) co_return "pgsluice: the service's listener connection is closed";
+  if (closed_) co_return Failure{"08006", "pgsluice: the service's listener connection is closed"};
   for (const auto& change : changes) {
     if (change.listen) {
       if (auto it = subscribers_.find(subscriber); it != subscribers_.end() && it->second.channels.contains(change.channel)) {
@@ -171,14 +174,21 @@ net::awaitable<void> ListenerHub::prune() {
   channel_count_ = channels_.size();
 }
 
-net::awaitable<std::optional<std::string>> ListenerHub::connect() {
+net::awaitable<std::optional<ListenerHub::Failure>> ListenerHub::connect() {
   if (connection_) co_return std::nullopt;
+  if (breaker_ && breaker_->state() != pool::CircuitBreaker::State::closed) {
+    co_return Failure{"57P03", "pgsluice: the database of service \"" + service_ +
+                                   "\" is unavailable (circuit breaker open); LISTEN cannot be served"};
+  }
   std::string error;
   auto connection = co_await server::ServerConnection::connect(executor_, target_, error);
   if (!connection) {
     spdlog::warn("service {}: listener connection failed: {}", service_, error);
-    co_return "pgsluice: could not open the listener connection of service \"" + service_ + "\": " + error;
+    if (breaker_) breaker_->record_failure();
+    co_return Failure{"08006", "pgsluice: could not open the listener connection of service \"" + service_ +
+                                   "\": " + error};
   }
+  if (breaker_) breaker_->record_success();
   connection_ = std::shared_ptr<server::ServerConnection>(std::move(connection));
   const auto generation = ++generation_;
   spdlog::info("service {}: listener connection opened (LISTEN of the pooled clients)", service_);
@@ -186,13 +196,13 @@ net::awaitable<std::optional<std::string>> ListenerHub::connect() {
   co_return std::nullopt;
 }
 
-net::awaitable<std::optional<std::string>> ListenerHub::command(std::string sql) {
+net::awaitable<std::optional<ListenerHub::Failure>> ListenerHub::command(std::string sql) {
   auto self = shared_from_this();
   while (busy_) co_await idle_.wait();
   busy_ = true;
-  std::optional<std::string> error;
+  std::optional<ListenerHub::Failure> error;
   if (closed_) {
-    error = "pgsluice: the service's listener connection is closed";
+    error = Failure{"08006", "pgsluice: the service's listener connection is closed"};
   } else {
     error = co_await connect();
   }
@@ -238,8 +248,9 @@ net::awaitable<void> ListenerHub::read_loop(std::uint64_t generation) {
       case 'E':
         if (awaiting_ && !command_error_) {
           auto fields = protocol::parse_error_response(message->payload);
-          command_error_ = fields ? "pgsluice: the listener connection refused it: " + fields->message
-                                  : std::string("pgsluice: the listener connection refused it");
+          command_error_ = fields ? Failure{fields->sqlstate, "pgsluice: the listener connection refused it: " +
+                                                                  fields->message}
+                                  : Failure{"08P01", "pgsluice: the listener connection refused it"};
         }
         break;
       case 'Z':
@@ -279,7 +290,8 @@ void ListenerHub::lose(const std::string& reason) {
   ++generation_;
   if (awaiting_) {
     awaiting_ = false;
-    command_error_ = "pgsluice: the listener connection of service \"" + service_ + "\" was lost (" + reason + ")";
+    command_error_ = Failure{"08006", "pgsluice: the listener connection of service \"" + service_ + "\" was lost (" +
+                                          reason + ")"};
     answered_.notify();
   }
   auto subscribers = std::move(subscribers_);

@@ -126,6 +126,12 @@ def test_database_killed_under_load_fails_fast_then_recovers(own_pg):
         print(f"\n[{POOL_MODE}] {CLIENTS} clients, database killed: fast-fail p50 {p50 * 1e3:.2f} ms, "
               f"p99 {p99 * 1e3:.2f} ms")
         assert p99 < 0.050, (p50, p99)
+        if POOL_MODE == "transaction":
+            # A LISTEN (served by the listener connection, which is not open yet) fails fast too.
+            with pytest.raises(psycopg2.Error) as refused:
+                probe.cursor().execute("LISTEN breaker_channel")
+            assert refused.value.pgcode == "57P03", refused.value
+            assert "circuit breaker open" in str(refused.value)
 
         # The database comes back: statements succeed again within open_for + 1 s.
         pg.start_again()

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "pgsluice/net/io.hpp"
+#include "pgsluice/pool/circuit_breaker.hpp"
 #include "pgsluice/protocol/message.hpp"
 #include "pgsluice/server/server_connection.hpp"
 #include "pgsluice/sql/session_effects.hpp"
@@ -30,9 +31,16 @@ class ListenerHub : public std::enable_shared_from_this<ListenerHub> {
   // strand: it must only post to the client's own worker. A null frame: the listener connection
   // was lost, and with it every subscription (the client may have missed notifications).
   using Deliver = std::function<void(std::shared_ptr<const protocol::Buffer> frame)>;
+  // Why a LISTEN could not be served: what the client's ErrorResponse says.
+  struct Failure {
+    std::string sqlstate;
+    std::string message;
+  };
 
+  // `breaker`: the backend's circuit breaker (may be null): while it is not closed, a LISTEN that
+  // needs the listener connection opened fails at once (57P03) instead of waiting for a dead server.
   ListenerHub(net::asio::any_io_executor executor, std::shared_ptr<const server::ServerTarget> target,
-              std::string service);
+              std::string service, std::shared_ptr<pool::CircuitBreaker> breaker = nullptr);
   ~ListenerHub();
 
   // A number no other subscriber of any hub has.
@@ -42,7 +50,7 @@ class ListenerHub : public std::enable_shared_from_this<ListenerHub> {
   // Done once the listener connection listens to every channel a LISTEN named, so a notification
   // committed after this returns reaches `deliver`. Returns the error when the listener connection
   // could not be opened or refused a LISTEN (the changes before it stay made).
-  net::awaitable<std::optional<std::string>> apply(std::uint64_t subscriber, std::vector<sql::ListenChange> changes,
+  net::awaitable<std::optional<Failure>> apply(std::uint64_t subscriber, std::vector<sql::ListenChange> changes,
                                                    Deliver deliver);
   // The subscriber is gone (any thread; nothing to wait for).
   void forget(std::uint64_t subscriber);
@@ -61,13 +69,13 @@ class ListenerHub : public std::enable_shared_from_this<ListenerHub> {
     std::set<std::string> channels;
   };
 
-  net::awaitable<std::optional<std::string>> apply_here(std::uint64_t subscriber, std::vector<sql::ListenChange> changes,
+  net::awaitable<std::optional<Failure>> apply_here(std::uint64_t subscriber, std::vector<sql::ListenChange> changes,
                                                         Deliver deliver);
   void forget_here(std::uint64_t subscriber);
   // Opens the listener connection if there is none; an error text on failure.
-  net::awaitable<std::optional<std::string>> connect();
+  net::awaitable<std::optional<Failure>> connect();
   // Sends one simple query (LISTEN / UNLISTEN) and waits for its ReadyForQuery: one at a time.
-  net::awaitable<std::optional<std::string>> command(std::string sql);
+  net::awaitable<std::optional<Failure>> command(std::string sql);
   net::awaitable<void> read_loop(std::uint64_t generation);
   void route(const protocol::MessageView& notification);
   // The connection broke (or timed out, or close()): every subscriber is told and forgotten.
@@ -78,13 +86,14 @@ class ListenerHub : public std::enable_shared_from_this<ListenerHub> {
   net::asio::any_io_executor executor_;  // a strand
   std::shared_ptr<const server::ServerTarget> target_;
   std::string service_;
+  std::shared_ptr<pool::CircuitBreaker> breaker_;
   std::shared_ptr<server::ServerConnection> connection_;  // shared with the reader while it reads
   std::uint64_t generation_ = 0;  // of connection_: a reader of an older one ends quietly
   bool connecting_ = false;
   bool busy_ = false;           // a command (or connect) is under way
   net::Event idle_;             // ... and it ended
   bool awaiting_ = false;       // the command's ReadyForQuery has not come yet
-  std::optional<std::string> command_error_;
+  std::optional<Failure> command_error_;
   net::Event answered_;
   bool closed_ = false;
   bool prune_pending_ = false;
