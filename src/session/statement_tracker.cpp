@@ -696,9 +696,9 @@ void StatementTracker::note_effects(const sql::SessionEffects& effects) {
   if (effects.reset_all) reset_all_pending_ = true;
   if (effects.pins || effects.may_unpin) pin_check_pending_ = true;
   for (const auto& change : effects.listens) {
-    if (!change.listen) passed_unlistens_.push_back(change);
+    if (!change.listen) unlistens_in_batch_.push_back(change);
   }
-  if (effects.discard_all) passed_unlistens_.push_back({false, {}});
+  if (effects.discard_all) unlistens_in_batch_.push_back({false, {}});
 }
 
 namespace {
@@ -742,6 +742,13 @@ constexpr std::string_view kPinCount =
 }  // namespace
 
 void StatementTracker::send_probe([[maybe_unused]] server::ServerStatements& server, Outgoing& to_server) {
+  if (!unlistens_in_batch_.empty() && !queue_.empty()) {
+    // The batch just ended: its UNLISTENs count once it has committed (settle_literals).
+    auto& batch = queue_.detail(queue_.back());
+    batch.unlisten_if_committed.insert(batch.unlisten_if_committed.end(), unlistens_in_batch_.begin(),
+                                       unlistens_in_batch_.end());
+    unlistens_in_batch_.clear();
+  }
   const bool after_copy = std::exchange(copy_in_batch_, false);
   if (!pending_literals_.empty() && after_copy) {
     for (const auto& setting : pending_literals_) mark_dirty(setting.name);
@@ -814,6 +821,16 @@ void StatementTracker::send_probe([[maybe_unused]] server::ServerStatements& ser
 }
 
 void StatementTracker::settle_literals(Detail& batch, const protocol::MessageView& ready) {
+  if (!batch.unlisten_if_committed.empty()) {
+    // UNLISTEN / DISCARD ALL sent to the server end the client's listener subscriptions only if they
+    // took effect: at once in autocommit, at COMMIT inside a transaction block, never if they failed.
+    auto status = protocol::parse_ready_for_query(ready.payload);
+    if (status && !batch.batch_failed && (*status == 'I' || *status == 'T')) {
+      auto& into = *status == 'I' ? passed_unlistens_ : unlistens_in_transaction_;
+      into.insert(into.end(), batch.unlisten_if_committed.begin(), batch.unlisten_if_committed.end());
+    }
+    batch.unlisten_if_committed.clear();
+  }
   if (batch.settle_if_committed.empty()) return;
   auto status = protocol::parse_ready_for_query(ready.payload);
   if (status && *status == 'I' && !batch.batch_failed) {
@@ -1158,7 +1175,8 @@ bool StatementTracker::carries_nothing() const {
          held_ready_.empty() && restores_pending_ == 0 && !skip_until_sync_ && !awaiting_shape_ &&
          unlearned_.first.empty() && ignored_queries_ == 0 && transaction_status_ == 'I' && sql_prepares_ == 0 &&
          waiting_for_.empty() && !waiting_for_answers_ && !dropping_portal_ && portal_renames_.empty() &&
-         !copy_in_batch_ && passed_unlistens_.empty();
+         !copy_in_batch_ && passed_unlistens_.empty() && unlistens_in_batch_.empty() &&
+         unlistens_in_transaction_.empty();
 }
 
 bool StatementTracker::answers_pending() const {
@@ -1290,6 +1308,22 @@ void StatementTracker::abandon(Expectation& expectation, server::ServerStatement
 StatementTracker::Disposition StatementTracker::server_message(const protocol::MessageView& message,
                                                                server::ServerStatements& server) {
   const char type = message.type;
+  if (!unlistens_in_transaction_.empty()) {
+    // UNLISTENs inside a transaction block: kept if it ends with COMMIT (END says COMMIT too).
+    if (type == 'C') {
+      transaction_committed_ = protocol::as_string_view(message.payload).starts_with("COMMIT");
+    } else if (type == 'Z') {
+      auto status = protocol::parse_ready_for_query(message.payload);
+      if (status && *status == 'I') {
+        if (transaction_committed_) {
+          passed_unlistens_.insert(passed_unlistens_.end(), unlistens_in_transaction_.begin(),
+                                   unlistens_in_transaction_.end());
+        }
+        unlistens_in_transaction_.clear();
+        transaction_committed_ = false;
+      }
+    }
+  }
   if (type == 'Z') {
     if (auto status = protocol::parse_ready_for_query(message.payload)) transaction_status_ = *status;
   }

@@ -104,8 +104,8 @@ class StatementTracker {
   // Settings whose value a probe settled since the last call (the session records them).
   std::vector<SettledSetting> take_settled() { return std::exchange(settled_, {}); }
   bool has_settled() const { return !settled_.empty(); }
-  // UNLISTENs (an empty channel: all, as DISCARD ALL does) sent to the server since the last call:
-  // they end the client's subscriptions on the service's listener connection too.
+  // UNLISTENs (an empty channel: all, as DISCARD ALL does) the server ran and committed since the
+  // last call: they end the client's subscriptions on the service's listener connection too.
   std::vector<sql::ListenChange> take_passed_unlistens() { return std::exchange(passed_unlistens_, {}); }
   bool has_passed_unlistens() const { return !passed_unlistens_.empty(); }
   // A simple Query pgsluice answered itself (LISTEN served by the listener connection): Postgres
@@ -195,6 +195,7 @@ class StatementTracker {
     // sync, simple: literal SETs whose value is known, settled when this batch ends without an
     // error at ReadyForQuery 'I' (see sql::SessionEffects::LiteralSetting); probed otherwise.
     std::vector<SettledSetting> settle_if_committed;
+    std::vector<sql::ListenChange> unlisten_if_committed;  // UNLISTENs of the batch (see take_passed_unlistens)
     bool batch_failed = false;
     // probe: the literal SET whose value it reads (the only setting it reads), to remember.
     std::shared_ptr<sql::SessionEffects::LiteralSetting> learns;
@@ -407,7 +408,10 @@ class StatementTracker {
   bool pin_check_pending_ = false;           // something that pins or unpins was sent
   bool pinned_ = false;
   std::vector<SettledSetting> settled_;
-  std::vector<sql::ListenChange> passed_unlistens_;
+  std::vector<sql::ListenChange> passed_unlistens_;         // took effect: for the listener connection
+  std::vector<sql::ListenChange> unlistens_in_batch_;       // noted, the batch not ended yet
+  std::vector<sql::ListenChange> unlistens_in_transaction_;  // ran in a transaction block still open
+  bool transaction_committed_ = false;                      // its last CommandComplete said COMMIT
   std::size_t max_statements_ = 1000;
   std::size_t max_statement_bytes_ = 16u * 1024u * 1024u;
   int ignored_queries_ = 0;
