@@ -600,6 +600,7 @@ net::awaitable<void> ClientSession::serve_listens(std::shared_ptr<ClientSession>
   };
   auto changes = effects->listens;
   auto error = co_await service_->listeners->apply(listen_id_, std::move(changes), std::move(deliver));
+  if (!error) follow_hub_channels(effects->listens);
   Buffer out;
   if (error) {
     protocol::append_error_response(out, protocol::Severity::error, error->sqlstate, error->message);
@@ -625,6 +626,7 @@ void ClientSession::deliver_notification(std::shared_ptr<const Buffer> frame) {
     // The listener connection went, and every subscription with it: like a lost server connection,
     // the client must know it may have missed notifications.
     listen_id_ = 0;
+    hub_channels_.clear();
     asio::co_spawn(socket_.get_executor(),
                    close_with("08006", "pgsluice: the listener connection of service \"" + service_->config.name +
                                            "\" was lost; notifications may have been missed; connect again"),
@@ -654,9 +656,25 @@ void ClientSession::flush_notifications() {
   Buffer().swap(pending_notifications_);
 }
 
+void ClientSession::follow_hub_channels(const std::vector<sql::ListenChange>& changes) {
+  for (const auto& change : changes) {
+    if (change.listen) {
+      if (std::find(hub_channels_.begin(), hub_channels_.end(), change.channel) == hub_channels_.end()) {
+        hub_channels_.push_back(change.channel);
+      }
+    } else if (change.channel.empty()) {
+      hub_channels_.clear();
+    } else {
+      std::erase(hub_channels_, change.channel);
+    }
+  }
+  if (hub_channels_.empty()) std::vector<std::string>().swap(hub_channels_);
+}
+
 void ClientSession::pass_on_unlistens() {
   auto changes = tracker_->take_passed_unlistens();
   if (listen_id_ == 0 || !service_->listeners) return;
+  follow_hub_channels(changes);
   asio::co_spawn(
       socket_.get_executor(),
       [hub = service_->listeners, id = listen_id_, changes = std::move(changes)]() mutable -> net::awaitable<void> {
@@ -945,6 +963,12 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
           // itself (BackendKeyData), so one from its own server connection carries that pid.
           protocol::PayloadReader reader(message.payload);
           const auto pid = static_cast<std::uint32_t>(reader.int32());
+          // A channel the listener connection serves this client already (it listened there first):
+          // that copy is the one it gets, this one would be a duplicate.
+          if (!hub_channels_.empty() &&
+              std::find(hub_channels_.begin(), hub_channels_.end(), reader.cstring()) != hub_channels_.end()) {
+            continue;
+          }
           if (pid == server_->backend_key().process_id) {
             protocol::MessageBuilder(out.build())
                 .begin('A')

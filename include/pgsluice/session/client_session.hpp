@@ -99,6 +99,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // connection was lost). Written at once between transactions, else after the transaction.
   void deliver_notification(std::shared_ptr<const protocol::Buffer> frame);
   void flush_notifications();
+  // Keeps hub_channels_ in step with what the listener connection serves this client.
+  void follow_hub_channels(const std::vector<sql::ListenChange>& changes);
   // UNLISTEN / DISCARD ALL that went to a server connection also end the listener's subscriptions.
   void pass_on_unlistens();
 
@@ -211,6 +213,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // Notifications from the listener connection (listener_hub.hpp).
   std::uint64_t listen_id_ = 0;            // this client's subscriber number there; 0: none yet
   protocol::Buffer pending_notifications_;  // held until the transaction in flight ends
+  std::vector<std::string> hub_channels_;   // the channels it serves this client
   // The server side waits for the client to take its run: after_server_write goes on then.
   bool server_waits_for_client_ = false;
   std::size_t server_run_offset_ = 0;
