@@ -598,9 +598,19 @@ net::awaitable<void> ClientSession::serve_listens(std::shared_ptr<ClientSession>
       if (auto session = weak.lock()) session->deliver_notification(std::move(frame));
     });
   };
+  // A notification the listener connection routes once it listens may arrive before apply()
+  // returns: the new channels pass the filter in deliver_notification from now on.
+  const auto before = hub_channels_;
+  for (const auto& change : effects->listens) {
+    if (change.listen) follow_hub_channels({change});
+  }
   auto changes = effects->listens;
   auto error = co_await service_->listeners->apply(listen_id_, std::move(changes), std::move(deliver));
-  if (!error) follow_hub_channels(effects->listens);
+  if (error) {
+    hub_channels_ = before;  // the changes before the failure are made there, but not confirmed
+  } else {
+    follow_hub_channels(effects->listens);
+  }
   Buffer out;
   if (error) {
     protocol::append_error_response(out, protocol::Severity::error, error->sqlstate, error->message);
@@ -632,6 +642,15 @@ void ClientSession::deliver_notification(std::shared_ptr<const Buffer> frame) {
                                            "\" was lost; notifications may have been missed; connect again"),
                    asio::detached);
     return;
+  }
+  // Only channels it listens to now: an UNLISTEN that ran on its server connection ends delivery at
+  // once here, while the listener connection learns of it a little later.
+  if (frame->size() > 9) {
+    const auto channel = protocol::as_string_view(protocol::Bytes(frame->data() + 9, frame->size() - 9));
+    if (std::find(hub_channels_.begin(), hub_channels_.end(), channel.substr(0, channel.find('\0'))) ==
+        hub_channels_.end()) {
+      return;
+    }
   }
   constexpr std::size_t kMaxUnread = 16u * 1024u * 1024u;
   if (pending_notifications_.size() + client_backlog_.size() + frame->size() > kMaxUnread) {
