@@ -357,7 +357,9 @@ void ClientSession::release_server(bool reusable) {
 }
 
 void ClientSession::record_settled_state() {
-  for (auto& setting : tracker().take_settled()) {
+  auto settled = tracker().take_settled();
+  confirm_literals(settled);
+  for (auto& setting : settled) {
     if (setting.value) {
       parameters_[setting.name] = *setting.value;
     } else {
@@ -375,6 +377,137 @@ void ClientSession::record_settled_state() {
                  "or a WITH HOLD cursor) until it releases them",
                  peer_);
   }
+}
+
+void ClientSession::confirm_literals(const std::vector<StatementTracker::SettledSetting>& settled) {
+  // Settings whose SET may fail later for a reason the text does not show (the role's rights, the
+  // catalog), and those the server reports with ParameterStatus: never answered here.
+  static constexpr std::string_view kNotHere[] = {"role", "session_authorization", "default_tablespace",
+                                                  "temp_tablespaces", "default_text_search_config"};
+  std::optional<server::ParameterMap> reported;
+  for (const auto& setting : settled) {
+    if (!setting.literal) {
+      // Something else changed (a SET ROLE, a RESET ALL, a value read back by a probe): what held
+      // before may not hold now, so the server confirms each literal SET again.
+      confirmed_literals_.clear();
+      break;
+    }
+  }
+  for (const auto& setting : settled) {
+    if (!setting.literal || !setting.value) continue;
+    if (std::find(confirmed_literals_.begin(), confirmed_literals_.end(), setting.literal) !=
+        confirmed_literals_.end()) {
+      continue;
+    }
+    if (server::is_tracked_parameter(setting.name) ||
+        std::any_of(std::begin(kNotHere), std::end(kNotHere),
+                    [&](std::string_view name) { return server::same_guc_name(name, setting.name); })) {
+      continue;
+    }
+    if (!reported) reported = service_->reported_parameters();
+    if (!reported || reported->contains(setting.name)) continue;
+    constexpr std::size_t kMaxConfirmed = 16;
+    if (confirmed_literals_.size() >= kMaxConfirmed) confirmed_literals_.erase(confirmed_literals_.begin());
+    confirmed_literals_.push_back(setting.literal);
+  }
+}
+
+std::optional<ClientSession::SingleStatement> ClientSession::single_statement() const {
+  auto data = buffer_.readable();
+  if (data.empty() || (data[0] != 'Q' && data[0] != 'P')) return std::nullopt;
+  std::size_t at = 0;
+  auto next = [&](char type) -> std::optional<protocol::MessageView> {
+    if (at >= data.size() || data[at] != type) return std::nullopt;
+    auto frame = protocol::next_frame(data.subspan(at), max_message_size_);
+    if (frame.status != protocol::FrameStatus::complete) return std::nullopt;
+    at += frame.message.frame.size();
+    return frame.message;
+  };
+  SingleStatement statement;
+  if (data[0] == 'Q') {
+    auto query = next('Q');
+    if (!query) return std::nullopt;
+    statement.text = protocol::as_string_view(query->payload);
+    statement.size = at;
+    return statement;
+  }
+  statement.extended = true;
+  auto parse_message = next('P');
+  if (!parse_message) return std::nullopt;
+  auto parse = protocol::parse_parse(parse_message->payload);
+  if (!parse || !parse->statement.empty() || parse->parameter_types.size() != 2 || parse->parameter_types[0] != 0 ||
+      parse->parameter_types[1] != 0) {
+    return std::nullopt;
+  }
+  statement.text = parse->query;
+  auto bind_message = next('B');
+  if (!bind_message) return std::nullopt;
+  auto bind = protocol::parse_bind(bind_message->payload);
+  // No parameters: Int16 format count (and its codes), then Int16 parameter count 0.
+  if (!bind || !bind->portal.empty() || !bind->statement.empty() || bind->rest.size() < 4) return std::nullopt;
+  const auto formats = static_cast<std::size_t>((static_cast<unsigned>(bind->rest[0]) << 8) | bind->rest[1]);
+  const std::size_t count_at = 2 + 2 * formats;
+  if (count_at + 2 > bind->rest.size() || bind->rest[count_at] != 0 || bind->rest[count_at + 1] != 0) {
+    return std::nullopt;
+  }
+  if (auto describe_message = next('D')) {
+    auto target = protocol::parse_describe_or_close(describe_message->payload);
+    if (!target || !target->name.empty()) return std::nullopt;
+    statement.describe = target->kind;
+  }
+  auto execute_message = next('E');
+  if (!execute_message) return std::nullopt;
+  auto execute = protocol::parse_execute(execute_message->payload);
+  if (!execute || !execute->portal.empty() || !next('S')) return std::nullopt;
+  statement.size = at;
+  return statement;
+}
+
+void ClientSession::append_extended_preamble(const SingleStatement& statement, Buffer& out) {
+  if (!statement.extended) return;
+  protocol::append_parse_complete(out);
+  protocol::MessageBuilder(out).begin('2').end();
+  if (statement.describe == 'S') protocol::MessageBuilder(out).begin('t').int16(0).end();
+  if (statement.describe != 0) protocol::MessageBuilder(out).begin('n').end();
+}
+
+void ClientSession::answered_here(const SingleStatement& statement, std::shared_ptr<const sql::SessionEffects> effects) {
+  if (statement.extended) {
+    tracker().unnamed_parsed_here(std::string(statement.text), std::move(effects));
+  } else if (tracker_) {
+    tracker_->simple_query_answered_here();
+  }
+}
+
+ClientSession::SetAnswer ClientSession::try_answer_set() {
+  if (transaction_status_ != 'I' || expected_ready_ != 0 || in_extended_batch_ || skip_until_sync_ || draining_ ||
+      closing_ || !rewrite_statements_ || (tracker_ && (!tracker_->idle() || tracker_->pinned()))) {
+    return SetAnswer::no;
+  }
+  auto statement = single_statement();
+  if (!statement) return SetAnswer::no;
+  auto effects = context_->analyzer.effects_of(statement->text);
+  if (!effects || !effects->literal || effects->settings.size() != 1 || !effects->resets.empty() ||
+      std::find(confirmed_literals_.begin(), confirmed_literals_.end(), effects->literal) == confirmed_literals_.end()) {
+    return SetAnswer::no;
+  }
+  std::optional<std::string> value;
+  {
+    std::lock_guard lock(effects->literal->mutex);
+    value = effects->literal->value;
+  }
+  if (!value) return SetAnswer::no;
+  // What Postgres answers: the SET's replies, no ParameterStatus (not a reported setting).
+  Outgoing out;
+  auto& reply = out.build();
+  append_extended_preamble(*statement, reply);
+  protocol::MessageBuilder(reply).begin('C').cstring("SET").end();
+  protocol::append_ready_for_query(reply, 'I');
+  parameters_[effects->settings.front()] = std::move(*value);
+  parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
+  answered_here(*statement, effects);
+  buffer_.consume(statement->size);
+  return send_client(out) ? SetAnswer::answered : SetAnswer::client_gone;
 }
 
 void ClientSession::forward_cancel() {
@@ -508,6 +641,13 @@ void ClientSession::on_client_data(std::shared_ptr<ClientSession> self) {
     buffer_.consume(buffer_.size());
     return read_client(std::move(self));
   }
+  if (!server_ && !confirmed_literals_.empty()) {
+    for (;;) {
+      const auto answered = try_answer_set();
+      if (answered == SetAnswer::no) break;
+      if (answered == SetAnswer::client_gone) return end_client();
+    }
+  }
   // Cut every whole message off the buffer; the run of them is forwarded with one write.
   auto data = buffer_.readable();
   while (run_.offset < data.size()) {
@@ -569,28 +709,32 @@ void ClientSession::on_client_data(std::shared_ptr<ClientSession> self) {
 }
 
 bool ClientSession::try_serve_listens(std::shared_ptr<ClientSession>& self) {
-  // Outside a transaction with nothing in flight (no server connection), one Query of LISTEN /
-  // UNLISTEN statements only: served without a server connection, which would stay pinned.
-  auto data = buffer_.readable();
-  if (transaction_status_ != 'I' || data.empty() || data[0] != 'Q') return false;
-  auto frame = protocol::next_frame(data, max_message_size_);
-  if (frame.status != protocol::FrameStatus::complete) return false;
-  const auto text = protocol::as_string_view(frame.message.payload);
+  // Outside a transaction with nothing in flight (no server connection), a Query of LISTEN /
+  // UNLISTEN statements only, or one such statement run alone through the extended protocol
+  // (pgjdbc): served without a server connection, which would stay pinned.
+  if (transaction_status_ != 'I') return false;
+  auto statement = single_statement();
+  if (!statement) return false;
+  const auto text = statement->text;
   if (text.find("isten") == std::string_view::npos && text.find("ISTEN") == std::string_view::npos) return false;
   auto effects = context_->analyzer.effects_of(text);
-  if (!effects || !effects->only_listens()) return false;
+  if (!effects || !effects->only_listens() || (statement->extended && effects->statements != 1)) return false;
   for (const auto& change : effects->listens) {
     // Postgres truncates a longer name with a NOTICE: left to it (on a pinned connection).
     if (change.channel.size() >= 64 || (change.listen && change.channel.empty())) return false;
   }
-  asio::co_spawn(socket_.get_executor(), serve_listens(std::move(self), std::move(effects), frame.message.frame.size()),
+  asio::co_spawn(socket_.get_executor(), serve_listens(std::move(self), std::move(effects), *statement),
                  asio::detached);
   return true;
 }
 
 net::awaitable<void> ClientSession::serve_listens(std::shared_ptr<ClientSession> self,
                                                   std::shared_ptr<const sql::SessionEffects> effects,
-                                                  std::size_t size) {
+                                                  SingleStatement statement) {
+  // The buffer stays as it is until the answer is written (nothing else reads it meanwhile); the
+  // statement's text is copied now, for the tracker.
+  const std::string text(statement.text);
+  statement.text = text;
   if (listen_id_ == 0) listen_id_ = ListenerHub::new_subscriber();
   std::weak_ptr<ClientSession> weak = self;
   auto deliver = [weak, executor = socket_.get_executor()](std::shared_ptr<const Buffer> frame) {
@@ -612,6 +756,7 @@ net::awaitable<void> ClientSession::serve_listens(std::shared_ptr<ClientSession>
     follow_hub_channels(effects->listens);
   }
   Buffer out;
+  append_extended_preamble(statement, out);
   if (error) {
     protocol::append_error_response(out, protocol::Severity::error, error->sqlstate, error->message);
   } else {
@@ -620,11 +765,11 @@ net::awaitable<void> ClientSession::serve_listens(std::shared_ptr<ClientSession>
     }
   }
   protocol::append_ready_for_query(out, 'I');
-  // Only this Query was answered: the rest of the buffer is taken again (and counted again).
-  buffer_.consume(size);
+  // Only this statement was answered: the rest of the buffer is taken again (and counted again).
+  buffer_.consume(statement.size);
   expected_ready_ = 0;
   in_extended_batch_ = false;
-  if (tracker_) tracker_->simple_query_answered_here();
+  answered_here(statement, effects);
   if (!co_await write_client(out)) co_return end_client();
   flush_notifications();
   on_client_data(std::move(self));
@@ -818,6 +963,7 @@ void ClientSession::forward_run(std::shared_ptr<ClientSession> self) {
   const bool start_reader = !server_reader_running_;
   if (start_reader) {
     stop_server_reader_ = false;
+    listener_barrier_passed_ = false;
     server_reader_running_ = true;
   }
   Outgoing& out = to_server_;
@@ -883,6 +1029,29 @@ void ClientSession::read_server(std::shared_ptr<ClientSession> self) {
   net::async_read_into(server_->socket(), server_->buffer(), 4096, ServerRead{std::move(self)});
 }
 
+void ClientSession::hold_for_listener(std::shared_ptr<ClientSession> self) {
+  if (stop_server_reader_ || !service_->listeners) {
+    server_held_for_listener_ = false;
+    if (stop_server_reader_) return end_server_reader();
+    listener_barrier_passed_ = true;
+    return relay_server_buffer(std::move(self));
+  }
+  const auto generation = ++listener_hold_generation_;
+  std::weak_ptr<ClientSession> weak = self;
+  service_->listeners->barrier([weak, generation, executor = socket_.get_executor()] {
+    asio::post(executor, [weak, generation] {
+      auto session = weak.lock();
+      if (!session || generation != session->listener_hold_generation_ || !session->server_held_for_listener_) {
+        return;
+      }
+      session->server_held_for_listener_ = false;
+      if (session->stop_server_reader_ || !session->server_) return session->end_server_reader();
+      session->listener_barrier_passed_ = true;
+      session->relay_server_buffer(session);
+    });
+  });
+}
+
 void ClientSession::end_server_reader() {
   server_reader_running_ = false;
   server_reader_done_.notify();
@@ -897,11 +1066,17 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
     return;
   }
   if (stop_server_reader_) return end_server_reader();
+  relay_server_buffer(std::move(self));
+}
+
+void ClientSession::relay_server_buffer(std::shared_ptr<ClientSession> self) {
+  auto& buffer = server_->buffer();
   const std::size_t max_size = server_->target().max_message_size;
   auto data = buffer.readable();
   std::size_t offset = 0;
   bool ready_seen = false;
   bool notification_seen = false;
+  bool notifications_before_ready = false;  // the held ReadyForQuery: what the listener sent goes first
   const char* malformed = nullptr;
   while (offset < data.size()) {
     auto frame = protocol::next_frame(data.subspan(offset), max_size);
@@ -916,6 +1091,14 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
       if (!status) {
         malformed = "malformed ReadyForQuery from server";
         break;
+      }
+      if (*status == 'I' && !hub_channels_.empty()) {
+        if (!std::exchange(listener_barrier_passed_, false)) {
+          // The relay stops before it until the listener connection's round trip (hold_for_listener).
+          server_held_for_listener_ = true;
+          break;
+        }
+        notifications_before_ready = !pending_notifications_.empty();
       }
       transaction_status_ = *status;
       // In the pooled modes some are answers to what pgsluice sent (a probe): the tracker says which.
@@ -945,12 +1128,17 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
   if (offset > 0) {
     Outgoing& out = to_client_;
     out.clear();
-    if (rewrite_statements_ || timeout_cancel_pending_ || notification_seen) {
+    if (rewrite_statements_ || timeout_cancel_pending_ || notification_seen || notifications_before_ready) {
       const bool awaiting = tracker_ && tracker_->awaiting_server();
       for (std::size_t at = 0; at < offset;) {
         auto frame = protocol::next_frame(data.subspan(at), max_size);
         const auto& message = frame.message;
         at += message.frame.size();
+        if (message.type == 'Z' && std::exchange(notifications_before_ready, false)) {
+          auto& copy = out.build();  // copied: the held bytes go now
+          copy.insert(copy.end(), pending_notifications_.begin(), pending_notifications_.end());
+          Buffer().swap(pending_notifications_);
+        }
         if (rewrite_statements_) {
           auto& tracker = this->tracker();
           tracker.take_due_replies(out);
@@ -1045,6 +1233,7 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
 void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std::size_t offset, bool ready_seen) {
   auto& buffer = server_->buffer();
   buffer.consume(offset);
+  if (server_held_for_listener_) return hold_for_listener(std::move(self));
   if (ready_seen && expected_ready_ == 0 && transaction_status_ != 'I' &&
       service_->config.mode == config::PoolMode::statement) {
     // Statement mode hands the connection back after every statement: a transaction block cannot
@@ -1120,7 +1309,12 @@ net::awaitable<void> ClientSession::finish() { co_await stop_server_reader(); }
 net::awaitable<void> ClientSession::stop_server_reader() {
   if (!server_reader_running_) co_return;
   stop_server_reader_ = true;
-  if (server_) {
+  if (server_held_for_listener_) {
+    // No read is under way: the relay waits for the listener connection's round trip.
+    server_held_for_listener_ = false;
+    ++listener_hold_generation_;
+    end_server_reader();
+  } else if (server_) {
     net::error_code ignored;
     server_->socket().cancel(ignored);
   }

@@ -60,6 +60,32 @@ void ListenerHub::forget(std::uint64_t subscriber) {
   asio::post(executor_, [self = shared_from_this(), subscriber] { self->forget_here(subscriber); });
 }
 
+void ListenerHub::barrier(std::function<void()> done) {
+  asio::post(executor_, [self = shared_from_this(), done = std::move(done)]() mutable {
+    self->barrier_waiters_.push_back(std::move(done));
+    if (self->barrier_running_) return;
+    self->barrier_running_ = true;
+    asio::co_spawn(self->executor_, self->run_barriers(), asio::detached);
+  });
+}
+
+net::awaitable<void> ListenerHub::run_barriers() {
+  auto self = shared_from_this();
+  while (!barrier_waiters_.empty()) {
+    // Those that asked before this round trip is sent; later ones wait for the next.
+    auto batch = std::move(barrier_waiters_);
+    barrier_waiters_.clear();
+    if (connection_ && !closed_) {
+      // An empty query: the listener's backend sends the notifications it was signalled for
+      // before its ReadyForQuery (a committing backend signals before its client hears of it).
+      std::string empty;
+      co_await command(std::move(empty), false);
+    }
+    for (auto& done : batch) done();
+  }
+  barrier_running_ = false;
+}
+
 void ListenerHub::close() {
   asio::post(executor_, [self = shared_from_this()] {
     self->closed_ = true;
@@ -196,17 +222,17 @@ net::awaitable<std::optional<ListenerHub::Failure>> ListenerHub::connect() {
   co_return std::nullopt;
 }
 
-net::awaitable<std::optional<ListenerHub::Failure>> ListenerHub::command(std::string sql) {
+net::awaitable<std::optional<ListenerHub::Failure>> ListenerHub::command(std::string sql, bool open) {
   auto self = shared_from_this();
   while (busy_) co_await idle_.wait();
   busy_ = true;
   std::optional<ListenerHub::Failure> error;
   if (closed_) {
     error = Failure{"08006", "pgsluice: the service's listener connection is closed"};
-  } else {
+  } else if (open) {
     error = co_await connect();
   }
-  if (!error) {
+  if (!error && connection_) {
     protocol::Buffer out;
     protocol::append_query(out, sql);
     awaiting_ = true;
@@ -217,7 +243,7 @@ net::awaitable<std::optional<ListenerHub::Failure>> ListenerHub::command(std::st
     timer->async_wait([weak = weak_from_this(), generation](net::error_code ec) {
       auto hub = weak.lock();
       if (ec || !hub || hub->generation_ != generation || !hub->awaiting_) return;
-      hub->lose("the server did not answer a LISTEN in connect_timeout");
+      hub->lose("the server did not answer in connect_timeout");
     });
     auto connection = connection_;  // alive until the write ends, whatever happens meanwhile
     if (auto ec = co_await net::write_all(connection->socket(), out); ec && generation_ == generation) {

@@ -680,7 +680,7 @@ void StatementTracker::note_effects(const sql::SessionEffects& effects) {
         known = effects.literal->value;
       }
       if (known) {
-        pending_literals_.push_back({name, std::move(known)});
+        pending_literals_.push_back({name, std::move(known), effects.literal});
         // The probe would read what this one leaves, not what the text being learned leaves.
         learning_.reset();
         continue;
@@ -1167,6 +1167,16 @@ bool StatementTracker::in_failed_transaction() const {
            expectation.kind == Kind::execute;
   });
   return transaction_status_ == 'E' && !runs;
+}
+
+void StatementTracker::unnamed_parsed_here(std::string query, std::shared_ptr<const sql::SessionEffects> effects) {
+  unnamed_.exists = true;
+  unnamed_.token = next_unnamed_token();
+  unnamed_.server_owner = server::ServerStatements::kUnknownUnnamed;
+  unnamed_.query = std::move(query);
+  unnamed_.parameter_types.assign(2, '\0');  // as sent: an Int16 count of 0 types
+  unnamed_.effects = std::move(effects);
+  unnamed_.renames.clear();
 }
 
 bool StatementTracker::carries_nothing() const {

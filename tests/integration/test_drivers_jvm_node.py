@@ -166,6 +166,14 @@ def test_jdbc_closed_statements_are_closed_and_the_same_sql_prepares_again(targe
 
 
 @requires_java
+def test_jdbc_listen_receives_notifications_while_idle_and_its_own_before_the_statement_ends(target, java_classes):
+    # pgjdbc sends LISTEN through the extended protocol: in the pooled modes the listener
+    # connection serves it too, so the listener holds no pool connection while it waits.
+    r = jdbc(target, java_classes, "listen")
+    assert r["payloads"] == ["jdbc_channel:from-other", "jdbc_channel:own"], r
+
+
+@requires_java
 def test_jdbc_deallocate_all_and_discard_all_let_the_driver_prepare_its_names_again(target, java_classes):
     r = jdbc(target, java_classes, "deallocate")
     assert (r["executions"], r["resets"]) == (21, ["DEALLOCATE ALL", "DISCARD ALL"]), r

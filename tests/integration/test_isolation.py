@@ -459,6 +459,37 @@ def test_listeners_share_one_listener_connection_and_hold_no_pool_connection(pg)
 
 
 @transaction_only
+def test_extended_protocol_listen_is_served_by_the_listener_connection(pg):
+    # pgjdbc sends LISTEN as Parse/Bind/Describe/Execute/Sync of the unnamed statement: served by
+    # the listener connection like a Query, so 3 such listeners over a pool of 1 leave the pool to
+    # a busy client, and each gets the notification while idle.
+    with pgsluice(pg, max_connections=1, acquire_timeout="300ms") as target:
+        listeners = [login(target.port) for _ in range(3)]
+        busy, notifier = psycopg2_clients(target, 2)
+        try:
+            for conn in listeners:
+                conn.send(parse("", "LISTEN ext_channel") + bind("") + message(b"D", b"P\0") + execute() + SYNC)
+                replies = conn.read_until_ready()
+                assert [kind for kind, _ in replies] == [b"1", b"2", b"n", b"C", b"Z"], replies
+                assert replies[3][1] == b"LISTEN\0"
+            for n in range(5):
+                assert scalar(busy, "select %s::int", n) == n
+            with notifier.cursor() as cur:
+                cur.execute("NOTIFY ext_channel, 'hello'")
+            for conn in listeners:
+                kind, payload = conn.read_message(timeout=5)
+                assert kind == b"A" and payload[4:] == b"ext_channel\0hello\0", (kind, payload)
+            # The unnamed statement is the LISTEN for the client, as on its own connection.
+            listeners[0].send(bind("") + execute() + SYNC)
+            assert [kind for kind, _ in listeners[0].read_until_ready()] == [b"2", b"C", b"Z"]
+        finally:
+            for conn in listeners:
+                conn.close()
+            busy.close()
+            notifier.close()
+
+
+@transaction_only
 def test_listen_and_unlisten_churn_on_shared_channels_leaves_every_listener_served(pg):
     # Clients LISTEN and UNLISTEN the same channels at once: the listener connection's LISTENs and
     # UNLISTENs interleave. Whoever listens at the end gets the notification, once.
@@ -672,6 +703,78 @@ def test_a_known_literal_set_is_kept_without_a_probe_and_undone_by_a_rollback(pg
                 assert scalar(teacher, "show work_mem") == "73kB"
         finally:
             for conn in (teacher, mine, other):
+                conn.close()
+
+
+@transaction_only
+def test_a_literal_set_the_client_ran_before_needs_no_server_connection(pg):
+    # A transaction that begins with a SET the client has run before costs no lease for the SET: the
+    # value is known and valid for this client, so pgsluice answers it and carries the value to the
+    # client's next server connection. Shown with the only server connection held by another client.
+    with pgsluice(pg, max_connections=1, acquire_timeout="300ms") as target:
+        holder, mine, other = psycopg2_clients(target, 3)
+        raw = login(target.port)
+        set_extended = parse("", "SET work_mem = '82kB'") + bind("") + message(b"D", b"P\0") + execute() + SYNC
+        try:
+            default = scalar(other, "show work_mem")
+            for _ in range(2):  # learned by a probe, then confirmed without one
+                with mine.cursor() as cur:
+                    cur.execute("SET work_mem = '81kB'")
+                with other.cursor() as cur:
+                    cur.execute("SET work_mem = '82kB'")
+                raw.send(set_extended)
+                assert not errors(raw.read_until_ready())
+            with other.cursor() as cur:
+                cur.execute("RESET work_mem")
+
+            with holder.cursor() as cur:
+                cur.execute("BEGIN")
+                cur.execute("SELECT 1")
+            # Answered here, at once, in the simple and the extended protocol.
+            with mine.cursor() as cur:
+                cur.execute("SET work_mem = '81kB'")
+                assert cur.statusmessage == "SET"
+            raw.send(set_extended)
+            replies = raw.read_until_ready()
+            assert [kind for kind, _ in replies] == [b"1", b"2", b"n", b"C", b"Z"], replies
+            assert replies[3][1] == b"SET\0" and replies[4][1] == b"I"
+            # Another text, or the same text from a client that never ran it: the server says.
+            for conn, sql in ((mine, "SET work_mem = '83kB'"), (other, "SET work_mem = '81kB'")):
+                with pytest.raises(psycopg2.OperationalError) as failure:
+                    with conn.cursor() as cur:
+                        cur.execute(sql)
+                assert failure.value.pgcode == "53300", failure.value
+            with holder.cursor() as cur:
+                cur.execute("COMMIT")
+
+            assert scalar(mine, "show work_mem") == "81kB"
+            assert scalar(other, "show work_mem") == default
+            # The raw client's unnamed statement is its SET, though no server parsed it there.
+            raw.send(bind("") + execute() + SYNC)
+            replies = raw.read_until_ready()
+            assert [kind for kind, _ in replies] == [b"2", b"C", b"Z"], replies
+            assert data_rows(raw.query("SHOW work_mem")) == [["82kB"]]
+            # A value changed meanwhile by another text: the known SET sets it back.
+            with mine.cursor() as cur:
+                cur.execute("SET work_mem = '84kB'")
+                cur.execute("SET work_mem = '81kB'")
+            assert scalar(mine, "show work_mem") == "81kB"
+            # RESET ALL (as any change read back by a probe) makes the server confirm SETs again.
+            with mine.cursor() as cur:
+                cur.execute("RESET ALL")
+            with holder.cursor() as cur:
+                cur.execute("BEGIN")
+                cur.execute("SELECT 1")
+            with pytest.raises(psycopg2.OperationalError) as failure:
+                with mine.cursor() as cur:
+                    cur.execute("SET work_mem = '81kB'")
+            assert failure.value.pgcode == "53300", failure.value
+            with holder.cursor() as cur:
+                cur.execute("COMMIT")
+            assert scalar(mine, "show work_mem") == default
+        finally:
+            raw.close()
+            for conn in (holder, mine, other):
                 conn.close()
 
 

@@ -93,8 +93,31 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // connection (listener_hub.hpp) instead of a server connection. True: the run's first message is
   // one and serve_listens answers it.
   bool try_serve_listens(std::shared_ptr<ClientSession>& self);
+  // The front of the client's buffer as one statement run alone: a Query, or an unnamed Parse
+  // (no parameter types) / Bind (unnamed portal, no parameters) / Describe? / Execute / Sync.
+  struct SingleStatement {
+    std::string_view text;  // a Query's with its NUL, as the tracker reads it
+    bool extended = false;
+    char describe = 0;      // the Describe's 'S' or 'P'; 0: none
+    std::size_t size = 0;   // bytes of the buffer it takes
+  };
+  std::optional<SingleStatement> single_statement() const;
+  // Appends what Postgres answers for it up to its CommandComplete (exclusive) in the extended
+  // protocol: ParseComplete, BindComplete, and the Describe's ParameterDescription / NoData.
+  static void append_extended_preamble(const SingleStatement& statement, protocol::Buffer& out);
+  // pgsluice answered it: the client's unnamed statement is its text (extended) or none (Query).
+  void answered_here(const SingleStatement& statement, std::shared_ptr<const sql::SessionEffects> effects);
+  // Between transactions with no server connection: a batch that is only a literal SET this client
+  // has run successfully before (SET work_mem = '64kB'; simple, or unnamed Parse/Bind/[Describe]/
+  // Execute/Sync) is answered here. The value is known and valid for this client, so it is only
+  // recorded, and carried to the next server connection with the rest of the client's settings:
+  // no lease, no round trip (a transaction that begins with a SET costs one lease, not two).
+  enum class SetAnswer { no, answered, client_gone };
+  SetAnswer try_answer_set();
+  // After settled settings: the literal SETs this client may be answered here from now on.
+  void confirm_literals(const std::vector<StatementTracker::SettledSetting>& settled);
   net::awaitable<void> serve_listens(std::shared_ptr<ClientSession> self,
-                                     std::shared_ptr<const sql::SessionEffects> effects, std::size_t size);
+                                     std::shared_ptr<const sql::SessionEffects> effects, SingleStatement statement);
   // A notification from the listener connection (on this session's worker; null: the listener
   // connection was lost). Written at once between transactions, else after the transaction.
   void deliver_notification(std::shared_ptr<const protocol::Buffer> frame);
@@ -108,6 +131,12 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   struct ServerRead;
   void read_server(std::shared_ptr<ClientSession> self);
   void on_server_read(std::shared_ptr<ClientSession> self, net::error_code read_ec, std::size_t count);
+  // Relays the whole messages in the server buffer (after a read, or once the listener barrier passed).
+  void relay_server_buffer(std::shared_ptr<ClientSession> self);
+  // A ReadyForQuery that ends a transaction of a client the listener connection serves waits for a
+  // round trip there: a notification the transaction caused (its own NOTIFY, a trigger's pg_notify)
+  // reaches the client before it, as Postgres sends it before its ReadyForQuery.
+  void hold_for_listener(std::shared_ptr<ClientSession> self);
   // What comes after the relayed bytes (`offset` of them) reached the client: give the connection
   // back, read on, or end.
   void after_server_write(std::shared_ptr<ClientSession> self, std::size_t offset, bool ready_seen);
@@ -175,6 +204,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   server::ParameterMap startup_parameters_;  // what it asked for at startup (RESET ALL returns to them)
   bool pin_logged_ = false;                  // "pinned to its server connection" was logged
   std::string parameters_fingerprint_;  // of parameters_; empty = to be computed
+  // Literal SETs of this client the server confirmed (try_answer_set), the most recent last.
+  std::vector<std::shared_ptr<sql::SessionEffects::LiteralSetting>> confirmed_literals_;
   std::optional<CancelRegistry::Key> cancel_key_;
 
   // Relay state (on the session's worker).
@@ -218,6 +249,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool server_waits_for_client_ = false;
   std::size_t server_run_offset_ = 0;
   bool server_run_ready_seen_ = false;
+  // hold_for_listener: the server side waits for the listener connection's round trip.
+  bool server_held_for_listener_ = false;
+  bool listener_barrier_passed_ = false;  // ... it has passed: the ReadyForQuery goes on
+  std::uint64_t listener_hold_generation_ = 0;
 
   net::asio::steady_timer timer_;
   TimerPurpose timer_purpose_ = TimerPurpose::none;

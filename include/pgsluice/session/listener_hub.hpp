@@ -52,6 +52,10 @@ class ListenerHub : public std::enable_shared_from_this<ListenerHub> {
   // could not be opened or refused a LISTEN (the changes before it stay made).
   net::awaitable<std::optional<Failure>> apply(std::uint64_t subscriber, std::vector<sql::ListenChange> changes,
                                                    Deliver deliver);
+  // Calls `done` (on the hub's strand) after a round trip on the listener connection that began
+  // after this call: every notification committed before it has been routed by then. At once when
+  // there is no connection. Concurrent callers share a round trip.
+  void barrier(std::function<void()> done);
   // The subscriber is gone (any thread; nothing to wait for).
   void forget(std::uint64_t subscriber);
   // The service was removed or moved: the connection closes, subscribers are told as for a loss.
@@ -75,7 +79,9 @@ class ListenerHub : public std::enable_shared_from_this<ListenerHub> {
   // Opens the listener connection if there is none; an error text on failure.
   net::awaitable<std::optional<Failure>> connect();
   // Sends one simple query (LISTEN / UNLISTEN) and waits for its ReadyForQuery: one at a time.
-  net::awaitable<std::optional<Failure>> command(std::string sql);
+  // `open`: open the connection if there is none (else there is nothing to do without one).
+  net::awaitable<std::optional<Failure>> command(std::string sql, bool open = true);
+  net::awaitable<void> run_barriers();
   net::awaitable<void> read_loop(std::uint64_t generation);
   void route(const protocol::MessageView& notification);
   // The connection broke (or timed out, or close()): every subscriber is told and forgotten.
@@ -97,6 +103,8 @@ class ListenerHub : public std::enable_shared_from_this<ListenerHub> {
   net::Event answered_;
   bool closed_ = false;
   bool prune_pending_ = false;
+  std::vector<std::function<void()>> barrier_waiters_;  // barrier(): waiting for the next round trip
+  bool barrier_running_ = false;
   std::map<std::string, std::set<std::uint64_t>> channels_;  // what the connection listens to
   std::unordered_map<std::uint64_t, Subscriber> subscribers_;
   std::set<std::string> unlistening_;  // channels an UNLISTEN is under way for

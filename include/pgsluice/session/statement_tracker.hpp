@@ -100,6 +100,8 @@ class StatementTracker {
   struct SettledSetting {
     std::string name;
     std::optional<std::string> value;  // nullopt: no such setting
+    // The literal SET text that set it, when it was one of known value (else a probe read it).
+    std::shared_ptr<sql::SessionEffects::LiteralSetting> literal{};
   };
   // Settings whose value a probe settled since the last call (the session records them).
   std::vector<SettledSetting> take_settled() { return std::exchange(settled_, {}); }
@@ -111,6 +113,9 @@ class StatementTracker {
   // A simple Query pgsluice answered itself (LISTEN served by the listener connection): Postgres
   // drops the unnamed statement at any simple Query.
   void simple_query_answered_here() { unnamed_.exists = false; }
+  // An unnamed Parse pgsluice answered itself (a literal SET, see ClientSession::try_answer_set):
+  // the client's unnamed statement is that text now, on no server connection yet.
+  void unnamed_parsed_here(std::string query, std::shared_ptr<const sql::SessionEffects> effects);
   // LISTEN, a session advisory lock, a temporary relation or a WITH HOLD cursor holds the client to
   // this server connection: it is not given back between transactions.
   bool pinned() const { return pinned_; }

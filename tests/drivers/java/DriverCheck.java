@@ -55,6 +55,8 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 
+import org.postgresql.PGConnection;
+import org.postgresql.PGNotification;
 import org.postgresql.PGStatement;
 
 public final class DriverCheck {
@@ -102,12 +104,49 @@ public final class DriverCheck {
             case "ddl": return ddl(false);
             case "ddl-moved": return ddl(true);
             case "ddl-retyped-moved": return ddlRetyped();
+            case "listen": return listen();
             default: throw new IllegalArgumentException("unknown scenario " + scenario);
         }
     }
 
     private Connection connect() throws SQLException {
         return DriverManager.getConnection(url, props);
+    }
+
+    /**
+     * LISTEN through pgjdbc (the extended protocol), a NOTIFY from another connection received while
+     * the listener is idle (getNotifications waits on its socket), its own NOTIFY received before
+     * the statement returns, then UNLISTEN: a later NOTIFY is not received.
+     */
+    private Map<String, Object> listen() throws Exception {
+        Map<String, Object> out = new LinkedHashMap<>();
+        try (Connection listener = connect(); Connection notifier = connect();
+             Statement ls = listener.createStatement(); Statement ns = notifier.createStatement()) {
+            PGConnection pg = listener.unwrap(PGConnection.class);
+            ls.execute("LISTEN jdbc_channel");
+            ns.execute("NOTIFY jdbc_channel, 'from-other'");
+            List<String> payloads = new ArrayList<>();
+            long deadline = System.currentTimeMillis() + 10_000;
+            while (payloads.isEmpty() && System.currentTimeMillis() < deadline) {
+                PGNotification[] got = pg.getNotifications(500);
+                if (got != null) {
+                    for (PGNotification n : got) payloads.add(n.getName() + ":" + n.getParameter());
+                }
+            }
+            ls.execute("NOTIFY jdbc_channel, 'own'");
+            PGNotification[] own = pg.getNotifications();  // no wait: it came before the statement's end
+            if (own != null) {
+                for (PGNotification n : own) payloads.add(n.getName() + ":" + n.getParameter());
+            }
+            ls.execute("UNLISTEN jdbc_channel");
+            ns.execute("NOTIFY jdbc_channel, 'after-unlisten'");
+            PGNotification[] late = pg.getNotifications(1000);
+            if (late != null) {
+                for (PGNotification n : late) payloads.add(n.getName() + ":" + n.getParameter());
+            }
+            out.put("payloads", payloads);
+        }
+        return out;
     }
 
     /**
