@@ -17,11 +17,13 @@ BUILD_PACKAGES=(
   libssl-dev libyaml-cpp-dev prometheus-cpp-dev libspdlog-dev libfmt-dev catch2 libpg-query-dev
 )
 # Tests, benchmarks and demo: a real Postgres, PgBouncer to compare with, libpq clients (psql,
-# pgbench, psycopg2/psycopg), pytest, and the tools the harness calls (runuser, ps, ss).
+# pgbench, psycopg2/psycopg), pytest, the tools the harness calls (runuser, ps, ss), and promtool
+# (package prometheus) that checks the /metrics output and the alert rules.
 RUNTIME_PACKAGES=(
   libpq-dev postgresql-15 postgresql-client-15 pgbouncer
   python3 python3-pytest python3-pytest-timeout python3-psycopg2 python3-psycopg python3-yaml
   procps iproute2 util-linux ca-certificates
+  prometheus
 )
 CREATECLUSTER_CONF=/etc/postgresql-common/createcluster.conf
 
@@ -84,6 +86,8 @@ fi
 
 pgbouncer_was_installed=0
 is_installed pgbouncer && pgbouncer_was_installed=1
+prometheus_was_installed=0
+is_installed prometheus && prometheus_was_installed=1
 
 mapfile -t missing < <(missing_of "${BUILD_PACKAGES[@]}" "${RUNTIME_PACKAGES[@]}")
 if ((${#missing[@]} == 0)); then
@@ -112,9 +116,21 @@ if ((pgbouncer_was_installed == 0)); then
   fi
 fi
 
+# The same for the prometheus server the package may start (we only need its promtool).
+if ((prometheus_was_installed == 0)) && pgrep -x prometheus >/dev/null 2>&1; then
+  log "stopping the prometheus service the package started"
+  if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+    systemctl stop prometheus.service || true
+    systemctl disable prometheus.service >/dev/null 2>&1 || true
+  elif [[ -x /etc/init.d/prometheus ]]; then
+    /etc/init.d/prometheus stop || true
+  fi
+  pkill -x prometheus 2>/dev/null || true
+fi
+
 # Sanity: the binaries the scripts call are where the harness expects them.
 for bin in /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl /usr/bin/pgbench \
-  /usr/bin/psql /usr/sbin/pgbouncer /usr/bin/python3; do
+  /usr/bin/psql /usr/sbin/pgbouncer /usr/bin/python3 /usr/bin/promtool; do
   [[ -x $bin ]] || { log "missing after install: $bin" >&2; exit 1; }
 done
 /usr/bin/python3 -c 'import psycopg2, psycopg, pytest, pytest_timeout, yaml' || { log "python modules missing" >&2; exit 1; }

@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "pgsluice/metrics/counters.hpp"
+#include "pgsluice/metrics/http_endpoint.hpp"
 #include "pgsluice/net/io.hpp"
 #include "pgsluice/protocol/scram.hpp"
 #include "pgsluice/session/client_session.hpp"
@@ -124,6 +126,45 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
 
   asio::co_spawn(io, accept_loop(acceptor, context, contexts), asio::detached);
 
+  // /metrics, /healthz, /readyz (DESIGN §6) on the first worker, beside the listener.
+  tcp::acceptor metrics_acceptor(io);
+  if (config->metrics_enabled) {
+    try {
+      tcp::endpoint endpoint(asio::ip::make_address(config->metrics_listen.host), config->metrics_listen.port);
+      metrics_acceptor.open(endpoint.protocol());
+      metrics_acceptor.set_option(tcp::acceptor::reuse_address(true));
+      metrics_acceptor.bind(endpoint);
+      metrics_acceptor.listen();
+    } catch (const std::exception& e) {
+      spdlog::critical("cannot listen for metrics on {}:{}: {} (metrics.enabled: false turns the endpoint off)",
+                       config->metrics_listen.host, config->metrics_listen.port, e.what());
+      return 1;
+    }
+    auto handler = [&runtime](std::string_view path) {
+      metrics::HttpResponse response;
+      if (path == "/metrics") {
+        response.content_type = "text/plain; version=0.0.4; charset=utf-8";
+        response.body = metrics::render_text(runtime.sample());
+      } else if (path == "/healthz") {
+        response.body = "ok\n";
+      } else if (path == "/readyz") {
+        if (auto reason = runtime.not_ready_reason(); !reason.empty()) {
+          response.status = 503;
+          response.body = "not ready: " + reason + "\n";
+        } else {
+          response.body = "ready\n";
+        }
+      } else {
+        response.status = 404;
+        response.body = "not found; try /metrics, /healthz or /readyz\n";
+      }
+      return response;
+    };
+    asio::co_spawn(io, metrics::serve_http(metrics_acceptor, std::move(handler)), asio::detached);
+    spdlog::info("metrics on http://{}:{}/metrics (/healthz, /readyz)", config->metrics_listen.host,
+                 config->metrics_listen.port);
+  }
+
   // SIGTERM/SIGINT: stop accepting, let transactions in flight finish (up to shutdown_timeout), tell
   // every client 57P01, exit 0. A second signal exits at once.
   asio::signal_set signals(io, SIGTERM, SIGINT);
@@ -140,7 +181,7 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
     spdlog::info("received signal {}: draining clients (shutdown_timeout {}ms)", signal, shutdown_timeout.count());
     net::error_code ignored;
     acceptor.close(ignored);
-    context->draining = true;
+    context->draining = true;  // /readyz says 503 from now on; /metrics stays until the exit
     for (auto& session : context->cancels.sessions()) session->begin_shutdown();
     asio::co_spawn(io, drain(context, runtime, shutdown_timeout, stop_all), asio::detached);
     signals.async_wait(on_signal);
@@ -163,6 +204,7 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
         spdlog::error("reload: {}:{}: {}", config_path, error.line, error.message);
       }
       spdlog::error("reload: {} error(s); keeping the running configuration", reloaded.errors.size());
+      runtime.count_reload(false);
       return;
     }
     auto next = std::make_shared<const config::Config>(std::move(*reloaded.config));
@@ -171,6 +213,7 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
       if (level != spdlog::level::off || next->log_level == "off") spdlog::set_level(level);
     }
     const auto summary = runtime.apply(next);
+    runtime.count_reload(true);
     const auto names = [](const std::vector<std::string>& list) {
       return list.empty() ? std::string("none") : fmt::format("{}", fmt::join(list, ", "));
     };
@@ -184,7 +227,13 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
   hangup.async_wait(on_hangup);
 
   std::vector<std::thread> threads;
-  for (int i = 1; i < workers; ++i) threads.emplace_back([&contexts, i] { contexts[i]->run(); });
+  for (int i = 1; i < workers; ++i) {
+    threads.emplace_back([&contexts, i] {
+      metrics::set_worker_index(static_cast<unsigned>(i));
+      contexts[i]->run();
+    });
+  }
+  metrics::set_worker_index(0);
   io.run();
   for (auto& thread : threads) thread.join();
   keep_running.clear();

@@ -174,6 +174,7 @@ ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
     out->config = service;
     out->target = target;
     out->pool = kept->pool;
+    out->counters = kept->counters;
     out->listeners = kept->listeners;
     if (service.mode != config::PoolMode::session && (!out->listeners || *target != *kept->target)) {
       // New credentials or address: the listener reconnects with them (its clients are told).
@@ -219,6 +220,40 @@ bool Runtime::listeners_closed() const {
     if (service->listeners && !service->listeners->closed()) return false;
   }
   return true;
+}
+
+metrics::Sample Runtime::sample() const {
+  metrics::Sample out;
+  out.version = PGSLUICE_VERSION;
+  out.clients = context_->clients.load();
+  out.reloads_success = reloads_success_;
+  out.reloads_failure = reloads_failure_;
+  for (const auto& [name, service] : context_->current()->services) {
+    auto& s = out.services.emplace_back();
+    s.service = name;
+    s.backend = service->config.backend;
+    s.max_connections = service->config.max_connections;
+    s.pool = service->pool->stats();
+    s.work = service->counters->totals();
+  }
+  for (const auto& [name, breaker] : breakers_) {
+    auto& b = out.backends.emplace_back();
+    b.backend = name;
+    b.state = breaker->state();
+    b.trips = breaker->trips();
+    b.probes = breaker->probes();
+  }
+  return out;
+}
+
+std::string Runtime::not_ready_reason() const {
+  if (context_->draining) return "draining: pgsluice is shutting down";
+  for (const auto& [name, breaker] : breakers_) {
+    if (breaker->state() == pool::CircuitBreaker::State::open) {
+      return "circuit breaker open for backend " + name;
+    }
+  }
+  return {};
 }
 
 void Runtime::close_all() {

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "pgsluice/config/config.hpp"
+#include "pgsluice/metrics/exposition.hpp"
 #include "pgsluice/pool/circuit_breaker.hpp"
 #include "pgsluice/session/session_context.hpp"
 
@@ -32,6 +33,12 @@ class Runtime {
   bool listeners_closed() const;
   void close_all();
 
+  // Observability (DESIGN §6): what /metrics shows now, and why /readyz says not ready (empty:
+  // ready). On the io_context's threads, like apply().
+  metrics::Sample sample() const;
+  std::string not_ready_reason() const;
+  void count_reload(bool success) { ++(success ? reloads_success_ : reloads_failure_); }
+
  private:
   std::shared_ptr<pool::CircuitBreaker> breaker_for(const config::BackendConfig& backend);
   std::shared_ptr<session::Service> start_service(const config::Config& config, const config::ServiceConfig& service);
@@ -39,6 +46,8 @@ class Runtime {
   boost::asio::io_context& io_;
   std::shared_ptr<session::SessionContext> context_;
   std::map<std::string, std::shared_ptr<pool::CircuitBreaker>> breakers_;  // by backend name
+  std::uint64_t reloads_success_ = 0;
+  std::uint64_t reloads_failure_ = 0;
 };
 
 }  // namespace pgsluice::app

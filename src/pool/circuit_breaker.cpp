@@ -55,6 +55,7 @@ CircuitBreaker::Admission CircuitBreaker::admit() {
         return {.kind = Admission::Kind::refused, .state = state_, .retry_in = retry_at_ - now};
       }
       state_ = State::half_open;
+      ++probes_;
       return {.kind = Admission::Kind::probe, .state = state_};
     }
     case State::half_open:
@@ -115,6 +116,11 @@ CircuitBreaker::State CircuitBreaker::state() const {
 std::uint64_t CircuitBreaker::trips() const {
   std::lock_guard lock(mutex_);
   return trips_;
+}
+
+std::uint64_t CircuitBreaker::probes() const {
+  std::lock_guard lock(mutex_);
+  return probes_;
 }
 
 Clock::duration CircuitBreaker::retry_in() const {

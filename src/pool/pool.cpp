@@ -58,6 +58,7 @@ void Pool::set_breaker(std::shared_ptr<CircuitBreaker> breaker, std::function<vo
 }
 
 AcquireResult Pool::circuit_open_result(Clock::duration retry_in) const {
+  circuit_open_refusals_.fetch_add(1, std::memory_order_relaxed);
   const auto seconds = std::chrono::duration_cast<std::chrono::milliseconds>(retry_in).count();
   std::string when = retry_in.count() > 0
                          ? fmt::format("retrying in {:.1f} s", static_cast<double>(seconds) / 1000.0)
@@ -709,6 +710,7 @@ PoolStats Pool::stats() const {
   out.connecting = connecting_;
   out.waiting = static_cast<int>(waiters_.size());
   out.paused = paused_;
+  out.circuit_open = circuit_open_refusals_.load(std::memory_order_relaxed);
   return out;
 }
 

@@ -677,14 +677,16 @@ void ClientSession::on_client_data(std::shared_ptr<ClientSession> self) {
       break;
     }
     switch (type) {
-      case 'Q': case 'F': ++expected_ready_; break;
+      case 'Q': case 'F': ++expected_ready_; ++run_.statements; break;
       case 'S': ++expected_ready_; in_extended_batch_ = false; break;
-      case 'P': case 'B': case 'D': case 'E': case 'C': case 'H': in_extended_batch_ = true; break;
+      case 'E': in_extended_batch_ = true; ++run_.statements; break;
+      case 'P': case 'B': case 'D': case 'C': case 'H': in_extended_batch_ = true; break;
       default: break;
     }
     run_.offset += frame.message.frame.size();
   }
   if (run_.offset == 0) return end_run(std::move(self), false);
+  if (run_.statements > 0 && service_) service_->counters->count_queries(run_.statements);
   if (timer_purpose_ == TimerPurpose::idle_in_transaction) disarm_timer();
   if (!server_) {
     if (service_->listeners && !skip_until_sync_ && try_serve_listens(self)) return;
@@ -1247,6 +1249,7 @@ void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std:
     return;
   }
   if (ready_seen && expected_ready_ == 0) {
+    if (transaction_status_ == 'I') service_->counters->count_transaction();
     if (!pending_notifications_.empty()) flush_notifications();
     timeout_cancel_pending_ = false;
     if (timer_purpose_ == TimerPurpose::query || timer_purpose_ == TimerPurpose::cancel_answer) disarm_timer();

@@ -70,6 +70,8 @@ class CircuitBreaker {
   bool record_failure();
 
   State state() const;
+  // Half-open probes admitted so far.
+  std::uint64_t probes() const;
   std::uint64_t trips() const;  // transitions into open, from closed or half_open
   // Time until a probe will be admitted; zero unless open.
   Clock::duration retry_in() const;
@@ -91,6 +93,7 @@ class CircuitBreaker {
   int consecutive_failures_ = 0;
   Clock::duration open_for_;
   Clock::time_point retry_at_{};  // open: when the next admit() becomes the probe
+  std::uint64_t probes_ = 0;
   std::uint64_t trips_ = 0;
 };
 

@@ -6,6 +6,7 @@
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -82,6 +83,7 @@ struct PoolStats {
   std::uint64_t acquires = 0;
   std::uint64_t acquire_timeouts = 0;
   std::uint64_t too_many_waiting = 0;
+  std::uint64_t circuit_open = 0;  // refused at once: the backend's circuit breaker is open
   std::uint64_t connects = 0;
   std::uint64_t connect_failures = 0;
   std::uint64_t health_check_failures = 0;
@@ -220,6 +222,7 @@ class Pool : public std::enable_shared_from_this<Pool> {
   bool paused_ = false;
   std::uint64_t generation_ = 0;  // bumped when the connector changes
   PoolStats counters_;
+  mutable std::atomic<std::uint64_t> circuit_open_refusals_{0};  // counted outside the lock
 };
 
 }  // namespace pgsluice::pool

@@ -213,6 +213,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     std::size_t offset = 0;  // whole messages at the front of buffer_
     std::size_t want = 0;    // the message after them needs this many bytes (0: unknown)
     bool terminate = false;  // a Terminate ends the run
+    std::uint32_t statements = 0;  // Query, FunctionCall and Execute messages in it (for /metrics)
   };
   Run run_;
   std::shared_ptr<pool::Pool::Waiter> lease_wait_;  // the lease in the pool's line

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "pgsluice/config/config.hpp"
+#include "pgsluice/metrics/counters.hpp"
 #include "pgsluice/pool/pool.hpp"
 #include "pgsluice/protocol/scram.hpp"
 #include "pgsluice/server/server_connection.hpp"
@@ -33,6 +34,8 @@ struct Service {
   std::shared_ptr<pool::Pool> pool;
   // The pooled modes' LISTEN (listener_hub.hpp); null in session mode.
   std::shared_ptr<ListenerHub> listeners;
+  // Work counted on the relay's hot path for /metrics; kept with the pool across reloads.
+  std::shared_ptr<metrics::ServiceCounters> counters = std::make_shared<metrics::ServiceCounters>();
 
   // The ParameterStatus values a fresh server connection of this service reports, once known.
   std::optional<server::ParameterMap> reported_parameters() const {
