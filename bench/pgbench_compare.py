@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -229,6 +230,36 @@ def pgsluice_config(pg: LocalPostgres, port: int, args, workers: int) -> dict:
     config["users"] = {USER: config["users"][USER]}
     config["services"] = {"app": config["services"]["app"]}
     return config
+
+
+class Scraper:
+    """GETs /metrics every `interval` seconds in a thread, as Prometheus would (--scrape-ms)."""
+
+    def __init__(self, port: int, interval: float):
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.interval = interval
+        self.scrapes = self.failures = 0
+        self.slowest = 0.0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as response:
+                    response.read()
+                self.scrapes += 1
+            except OSError:
+                self.failures += 1
+            self.slowest = max(self.slowest, time.monotonic() - started)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
 
 
 # -- running pgbench --------------------------------------------------------------------------------
@@ -469,6 +500,10 @@ def parse_args(argv=None):
                    help="the throwaway Postgres's max_connections "
                         "(default: max(300, enough for every target))")
     p.add_argument("--pgsluice-log-level", default="info", help="pgsluice log.level during the run")
+    p.add_argument("--scrape-ms", type=int, default=0,
+                   help="also measure target pgsluice-scraped: a second pgsluice (the first --workers value) "
+                        "with its /metrics endpoint on and scraped every this many ms for the whole run "
+                        "(issue 16: scraping must cost < 3 %% TPS against the unscraped pgsluice)")
     p.add_argument("--json", metavar="FILE", help="also write parameters, environment and results as JSON")
     args = p.parse_args(argv)
 
@@ -491,6 +526,10 @@ def parse_args(argv=None):
             args.runs.append(("pgsluice", args.workers[0]))
         else:
             args.runs.extend((f"pgsluice-w{w}", w) for w in args.workers)
+    if args.scrape_ms > 0:
+        if "pgsluice" not in args.targets:
+            p.error("--scrape-ms needs pgsluice in --targets")
+        args.runs.append(("pgsluice-scraped", args.workers[0]))
     if args.pool_size is None:
         args.pool_size = args.clients if args.pool_mode == "session" else min(args.clients, 20)
     if args.pool_mode == "session" and args.pool_size < args.clients:
@@ -542,6 +581,7 @@ def main(argv=None) -> int:
             return 1
 
         ports: dict[str, int] = {}
+        scraper = None
         pids: dict[str, int] = {}  # the proxies', for their CPU per transaction
         postmaster = postmaster_pid(pg)  # its children are the backends, for theirs
         try:
@@ -550,11 +590,18 @@ def main(argv=None) -> int:
                     if target == "direct":
                         ports[target] = pg.port
                     elif target.startswith("pgsluice"):
-                        px = Pgsluice(pgsluice_config(pg, free_port(), args, workers), binary=args.binary)
+                        config = pgsluice_config(pg, free_port(), args, workers)
+                        if target == "pgsluice-scraped":
+                            metrics_port = free_port()
+                            config["metrics"] = {"enabled": True, "listen": f"127.0.0.1:{metrics_port}"}
+                        px = Pgsluice(config, binary=args.binary)
                         started[target] = px
                         px.start()
                         ports[target] = px.port
                         pids[target] = px.proc.pid
+                        if target == "pgsluice-scraped":
+                            scraper = Scraper(metrics_port, args.scrape_ms / 1000.0)
+                            scraper.start()
                     elif target == "pgbouncer":
                         bouncer = PgBouncer(pg, args.pool_mode, args.pool_size, args.clients)
                         started[target] = bouncer
@@ -585,6 +632,10 @@ def main(argv=None) -> int:
                     if not m.ok:
                         print(m.error, file=sys.stderr, flush=True)
         finally:
+            if scraper is not None:
+                scraper.stop()
+                print(f"pgsluice-scraped: {scraper.scrapes} scrapes of /metrics every {args.scrape_ms} ms, "
+                      f"{scraper.failures} failed, {scraper.slowest * 1e3:.1f} ms the slowest", flush=True)
             failed = {m.target for m in measurements if not m.ok}
             for target, proc in started.items():
                 if target in ports and target.startswith("pgsluice") and not proc.alive():
