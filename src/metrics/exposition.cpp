@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <deque>
 #include <iterator>
+#include <limits>
 #include <utility>
 
 namespace pgsluice::metrics {
@@ -36,6 +37,18 @@ class Families {
     auto& metric = family.metric.emplace_back();
     metric.label = std::move(labels);
     metric.counter.value = value;
+  }
+  static void histogram(MetricFamily& family, Labels labels, const ServiceCounters::HistogramTotals& totals) {
+    auto& metric = family.metric.emplace_back();
+    metric.label = std::move(labels);
+    metric.histogram.sample_count = totals.count;
+    metric.histogram.sample_sum = totals.sum_seconds;
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i < kDurationBuckets.size(); ++i) {
+      cumulative += totals.counts[i];
+      metric.histogram.bucket.push_back({cumulative, kDurationBuckets[i]});
+    }
+    metric.histogram.bucket.push_back({totals.count, std::numeric_limits<double>::infinity()});
   }
   std::vector<MetricFamily> take() {
     return std::vector<MetricFamily>(std::make_move_iterator(families_.begin()),
@@ -86,6 +99,11 @@ std::string render_text(const Sample& sample) {
                                   "Client transactions that ended (autocommit statements included)", T::Counter);
   auto& queries = out.family("pgsluice_queries_total", "Client statements (Query and Execute messages)", T::Counter);
   auto& connects = out.family("pgsluice_server_connects_total", "Server connection attempts by result", T::Counter);
+  auto& acquire = out.family("pgsluice_acquire_duration_seconds",
+                             "How long clients waited for a server connection (given or refused)", T::Histogram);
+  auto& query = out.family("pgsluice_query_duration_seconds",
+                           "From a client's statements going to the server to the ReadyForQuery that ends them",
+                           T::Histogram);
   auto& health = out.family("pgsluice_server_health_check_failures_total",
                             "Idle server connections that failed their check before a lease", T::Counter);
   auto& closed = out.family("pgsluice_server_connections_closed_total",
@@ -108,6 +126,8 @@ std::string render_text(const Sample& sample) {
     Families::counter(fast_fails, with("reason", "too_many_waiting"), static_cast<double>(s.pool.too_many_waiting));
     Families::counter(transactions, labels, static_cast<double>(s.work.transactions));
     Families::counter(queries, labels, static_cast<double>(s.work.queries));
+    Families::histogram(acquire, labels, s.work.acquire);
+    Families::histogram(query, labels, s.work.query);
     Families::counter(connects, with("result", "success"), static_cast<double>(s.pool.connects));
     Families::counter(connects, with("result", "failure"), static_cast<double>(s.pool.connect_failures));
     Families::counter(health, labels, static_cast<double>(s.pool.health_check_failures));

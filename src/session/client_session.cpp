@@ -344,6 +344,7 @@ bool ClientSession::take_lease(pool::AcquireResult lease, std::string& sqlstate,
 }
 
 void ClientSession::release_server(bool reusable) {
+  query_started_ = {};  // a statement the server did not answer is not timed
   {
     std::lock_guard lock(cancel_mutex_);
     cancel_target_.reset();
@@ -690,6 +691,7 @@ void ClientSession::on_client_data(std::shared_ptr<ClientSession> self) {
   if (timer_purpose_ == TimerPurpose::idle_in_transaction) disarm_timer();
   if (!server_) {
     if (service_->listeners && !skip_until_sync_ && try_serve_listens(self)) return;
+    acquire_started_ = std::chrono::steady_clock::now();
     bool attached = false;
     if (!skip_until_sync_) {
       attached = attach_server_now();
@@ -885,6 +887,10 @@ net::awaitable<void> ClientSession::attach_slowly(std::shared_ptr<ClientSession>
     if (server_) attached = parameters_in_place() || co_await attach_server(sqlstate, error);
   }
   if (attached) co_return forward_run(std::move(self));
+  if (acquire_started_ != std::chrono::steady_clock::time_point{}) {
+    service_->counters->observe_acquire(std::chrono::steady_clock::now() - acquire_started_);
+    acquire_started_ = {};
+  }
   if (sqlstate == "57P01") {
     // The service is gone (removed by a reload, or shutting down): nothing will serve this client
     // again, so it is told why and closed rather than failing every statement.
@@ -955,6 +961,15 @@ bool ClientSession::build_chunk(std::size_t& at, Outgoing& out) {
 }
 
 void ClientSession::forward_run(std::shared_ptr<ClientSession> self) {
+  if (acquire_started_ != std::chrono::steady_clock::time_point{} ||
+      query_started_ == std::chrono::steady_clock::time_point{}) {
+    const auto now = std::chrono::steady_clock::now();
+    if (acquire_started_ != std::chrono::steady_clock::time_point{}) {
+      service_->counters->observe_acquire(now - acquire_started_);
+      acquire_started_ = {};
+    }
+    if (query_started_ == std::chrono::steady_clock::time_point{}) query_started_ = now;
+  }
   // query_timeout counts from when the statement goes to the server: waiting for a connection is
   // bounded by acquire_timeout instead.
   if (expected_ready_ > 0 && timer_purpose_ == TimerPurpose::none && service_->config.query_timeout.count() > 0) {
@@ -1250,6 +1265,10 @@ void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std:
   }
   if (ready_seen && expected_ready_ == 0) {
     if (transaction_status_ == 'I') service_->counters->count_transaction();
+    if (query_started_ != std::chrono::steady_clock::time_point{}) {
+      service_->counters->observe_query(std::chrono::steady_clock::now() - query_started_);
+      query_started_ = {};
+    }
     if (!pending_notifications_.empty()) flush_notifications();
     timeout_cancel_pending_ = false;
     if (timer_purpose_ == TimerPurpose::query || timer_purpose_ == TimerPurpose::cancel_answer) disarm_timer();

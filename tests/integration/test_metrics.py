@@ -158,6 +158,14 @@ def test_counters_count_exactly_what_a_known_workload_did(pg):
         assert delta("pgsluice_queries_total") == transactions + timeouts + 3
         assert delta("pgsluice_acquire_timeouts_total") == timeouts
         assert delta("pgsluice_fast_fails_total", reason="circuit_open") == 0
+        # Acquires: the worker's 25, the holder's BEGIN, the 3 refused (each ~300 ms: above 0.25 s).
+        assert delta("pgsluice_acquire_duration_seconds_count") == transactions + 1 + timeouts
+        assert delta("pgsluice_acquire_duration_seconds_bucket", le="+Inf") == transactions + 1 + timeouts
+        assert delta("pgsluice_acquire_duration_seconds_bucket", le="0.25") == transactions + 1
+        assert delta("pgsluice_acquire_duration_seconds_bucket", le="0.5") == transactions + 1 + timeouts
+        assert delta("pgsluice_acquire_duration_seconds_sum") >= timeouts * 0.3
+        # Statements that reached the server: the worker's 25, the holder's BEGIN, select, COMMIT.
+        assert delta("pgsluice_query_duration_seconds_count") == transactions + 3
 
         # One breaker trip: the dead backend's first connect fails (failure_threshold 1).
         assert http_get(port, "/readyz") == (200, "ready\n")

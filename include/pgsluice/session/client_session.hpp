@@ -216,6 +216,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     std::uint32_t statements = 0;  // Query, FunctionCall and Execute messages in it (for /metrics)
   };
   Run run_;
+  // For the acquire and query duration histograms (metrics::ServiceCounters); {}: not timing.
+  std::chrono::steady_clock::time_point acquire_started_{};
+  std::chrono::steady_clock::time_point query_started_{};
   std::shared_ptr<pool::Pool::Waiter> lease_wait_;  // the lease in the pool's line
   bool client_done_ = false;  // the client side ended (end_client)
   std::unique_ptr<server::ServerConnection> server_;
