@@ -10,10 +10,13 @@
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <atomic>
+#include <csignal>
+#include <unistd.h>
 #include <functional>
 #include <thread>
 #include <vector>
 
+#include "pgsluice/admin/console.hpp"
 #include "pgsluice/metrics/counters.hpp"
 #include "pgsluice/metrics/http_endpoint.hpp"
 #include "pgsluice/net/io.hpp"
@@ -87,6 +90,47 @@ asio::awaitable<void> drain(std::shared_ptr<session::SessionContext> context, Ru
   spdlog::info("all clients gone: stopping");
   stop();
 }
+
+// What the admin console reads and does (admin/console.hpp), on the first worker.
+class DaemonOperations : public admin::Operations {
+ public:
+  DaemonOperations(asio::io_context& io, Runtime& runtime, std::shared_ptr<session::SessionContext> context,
+                   std::function<std::string()> reload)
+      : io_(io), runtime_(runtime), context_(std::move(context)), reload_(std::move(reload)) {}
+
+  asio::any_io_executor executor() const override { return io_.get_executor(); }
+  metrics::Sample sample() const override { return runtime_.sample(); }
+  std::shared_ptr<const config::Config> config() const override { return context_->current()->config; }
+  std::string reload() override { return reload_(); }
+  std::string pause(const std::string& service) override { return each_pool(service, true); }
+  std::string resume(const std::string& service) override { return each_pool(service, false); }
+  void shutdown() override {
+    spdlog::info("admin console: SHUTDOWN");
+    ::kill(::getpid(), SIGTERM);  // the signal's own path: drain, then exit
+  }
+
+ private:
+  std::string each_pool(const std::string& name, bool pause) {
+    const auto snapshot = context_->current();
+    bool found = false;
+    for (const auto& [service_name, service] : snapshot->services) {
+      if (!name.empty() && service_name != name) continue;
+      found = true;
+      if (pause) {
+        service->pool->pause();
+      } else {
+        service->pool->resume();
+      }
+      spdlog::info("admin console: {} service {}", pause ? "PAUSE" : "RESUME", service_name);
+    }
+    return found || name.empty() ? std::string() : "no service \"" + name + "\"";
+  }
+
+  asio::io_context& io_;
+  Runtime& runtime_;
+  std::shared_ptr<session::SessionContext> context_;
+  std::function<std::string()> reload_;
+};
 
 }  // namespace
 
@@ -188,24 +232,24 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
   };
   signals.async_wait(on_signal);
 
-  // SIGHUP: re-read the file (DESIGN §5). A valid one is applied live; an invalid one is logged
-  // with every error and the running configuration stays.
-  asio::signal_set hangup(io, SIGHUP);
-  std::function<void(const net::error_code&, int)> on_hangup = [&](const net::error_code& ec, int) {
-    if (ec) return;
-    hangup.async_wait(on_hangup);
+  // SIGHUP and the console's RELOAD: re-read the file (DESIGN §5). A valid one is applied live; an
+  // invalid one is logged with every error and the running configuration stays (the errors are
+  // returned, for the console).
+  std::function<std::string()> reload = [&]() -> std::string {
     if (stopping) {
       spdlog::warn("reload: ignored while shutting down");
-      return;
+      return "pgsluice is shutting down";
     }
     auto reloaded = config::load_from_file(config_path);
     if (!reloaded.config) {
+      std::string errors;
       for (const auto& error : reloaded.errors) {
         spdlog::error("reload: {}:{}: {}", config_path, error.line, error.message);
+        errors += fmt::format("{}{}:{}: {}", errors.empty() ? "" : "; ", config_path, error.line, error.message);
       }
       spdlog::error("reload: {} error(s); keeping the running configuration", reloaded.errors.size());
       runtime.count_reload(false);
-      return;
+      return errors;
     }
     auto next = std::make_shared<const config::Config>(std::move(*reloaded.config));
     if (!options.log_level_from_command_line) {
@@ -223,8 +267,16 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
       spdlog::warn("reload: {} changed but only take effect after a restart; the running values stay",
                    fmt::join(summary.needs_restart, ", "));
     }
+    return std::string();
+  };
+  asio::signal_set hangup(io, SIGHUP);
+  std::function<void(const net::error_code&, int)> on_hangup = [&](const net::error_code& ec, int) {
+    if (ec) return;
+    hangup.async_wait(on_hangup);
+    reload();
   };
   hangup.async_wait(on_hangup);
+  context->admin = std::make_shared<admin::Console>(std::make_shared<DaemonOperations>(io, runtime, context, reload));
 
   std::vector<std::thread> threads;
   for (int i = 1; i < workers; ++i) {
@@ -238,6 +290,7 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
   for (auto& thread : threads) thread.join();
   keep_running.clear();
   for (auto& each : contexts) each->shut_down();
+  context->admin.reset();  // it refers to this function's locals (and to the context: a cycle)
   spdlog::info("pgsluice stopped");
   return 0;
 }

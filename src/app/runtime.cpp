@@ -235,6 +235,7 @@ metrics::Sample Runtime::sample() const {
     s.max_connections = service->config.max_connections;
     s.pool = service->pool->stats();
     s.work = service->counters->totals();
+    s.clients = service->counters->clients();
   }
   for (const auto& [name, breaker] : breakers_) {
     auto& b = out.backends.emplace_back();
@@ -242,6 +243,9 @@ metrics::Sample Runtime::sample() const {
     b.state = breaker->state();
     b.trips = breaker->trips();
     b.probes = breaker->probes();
+    b.consecutive_failures = breaker->consecutive_failures();
+    b.open_for_ms = std::chrono::duration_cast<std::chrono::milliseconds>(breaker->open_for()).count();
+    b.retry_in_ms = std::chrono::duration_cast<std::chrono::milliseconds>(breaker->retry_in()).count();
   }
   return out;
 }

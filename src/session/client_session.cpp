@@ -40,7 +40,67 @@ ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionCon
 ClientSession::~ClientSession() {
   if (cancel_key_) context_->cancels.remove(*cancel_key_);
   if (listen_id_ != 0 && service_ && service_->listeners) service_->listeners->forget(listen_id_);
+  if (counted_in_service_) service_->counters->client_left();
   --context_->clients;
+}
+
+net::awaitable<void> ClientSession::serve_admin() {
+  const auto& admins = config_->admin_users;
+  auto user = snapshot_->users.find(user_);
+  if (!context_->admin || std::find(admins.begin(), admins.end(), user_) == admins.end()) {
+    spdlog::warn("session {}: user {} refused by the admin console (not in admin.users)", peer_, user_);
+    co_await send_fatal("28000", "pgsluice: user \"" + user_ + "\" may not use the admin console (admin.users)");
+    co_return;
+  }
+  if (user == snapshot_->users.end() || user->second.method != config::AuthMethod::scram_sha_256) {
+    co_await send_fatal("28000", "pgsluice: the admin console needs scram-sha-256 authentication; user \"" + user_ +
+                                     "\" has another method");
+    co_return;
+  }
+  spdlog::info("session {}: admin console login by {}", peer_, user_);
+  cancel_key_ = context_->cancels.add(shared_from_this());  // SIGTERM reaches it like any client
+  Buffer out;
+  protocol::append_authentication_ok(out);
+  const std::pair<const char*, std::string> status[] = {
+      {"server_version", "15.0 (pgsluice " PGSLUICE_VERSION " admin console)"},
+      {"server_encoding", "UTF8"},
+      {"client_encoding", "UTF8"},
+      {"DateStyle", "ISO, MDY"},
+      {"integer_datetimes", "on"},
+      {"standard_conforming_strings", "on"},
+      {"application_name", parameters_.contains("application_name") ? parameters_.at("application_name") : ""},
+  };
+  for (const auto& [name, value] : status) protocol::append_parameter_status(out, name, value);
+  protocol::append_backend_key_data(out, cancel_key_->process_id, cancel_key_->secret_key);
+  protocol::append_ready_for_query(out, 'I');
+  if (!co_await write_client(out)) co_return;
+  bool skipping = false;  // after an extended-protocol message: until its Sync
+  while (!closing_) {
+    auto message = co_await net::read_message(socket_, buffer_, max_message_size_);
+    if (!message) break;
+    const char type = message->type;
+    Buffer reply;
+    if (type == 'X') break;
+    if (type == 'Q') {
+      auto text = std::string(protocol::as_string_view(message->payload));
+      if (!text.empty() && text.back() == '\0') text.pop_back();
+      buffer_.consume(message->frame.size());
+      spdlog::info("session {}: admin {}: {}", peer_, user_, text.substr(0, 200));
+      reply = co_await context_->admin->execute(std::move(text));
+      protocol::append_ready_for_query(reply, 'I');
+    } else {
+      buffer_.consume(message->frame.size());
+      if (type == 'S') {
+        skipping = false;
+        protocol::append_ready_for_query(reply, 'I');
+      } else if (!skipping && type != 'H') {
+        skipping = true;
+        protocol::append_error_response(reply, protocol::Severity::error, "0A000",
+                                        "pgsluice admin: the admin console takes simple queries only (as psql sends)");
+      }
+    }
+    if (!reply.empty() && !co_await write_client(reply)) break;
+  }
 }
 
 bool ClientSession::send_client(Outgoing& out, bool borrowed) {
@@ -156,10 +216,16 @@ net::awaitable<bool> ClientSession::run() {
     co_await send_fatal("57P01", "pgsluice: shutting down; connect again to another instance");
     co_return false;
   }
+  if (database_ == kAdminDatabase) {
+    co_await serve_admin();
+    co_return false;
+  }
   if (!co_await finish_login()) {
     co_await finish_server();
     co_return false;
   }
+  service_->counters->client_joined();
+  counted_in_service_ = true;
   spdlog::debug("session {}: user {} database {} service {}", peer_, user_, database_, service_->config.name);
   // The client side runs as a chain of handlers from here (see the top of this file), starting with
   // what the client sent after its login, until end_client(). No coroutine waits meanwhile: an idle

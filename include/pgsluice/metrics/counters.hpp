@@ -24,6 +24,11 @@ class ServiceCounters {
   static constexpr unsigned kSlots = 16;  // workers beyond share slots (still correct, atomics)
   static constexpr std::size_t kBuckets = kDurationBuckets.size() + 1;  // the last: above 10 s
 
+  // Logged-in clients of the service (at login and logout: not the hot path).
+  void client_joined() { clients_.fetch_add(1, std::memory_order_relaxed); }
+  void client_left() { clients_.fetch_sub(1, std::memory_order_relaxed); }
+  std::int64_t clients() const { return clients_.load(std::memory_order_relaxed); }
+
   void count_queries(std::uint64_t n) { slot().queries.fetch_add(n, std::memory_order_relaxed); }
   void count_transaction() { slot().transactions.fetch_add(1, std::memory_order_relaxed); }
   // How long a client waited for a server connection (given or refused).
@@ -59,6 +64,7 @@ class ServiceCounters {
   static void add(const Histogram& from, HistogramTotals& into);
   Slot& slot() { return slots_[worker_index() % kSlots]; }
   std::array<Slot, kSlots> slots_{};
+  std::atomic<std::int64_t> clients_{0};
 };
 
 }  // namespace pgsluice::metrics

@@ -18,6 +18,7 @@ struct ServiceSample {
   int max_connections = 0;
   pool::PoolStats pool;
   ServiceCounters::Totals work;
+  std::int64_t clients = 0;  // logged in to this service
 };
 
 struct BackendSample {
@@ -25,6 +26,9 @@ struct BackendSample {
   pool::CircuitBreaker::State state = pool::CircuitBreaker::State::closed;
   std::uint64_t trips = 0;
   std::uint64_t probes = 0;
+  int consecutive_failures = 0;
+  std::int64_t open_for_ms = 0;  // how long it stays open when it opens next (doubles up to the cap)
+  std::int64_t retry_in_ms = 0;  // open: until the next probe
 };
 
 struct Sample {

@@ -118,6 +118,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void confirm_literals(const std::vector<StatementTracker::SettledSetting>& settled);
   net::awaitable<void> serve_listens(std::shared_ptr<ClientSession> self,
                                      std::shared_ptr<const sql::SessionEffects> effects, SingleStatement statement);
+  // database "pgsluice": the admin console (admin.users only), its simple queries answered by
+  // context_->admin until the client leaves.
+  net::awaitable<void> serve_admin();
   // A notification from the listener connection (on this session's worker; null: the listener
   // connection was lost). Written at once between transactions, else after the transaction.
   void deliver_notification(std::shared_ptr<const protocol::Buffer> frame);
@@ -204,6 +207,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   server::ParameterMap startup_parameters_;  // what it asked for at startup (RESET ALL returns to them)
   bool pin_logged_ = false;                  // "pinned to its server connection" was logged
   std::string parameters_fingerprint_;  // of parameters_; empty = to be computed
+  bool counted_in_service_ = false;     // in service_->counters' client count
   // Literal SETs of this client the server confirmed (try_answer_set), the most recent last.
   std::vector<std::shared_ptr<sql::SessionEffects::LiteralSetting>> confirmed_literals_;
   std::optional<CancelRegistry::Key> cancel_key_;

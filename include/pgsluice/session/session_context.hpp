@@ -10,6 +10,7 @@
 
 #include "pgsluice/config/config.hpp"
 #include "pgsluice/metrics/counters.hpp"
+#include "pgsluice/net/io.hpp"
 #include "pgsluice/pool/pool.hpp"
 #include "pgsluice/protocol/scram.hpp"
 #include "pgsluice/server/server_connection.hpp"
@@ -77,12 +78,25 @@ struct Snapshot {
   std::shared_ptr<Service> find_service(const std::string& user, const std::string& database) const;
 };
 
+// The admin console (database "pgsluice", users in admin.users; DESIGN §6): a logged-in admin's
+// session hands each simple Query to it and writes back what it returns (every reply message up
+// to, not including, ReadyForQuery). Implemented in admin/, wired by the daemon.
+class AdminConsole {
+ public:
+  virtual ~AdminConsole() = default;
+  virtual net::awaitable<protocol::Buffer> execute(std::string query) = 0;
+};
+
+// The database name that reaches the admin console instead of a service.
+inline constexpr std::string_view kAdminDatabase = "pgsluice";
+
 struct SessionContext {
   CancelRegistry cancels;
   sql::Analyzer analyzer;  // what statement texts do to session state, parsed once per text
   std::string mock_secret;  // makes the mock SCRAM salt of unknown users stable but unguessable
   std::atomic<int> clients{0};
   std::atomic<bool> draining{false};  // SIGTERM received: no new logins
+  std::shared_ptr<AdminConsole> admin;  // null: no console (logins to "pgsluice" are refused)
 
   std::shared_ptr<const Snapshot> current() const {
     std::lock_guard lock(mutex_);
