@@ -163,6 +163,38 @@ void show_config(const config::Config& c, protocol::Buffer& out) {
   set.write(out, "SHOW");
 }
 
+const char* transaction_state(char status) {
+  return status == 'T' ? "in transaction" : status == 'E' ? "failed transaction" : "idle";
+}
+
+void show_clients(const std::vector<session::ClientDescription>& clients, protocol::Buffer& out) {
+  ResultSet set({{"addr"}, {"user"}, {"database"}, {"service"}, {"state"}, {"transaction"},
+                 {"connected_s", kInt8}, {"server_pid", kInt8}, {"pinned", kBool}, {"listening", kInt8}});
+  for (const auto& c : clients) {
+    set.row({c.peer, c.user, c.database, c.service, c.state, transaction_state(c.transaction_status),
+             num(c.connected_seconds), c.server_pid ? num(c.server_pid) : "", c.pinned ? "t" : "f",
+             num(static_cast<std::int64_t>(c.listening))});
+  }
+  set.write(out, "SHOW");
+}
+
+void show_servers(const std::vector<session::ClientDescription>& clients,
+                  const std::vector<Operations::IdleServer>& idle, const config::Config& config, protocol::Buffer& out) {
+  ResultSet set({{"service"}, {"backend"}, {"state"}, {"server_pid", kInt8}, {"connected_s", kInt8},
+                 {"idle_s", kInt8}, {"client_addr"}});
+  for (const auto& c : clients) {
+    if (c.server_pid == 0) continue;
+    auto it = std::find_if(config.services.begin(), config.services.end(),
+                           [&](const config::ServiceConfig& s) { return s.name == c.service; });
+    set.row({c.service, it == config.services.end() ? "" : it->backend, "active", num(c.server_pid),
+             num(c.server_connected_seconds), "0", c.peer});
+  }
+  for (const auto& s : idle) {
+    set.row({s.service, s.backend, "idle", num(s.pid), num(s.connected_seconds), num(s.idle_seconds), ""});
+  }
+  set.write(out, "SHOW");
+}
+
 // The words of a command: lower-cased, without the trailing ';'; a double-quoted word keeps its case.
 std::vector<std::string> words_of(std::string_view query) {
   std::vector<std::string> words;
@@ -200,7 +232,8 @@ std::vector<std::string> words_of(std::string_view query) {
 }
 
 constexpr std::string_view kCommands =
-    "SHOW POOLS | STATS | BREAKERS | CONFIG | VERSION, RELOAD, PAUSE [service], RESUME [service], SHUTDOWN";
+    "SHOW POOLS | STATS | CLIENTS | SERVERS | BREAKERS | CONFIG | VERSION, RELOAD, PAUSE [service], RESUME "
+    "[service], SHUTDOWN";
 
 }  // namespace
 
@@ -226,7 +259,7 @@ protocol::Buffer Console::answer(std::string_view query) {
       ResultSet set({{"version"}});
       set.row({std::string("pgsluice ") + PGSLUICE_VERSION});
       set.write(out, "SHOW");
-    } else if (argument == "clients" || argument == "servers" || argument == "statements") {
+    } else if (argument == "statements") {
       error(out, "0A000", "pgsluice admin: SHOW " + argument + " is not built yet (issue 16); try " +
                               std::string(kCommands));
     } else {
@@ -266,7 +299,18 @@ net::awaitable<protocol::Buffer> Console::execute(std::string query) {
   co_await net::asio::post(operations_->executor(), net::asio::use_awaitable);
   protocol::Buffer out;
   try {
-    out = answer(query);
+    const auto words = words_of(query);
+    if (words.size() == 2 && words[0] == "show" && (words[1] == "clients" || words[1] == "servers")) {
+      // Each session describes itself on its own worker.
+      auto clients = co_await operations_->clients();
+      if (words[1] == "clients") {
+        show_clients(clients, out);
+      } else {
+        show_servers(clients, operations_->idle_servers(), *operations_->config(), out);
+      }
+    } else {
+      out = answer(query);
+    }
   } catch (const std::exception& e) {
     out.clear();
     error(out, "XX000", std::string("pgsluice admin: ") + e.what());

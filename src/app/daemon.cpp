@@ -9,7 +9,9 @@
 #include <boost/asio/this_coro.hpp>
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+#include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <csignal>
 #include <unistd.h>
 #include <functional>
@@ -107,6 +109,50 @@ class DaemonOperations : public admin::Operations {
   void shutdown() override {
     spdlog::info("admin console: SHUTDOWN");
     ::kill(::getpid(), SIGTERM);  // the signal's own path: drain, then exit
+  }
+
+  net::awaitable<std::vector<session::ClientDescription>> clients() override {
+    struct Gather {
+      explicit Gather(asio::io_context& io) : timer(io) {}
+      std::mutex mutex;
+      std::vector<session::ClientDescription> got;
+      std::size_t left = 0;
+      asio::steady_timer timer;
+    };
+    auto sessions = context_->cancels.sessions();
+    if (sessions.empty()) co_return std::vector<session::ClientDescription>{};
+    auto gather = std::make_shared<Gather>(io_);
+    gather->left = sessions.size();
+    gather->timer.expires_after(std::chrono::seconds(1));
+    for (auto& session : sessions) {
+      session->describe([gather, io = io_.get_executor()](session::ClientDescription description) {
+        bool last = false;
+        {
+          std::lock_guard lock(gather->mutex);
+          gather->got.push_back(std::move(description));
+          last = --gather->left == 0;
+        }
+        if (last) asio::post(io, [gather] { gather->timer.cancel(); });
+      });
+    }
+    co_await gather->timer.async_wait(net::use_nothrow);
+    std::lock_guard lock(gather->mutex);
+    auto out = gather->got;
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.connected_seconds > b.connected_seconds; });
+    co_return out;
+  }
+
+  std::vector<IdleServer> idle_servers() const override {
+    std::vector<IdleServer> out;
+    const auto now = std::chrono::steady_clock::now();
+    for (const auto& [name, service] : context_->current()->services) {
+      for (const auto& idle : service->pool->idle_connections()) {
+        out.push_back({name, service->config.backend, idle.server_id,
+                       std::chrono::duration_cast<std::chrono::seconds>(now - idle.created_at).count(),
+                       std::chrono::duration_cast<std::chrono::seconds>(now - idle.last_used).count()});
+      }
+    }
+    return out;
   }
 
  private:

@@ -40,11 +40,25 @@ void ServiceCounters::add(const Histogram& from, HistogramTotals& into) {
   into.sum_seconds += static_cast<double>(from.sum_ns.load(std::memory_order_relaxed)) / 1e9;
 }
 
+bool ServiceCounters::exhausted_report_due(std::uint64_t& happened) {
+  exhausted_.fetch_add(1, std::memory_order_relaxed);
+  const auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                       std::chrono::steady_clock::now().time_since_epoch()).count();
+  auto last = exhausted_reported_ns_.load(std::memory_order_relaxed);
+  constexpr std::int64_t kEvery = 10'000'000'000;  // 10 s
+  if (last != 0 && now - last < kEvery) return false;
+  if (!exhausted_reported_ns_.compare_exchange_strong(last, now, std::memory_order_relaxed)) return false;
+  happened = exhausted_.exchange(0, std::memory_order_relaxed);
+  return true;
+}
+
 ServiceCounters::Totals ServiceCounters::totals() const {
   Totals out;
   for (const auto& slot : slots_) {
     out.queries += slot.queries.load(std::memory_order_relaxed);
     out.transactions += slot.transactions.load(std::memory_order_relaxed);
+    out.pins += slot.pins.load(std::memory_order_relaxed);
+    out.replays += slot.replays.load(std::memory_order_relaxed);
     add(slot.acquire, out.acquire);
     add(slot.query, out.query);
   }

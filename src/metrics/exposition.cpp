@@ -99,6 +99,12 @@ std::string render_text(const Sample& sample) {
                                   "Client transactions that ended (autocommit statements included)", T::Counter);
   auto& queries = out.family("pgsluice_queries_total", "Client statements (Query and Execute messages)", T::Counter);
   auto& connects = out.family("pgsluice_server_connects_total", "Server connection attempts by result", T::Counter);
+  auto& pins = out.family("pgsluice_pins_total",
+                          "Clients pinned to their server connection (LISTEN in a transaction, a session advisory "
+                          "lock, a temporary table, a WITH HOLD cursor), once per client",
+                          T::Counter);
+  auto& replays = out.family("pgsluice_state_replays_total",
+                             "Leases on which a client's settings were replayed on the server connection", T::Counter);
   auto& acquire = out.family("pgsluice_acquire_duration_seconds",
                              "How long clients waited for a server connection (given or refused)", T::Histogram);
   auto& query = out.family("pgsluice_query_duration_seconds",
@@ -126,6 +132,8 @@ std::string render_text(const Sample& sample) {
     Families::counter(fast_fails, with("reason", "too_many_waiting"), static_cast<double>(s.pool.too_many_waiting));
     Families::counter(transactions, labels, static_cast<double>(s.work.transactions));
     Families::counter(queries, labels, static_cast<double>(s.work.queries));
+    Families::counter(pins, labels, static_cast<double>(s.work.pins));
+    Families::counter(replays, labels, static_cast<double>(s.work.replays));
     Families::histogram(acquire, labels, s.work.acquire);
     Families::histogram(query, labels, s.work.query);
     Families::counter(connects, with("result", "success"), static_cast<double>(s.pool.connects));

@@ -714,6 +714,14 @@ PoolStats Pool::stats() const {
   return out;
 }
 
+std::vector<Pool::IdleConnection> Pool::idle_connections() const {
+  std::lock_guard lock(mutex_);
+  std::vector<IdleConnection> out;
+  out.reserve(idle_.size());
+  for (const auto& connection : idle_) out.push_back({connection->server_id(), connection->created_at, connection->last_used});
+  return out;
+}
+
 void Pool::close(std::string why) {
   std::vector<std::unique_ptr<Connection>> doomed;
   std::lock_guard lock(mutex_);

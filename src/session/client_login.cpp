@@ -167,6 +167,7 @@ net::awaitable<bool> ClientSession::authenticate(const std::string& user) {
     buffer_.consume(message->frame.size());
     const std::string expected = protocol::md5::salted_response_from_hash(*secret->md5_hash, md5_salt);
     if (response.size() != expected.size() || CRYPTO_memcmp(response.data(), expected.data(), expected.size()) != 0) {
+      spdlog::warn("session {}: authentication failed for user {}", peer_, user);
       co_await send_fatal("28P01", failed);
       co_return false;
     }
@@ -218,6 +219,7 @@ net::awaitable<bool> ClientSession::authenticate(const std::string& user) {
     if (!server_final && server_final.error().sqlstate == "08P01") {
       co_await send_fatal("08P01", server_final.error().message);
     } else {
+      spdlog::warn("session {}: authentication failed for user {}", peer_, user);
       co_await send_fatal("28P01", failed);
     }
     co_return false;

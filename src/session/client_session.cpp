@@ -226,7 +226,8 @@ net::awaitable<bool> ClientSession::run() {
   }
   service_->counters->client_joined();
   counted_in_service_ = true;
-  spdlog::debug("session {}: user {} database {} service {}", peer_, user_, database_, service_->config.name);
+  spdlog::info("session {}: login user {} database {} service {} ({} mode)", peer_, user_, database_,
+               service_->config.name, config::to_string(service_->config.mode));
   // The client side runs as a chain of handlers from here (see the top of this file), starting with
   // what the client sent after its login, until end_client(). No coroutine waits meanwhile: an idle
   // client is its socket's pending wait and this object (DESIGN §8).
@@ -236,6 +237,11 @@ net::awaitable<bool> ClientSession::run() {
 
 net::awaitable<void> ClientSession::end_session(std::shared_ptr<ClientSession> self) {
   closing_ = true;
+  if (service_) {
+    spdlog::info("session {}: closed (user {}, service {}, after {} s)", peer_, user_, service_->config.name,
+                 std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - connected_at_)
+                     .count());
+  }
   disarm_timer();
   co_await finish_server();
   co_await finish();  // the server reader lets go of the session
@@ -320,6 +326,31 @@ net::awaitable<void> ClientSession::close_with(std::string sqlstate, std::string
   socket_.cancel(ignored);  // the relay's read ends; it then gives the server connection back
 }
 
+void ClientSession::describe(std::function<void(ClientDescription)> done) {
+  asio::post(socket_.get_executor(), [self = shared_from_this(), done = std::move(done)] {
+    ClientDescription out;
+    const auto now = std::chrono::steady_clock::now();
+    out.peer = self->peer_;
+    out.user = self->user_;
+    out.database = self->database_;
+    out.service = self->service_ ? self->service_->config.name : std::string();
+    out.state = !self->service_        ? "admin"
+                : self->server_         ? "active"
+                : self->lease_wait_ || self->expected_ready_ > 0 ? "waiting"
+                                                                 : "idle";
+    out.transaction_status = self->transaction_status_;
+    out.connected_seconds = std::chrono::duration_cast<std::chrono::seconds>(now - self->connected_at_).count();
+    if (self->server_) {
+      out.server_pid = self->server_->backend_key().process_id;
+      out.server_connected_seconds =
+          std::chrono::duration_cast<std::chrono::seconds>(now - self->server_->created_at).count();
+    }
+    out.pinned = self->tracker_ && self->tracker_->pinned();
+    out.listening = self->hub_channels_.size();
+    done(std::move(out));
+  });
+}
+
 void ClientSession::begin_shutdown() {
   asio::post(socket_.get_executor(), [self = shared_from_this()] {
     self->draining_ = true;
@@ -367,6 +398,7 @@ net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::st
     co_return false;
   }
   if (parameters_in_place()) co_return true;
+  if (service_->config.mode != config::PoolMode::session) service_->counters->count_replay();
   if (!co_await server_->apply_parameters(parameters_, server_->target().connect_timeout)) {
     release_server(false);
     sqlstate = "08006";
@@ -390,6 +422,11 @@ bool ClientSession::take_lease(pool::AcquireResult lease, std::string& sqlstate,
   if (!lease) {
     switch (lease.error) {
       case pool::AcquireError::timeout:
+        if (std::uint64_t happened = 0; service_->counters->exhausted_report_due(happened)) {
+          spdlog::warn("service {}: pool exhausted: {} ({} such in the last 10 s or since the last report)",
+                       service_->config.name, lease.message, happened);
+        }
+        [[fallthrough]];
       case pool::AcquireError::too_many_waiting:
       case pool::AcquireError::paused: sqlstate = "53300"; break;
       case pool::AcquireError::connect_failed:
@@ -438,8 +475,13 @@ void ClientSession::record_settled_state() {
   // The connection carries exactly what this client wants now: what it was given at the lease
   // plus the changes the client made itself.
   if (server_) server_->set_applied_fingerprint(parameters_fingerprint_);
+  note_pin();
+}
+
+void ClientSession::note_pin() {
   if (tracker_ && tracker_->pinned() && !pin_logged_) {
     pin_logged_ = true;
+    service_->counters->count_pin();
     spdlog::info("session {}: pinned to its server connection (LISTEN, a session advisory lock, a temporary table "
                  "or a WITH HOLD cursor) until it releases them",
                  peer_);
@@ -1284,6 +1326,7 @@ void ClientSession::relay_server_buffer(std::shared_ptr<ClientSession> self) {
       if (rewrite_statements_) {
         tracker().take_due_replies(out);
         if (tracker_->has_settled()) record_settled_state();
+        if (tracker_->pinned() && !pin_logged_) note_pin();
         if (tracker_->has_passed_unlistens()) pass_on_unlistens();
       }
       if (!send_client(out, true)) {

@@ -71,7 +71,9 @@ def test_each_show_is_a_table_psql_prints(console):
                             ("SHOW STATS", "service | total_xact_count | total_query_count"),
                             ("SHOW BREAKERS", "backend | state   | consecutive_failures"),
                             ("SHOW CONFIG", "key"),
-                            ("SHOW VERSION", "version")):
+                            ("SHOW VERSION", "version"),
+                            ("SHOW CLIENTS", "addr | user | database | service | state"),
+                            ("SHOW SERVERS", "service | backend | state | server_pid")):
         proc = psql(target.port, command)
         assert proc.returncode == 0, (command, proc.stderr)
         lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -91,6 +93,23 @@ def test_each_show_is_a_table_psql_prints(console):
     for secret in (ADMIN_PASSWORD, pgharness.password_for("app")):
         assert secret not in config_text  # never a secret
     assert rows(target.port, "show version")[0][0].startswith("pgsluice ")
+    # SHOW CLIENTS / SERVERS: the app client holding its server connection in a transaction.
+    with app.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("select pg_backend_pid()")
+        pid = str(cur.fetchone()[0])
+    clients = rows(target.port, "SHOW CLIENTS")
+    mine = [r for r in clients if r[1] == "app"]
+    assert len(mine) == 1 and mine[0][2:8] == ["app", "app", "active", "in transaction", mine[0][6], pid], clients
+    assert any(r[1] == "admin" and r[4] == "admin" for r in clients), clients
+    servers = rows(target.port, "SHOW SERVERS")
+    active = [r for r in servers if r[2] == "active"]
+    assert len(active) == 1 and active[0][:4] == ["app", "primary", "active", pid], servers
+    assert active[0][6] == mine[0][0]  # the client's address
+    app.cursor().execute("COMMIT")
+    servers = rows(target.port, "SHOW SERVERS")
+    assert [r[:4] for r in servers if r[0] == "app"] == [["app", "primary", "idle", pid]], servers
+    assert [r for r in rows(target.port, "SHOW CLIENTS") if r[1] == "app"][0][4:6] == ["idle", "idle"]
     unknown = psql(target.port, "SHOW NOTHING")
     assert unknown.returncode != 0 and "unknown SHOW nothing" in unknown.stderr
     app.close()

@@ -245,3 +245,31 @@ def test_the_shipped_alert_rules_pass_promtool():
                  [PROMTOOL, "test", "rules", str(rules / "alerts_test.yaml")]):
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, f"{' '.join(argv)}:\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.mark.skipif(POOL_MODE != "transaction", reason="runs in the transaction-mode pass")
+def test_pins_and_replays_are_counted(pg):
+    config = pgharness.base_config(pg, pgharness.free_port(), mode="transaction", max_connections=1)
+    port = with_metrics(config)
+    target = start_pgsluice(pg, config)
+    try:
+        a, b = (psycopg2.connect(target.proxy.dsn("app")) for _ in range(2))
+        a.autocommit = b.autocommit = True
+        labels = {"service": "app", "backend": "primary"}
+        before = scrape(port)
+        # One connection: A's setting is on it, so B's next statement replays B's settings, then A's.
+        a.cursor().execute("SET work_mem = '77kB'")
+        b.cursor().execute("select 1")
+        a.cursor().execute("select 1")
+        after = scrape(port)
+        assert value(after, "pgsluice_state_replays_total", **labels) - \
+            value(before, "pgsluice_state_replays_total", **labels) == 2
+        with a.cursor() as cur:
+            cur.execute("select pg_advisory_lock(42)")
+            cur.execute("select pg_advisory_lock(43)")
+        assert value(scrape(port), "pgsluice_pins_total", **labels) == 1  # once per client
+        a.cursor().execute("select pg_advisory_unlock_all()")
+        a.close()
+        b.close()
+    finally:
+        stop_pgsluice(target)

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "pgsluice/config/config.hpp"
 #include "pgsluice/metrics/exposition.hpp"
@@ -26,6 +27,16 @@ class Operations {
   virtual std::string pause(const std::string& service) = 0;   // empty name: every service
   virtual std::string resume(const std::string& service) = 0;  // empty name: every service
   virtual void shutdown() = 0;                                  // as SIGTERM
+  // Every logged-in client (those that do not answer within a second are left out).
+  virtual net::awaitable<std::vector<session::ClientDescription>> clients() = 0;
+  struct IdleServer {
+    std::string service;
+    std::string backend;
+    std::uint32_t pid = 0;
+    std::int64_t connected_seconds = 0;
+    std::int64_t idle_seconds = 0;
+  };
+  virtual std::vector<IdleServer> idle_servers() const = 0;
 };
 
 class Console : public session::AdminConsole {

@@ -28,9 +28,16 @@ class ServiceCounters {
   void client_joined() { clients_.fetch_add(1, std::memory_order_relaxed); }
   void client_left() { clients_.fetch_sub(1, std::memory_order_relaxed); }
   std::int64_t clients() const { return clients_.load(std::memory_order_relaxed); }
+  // "Pool exhausted" (an acquire timed out): true at most once every 10 s, with how many happened
+  // since the last report (this one included), so that a saturated pool logs a line, not a flood.
+  bool exhausted_report_due(std::uint64_t& happened);
 
   void count_queries(std::uint64_t n) { slot().queries.fetch_add(n, std::memory_order_relaxed); }
   void count_transaction() { slot().transactions.fetch_add(1, std::memory_order_relaxed); }
+  // A client pinned to its server connection (once per client), a client's settings replayed on the
+  // server connection it was given (transaction mode, DESIGN §2).
+  void count_pin() { slot().pins.fetch_add(1, std::memory_order_relaxed); }
+  void count_replay() { slot().replays.fetch_add(1, std::memory_order_relaxed); }
   // How long a client waited for a server connection (given or refused).
   void observe_acquire(std::chrono::nanoseconds took) { observe(slot().acquire, took); }
   // From a client's batch going to the server until the ReadyForQuery that ends it.
@@ -44,6 +51,8 @@ class ServiceCounters {
   struct Totals {
     std::uint64_t queries = 0;
     std::uint64_t transactions = 0;
+    std::uint64_t pins = 0;
+    std::uint64_t replays = 0;
     HistogramTotals acquire;
     HistogramTotals query;
   };
@@ -57,6 +66,8 @@ class ServiceCounters {
   struct alignas(64) Slot {
     std::atomic<std::uint64_t> queries{0};
     std::atomic<std::uint64_t> transactions{0};
+    std::atomic<std::uint64_t> pins{0};
+    std::atomic<std::uint64_t> replays{0};
     Histogram acquire;
     Histogram query;
   };
@@ -65,6 +76,8 @@ class ServiceCounters {
   Slot& slot() { return slots_[worker_index() % kSlots]; }
   std::array<Slot, kSlots> slots_{};
   std::atomic<std::int64_t> clients_{0};
+  std::atomic<std::uint64_t> exhausted_{0};
+  std::atomic<std::int64_t> exhausted_reported_ns_{0};
 };
 
 }  // namespace pgsluice::metrics

@@ -30,6 +30,8 @@ class Connection {
   // A cheap local look, no round trip: is it still open, with nothing unread? Checked on every
   // lease of an idle connection (a server that closed it meanwhile is noticed here).
   virtual bool looks_usable() { return true; }
+  // The number the server knows it by (Postgres: the backend's pid), for operators; 0: none.
+  virtual std::uint32_t server_id() const { return 0; }
   Clock::time_point created_at = Clock::now();
   Clock::time_point last_used = Clock::now();
   Clock::time_point expires_at = Clock::time_point::max();  // max_lifetime, with jitter
@@ -144,6 +146,13 @@ class Pool : public std::enable_shared_from_this<Pool> {
   void resume();
 
   PoolStats stats() const;
+  // The idle connections, for the admin console (SHOW SERVERS).
+  struct IdleConnection {
+    std::uint32_t server_id = 0;
+    Clock::time_point created_at;
+    Clock::time_point last_used;
+  };
+  std::vector<IdleConnection> idle_connections() const;
   PoolSettings settings() const;
   // Closes idle connections and fails every waiter; leases still out are closed when released.
   // `why` ends the message acquires get from then on ("service \"x\" <why>").

@@ -48,6 +48,7 @@ class ServerConnection : public pool::Connection {
   const std::shared_ptr<const ServerTarget>& shared_target() const { return target_; }
   // The key this connection's backend gave us, for forwarding CancelRequests.
   protocol::BackendKeyData backend_key() const { return key_; }
+  std::uint32_t server_id() const override { return key_.process_id; }
   // What the server reported through ParameterStatus, kept current by whoever relays its messages.
   ParameterMap& parameters() { return parameters_; }
   const ParameterMap& parameters() const { return parameters_; }

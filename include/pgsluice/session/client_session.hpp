@@ -19,6 +19,7 @@
 // does not take at once is written by a chain of handlers; the server side reads the server again
 // only once the client has taken its bytes, and a coroutine that must know its bytes went out
 // waits for client_drained().
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -48,6 +49,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // From the cancel registry, on any thread: cancel what the server connection held now is running.
   void forward_cancel();
   // SIGTERM, from any thread: close at once if idle, else after the transaction in flight ends.
+  // What the admin console shows of this client: `done` runs on the session's worker (any thread
+  // may ask).
+  void describe(std::function<void(ClientDescription)> done);
   void begin_shutdown();
   // shutdown_timeout expired, from any thread: close now with 57P01 whatever is in flight.
   void force_shutdown();
@@ -159,6 +163,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void release_server(bool reusable);
   // Records the settings a probe settled (StatementTracker::take_settled) for this client and as
   // what the attached connection carries.
+  // The client is pinned to its server connection: logged and counted once per client.
+  void note_pin();
   void record_settled_state();
   net::awaitable<void> stop_server_reader();
   net::awaitable<void> finish_server();
@@ -208,6 +214,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool pin_logged_ = false;                  // "pinned to its server connection" was logged
   std::string parameters_fingerprint_;  // of parameters_; empty = to be computed
   bool counted_in_service_ = false;     // in service_->counters' client count
+  std::chrono::steady_clock::time_point connected_at_ = std::chrono::steady_clock::now();
   // Literal SETs of this client the server confirmed (try_answer_set), the most recent last.
   std::vector<std::shared_ptr<sql::SessionEffects::LiteralSetting>> confirmed_literals_;
   std::optional<CancelRegistry::Key> cancel_key_;

@@ -87,6 +87,21 @@ class AdminConsole {
   virtual net::awaitable<protocol::Buffer> execute(std::string query) = 0;
 };
 
+// One client as the admin console shows it (SHOW CLIENTS, SHOW SERVERS).
+struct ClientDescription {
+  std::string peer;  // address:port
+  std::string user;
+  std::string database;
+  std::string service;  // empty: the admin console
+  std::string state;    // active (holds a server connection), waiting (for one), idle, admin
+  char transaction_status = 'I';
+  std::int64_t connected_seconds = 0;
+  std::uint32_t server_pid = 0;  // the server connection it holds (0: none)
+  std::int64_t server_connected_seconds = 0;
+  bool pinned = false;
+  std::size_t listening = 0;  // channels the listener connection serves it
+};
+
 // The database name that reaches the admin console instead of a service.
 inline constexpr std::string_view kAdminDatabase = "pgsluice";
 
