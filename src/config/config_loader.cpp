@@ -134,7 +134,7 @@ class Loader {
                        kMinMessageSize, kMaxMessageSize);
     replicas_ok_ = top.read("replicas", config_.replicas, 1);
 
-    const Section log = top.child("log", {"level", "format"});
+    const Section log = top.child("log", {"level", "format", "slow_statements"});
     std::string level;
     if (log.has("level") && log.read("level", level)) {
       static const std::vector<std::string> kLevels = {"trace", "debug",    "info", "warn",
@@ -147,6 +147,7 @@ class Loader {
     }
     log.read_choice<LogFormat>("format", config_.log_format,
                                {{"text", LogFormat::text}, {"json", LogFormat::json}});
+    log.read_duration("slow_statements", config_.log_slow_statements, /*allow_zero=*/true);
 
     const Section metrics = top.child("metrics", {"listen", "enabled"});
     metrics.read_endpoint("listen", config_.metrics_listen);

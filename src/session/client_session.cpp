@@ -1,5 +1,6 @@
 // The relay half of a client session (see client_session.hpp for the two-coroutine design).
 #include "pgsluice/session/client_session.hpp"
+#include "pgsluice/sql/statement_shape.hpp"
 
 #include <algorithm>
 #include <boost/asio/co_spawn.hpp>
@@ -349,6 +350,49 @@ void ClientSession::describe(std::function<void(ClientDescription)> done) {
     out.listening = self->hub_channels_.size();
     done(std::move(out));
   });
+}
+
+void ClientSession::remember_slow_text() {
+  slow_text_.clear();
+  auto data = buffer_.readable().first(std::min(run_.offset, buffer_.readable().size()));
+  for (std::size_t at = 0; at < data.size();) {
+    auto frame = protocol::next_frame(data.subspan(at), max_message_size_);
+    if (frame.status != protocol::FrameStatus::complete) break;
+    at += frame.message.frame.size();
+    if (frame.message.type == 'Q') {
+      slow_text_ = protocol::as_string_view(frame.message.payload);
+      return;
+    }
+    if (frame.message.type == 'P') {
+      if (auto parse = protocol::parse_parse(frame.message.payload)) slow_text_ = parse->query;
+      return;
+    }
+    if (frame.message.type == 'B') {
+      if (auto bind = protocol::parse_bind(frame.message.payload)) {
+        slow_text_ = "(a Bind of prepared statement \"" + std::string(bind->statement) + "\")";
+      }
+      return;
+    }
+  }
+}
+
+void ClientSession::log_slow_statement(std::chrono::steady_clock::duration took) {
+  const auto ms = std::chrono::duration<double, std::milli>(took).count();
+  std::string shape = "(no statement text in the batch)";
+  std::string fingerprint = "-";
+  if (slow_text_.starts_with("(")) {
+    shape = slow_text_;
+  } else if (!slow_text_.empty()) {
+    if (auto parsed = sql::statement_shape(slow_text_)) {
+      fingerprint = parsed->fingerprint;
+      shape = parsed->normalized.size() > 500 ? parsed->normalized.substr(0, 500) + "..." : parsed->normalized;
+    } else {
+      shape = "(not SQL the parser reads)";
+    }
+  }
+  spdlog::warn("session {}: slow statement: {:.1f} ms (service {}, user {}, fingerprint {}): {}", peer_, ms,
+               service_->config.name, user_, fingerprint, shape);
+  slow_text_.clear();
 }
 
 void ClientSession::begin_shutdown() {
@@ -1076,7 +1120,10 @@ void ClientSession::forward_run(std::shared_ptr<ClientSession> self) {
       service_->counters->observe_acquire(now - acquire_started_);
       acquire_started_ = {};
     }
-    if (query_started_ == std::chrono::steady_clock::time_point{}) query_started_ = now;
+    if (query_started_ == std::chrono::steady_clock::time_point{}) {
+      query_started_ = now;
+      if (config_->log_slow_statements.count() > 0) remember_slow_text();
+    }
   }
   // query_timeout counts from when the statement goes to the server: waiting for a connection is
   // bounded by acquire_timeout instead.
@@ -1375,8 +1422,10 @@ void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std:
   if (ready_seen && expected_ready_ == 0) {
     if (transaction_status_ == 'I') service_->counters->count_transaction();
     if (query_started_ != std::chrono::steady_clock::time_point{}) {
-      service_->counters->observe_query(std::chrono::steady_clock::now() - query_started_);
+      const auto took = std::chrono::steady_clock::now() - query_started_;
+      service_->counters->observe_query(took);
       query_started_ = {};
+      if (config_->log_slow_statements.count() > 0 && took >= config_->log_slow_statements) log_slow_statement(took);
     }
     if (!pending_notifications_.empty()) flush_notifications();
     timeout_cancel_pending_ = false;

@@ -273,3 +273,61 @@ def test_pins_and_replays_are_counted(pg):
         b.close()
     finally:
         stop_pgsluice(target)
+
+
+def test_slow_statements_are_logged_with_their_shape_never_their_values(pg):
+    config = pgharness.base_config(pg, pgharness.free_port(), mode=POOL_MODE, max_connections=2)
+    config["log"]["slow_statements"] = "100ms"
+    target = start_pgsluice(pg, config)
+    try:
+        conn = psycopg2.connect(target.proxy.dsn("app"))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("select 'fast-secret-value'")
+            cur.execute("select pg_sleep(0.2), 'slow-secret-value' as v")
+            cur.execute("select pg_sleep(%s), %s", (0.15, "bound-secret-value"))
+        conn.close()
+        wait_for(lambda: target.proxy.log_text().count("slow statement") >= 2, 5, "no slow statement logged")
+        log = target.proxy.log_text()
+        lines = [line for line in log.splitlines() if "slow statement" in line]
+        assert len(lines) == 2, lines
+        assert "select pg_sleep($1), $2 as v" in lines[0] and "fingerprint " in lines[0], lines[0]
+        assert "service app, user app" in lines[0]
+        for secret in ("fast-secret-value", "slow-secret-value", "bound-secret-value"):
+            assert secret not in log
+    finally:
+        stop_pgsluice(target)
+
+
+def test_bad_http_input_gets_an_error_or_a_closed_socket_and_harms_nothing(pg):
+    import socket
+
+    config = pgharness.base_config(pg, pgharness.free_port(), mode=POOL_MODE, max_connections=2)
+    port = with_metrics(config)
+    target = start_pgsluice(pg, config)
+    try:
+        def exchange(data: bytes) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)
+                chunks = []
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+                return b"".join(chunks)
+
+        assert exchange(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").startswith(b"HTTP/1.1 405")
+        assert exchange(b"\x00\x01garbage that is not HTTP\r\n\r\n") == b""        # closed, no answer
+        assert exchange(b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n") == b""      # header over 8 KiB
+        # A scraper that connects and says nothing holds nobody up.
+        idle = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            assert http_get(port, "/healthz") == (200, "ok\n")
+            with psycopg2.connect(target.proxy.dsn("app")) as conn, conn.cursor() as cur:
+                cur.execute("select 1")
+                assert cur.fetchone() == (1,)
+        finally:
+            idle.close()
+        status, text = http_get(port, "/metrics")
+        assert status == 200 and "pgsluice_build_info" in text
+    finally:
+        stop_pgsluice(target)

@@ -119,3 +119,22 @@ TEST_CASE("LISTEN and UNLISTEN name their channels as Postgres folds them", "[sq
   CHECK(analyze("DISCARD ALL").discard_all);
   CHECK_FALSE(analyze("RESET ALL").discard_all);
 }
+
+#include "pgsluice/sql/statement_shape.hpp"
+
+TEST_CASE("a statement's shape has no values: constants become $n, one fingerprint for one shape") {
+  auto a = pgsluice::sql::statement_shape("SELECT * FROM accounts WHERE id = 42 AND name = 'alice'");
+  auto b = pgsluice::sql::statement_shape("select *  from accounts where id = 7 and name = 'bob'");
+  REQUIRE(a);
+  REQUIRE(b);
+  CHECK(a->normalized == "SELECT * FROM accounts WHERE id = $1 AND name = $2");
+  CHECK(a->normalized.find("alice") == std::string::npos);
+  CHECK(a->fingerprint == b->fingerprint);
+  CHECK(a->fingerprint.size() == 16);
+  auto other = pgsluice::sql::statement_shape("SELECT * FROM accounts WHERE id = 42");
+  REQUIRE(other);
+  CHECK(other->fingerprint != a->fingerprint);
+  CHECK_FALSE(pgsluice::sql::statement_shape("SELEKT nothing"));
+  auto with_nul = std::string("SELECT 1") + '\0';
+  CHECK(pgsluice::sql::statement_shape(with_nul));
+}

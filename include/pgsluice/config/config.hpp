@@ -94,6 +94,9 @@ struct Config {
   int replicas = 1;  // sidecar mode: how many pgsluice instances share each backend
   std::string log_level = "info";
   LogFormat log_format = LogFormat::text;
+  // A statement that takes at least this long is logged (warn) with its fingerprint and its text
+  // with constants as $n, never their values. 0 = off.
+  Duration log_slow_statements = Duration::zero();
   Endpoint metrics_listen{"0.0.0.0", 9187};
   bool metrics_enabled = true;
   std::vector<std::string> admin_users;

@@ -163,6 +163,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void release_server(bool reusable);
   // Records the settings a probe settled (StatementTracker::take_settled) for this client and as
   // what the attached connection carries.
+  // log.slow_statements: what the batch being timed starts with, and the line for a slow one.
+  void remember_slow_text();
+  void log_slow_statement(std::chrono::steady_clock::duration took);
   // The client is pinned to its server connection: logged and counted once per client.
   void note_pin();
   void record_settled_state();
@@ -230,6 +233,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // For the acquire and query duration histograms (metrics::ServiceCounters); {}: not timing.
   std::chrono::steady_clock::time_point acquire_started_{};
   std::chrono::steady_clock::time_point query_started_{};
+  std::string slow_text_;  // log.slow_statements on: the first statement of what is being timed
   std::shared_ptr<pool::Pool::Waiter> lease_wait_;  // the lease in the pool's line
   bool client_done_ = false;  // the client side ended (end_client)
   std::unique_ptr<server::ServerConnection> server_;
