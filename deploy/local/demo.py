@@ -60,6 +60,11 @@ def start(args) -> tuple[pgharness.LocalPostgres, pgharness.Pgsluice, str]:
         config = pgharness.base_config(pg, port, max_connections=20)
         for service in config["services"].values():
             service["mode"] = args.mode
+        # Observability: /metrics on 127.0.0.1 and the admin console (user admin, DEMO_ADMIN_PASSWORD).
+        metrics_port = 9187 if pgharness.port_is_free(9187) else pgharness.free_port()
+        config["metrics"] = {"enabled": True, "listen": f"127.0.0.1:{metrics_port}"}
+        config["users"]["admin"] = {"password": DEMO_ADMIN_PASSWORD}
+        config["admin"] = {"users": ["admin"]}
         say(f"demo: starting {binary} ...")
         proxy = pgharness.Pgsluice(config, binary=binary).start()
     except BaseException:
@@ -69,6 +74,13 @@ def start(args) -> tuple[pgharness.LocalPostgres, pgharness.Pgsluice, str]:
     return pg, proxy, url
 
 
+DEMO_ADMIN_PASSWORD = "admin-demo"
+
+
+def metrics_listen(proxy) -> str:
+    return proxy.config["metrics"]["listen"]
+
+
 def announce(pg, proxy, url, mode: str) -> None:
     say("")
     say(f"pgsluice listens on 127.0.0.1:{proxy.port} ({mode} mode) in front of Postgres on "
@@ -76,6 +88,9 @@ def announce(pg, proxy, url, mode: str) -> None:
     say(f"pgsluice log: {proxy.log_path}")
     print(f"DATABASE_URL={url}", flush=True)
     say(f"try:  psql \"{url}\" -c 'select 1'   (or: export DATABASE_URL=...; psql \"$DATABASE_URL\" -c 'select 1')")
+    say(f"metrics:  curl -s http://{metrics_listen(proxy)}/metrics   (/healthz, /readyz)")
+    say(f"admin console:  PGPASSWORD={DEMO_ADMIN_PASSWORD} psql -h 127.0.0.1 -p {proxy.port} -U admin pgsluice "
+        "-c 'SHOW POOLS'   (SHOW STATS | CLIENTS | SERVERS | BREAKERS | CONFIG, PAUSE, RESUME, RELOAD)")
 
 
 def run_foreground(args) -> int:
