@@ -468,8 +468,9 @@ bool StatementTracker::client_message(const protocol::MessageView& message, serv
       if (it == statements_.end()) break;  // the server answers 26000 with the client's name
       const Statement& statement = it->second;
       if (must_wait_to_inject(statement, server)) return false;
-      if (!server.contains(statement.server_name) && in_failed_transaction() &&
-          refuse_bind_in_failed_transaction(*bind, statement, to_server)) {
+      // In a failed transaction nothing pgsluice would inject first (a missing copy's Parse, a
+      // stale one's re-Parse) may answer in the Bind's place: Postgres checks its counts first.
+      if (in_failed_transaction() && refuse_bind_in_failed_transaction(*bind, statement, to_server)) {
         return true;
       }
       if (statement.effects) {
