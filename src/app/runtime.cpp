@@ -101,6 +101,25 @@ std::shared_ptr<pool::CircuitBreaker> Runtime::breaker_for(const config::Backend
   return breaker;
 }
 
+namespace {
+
+// The service's coalescer (DESIGN §4): the pooled modes only, when the config enables it.
+std::shared_ptr<coalesce::Coalescer> make_coalescer(const config::ServiceConfig& service,
+                                                   const server::ServerTarget& target,
+                                                   std::shared_ptr<pool::Pool> pool) {
+  if (!service.coalesce.enabled || service.mode == config::PoolMode::session) return nullptr;
+  coalesce::Settings settings;
+  settings.service = service.name;
+  settings.max_batch = service.coalesce.max_batch;
+  settings.window = std::chrono::duration_cast<std::chrono::milliseconds>(service.coalesce.window);
+  settings.allow_views = service.coalesce.allow_views;
+  settings.query_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(service.query_timeout);
+  settings.connect_timeout = target.connect_timeout;
+  return std::make_shared<coalesce::Coalescer>(std::move(settings), std::move(pool));
+}
+
+}  // namespace
+
 std::shared_ptr<session::Service> Runtime::start_service(const config::Config& config,
                                                          const config::ServiceConfig& service) {
   auto target = make_target(config, service);
@@ -127,6 +146,7 @@ std::shared_ptr<session::Service> Runtime::start_service(const config::Config& c
   };
   out->pool->set_breaker(std::move(breaker), std::move(on_trip));
   asio::co_spawn(asio::make_strand(io_), out->pool->maintain(), asio::detached);
+  out->coalescer = make_coalescer(service, *target, out->pool);
   if (service.mode != config::PoolMode::session) {
     out->listeners =
         std::make_shared<session::ListenerHub>(asio::make_strand(io_), target, service.name, breakers_.at(service.backend));
@@ -176,6 +196,7 @@ ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
     out->pool = kept->pool;
     out->counters = kept->counters;
     out->listeners = kept->listeners;
+    out->coalescer = make_coalescer(service, *target, out->pool);
     if (service.mode != config::PoolMode::session && (!out->listeners || *target != *kept->target)) {
       // New credentials or address: the listener reconnects with them (its clients are told).
       if (out->listeners) out->listeners->close();

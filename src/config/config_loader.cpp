@@ -333,10 +333,11 @@ class Loader {
     s.read_duration("query_timeout", service.query_timeout, /*allow_zero=*/true);
     s.read_duration("idle_in_transaction_timeout", service.idle_in_transaction_timeout, /*allow_zero=*/true);
 
-    const Section coalesce = s.child("coalesce", {"enabled", "max_batch", "window"});
+    const Section coalesce = s.child("coalesce", {"enabled", "max_batch", "window", "allow_views"});
     coalesce.read("enabled", service.coalesce.enabled);
     coalesce.read("max_batch", service.coalesce.max_batch, 1);
     coalesce.read_duration("window", service.coalesce.window, /*allow_zero=*/true);
+    coalesce.read("allow_views", service.coalesce.allow_views);
 
     config_.services.push_back(std::move(service));
     service_lines_.push_back(lines);

@@ -671,7 +671,7 @@ void ClientSession::forward_cancel() {
     target = cancel_target_;
     key = cancel_backend_key_;
   }
-  if (!target) return;  // nothing running on a server for this client: nothing to cancel
+  if (!target) return cancel_coalesced();  // nothing running on a server for this client
   asio::co_spawn(socket_.get_executor(), server::send_cancel(socket_.get_executor(), *target, key), asio::detached);
 }
 
@@ -843,6 +843,7 @@ void ClientSession::on_client_data(std::shared_ptr<ClientSession> self) {
   if (timer_purpose_ == TimerPurpose::idle_in_transaction) disarm_timer();
   if (!server_) {
     if (service_->listeners && !skip_until_sync_ && try_serve_listens(self)) return;
+    if (service_->coalescer && !std::exchange(coalesce_bypass_, false) && try_coalesce(self)) return;
     acquire_started_ = std::chrono::steady_clock::now();
     bool attached = false;
     if (!skip_until_sync_) {

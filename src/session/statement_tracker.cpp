@@ -1180,6 +1180,35 @@ void StatementTracker::unnamed_parsed_here(std::string query, std::shared_ptr<co
   unnamed_.renames.clear();
 }
 
+void StatementTracker::parsed_here(const std::string& name, std::string query, std::string parameter_types,
+                                   bool succeeded) {
+  if (name.empty()) {
+    if (!succeeded) {
+      unnamed_.exists = false;
+      return;
+    }
+    unnamed_parsed_here(std::move(query), nullptr);
+    unnamed_.parameter_types = std::move(parameter_types);
+    return;
+  }
+  if (!succeeded) return;
+  const auto types = parameter_types;
+  Statement statement{query, std::move(parameter_types),
+                      server_name(query, protocol::Bytes(reinterpret_cast<const std::uint8_t*>(types.data()), types.size()))};
+  statement.serial = ++statement_serials_;
+  statements_.insert_or_assign(name, std::move(statement));
+}
+
+std::optional<StatementTracker::KnownStatement> StatementTracker::client_statement(const std::string& name) const {
+  if (name.empty()) {
+    if (!unnamed_.exists || pending_unnamed_parses_ != 0 || !unnamed_.renames.empty()) return std::nullopt;
+    return KnownStatement{unnamed_.query, unnamed_.parameter_types};
+  }
+  auto it = statements_.find(name);
+  if (it == statements_.end() || !it->second.sql_prepare.empty()) return std::nullopt;
+  return KnownStatement{it->second.query, it->second.parameter_types};
+}
+
 bool StatementTracker::carries_nothing() const {
   return queue_.empty() && statements_.empty() && !unnamed_.exists && pending_unnamed_parses_ == 0 && !pinned_ &&
          !has_unsettled_state() && settled_.empty() && held_status_.empty() && told_status_.empty() &&

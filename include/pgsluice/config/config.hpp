@@ -52,6 +52,7 @@ struct CoalesceConfig {
   bool enabled = false;
   int max_batch = 256;
   Duration window = Duration::zero();
+  bool allow_views = false;  // views and foreign tables may be read by shared executions
 
   bool operator==(const CoalesceConfig&) const = default;
 };

@@ -122,6 +122,17 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void confirm_literals(const std::vector<StatementTracker::SettledSetting>& settled);
   net::awaitable<void> serve_listens(std::shared_ptr<ClientSession> self,
                                      std::shared_ptr<const sql::SessionEffects> effects, SingleStatement statement);
+  // The coalescer (DESIGN §4): between transactions, one statement at the front of the buffer that
+  // is a single read-only SELECT (a Query, or one Parse?/Bind/Describe?/Execute/Sync group) is handed
+  // to the service's coalescer instead of a server connection. True: serve_coalesced answers it.
+  bool try_coalesce(std::shared_ptr<ClientSession>& self);
+  struct CoalescedWait;
+  // A cancel for a statement the coalescer is answering: the client stops waiting (57014); the
+  // shared execution goes on for the others.
+  void cancel_coalesced();
+  net::awaitable<void> serve_coalesced(std::shared_ptr<ClientSession> self,
+                                       std::shared_ptr<coalesce::Submission> submission, std::size_t size,
+                                       std::string statement);
   // database "pgsluice": the admin console (admin.users only), its simple queries answered by
   // context_->admin until the client leaves.
   net::awaitable<void> serve_admin();
@@ -221,6 +232,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // Literal SETs of this client the server confirmed (try_answer_set), the most recent last.
   std::vector<std::shared_ptr<sql::SessionEffects::LiteralSetting>> confirmed_literals_;
   std::optional<CancelRegistry::Key> cancel_key_;
+  bool coalesce_bypass_ = false;  // the coalescer gave the statement back: it goes the usual way once
 
   // Relay state (on the session's worker).
   struct Run {
@@ -283,6 +295,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::mutex cancel_mutex_;
   std::shared_ptr<const server::ServerTarget> cancel_target_;
   protocol::BackendKeyData cancel_backend_key_;
+  std::shared_ptr<CoalescedWait> coalesced_wait_;  // a statement the coalescer is answering
 };
 
 // Entry point for an accepted connection.

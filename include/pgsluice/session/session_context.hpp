@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "pgsluice/coalesce/coalescer.hpp"
 #include "pgsluice/config/config.hpp"
 #include "pgsluice/metrics/counters.hpp"
 #include "pgsluice/net/io.hpp"
@@ -15,6 +16,7 @@
 #include "pgsluice/protocol/scram.hpp"
 #include "pgsluice/server/server_connection.hpp"
 #include "pgsluice/session/cancel_registry.hpp"
+#include "pgsluice/sql/select_analysis.hpp"
 #include "pgsluice/sql/session_effects.hpp"
 
 namespace pgsluice::session {
@@ -35,6 +37,8 @@ struct Service {
   std::shared_ptr<pool::Pool> pool;
   // The pooled modes' LISTEN (listener_hub.hpp); null in session mode.
   std::shared_ptr<ListenerHub> listeners;
+  // The pooled modes' coalescer (DESIGN §4) when the service enables it; null otherwise.
+  std::shared_ptr<coalesce::Coalescer> coalescer;
   // Work counted on the relay's hot path for /metrics; kept with the pool across reloads.
   std::shared_ptr<metrics::ServiceCounters> counters = std::make_shared<metrics::ServiceCounters>();
 
@@ -108,6 +112,7 @@ inline constexpr std::string_view kAdminDatabase = "pgsluice";
 struct SessionContext {
   CancelRegistry cancels;
   sql::Analyzer analyzer;  // what statement texts do to session state, parsed once per text
+  sql::SelectAnalyzer selects;  // whether a text is one read-only SELECT the coalescer may share
   std::string mock_secret;  // makes the mock SCRAM salt of unknown users stable but unguessable
   std::atomic<int> clients{0};
   std::atomic<bool> draining{false};  // SIGTERM received: no new logins

@@ -116,6 +116,18 @@ class StatementTracker {
   // An unnamed Parse pgsluice answered itself (a literal SET, see ClientSession::try_answer_set):
   // the client's unnamed statement is that text now, on no server connection yet.
   void unnamed_parsed_here(std::string query, std::shared_ptr<const sql::SessionEffects> effects);
+  // A client Parse the coalescer answered (DESIGN §4): the client's statement `name` ("" the unnamed
+  // one) is this text now, on no server connection; or the Parse failed (the unnamed one is gone).
+  void parsed_here(const std::string& name, std::string query, std::string parameter_types, bool succeeded);
+  // The client's statement `name` ("" the unnamed one) as pgsluice knows it: its text and parameter
+  // types as its Parse sent them. Null when it has none (or only pgsluice's idea of it is unsure).
+  struct KnownStatement {
+    std::string_view query;
+    std::string_view parameter_types;
+  };
+  std::optional<KnownStatement> client_statement(const std::string& name) const;
+  // One more named statement fits this client's limits.
+  bool has_room_for_statement() const { return statements_.size() < max_statements_; }
   // LISTEN, a session advisory lock, a temporary relation or a WITH HOLD cursor holds the client to
   // this server connection: it is not given back between transactions.
   bool pinned() const { return pinned_; }

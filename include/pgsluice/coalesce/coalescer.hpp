@@ -1,0 +1,117 @@
+#pragma once
+// The coalescer of one service (DESIGN §4): identical concurrent reads share one execution, and
+// the same read with different values becomes one batched statement, while every client gets
+// exactly the messages it would have got had its statement run alone.
+//  - A session hands over one eligible statement (a Submission) and waits for its Answer; the
+//    answer comes through the callback the session gave, on the execution's thread (the session
+//    posts it to its own worker, where its one writer sends it).
+//  - Freshness: a key with nothing in flight executes at once; what arrives while an execution is
+//    in flight forms the next one (at most max_batch each). No request joins an execution that was
+//    sent before it arrived.
+//  - An execution leases a connection of the service's pool, makes its session parameters the
+//    requests', runs one statement (the request alone, or the batched form of them all) and
+//    fans the outcome out. A batch that fails is run again one request at a time, pipelined, so
+//    each client gets its own result or error.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "pgsluice/coalesce/request.hpp"
+#include "pgsluice/pool/pool.hpp"
+#include "pgsluice/server/parameter_map.hpp"
+#include "pgsluice/sql/select_analysis.hpp"
+
+namespace pgsluice::coalesce {
+
+struct Settings {
+  std::string service;
+  int max_batch = 256;
+  std::chrono::milliseconds window{0};
+  bool allow_views = false;  // views and foreign tables may be read by shared executions
+  std::chrono::milliseconds query_timeout{0};
+  std::chrono::milliseconds connect_timeout{2000};
+};
+
+struct Answer {
+  enum class Kind { reply, failed, bypass } kind = Kind::reply;
+  protocol::Buffer bytes;  // reply: every message up to the ReadyForQuery
+  std::string sqlstate;    // failed: no execution (no connection): the session answers the error
+  std::string message;
+};
+
+struct Submission {
+  std::string key;  // everything that must be equal to share an execution (see ClientSession)
+  bool simple = false;                // a simple Query (`text`), else one extended-protocol group
+  std::string text;
+  std::string parameter_types;        // Parse's: Int16 count + Int32 OIDs, as sent
+  std::string bind_rest;              // Bind's formats, values and result formats, as sent
+  std::string values;                 // the part of bind_rest with the values (equal: same values)
+  Steps steps;
+  std::shared_ptr<const sql::SelectAnalysis> analysis;
+  server::ParameterMap parameters;    // the client's session parameters, applied to the connection
+  std::string parameters_fingerprint;
+  std::string user;                   // for the logs
+  // Called once from the execution (any thread).
+  std::function<void(Answer)> answer;
+  std::atomic<bool> abandoned{false};  // the client cancelled or left: no answer wanted
+};
+
+struct CoalescerStats {
+  std::uint64_t requests = 0;     // submissions taken
+  std::uint64_t executions = 0;   // statements sent for them (a batch or a single one)
+  std::uint64_t shared = 0;       // requests answered by an execution another request also got
+  std::uint64_t batches = 0;      // batched executions that succeeded
+  std::uint64_t fallbacks = 0;    // batches run again one request at a time
+  std::map<std::string, std::uint64_t> ineligible;  // requests passed through, by reason
+};
+
+class Coalescer : public std::enable_shared_from_this<Coalescer> {
+ public:
+  Coalescer(Settings settings, std::shared_ptr<pool::Pool> pool);
+
+  const Settings& settings() const { return settings_; }
+  // May a statement of this text (and session parameters) be handed over? False for what the
+  // parser or the catalog found ineligible (counted by reason).
+  bool may_take(const sql::SelectAnalysis& analysis, const std::string& text, const std::string& parameters_fingerprint);
+  // Hands over a request; `executor` is the session's worker (an execution it starts runs there).
+  void submit(std::shared_ptr<Submission> submission, const boost::asio::any_io_executor& executor);
+  // Counted passes (the session decides some reasons itself: in a transaction, Flush, ...).
+  void count_ineligible(const std::string& reason);
+  CoalescerStats stats() const;
+
+  struct Slot;
+  struct KeyInfo;
+  struct Execution;
+
+ private:
+  boost::asio::awaitable<void> run(std::shared_ptr<Slot> slot, boost::asio::any_io_executor executor);
+  boost::asio::awaitable<void> execute(std::vector<std::shared_ptr<Submission>> batch,
+                                       boost::asio::any_io_executor executor);
+  std::shared_ptr<KeyInfo> key_info(const std::string& key);
+  std::string verdict_key(const std::string& text, const std::string& fingerprint) const;
+  void remember_verdict(const std::string& key, std::string reason);
+
+  Settings settings_;
+  std::shared_ptr<pool::Pool> pool_;
+  mutable std::mutex mutex_;
+  std::unordered_map<std::string, std::shared_ptr<Slot>> slots_;
+  std::unordered_map<std::string, std::shared_ptr<KeyInfo>> keys_;
+  struct Verdict {
+    std::string reason;  // empty: eligible
+    std::chrono::steady_clock::time_point until;
+  };
+  std::unordered_map<std::string, Verdict> verdicts_;
+  // Element type OID -> its array type's OID, learned from the catalog (built-ins are known).
+  std::unordered_map<std::uint32_t, std::uint32_t> array_types_;
+  std::atomic<std::uint64_t> requests_{0}, executions_{0}, shared_{0}, batches_{0}, fallbacks_{0};
+  std::map<std::string, std::uint64_t> ineligible_;
+};
+
+}  // namespace pgsluice::coalesce
