@@ -10,9 +10,14 @@ ratios to direct Postgres and to PgBouncer:
     bench/pgbench_compare.py --targets direct,pgbouncer --json result.json
 
 Targets: `direct` (pgbench straight to Postgres), `pgsluice` (the release build, `--workers`
-threads), `pgbouncer` (Debian's /usr/sbin/pgbouncer, run as the `postgres` OS user because it
-refuses to run as root). Every target runs on this machine, so pgbench, the proxy and Postgres
-share its cores: the ratios are what this run measured, on this machine, nothing more.
+threads), `pgsluice-coalesce` (the same with `coalesce: {enabled: true}` on its service, transaction
+mode only; docs/coalescing.md), `pgbouncer` (Debian's /usr/sbin/pgbouncer, run as the `postgres` OS
+user because it refuses to run as root). Every target runs on this machine, so pgbench, the proxy
+and Postgres share its cores: the ratios are what this run measured, on this machine, nothing more.
+
+`--p99` adds the 99th percentile of the latency (from pgbench's per-transaction log, `-l`) and
+`--executions` the statements Postgres executed per pgbench transaction (from pg_stat_statements):
+the N+1 scenario of issue 15 (bench/n_plus_one.sh) uses both.
 
 With `--rounds` > 1 the targets are interleaved, each round in a rotated order (each target runs
 first, second, ... in turn), and a ratio is the median over rounds of the ratio measured within
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import pwd
@@ -47,7 +53,9 @@ from pgharness import (LocalPostgres, Pgsluice, base_config, free_port, password
 
 PGBENCH = shutil.which("pgbench") or "/usr/bin/pgbench"
 PGBOUNCER = "/usr/sbin/pgbouncer"
-ALL_TARGETS = ("direct", "pgsluice", "pgbouncer")
+ALL_TARGETS = ("direct", "pgsluice", "pgsluice-coalesce", "pgbouncer")
+DEFAULT_TARGETS = ("direct", "pgsluice", "pgbouncer")
+COALESCE = "pgsluice-coalesce"  # and pgsluice-coalesce-wN with several --workers
 USER, DATABASE = "app", "app"
 
 TPS_RE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
@@ -72,6 +80,12 @@ class Measurement:
     client_cpu_us: float | None = None  # pgbench's user+system CPU per transaction
     client_wakes: float | None = None  # pgbench's voluntary context switches per transaction
     server_cpu_us: float | None = None  # all Postgres backends' CPU per transaction
+    p99_latency_ms: float | None = None  # --p99: from pgbench's per-transaction log, steady state
+    log_latency_ms: float | None = None  # --p99: the average from that log, same window
+    logged_transactions: int | None = None  # --p99: the transactions of that window
+    server_executions: int | None = None  # --executions: pg_stat_statements calls during the run
+    executions_per_tx: float | None = None
+    top_statements: list | None = None  # --executions: [calls, text] of the most called statements
     error: str | None = None
 
 
@@ -91,6 +105,10 @@ class Summary:
     client_cpu_us: float | None = None
     client_wakes: float | None = None
     server_cpu_us: float | None = None
+    p99_latency_ms: float | None = None
+    executions_per_tx: float | None = None
+    tps_vs_off: float | None = None  # pgsluice-coalesce against pgsluice (same workers), paired by round
+    latency_vs_off: float | None = None
     rounds: list = field(default_factory=list)
     error: str | None = None
 
@@ -222,9 +240,12 @@ class PgBouncer:
 
 
 # -- pgsluice ------------------------------------------------------------------------------------
-def pgsluice_config(pg: LocalPostgres, port: int, args, workers: int) -> dict:
-    """The harness's base config, reduced to the one `app` service the benchmark uses."""
+def pgsluice_config(pg: LocalPostgres, port: int, args, workers: int, coalesce: bool = False) -> dict:
+    """The harness's base config, reduced to the one `app` service the benchmark uses; with coalesce,
+    that service coalesces (docs/coalescing.md)."""
     config = base_config(pg, port, mode=args.pool_mode, max_connections=args.pool_size, min_connections=0)
+    if coalesce:
+        config["services"]["app"]["coalesce"] = {"enabled": True, "max_batch": args.coalesce_max_batch}
     config["workers"] = workers
     config["log"] = {"level": args.pgsluice_log_level}
     config["users"] = {USER: config["users"][USER]}
@@ -263,9 +284,10 @@ class Scraper:
 
 
 # -- running pgbench --------------------------------------------------------------------------------
-def pgbench_argv(port: int, args, duration: int) -> list[str]:
+def pgbench_argv(port: int, args, duration: int, log_prefix: Path | None = None) -> list[str]:
     workload = ["-f", str(Path(args.script).resolve())] if args.script else ["-S"]
-    return [PGBENCH, "-h", "127.0.0.1", "-p", str(port), "-U", USER, "-n", *workload,
+    log = ["-l", "--log-prefix", str(log_prefix)] if log_prefix is not None else []
+    return [PGBENCH, "-h", "127.0.0.1", "-p", str(port), "-U", USER, "-n", *workload, *log,
             "-M", args.mode, "-c", str(args.clients), "-j", str(args.threads), "-T", str(duration), DATABASE]
 
 
@@ -320,6 +342,59 @@ def children_fields(parent: int):
 PROGRESS_RE = re.compile(r"^progress: ([0-9.]+) s, ([0-9.]+) tps")
 
 
+# -- latency percentiles (--p99) -------------------------------------------------------------------
+def logged_latencies(log_dir: Path, since: float | None) -> list[int]:
+    """The latencies in µs of the transactions in pgbench's per-transaction logs (`-l`, one file per
+    thread in log_dir) that completed at or after the Unix time `since` (all of them when None).
+
+    A line is `client_id transaction_no time script_no time_epoch time_us [...]` (pgbench docs,
+    "Per-Transaction Logging"): `time` is the latency in µs, or `skipped`/`failed` (not counted),
+    and time_epoch.time_us is when the transaction completed."""
+    latencies = []
+    since_us = None if since is None else int(since * 1e6)
+    for path in sorted(log_dir.iterdir()):
+        with path.open() as log:
+            for line in log:
+                fields = line.split()
+                if len(fields) < 6 or not fields[2].isdigit():
+                    continue
+                if since_us is not None and int(fields[4]) * 1_000_000 + int(fields[5]) < since_us:
+                    continue
+                latencies.append(int(fields[2]))
+    return latencies
+
+
+def percentile(values: list[int], fraction: float) -> int:
+    """The nearest-rank percentile: the smallest value with at least `fraction` of them at or below."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(len(ordered) * fraction) - 1)] if ordered else 0
+
+
+# -- server executions (--executions) ---------------------------------------------------------------
+# pg_stat_statements counts every statement Postgres executes (top level; utility statements such as
+# DISCARD or SET not at all), per database: the calls in the benchmark's database over one pgbench
+# run, divided by its transactions, are the server executions per request.
+PG_STAT_STATEMENTS_CONF = {
+    "shared_preload_libraries": "'pg_stat_statements'",
+    "pg_stat_statements.max": 10000,
+    "pg_stat_statements.track": "top",
+    "pg_stat_statements.track_utility": "off",
+}
+STATEMENTS_SQL = """
+    SELECT s.calls, s.query FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+    WHERE d.datname = %s AND s.query NOT LIKE '%%pg_stat_statements%%' ORDER BY s.calls DESC"""
+
+
+def reset_statements(pg: LocalPostgres) -> None:
+    # From the postgres database (where the extension is): these calls are not in the app's count.
+    pg.sql("SELECT pg_stat_statements_reset()")
+
+
+def executed_statements(pg: LocalPostgres) -> list[tuple[int, str]]:
+    """(calls, text) of every statement executed in the benchmark's database since the reset."""
+    return [(int(calls), query) for calls, query in pg.sql(STATEMENTS_SQL, params=(DATABASE,))]
+
+
 def process_cpu(pid: int) -> tuple[int, int] | None:
     """CPU ticks (user+system, all threads) and voluntary context switches (all threads) of a
     running process."""
@@ -338,22 +413,57 @@ def process_cpu(pid: int) -> tuple[int, int] | None:
 
 
 def run_pgbench(target: str, port: int, args, round_no: int, duration: int, pid: int | None = None,
-                postmaster: int | None = None) -> Measurement:
+                postmaster: int | None = None, latency_log: bool = False,
+                statements_of: LocalPostgres | None = None) -> Measurement:
     """One pgbench run. TPS and latency are pgbench's own. The CPU figures per transaction are taken
     over the steady state only: from its first progress report (1 s in, the clients connected) to its
     last, with the transactions of that window from the reports. Counting the whole run would charge
     each process for the logins too (SCRAM costs the client, the proxy and Postgres milliseconds of
-    CPU per connection, as much as hundreds of transactions), unequally between proxies."""
-    argv = pgbench_argv(port, args, duration) + ["-P", "1"]
+    CPU per connection, as much as hundreds of transactions), unequally between proxies.
+
+    With latency_log, pgbench also writes its per-transaction log, and the p99 and average latency
+    are those of the transactions that completed from its first progress report on (the same steady
+    state). With statements_of (a Postgres with pg_stat_statements), its statistics are reset before
+    the run and its executions in the benchmark's database counted after it."""
+    log_dir = Path(tempfile.mkdtemp(prefix="pgsluice-bench-log-", dir="/tmp")) if latency_log else None
+    try:
+        if statements_of is not None:
+            reset_statements(statements_of)
+        m, window_started_at = pgbench_once(target, port, args, round_no, duration, pid, postmaster,
+                                            log_dir / "pgbench_log" if log_dir else None)
+        if m.transactions and statements_of is not None:
+            statements = executed_statements(statements_of)
+            m.server_executions = sum(calls for calls, _ in statements)
+            m.executions_per_tx = m.server_executions / m.transactions
+            m.top_statements = [[calls, " ".join(query.split())[:200]] for calls, query in statements[:5]]
+        if m.transactions and log_dir is not None:
+            latencies = logged_latencies(log_dir, window_started_at)
+            if not latencies:  # a run too short for a progress report
+                latencies = logged_latencies(log_dir, None)
+            if latencies:
+                m.p99_latency_ms = percentile(latencies, 0.99) / 1e3
+                m.log_latency_ms = sum(latencies) / len(latencies) / 1e3
+                m.logged_transactions = len(latencies)
+        return m
+    finally:
+        if log_dir is not None:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def pgbench_once(target: str, port: int, args, round_no: int, duration: int, pid: int | None,
+                 postmaster: int | None, log_prefix: Path | None) -> tuple[Measurement, float | None]:
+    """The measurement of run_pgbench, and the Unix time of pgbench's first progress report."""
+    argv = pgbench_argv(port, args, duration, log_prefix) + ["-P", "1"]
     try:
         proc = subprocess.Popen(argv, env=pgbench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except OSError as e:
-        return Measurement(target, round_no, ok=False, error=f"cannot run pgbench: {e}")
+        return Measurement(target, round_no, ok=False, error=f"cannot run pgbench: {e}"), None
     killer = threading.Timer(duration + 60, proc.kill)
     killer.start()
     window_start = None  # (progress time, proxy ticks, server ticks, pgbench (ticks, switches))
     window_end = None
     window_tx = 0.0
+    window_started_at = None
     stderr_lines = []
     try:
         for line in proc.stderr:
@@ -364,6 +474,7 @@ def run_pgbench(target: str, port: int, args, round_no: int, duration: int, pid:
             snapshot = (float(progress.group(1)), cpu_ticks(pid), children_ticks(postmaster), process_cpu(proc.pid))
             if window_start is None:
                 window_start = snapshot
+                window_started_at = time.time()
                 continue
             window_tx += float(progress.group(2)) * (snapshot[0] - (window_end or window_start)[0])
             window_end = snapshot
@@ -373,11 +484,11 @@ def run_pgbench(target: str, port: int, args, round_no: int, duration: int, pid:
         killer.cancel()
     output = stdout + "\n" + "".join(line for line in stderr_lines if not PROGRESS_RE.match(line))
     if proc.returncode == -signal.SIGKILL:
-        return Measurement(target, round_no, ok=False, error=f"pgbench did not finish in {duration + 60} s")
+        return Measurement(target, round_no, ok=False, error=f"pgbench did not finish in {duration + 60} s"), None
     try:
         figures = parse_pgbench(output)
     except ValueError as e:
-        return Measurement(target, round_no, ok=False, error=f"{e} (exit {proc.returncode}):\n{tail(output)}")
+        return Measurement(target, round_no, ok=False, error=f"{e} (exit {proc.returncode}):\n{tail(output)}"), None
     m = Measurement(target, round_no, ok=True, **figures)
     if window_start and window_end and window_tx > 0:
         seconds_per_tick = 1 / os.sysconf("SC_CLK_TCK")
@@ -394,7 +505,7 @@ def run_pgbench(target: str, port: int, args, round_no: int, duration: int, pid:
         m.ok = False
         m.error = (f"exit {proc.returncode}, {m.aborted_clients} clients aborted, {m.failed} failed "
                    f"transactions:\n{tail(output)}")
-    return m
+    return m, window_started_at
 
 
 def summarize(measurements: list[Measurement], targets: list[str]) -> list[Summary]:
@@ -409,7 +520,7 @@ def summarize(measurements: list[Measurement], targets: list[str]) -> list[Summa
             if all(m.cpu_user_us is not None for m in good):
                 s.cpu_user_us = statistics.median(m.cpu_user_us for m in good)
                 s.cpu_sys_us = statistics.median(m.cpu_sys_us for m in good)
-            for name in ("client_cpu_us", "client_wakes", "server_cpu_us"):
+            for name in ("client_cpu_us", "client_wakes", "server_cpu_us", "p99_latency_ms", "executions_per_tx"):
                 if all(getattr(m, name) is not None for m in good):
                     setattr(s, name, statistics.median(getattr(m, name) for m in good))
         bad = [m for m in runs if not m.ok]
@@ -434,25 +545,48 @@ def summarize(measurements: list[Measurement], targets: list[str]) -> list[Summa
                 setattr(s, f"latency_vs_{ref}", median_or_none(round_ratios(s.target, ref, "latency_ms")))
                 if ref == "pgbouncer" and len(tps_ratios) > 1:
                     s.tps_vs_pgbouncer_range = (min(tps_ratios), max(tps_ratios))
+        if (off := coalesce_off(s.target)) in summaries:
+            s.tps_vs_off = median_or_none(round_ratios(s.target, off, "tps"))
+            s.latency_vs_off = median_or_none(round_ratios(s.target, off, "latency_ms"))
     return list(summaries.values())
 
 
-def format_table(summaries: list[Summary]) -> str:
-    headers = ["target", "TPS", "avg latency ms", "TPS / direct", "TPS / PgBouncer",
-               "latency / direct", "latency / PgBouncer", "proxy CPU µs/tx user+sys", "pgbench µs/tx (wakes/tx)",
-               "Postgres µs/tx"]
+def coalesce_off(target: str) -> str | None:
+    """The pgsluice target that differs from a coalescing one only in coalescing."""
+    return "pgsluice" + target[len(COALESCE):] if target.startswith(COALESCE) else None
 
+
+def format_table(summaries: list[Summary], p99: bool = False, executions: bool = False) -> str:
+    """The results as a Markdown table; p99 and executions add their columns, and the ratios to
+    coalescing off appear when a coalescing target and its pgsluice were both measured."""
     def num(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    rows = [[s.target + ("" if s.ok else " (FAILED)"), num(s.tps, ",.0f"), num(s.latency_ms, ".3f"),
-             num(s.tps_vs_direct, ".2f"),
-             num(s.tps_vs_pgbouncer, ".2f") + ("" if s.tps_vs_pgbouncer_range is None or s.target == "pgbouncer" else
-                                               " ({:.2f}–{:.2f})".format(*s.tps_vs_pgbouncer_range)),
-             num(s.latency_vs_direct, ".2f"), num(s.latency_vs_pgbouncer, ".2f"),
-             "-" if s.cpu_user_us is None else f"{s.cpu_user_us:.1f}+{s.cpu_sys_us:.1f}",
-             "-" if s.client_cpu_us is None else f"{s.client_cpu_us:.1f} ({s.client_wakes:.2f})",
-             num(s.server_cpu_us, ".1f")] for s in summaries]
+    names = {s.target for s in summaries}
+    vs_off = any(coalesce_off(name) in names for name in names)
+    columns = [  # (header, cell of a summary, shown)
+        ("target", lambda s: s.target + ("" if s.ok else " (FAILED)"), True),
+        ("TPS", lambda s: num(s.tps, ",.0f"), True),
+        ("avg latency ms", lambda s: num(s.latency_ms, ".3f"), True),
+        ("p99 latency ms", lambda s: num(s.p99_latency_ms, ".3f"), p99),
+        ("TPS / direct", lambda s: num(s.tps_vs_direct, ".2f"), True),
+        ("TPS / PgBouncer", lambda s: num(s.tps_vs_pgbouncer, ".2f") + (
+            "" if s.tps_vs_pgbouncer_range is None or s.target == "pgbouncer" else
+            " ({:.2f}–{:.2f})".format(*s.tps_vs_pgbouncer_range)), True),
+        ("TPS / coalesce off", lambda s: num(s.tps_vs_off, ".2f"), vs_off),
+        ("latency / direct", lambda s: num(s.latency_vs_direct, ".2f"), True),
+        ("latency / PgBouncer", lambda s: num(s.latency_vs_pgbouncer, ".2f"), True),
+        ("latency / coalesce off", lambda s: num(s.latency_vs_off, ".2f"), vs_off),
+        ("proxy CPU µs/tx user+sys",
+         lambda s: "-" if s.cpu_user_us is None else f"{s.cpu_user_us:.1f}+{s.cpu_sys_us:.1f}", True),
+        ("pgbench µs/tx (wakes/tx)",
+         lambda s: "-" if s.client_cpu_us is None else f"{s.client_cpu_us:.1f} ({s.client_wakes:.2f})", True),
+        ("Postgres µs/tx", lambda s: num(s.server_cpu_us, ".1f"), True),
+        ("exec/req", lambda s: num(s.executions_per_tx, ".3f"), executions),
+    ]
+    columns = [(header, cell) for header, cell, shown in columns if shown]
+    headers = [header for header, _ in columns]
+    rows = [[cell(s) for _, cell in columns] for s in summaries]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = lambda cells: "| " + " | ".join(  # noqa: E731
         c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
@@ -481,11 +615,20 @@ def parse_args(argv=None):
     p.add_argument("--pool-size", type=int, default=None,
                    help="server connections per pool, pgsluice max_connections = PgBouncer default_pool_size "
                         "(default: --clients in session mode, min(--clients, 20) in transaction mode)")
-    p.add_argument("--targets", default=",".join(ALL_TARGETS),
-                   help="comma-separated subset of direct,pgsluice,pgbouncer (default: all)")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                   help=f"comma-separated subset of {','.join(ALL_TARGETS)} "
+                        f"(default: {','.join(DEFAULT_TARGETS)}); {COALESCE} needs --pool-mode transaction")
+    p.add_argument("--coalesce-max-batch", type=int, default=256,
+                   help=f"coalesce.max_batch of {COALESCE} (default 256)")
+    p.add_argument("--p99", action="store_true",
+                   help="also report the p99 latency, from pgbench's per-transaction log (-l) over the "
+                        "steady state")
+    p.add_argument("--executions", action="store_true",
+                   help="load pg_stat_statements into the benchmark's Postgres and report the statements it "
+                        "executed per pgbench transaction (exec/req)")
     p.add_argument("--workers", default="2",
                    help="pgsluice `workers` threads (default 2); a list such as 1,2 runs one pgsluice "
-                        "per value (targets pgsluice-w1, pgsluice-w2)")
+                        "per value (targets pgsluice-w1, pgsluice-w2; pgsluice-coalesce-w1, ...)")
     p.add_argument("--binary", default=str(REPO_ROOT / "build" / "release" / "pgsluice"),
                    help="pgsluice binary (default: the release build, build/release/pgsluice)")
     p.add_argument("--script", "-f", default=None,
@@ -511,21 +654,26 @@ def parse_args(argv=None):
     unknown = [t for t in args.targets if t not in ALL_TARGETS]
     if unknown or not args.targets:
         p.error(f"--targets: unknown {unknown}; choose from {', '.join(ALL_TARGETS)}")
+    if COALESCE in args.targets and args.pool_mode != "transaction":
+        p.error(f"{COALESCE} needs --pool-mode transaction (session-mode clients are never coalesced)")
+    if args.coalesce_max_batch < 1:
+        p.error("--coalesce-max-batch must be positive")
     try:
         args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
     except ValueError:
         p.error("--workers: a number or a comma-separated list of numbers")
     if not args.workers or min(args.workers) < 1:
         p.error("--workers must be positive")
-    # The measured targets, in order: "pgsluice" expands to one target per workers value.
+    # The measured targets, in order: "pgsluice" and "pgsluice-coalesce" expand to one target per
+    # workers value.
     args.runs = []
     for target in args.targets:
-        if target != "pgsluice":
+        if not target.startswith("pgsluice"):
             args.runs.append((target, None))
         elif len(args.workers) == 1:
-            args.runs.append(("pgsluice", args.workers[0]))
+            args.runs.append((target, args.workers[0]))
         else:
-            args.runs.extend((f"pgsluice-w{w}", w) for w in args.workers)
+            args.runs.extend((f"{target}-w{w}", w) for w in args.workers)
     if args.scrape_ms > 0:
         if "pgsluice" not in args.targets:
             p.error("--scrape-ms needs pgsluice in --targets")
@@ -547,7 +695,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if "pgsluice" in args.targets and not os.access(args.binary, os.X_OK):
+    any_pgsluice = any(target.startswith("pgsluice") for target in args.targets)
+    if any_pgsluice and not os.access(args.binary, os.X_OK):
         print(f"pgsluice binary {args.binary} not found: build it with "
               "`cmake --preset release && cmake --build --preset release` (bench/run.sh does), "
               "or leave pgsluice out of --targets", file=sys.stderr)
@@ -558,7 +707,7 @@ def main(argv=None) -> int:
         "pgbench": version_of([PGBENCH, "--version"]),
         "pgbouncer": version_of([PGBOUNCER, "--version"]) if "pgbouncer" in args.targets else None,
         "pgsluice": (f"{version_of([args.binary, '--version'])} ({Path(args.binary).resolve()})"
-                     if "pgsluice" in args.targets else None),
+                     if any_pgsluice else None),
     }
     params = {k: v for k, v in vars(args).items() if k not in ("json", "runs")}
     params["targets"] = [name for name, _ in args.runs]
@@ -566,11 +715,16 @@ def main(argv=None) -> int:
     print(f"pgbench {'-f ' + args.script if args.script else '-S'} -M {args.mode} -c {args.clients} -j {args.threads} -T {args.duration}, "
           f"pool mode {args.pool_mode}, pool size {args.pool_size}, pgsluice workers {workers}, "
           f"scale {args.scale}, {args.rounds} round(s), {os.cpu_count()} CPUs", flush=True)
+    if COALESCE in args.targets:
+        print(f"{COALESCE}: coalesce enabled, max_batch {args.coalesce_max_batch}", flush=True)
 
     measurements: list[Measurement] = []
     started: dict[str, object] = {}
-    with LocalPostgres(max_connections=args.pg_max_connections) as pg:
+    extra_conf = PG_STAT_STATEMENTS_CONF if args.executions else None
+    with LocalPostgres(max_connections=args.pg_max_connections, extra_conf=extra_conf) as pg:
         env_info["postgres"] = pg.sql("SHOW server_version")[0][0]
+        if args.executions:
+            pg.sql("CREATE EXTENSION pg_stat_statements")
         print(f"postgres {env_info['postgres']} on port {pg.port}; pgbench -i -s {args.scale} ...",
               flush=True)
         init = subprocess.run([PGBENCH, "-h", pg.host, "-p", str(pg.port), "-U", USER, "-i", "-q",
@@ -590,7 +744,8 @@ def main(argv=None) -> int:
                     if target == "direct":
                         ports[target] = pg.port
                     elif target.startswith("pgsluice"):
-                        config = pgsluice_config(pg, free_port(), args, workers)
+                        config = pgsluice_config(pg, free_port(), args, workers,
+                                                 coalesce=target.startswith(COALESCE))
                         if target == "pgsluice-scraped":
                             metrics_port = free_port()
                             config["metrics"] = {"enabled": True, "listen": f"127.0.0.1:{metrics_port}"}
@@ -626,9 +781,13 @@ def main(argv=None) -> int:
                     print(f"round {round_no}/{args.rounds}: {target} ({args.duration} s) ...", end=" ",
                           flush=True)
                     m = run_pgbench(target, ports[target], args, round_no, args.duration, pids.get(target),
-                                    postmaster)
+                                    postmaster, latency_log=args.p99,
+                                    statements_of=pg if args.executions else None)
                     measurements.append(m)
-                    print(f"{m.tps:,.0f} tps, {m.latency_ms:.3f} ms" if m.ok else "FAILED", flush=True)
+                    extra = "".join([f", p99 {m.p99_latency_ms:.3f} ms" if m.p99_latency_ms is not None else "",
+                                     f", {m.executions_per_tx:.3f} exec/req" if m.executions_per_tx is not None
+                                     else ""])
+                    print(f"{m.tps:,.0f} tps, {m.latency_ms:.3f} ms{extra}" if m.ok else "FAILED", flush=True)
                     if not m.ok:
                         print(m.error, file=sys.stderr, flush=True)
         finally:
@@ -646,7 +805,7 @@ def main(argv=None) -> int:
 
     summaries = summarize(measurements, [name for name, _ in args.runs])
     print()
-    print(format_table(summaries))
+    print(format_table(summaries, p99=args.p99, executions=args.executions))
     for s in summaries:
         if s.error:
             lines = s.error.splitlines()
@@ -664,6 +823,16 @@ def main(argv=None) -> int:
           f"Postgres backends' CPU per transaction show what a proxy costs the processes around it; all CPU "
           f"figures are over the steady state, from pgbench's first progress report to its last, so the "
           f"logins are not in them)")
+    if args.p99:
+        print("(p99 latency: pgbench's per-transaction log (-l), the transactions completed from its first "
+              "progress report on, median over rounds)")
+    if args.executions:
+        print("(exec/req: statements Postgres executed in the benchmark's database during the run "
+              "(pg_stat_statements calls, utility statements not tracked) / pgbench's transactions, median "
+              "over rounds)")
+    if any(coalesce_off(s.target) in {t.target for t in summaries} for s in summaries):
+        print(f"(TPS and latency / coalesce off: {COALESCE} against pgsluice with the same workers, paired "
+              f"by round)")
 
     if args.json:
         Path(args.json).write_text(json.dumps(

@@ -60,6 +60,9 @@ def start(args) -> tuple[pgharness.LocalPostgres, pgharness.Pgsluice, str]:
         config = pgharness.base_config(pg, port, max_connections=20)
         for service in config["services"].values():
             service["mode"] = args.mode
+            # The coalescer (docs/coalescing.md): in the pooled modes, concurrent identical or
+            # same-shaped lookups share executions.
+            service["coalesce"] = {"enabled": args.mode != "session", "max_batch": 256}
         # Observability: /metrics on 127.0.0.1 and the admin console (user admin, DEMO_ADMIN_PASSWORD).
         metrics_port = 9187 if pgharness.port_is_free(9187) else pgharness.free_port()
         config["metrics"] = {"enabled": True, "listen": f"127.0.0.1:{metrics_port}"}
@@ -90,7 +93,14 @@ def announce(pg, proxy, url, mode: str) -> None:
     say(f"try:  psql \"{url}\" -c 'select 1'   (or: export DATABASE_URL=...; psql \"$DATABASE_URL\" -c 'select 1')")
     say(f"metrics:  curl -s http://{metrics_listen(proxy)}/metrics   (/healthz, /readyz)")
     say(f"admin console:  PGPASSWORD={DEMO_ADMIN_PASSWORD} psql -h 127.0.0.1 -p {proxy.port} -U admin pgsluice "
-        "-c 'SHOW POOLS'   (SHOW STATS | CLIENTS | SERVERS | BREAKERS | CONFIG, PAUSE, RESUME, RELOAD)")
+        "-c 'SHOW POOLS'   (SHOW STATS | CLIENTS | SERVERS | BREAKERS | STATEMENTS | CONFIG, PAUSE, RESUME, "
+        "RELOAD)")
+    if mode != "session":
+        say("coalescing is on: 100 clients looking up random keys, then what the database ran for them:")
+        say(f"  pgbench -i -s 10 \"{url}\" && pgbench -n -S -M extended -c 100 -j 2 -T 10 \"{url}\"")
+        say(f"  PGPASSWORD={DEMO_ADMIN_PASSWORD} psql -h 127.0.0.1 -p {proxy.port} -U admin pgsluice -c 'SHOW STATEMENTS'"
+            "   (calls vs executions)")
+        say(f"  curl -s http://{metrics_listen(proxy)}/metrics | grep pgsluice_coalesce")
 
 
 def run_foreground(args) -> int:
@@ -167,8 +177,8 @@ def main() -> int:
     parser.add_argument("--stop", action="store_true", help="stop what --background started")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="pgsluice's port (default 6432, "
                         "or a free one if taken)")
-    parser.add_argument("--mode", choices=["session", "transaction"], default="session",
-                        help="pool mode of the `app` service (default: session)")
+    parser.add_argument("--mode", choices=["session", "transaction"], default="transaction",
+                        help="pool mode of the `app` service (default: transaction, with coalescing on)")
     args = parser.parse_args()
     if args.stop:
         return stop_background()

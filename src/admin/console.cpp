@@ -100,6 +100,23 @@ void show_stats(const metrics::Sample& sample, protocol::Buffer& out) {
   set.write(out, "SHOW");
 }
 
+// Per statement fingerprint, what the coalescer did (services with coalescing on), busiest first.
+void show_statements(const metrics::Sample& sample, protocol::Buffer& out) {
+  ResultSet set({{"service"}, {"fingerprint"}, {"calls", kInt8}, {"executions", kInt8}, {"shared", kInt8},
+                 {"rows", kInt8}, {"total_time_us", kInt8}, {"max_time_us", kInt8}, {"n_plus_one", kInt8},
+                 {"statement"}});
+  for (const auto& s : sample.services) {
+    if (!s.coalesce) continue;
+    for (const auto& row : s.coalesce->statements) {
+      set.row({s.service, row.fingerprint, num(static_cast<std::int64_t>(row.calls)),
+               num(static_cast<std::int64_t>(row.executions)), num(static_cast<std::int64_t>(row.shared)),
+               num(static_cast<std::int64_t>(row.rows)), us(row.total_seconds), us(row.max_seconds),
+               num(static_cast<std::int64_t>(row.n_plus_one)), row.normalized});
+    }
+  }
+  set.write(out, "SHOW");
+}
+
 void show_breakers(const metrics::Sample& sample, protocol::Buffer& out) {
   ResultSet set({{"backend"}, {"state"}, {"consecutive_failures", kInt8}, {"open_for_ms", kInt8},
                  {"retry_in_ms", kInt8}, {"trips", kInt8}, {"probes", kInt8}});
@@ -232,7 +249,7 @@ std::vector<std::string> words_of(std::string_view query) {
 }
 
 constexpr std::string_view kCommands =
-    "SHOW POOLS | STATS | CLIENTS | SERVERS | BREAKERS | CONFIG | VERSION, RELOAD, PAUSE [service], RESUME "
+    "SHOW POOLS | STATS | CLIENTS | SERVERS | BREAKERS | STATEMENTS | CONFIG | VERSION, RELOAD, PAUSE [service], RESUME "
     "[service], SHUTDOWN";
 
 }  // namespace
@@ -260,8 +277,7 @@ protocol::Buffer Console::answer(std::string_view query) {
       set.row({std::string("pgsluice ") + PGSLUICE_VERSION});
       set.write(out, "SHOW");
     } else if (argument == "statements") {
-      error(out, "0A000", "pgsluice admin: SHOW " + argument + " is not built yet (issue 16); try " +
-                              std::string(kCommands));
+      show_statements(operations_->sample(), out);
     } else {
       error(out, "42601", "pgsluice admin: unknown SHOW " + argument + "; try " + std::string(kCommands));
     }

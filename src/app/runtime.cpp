@@ -104,9 +104,11 @@ std::shared_ptr<pool::CircuitBreaker> Runtime::breaker_for(const config::Backend
 namespace {
 
 // The service's coalescer (DESIGN §4): the pooled modes only, when the config enables it.
+// A reload keeps the service's coalescer (its counters go on), with the new settings.
 std::shared_ptr<coalesce::Coalescer> make_coalescer(const config::ServiceConfig& service,
                                                    const server::ServerTarget& target,
-                                                   std::shared_ptr<pool::Pool> pool) {
+                                                   std::shared_ptr<pool::Pool> pool,
+                                                   std::shared_ptr<coalesce::Coalescer> kept = nullptr) {
   if (!service.coalesce.enabled || service.mode == config::PoolMode::session) return nullptr;
   coalesce::Settings settings;
   settings.service = service.name;
@@ -115,6 +117,10 @@ std::shared_ptr<coalesce::Coalescer> make_coalescer(const config::ServiceConfig&
   settings.allow_views = service.coalesce.allow_views;
   settings.query_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(service.query_timeout);
   settings.connect_timeout = target.connect_timeout;
+  if (kept) {
+    kept->reconfigure(std::move(settings));
+    return kept;
+  }
   return std::make_shared<coalesce::Coalescer>(std::move(settings), std::move(pool));
 }
 
@@ -196,7 +202,7 @@ ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
     out->pool = kept->pool;
     out->counters = kept->counters;
     out->listeners = kept->listeners;
-    out->coalescer = make_coalescer(service, *target, out->pool);
+    out->coalescer = make_coalescer(service, *target, out->pool, kept->coalescer);
     if (service.mode != config::PoolMode::session && (!out->listeners || *target != *kept->target)) {
       // New credentials or address: the listener reconnects with them (its clients are told).
       if (out->listeners) out->listeners->close();
@@ -257,6 +263,7 @@ metrics::Sample Runtime::sample() const {
     s.pool = service->pool->stats();
     s.work = service->counters->totals();
     s.clients = service->counters->clients();
+    if (service->coalescer) s.coalesce = service->coalescer->stats();
   }
   for (const auto& [name, breaker] : breakers_) {
     auto& b = out.backends.emplace_back();

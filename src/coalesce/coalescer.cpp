@@ -6,6 +6,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <algorithm>
 #include <deque>
 #include <span>
 #include <unordered_map>
@@ -231,6 +232,7 @@ net::awaitable<bool> read_single(Link& link, const Submission& s, Outcome& outco
     const char type = message->type;
     if (s.simple) {
       outcome.simple_reply += type == 'E' ? link.error_frame(*message) : frame_of(*message);
+      if (type == 'D') ++outcome.row_count;
       if (type == 'Z') co_return true;
       continue;
     }
@@ -239,7 +241,8 @@ net::awaitable<bool> read_single(Link& link, const Submission& s, Outcome& outco
       case 't': outcome.parameter_description = frame_of(*message); break;
       case 'T': case 'n': outcome.row_description = frame_of(*message); break;
       case '2': stage = Stage::execute; break;
-      case 'D': case 'N': case 'S': outcome.rows += frame_of(*message); break;
+      case 'D': ++outcome.row_count; outcome.rows += frame_of(*message); break;
+      case 'N': case 'S': outcome.rows += frame_of(*message); break;
       case 'C': outcome.complete = frame_of(*message); break;
       case 'E':
         outcome.failed_at = stage;
@@ -256,6 +259,17 @@ net::awaitable<bool> read_single(Link& link, const Submission& s, Outcome& outco
 Coalescer::Coalescer(Settings settings, std::shared_ptr<pool::Pool> pool)
     : settings_(std::move(settings)), pool_(std::move(pool)) {
   if (settings_.max_batch < 1) settings_.max_batch = 1;
+}
+
+Settings Coalescer::settings() const {
+  std::lock_guard lock(mutex_);
+  return settings_;
+}
+
+void Coalescer::reconfigure(Settings settings) {
+  if (settings.max_batch < 1) settings.max_batch = 1;
+  std::lock_guard lock(mutex_);
+  settings_ = std::move(settings);
 }
 
 std::string Coalescer::verdict_key(const std::string& text, const std::string& fingerprint) const {
@@ -302,7 +316,62 @@ CoalescerStats Coalescer::stats() const {
   stats.fallbacks = fallbacks_.load();
   std::lock_guard lock(mutex_);
   stats.ineligible = ineligible_;
+  stats.n_plus_one = n_plus_one_;
+  stats.statements.reserve(statements_.size());
+  for (const auto& [fingerprint, entry] : statements_) stats.statements.push_back(entry.row);
+  std::sort(stats.statements.begin(), stats.statements.end(),
+            [](const StatementRow& a, const StatementRow& b) { return a.calls > b.calls; });
   return stats;
+}
+
+Coalescer::StatementEntry& Coalescer::statement_locked(const sql::SelectAnalysis& analysis) {
+  constexpr std::size_t kMaxStatements = 500;
+  auto it = statements_.find(analysis.fingerprint);
+  if (it != statements_.end()) return it->second;
+  if (statements_.size() >= kMaxStatements) {
+    auto least = std::min_element(statements_.begin(), statements_.end(), [](const auto& a, const auto& b) {
+      return a.second.row.calls < b.second.row.calls;
+    });
+    statements_.erase(least);
+  }
+  auto& entry = statements_[analysis.fingerprint];
+  entry.row.fingerprint = analysis.fingerprint;
+  entry.row.normalized = analysis.normalized;
+  return entry;
+}
+
+void Coalescer::record_locked(const Submission& submission, const Outcome& outcome,
+                              std::chrono::steady_clock::time_point now, bool shared, std::uint64_t executions) {
+  if (!submission.analysis || submission.analysis->fingerprint.empty()) return;
+  auto& row = statement_locked(*submission.analysis).row;
+  const double took = std::chrono::duration<double>(now - submission.submitted_at).count();
+  ++row.calls;
+  row.rows += outcome.row_count;
+  row.total_seconds += took;
+  row.max_seconds = std::max(row.max_seconds, took);
+  if (shared) ++row.shared;
+  row.executions += executions;
+}
+
+void Coalescer::note_n_plus_one(const sql::SelectAnalysis& analysis, std::uint32_t count,
+                                std::chrono::steady_clock::duration took) {
+  if (analysis.fingerprint.empty()) return;
+  const auto now = std::chrono::steady_clock::now();
+  std::string service;
+  {
+    std::lock_guard lock(mutex_);
+    auto& entry = statement_locked(analysis);
+    ++entry.row.n_plus_one;
+    if (entry.n_plus_one_logged != std::chrono::steady_clock::time_point{} &&
+        now - entry.n_plus_one_logged < std::chrono::minutes(1)) {
+      return;
+    }
+    entry.n_plus_one_logged = now;
+    ++n_plus_one_;
+    service = settings_.service;
+  }
+  spdlog::warn("pgsluice: likely N+1 in service \"{}\": {} ran {} times in {} ms", service, analysis.normalized, count,
+               std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
 }
 
 std::shared_ptr<Coalescer::KeyInfo> Coalescer::key_info(const std::string& key) {
@@ -343,14 +412,15 @@ void Coalescer::submit(std::shared_ptr<Submission> submission, const asio::any_i
 net::awaitable<void> Coalescer::run(std::shared_ptr<Slot> slot, asio::any_io_executor executor) {
   auto self = shared_from_this();
   for (;;) {
-    if (settings_.window.count() > 0) {
-      asio::steady_timer timer(executor, settings_.window);
+    const auto settings = this->settings();
+    if (settings.window.count() > 0) {
+      asio::steady_timer timer(executor, settings.window);
       co_await timer.async_wait(net::use_nothrow);
     }
     std::vector<std::shared_ptr<Submission>> batch;
     {
       std::lock_guard lock(mutex_);
-      while (!slot->pending.empty() && batch.size() < static_cast<std::size_t>(settings_.max_batch)) {
+      while (!slot->pending.empty() && batch.size() < static_cast<std::size_t>(settings.max_batch)) {
         auto next = std::move(slot->pending.front());
         slot->pending.pop_front();
         if (!next->abandoned.load()) batch.push_back(std::move(next));
@@ -363,9 +433,9 @@ net::awaitable<void> Coalescer::run(std::shared_ptr<Slot> slot, asio::any_io_exe
       }
     }
     try {
-      co_await execute(batch, executor);
+      co_await execute(batch, executor, settings);
     } catch (const std::exception& e) {
-      spdlog::error("service {}: coalesced execution failed: {}", settings_.service, e.what());
+      spdlog::error("service {}: coalesced execution failed: {}", settings.service, e.what());
       for (auto& s : batch) {
         Answer answer;
         answer.kind = Answer::Kind::failed;
@@ -410,7 +480,8 @@ constexpr std::string_view kCatalogQuery =
 
 }  // namespace
 
-net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>> batch, asio::any_io_executor executor) {
+net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>> batch, asio::any_io_executor executor,
+                                        Settings settings) {
   const void* home = pool::context_key(executor);
   std::unique_ptr<pool::Connection> leased = pool_->try_acquire_now(home);
   if (!leased) {
@@ -440,7 +511,7 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
   }
   const Submission& first = *batch.front();
   if (server->applied_fingerprint() != first.parameters_fingerprint) {
-    const bool applied = co_await server->apply_parameters(first.parameters, settings_.connect_timeout);
+    const bool applied = co_await server->apply_parameters(first.parameters, settings.connect_timeout);
     if (!applied) {
       give_up("pgsluice: server connection failed while applying session parameters");
       co_return;
@@ -449,7 +520,7 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
   }
   server->statements().set_unnamed_owner(server::ServerStatements::kUnknownUnnamed);
 
-  Link link(*server, executor, settings_);
+  Link link(*server, executor, settings);
   // outcomes[i] answers the requests whose ordinal_of is i.
   std::vector<Outcome> outcomes;
   std::vector<std::size_t> ordinal_of(batch.size(), 0);
@@ -526,7 +597,7 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
         } else if (kind->find('+') != std::string::npos) {
           reason = "row_security";
         } else if (*kind == "v" || *kind == "f") {
-          if (!settings_.allow_views) reason = "view";
+          if (!settings.allow_views) reason = "view";
         } else if (*kind != "r" && *kind != "p" && *kind != "m") {
           reason = "relation_kind";
         }
@@ -736,7 +807,7 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
               if (parses == 1) {
                 std::lock_guard lock(info->mutex);
                 info->unbatchable = true;  // its batched form does not parse
-                spdlog::info("service {}: statement not batched (its batched form fails: {})", settings_.service,
+                spdlog::info("service {}: statement not batched (its batched form fails: {})", settings.service,
                              error_message(message->payload));
               }
               fall_back = true;
@@ -769,6 +840,7 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
             outcomes[i].parameter_description = parameter_description;
             outcomes[i].row_description = row_description;
             outcomes[i].complete = select_complete(counts[i]);
+            outcomes[i].row_count = counts[i];
           }
           batched = true;
           ++batches_;
@@ -807,6 +879,16 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
     co_return;
   }
   shared_ += batch.size() - (batched ? 1 : distinct.size());
+  {
+    std::vector<std::size_t> members(outcomes.size(), 0);
+    for (auto ordinal : ordinal_of) ++members[ordinal];
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard lock(mutex_);
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      record_locked(*batch[i], outcomes[ordinal_of[i]], now, batched || members[ordinal_of[i]] > 1,
+                    i == 0 ? (batched ? 1 : distinct.size()) : 0);
+    }
+  }
   for (std::size_t i = 0; i < batch.size(); ++i) {
     auto& s = *batch[i];
     if (!s.answer) continue;

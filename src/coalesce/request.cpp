@@ -1,6 +1,7 @@
 // Requests, outcomes and replies as bytes (see request.hpp).
 #include "pgsluice/coalesce/request.hpp"
 
+#include "pgsluice/protocol/backend_messages.hpp"
 #include "pgsluice/protocol/frontend_messages.hpp"
 
 #include <cstring>
@@ -40,6 +41,16 @@ void put_u32(std::string& out, std::uint32_t value) {
 }
 
 void append(protocol::Buffer& out, std::string_view bytes) { out.insert(out.end(), bytes.begin(), bytes.end()); }
+
+// An error as the client's own statement would have got it: the coalescer ran it as the unnamed
+// statement, which Postgres names "" (bind message supplies 2 parameters, but prepared statement
+// "" requires 1).
+void append_error(protocol::Buffer& out, std::string_view error, const Steps& steps) {
+  if (steps.statement.empty() || error.size() < 5) return append(out, error);
+  protocol::append_error_renamed(out, error[0],
+                                 protocol::Bytes(reinterpret_cast<const std::uint8_t*>(error.data()) + 5, error.size() - 5),
+                                 "prepared statement \"\"", "prepared statement \"" + steps.statement + "\"");
+}
 
 }  // namespace
 
@@ -94,7 +105,7 @@ bool render(const Steps& steps, const Outcome& outcome, protocol::Buffer& out) {
     switch (step) {
       case 'P':
         if (outcome.failed_at == Outcome::Stage::parse) {
-          append(out, outcome.error);
+          append_error(out, outcome.error, steps);
           failed = true;
         } else {
           protocol::append_parse_complete(out);
@@ -108,7 +119,7 @@ bool render(const Steps& steps, const Outcome& outcome, protocol::Buffer& out) {
       case 'B':
         // A statement the client parsed before (no 'P' here) that fails to parse now fails its Bind.
         if (outcome.failed_at == Outcome::Stage::parse || outcome.failed_at == Outcome::Stage::bind) {
-          append(out, outcome.error);
+          append_error(out, outcome.error, steps);
           failed = true;
         } else {
           protocol::MessageBuilder(out).begin('2').end();
@@ -127,7 +138,7 @@ bool render(const Steps& steps, const Outcome& outcome, protocol::Buffer& out) {
       case 'E':
         append(out, outcome.rows);
         if (outcome.failed_at != Outcome::Stage::none) {
-          append(out, outcome.error);
+          append_error(out, outcome.error, steps);
           failed = true;
         } else {
           append(out, outcome.complete);

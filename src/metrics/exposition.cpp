@@ -114,6 +114,25 @@ std::string render_text(const Sample& sample) {
                             "Idle server connections that failed their check before a lease", T::Counter);
   auto& closed = out.family("pgsluice_server_connections_closed_total",
                             "Server connections the pool closed, by reason (idle_timeout, max_lifetime)", T::Counter);
+  auto& coalesce_requests = out.family("pgsluice_coalesce_requests_total",
+                                       "Statements the coalescer answered or passed back", T::Counter);
+  auto& coalesce_executions = out.family("pgsluice_coalesce_executions_total",
+                                         "Statements the coalescer ran on the server for them (batches included)",
+                                         T::Counter);
+  auto& coalesce_saved = out.family("pgsluice_coalesce_shared_total",
+                                    "Requests answered by an execution that also answered another request",
+                                    T::Counter);
+  auto& coalesce_batches = out.family("pgsluice_coalesce_batches_total",
+                                      "Batched executions (several parameter values in one statement)", T::Counter);
+  auto& coalesce_fallbacks = out.family("pgsluice_coalesce_fallbacks_total",
+                                        "Batches that failed and ran again one request at a time", T::Counter);
+  auto& coalesce_passed = out.family("pgsluice_coalesce_ineligible_total",
+                                     "Statements not coalesced, by reason (locking, volatile_function, view, ...)",
+                                     T::Counter);
+  auto& n_plus_one = out.family("pgsluice_n_plus_one_total",
+                                "Likely N+1 patterns logged (a client running one statement shape many times in a "
+                                "row with other values; at most once a minute per shape)",
+                                T::Counter);
   for (const auto& s : sample.services) {
     const auto labels = service_labels(s);
     auto with = [&labels](std::string name, std::string value) {
@@ -141,6 +160,17 @@ std::string render_text(const Sample& sample) {
     Families::counter(health, labels, static_cast<double>(s.pool.health_check_failures));
     Families::counter(closed, with("reason", "idle_timeout"), static_cast<double>(s.pool.closed_idle));
     Families::counter(closed, with("reason", "max_lifetime"), static_cast<double>(s.pool.closed_lifetime));
+    if (s.coalesce) {
+      Families::counter(coalesce_requests, labels, static_cast<double>(s.coalesce->requests));
+      Families::counter(coalesce_executions, labels, static_cast<double>(s.coalesce->executions));
+      Families::counter(coalesce_saved, labels, static_cast<double>(s.coalesce->shared));
+      Families::counter(coalesce_batches, labels, static_cast<double>(s.coalesce->batches));
+      Families::counter(coalesce_fallbacks, labels, static_cast<double>(s.coalesce->fallbacks));
+      Families::counter(n_plus_one, labels, static_cast<double>(s.coalesce->n_plus_one));
+      for (const auto& [reason, count] : s.coalesce->ineligible) {
+        Families::counter(coalesce_passed, with("reason", reason), static_cast<double>(count));
+      }
+    }
   }
 
   auto& breaker = out.family("pgsluice_breaker_state", "1 for the circuit breaker's current state", T::Gauge);

@@ -125,6 +125,7 @@ bool ClientSession::try_coalesce(std::shared_ptr<ClientSession>& self) {
   if (group.simple && at != first->frame.size()) group.size = first->frame.size();
   if (group.text.empty() || group.text.find('\0') != std::string_view::npos) return false;
   auto analysis = context_->selects.analysis_of(group.text);
+  follow_streak(analysis, std::hash<std::string_view>{}(group.simple ? group.text : view_of(group.bind_rest)));
   if (parameters_fingerprint_.empty()) parameters_fingerprint_ = server::parameter_fingerprint(parameters_);
   const std::string text(group.text);
   if (!coalescer.may_take(*analysis, text, parameters_fingerprint_)) return false;
@@ -143,6 +144,7 @@ bool ClientSession::try_coalesce(std::shared_ptr<ClientSession>& self) {
   submission->bind_rest.assign(view_of(group.bind_rest));
   submission->values = submission->bind_rest;
   submission->steps = std::move(group.steps);
+  submission->steps.statement = std::string(group.statement);
   if (parts) submission->steps.result_formats = parts->result_formats;
   submission->analysis = std::move(analysis);
   submission->parameters = parameters_;
@@ -172,6 +174,38 @@ bool ClientSession::try_coalesce(std::shared_ptr<ClientSession>& self) {
                  serve_coalesced(std::move(self), std::move(submission), group.size, std::string(group.statement)),
                  asio::detached);
   return true;
+}
+
+void ClientSession::follow_streak(const std::shared_ptr<const sql::SelectAnalysis>& analysis, std::size_t values) {
+  constexpr auto kWindow = std::chrono::seconds(1);
+  constexpr std::uint32_t kLongest = 1000;
+  if (analysis->fingerprint.empty()) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (streak_ && streak_->fingerprint == analysis->fingerprint && now - streak_start_ <= kWindow &&
+      streak_count_ < kLongest) {
+    if (values != streak_values_) {
+      ++streak_count_;
+      streak_values_ = values;
+      streak_last_ = now;
+    }
+    return;
+  }
+  end_streak();
+  streak_ = analysis;
+  streak_values_ = values;
+  streak_count_ = 1;
+  streak_start_ = streak_last_ = now;
+}
+
+void ClientSession::end_streak() {
+  // Ten lookups of one shape with other values within a second, one after the other: likely a
+  // loop in the application that one query could answer (an N+1).
+  constexpr std::uint32_t kLikelyNPlusOne = 10;
+  if (streak_ && streak_count_ >= kLikelyNPlusOne && service_ && service_->coalescer) {
+    service_->coalescer->note_n_plus_one(*streak_, streak_count_, streak_last_ - streak_start_);
+  }
+  streak_.reset();
+  streak_count_ = 0;
 }
 
 void ClientSession::cancel_coalesced() {
@@ -261,6 +295,7 @@ net::awaitable<void> ClientSession::serve_coalesced(std::shared_ptr<ClientSessio
   buffer_.consume(size);
   if (!co_await write_client(out)) co_return end_client();
   flush_notifications();
+  if (draining_) co_return co_await close_with("57P01", "pgsluice: shutting down; connect again");
   on_client_data(std::move(self));
 }
 

@@ -39,6 +39,7 @@ ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionCon
 }
 
 ClientSession::~ClientSession() {
+  end_streak();
   if (cancel_key_) context_->cancels.remove(*cancel_key_);
   if (listen_id_ != 0 && service_ && service_->listeners) service_->listeners->forget(listen_id_);
   if (counted_in_service_) service_->counters->client_left();
@@ -87,7 +88,9 @@ net::awaitable<void> ClientSession::serve_admin() {
       if (!text.empty() && text.back() == '\0') text.pop_back();
       buffer_.consume(message->frame.size());
       spdlog::info("session {}: admin {}: {}", peer_, user_, text.substr(0, 200));
+      admin_busy_ = true;  // a SHUTDOWN's SIGTERM waits for its own reply (begin_shutdown)
       reply = co_await context_->admin->execute(std::move(text));
+      admin_busy_ = false;
       protocol::append_ready_for_query(reply, 'I');
     } else {
       buffer_.consume(message->frame.size());
@@ -101,6 +104,7 @@ net::awaitable<void> ClientSession::serve_admin() {
       }
     }
     if (!reply.empty() && !co_await write_client(reply)) break;
+    if (draining_ && !closing_) co_return co_await close_with("57P01", "pgsluice: shutting down; connect again");
   }
 }
 
@@ -398,7 +402,7 @@ void ClientSession::log_slow_statement(std::chrono::steady_clock::duration took)
 void ClientSession::begin_shutdown() {
   asio::post(socket_.get_executor(), [self = shared_from_this()] {
     self->draining_ = true;
-    if (self->between_transactions() && !self->client_writing_) {
+    if (self->between_transactions() && !self->client_writing_ && !self->admin_busy_) {
       asio::co_spawn(self->socket_.get_executor(),
                      self->close_with("57P01", "pgsluice: shutting down; connect again"), asio::detached);
     }

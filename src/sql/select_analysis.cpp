@@ -1,6 +1,8 @@
 // A statement's facts for the coalescer, from libpg_query's parse tree (see select_analysis.hpp).
 #include "pgsluice/sql/select_analysis.hpp"
 
+#include "pgsluice/sql/statement_shape.hpp"
+
 #include <pg_query.h>
 
 #include <algorithm>
@@ -130,6 +132,10 @@ SelectAnalysis analyze_select(std::string_view text) {
   const auto& raw = (*statements)[0];
   const auto* statement = raw.is_object() ? raw.get_object().if_contains("stmt") : nullptr;
   const auto* select = statement && statement->is_object() ? statement->get_object().if_contains("SelectStmt") : nullptr;
+  if (auto shape = statement_shape(input)) {
+    analysis.fingerprint = std::move(shape->fingerprint);
+    analysis.normalized = std::move(shape->normalized);
+  }
   if (!select) {
     analysis.ineligible = "not_select";
     return analysis;

@@ -17,18 +17,37 @@ Run it
     tests/differential/run.sh --replay build/differential/repro-....json   # a saved reproduction
     tests/differential/run.sh --known-issues        # the reproductions of what it found (known_issues.py)
     tests/differential/run.sh --list-features       # which features CI runs in which pool mode, and why not
+    tests/differential/run.sh --coalesce            # coalescing on: 100 clients, pool 6, the corpus in rounds
+    tests/differential/run.sh --coalesce --long     # minutes: seeds, max_batch/window, transaction and statement mode
+    tests/differential/run.sh --coalesce --list-corpus
 
 The binary is $PGSLUICE_BIN or build/asan/pgsluice (then release, debug). It starts its own Postgres
 (tests/harness/pgharness.py: initdb in a temp dir, a free port) and a fresh pgsluice for every
 concurrent run. It prints how many client messages were compared and how many differences were found,
 and exits 1 on any difference (2 on a usage or set-up error). In CI it runs through
 tests/integration/test_differential.py (a short version, a few fixed seeds, in the pool mode of
-PGSLUICE_TEST_MODE, plus the fixed known issues as regression scripts).
+PGSLUICE_TEST_MODE, plus the fixed known issues as regression scripts, plus one coalescing run in the
+transaction pass).
 
 The modules: frontend.py (the messages a client sends), statements.py (the statement texts),
 sequences.py (the features and the generator), replies.py (running a sequence on a connection,
 recording and normalizing the replies, comparing), shrink.py (delta debugging), known_issues.py
-(what it found, as deterministic scripts), and this one (tables, runs, scenarios, the command line).
+(what it found, as deterministic scripts), corpus.py, rounds.py and coalesce.py (the coalescing mode,
+below), and this one (tables, runs, scenarios, the command line).
+
+With coalescing on (--coalesce; DESIGN §4, issue 15)
+----------------------------------------------------
+The service gets `coalesce: {enabled: true, max_batch: 256, window: 0}` (--max-batch, --window), 100
+clients by default share a pool of 6, and instead of random sequences they send the statements of
+corpus.py (lookups by int4/int8/text/uuid/numeric/date keys, an ICU case-insensitive collation, joins,
+ORDER BY, LIMIT/OFFSET, aggregates over no rows, 10 000 rows, NULL and invalid parameters, and
+ineligible statements: a view, FOR UPDATE/SHARE, nextval, volatile functions, a data-modifying CTE,
+TABLESAMPLE, SELECT INTO) in rounds: all clients wait at a barrier, then send a request of the same
+statement at once, with the same or different values, so batches form. coalesce.py's docstring has the
+details and the two comparison rules it adds (rows of a statement without ORDER BY as a multiset,
+nextval's column only for NULL). No shrinking there: a failure names the seed, the round and the
+request, and `--only-rounds N` reruns that round alone. The feature `coalesce` (opt-in) turns
+coalescing on for the random sequences too; --coalesce --long runs both.
 
 What a run does
 ---------------
@@ -107,7 +126,10 @@ KNOWN_FAILING: dict[str, dict[str, str]] = {
         "suspended_writes": "injected_parse_makes_suspended_writes_visible",
     },
 }
-DEFAULT_FEATURES = {mode: ALL_FEATURES - set(failing) for mode, failing in KNOWN_FAILING.items()}
+# Features that change pgsluice's configuration rather than the sequences, run only when asked for
+# (--features default,+coalesce; --coalesce --long runs them too).
+OPT_IN = {"coalesce": "opt-in: the corpus rounds of --coalesce are the coalescer's differential test"}
+DEFAULT_FEATURES = {mode: ALL_FEATURES - set(failing) - set(OPT_IN) for mode, failing in KNOWN_FAILING.items()}
 
 USER, PASSWORD, DATABASE = "app", pgharness.password_for("app"), "app"
 REPORT_DIR = pgharness.REPO_ROOT / "build" / "differential"
@@ -216,12 +238,13 @@ class Lab:
 
     # -- runs ---------------------------------------------------------------------------------------
     def _run_clients(self, host: str, port: int, sequences: dict[int, list[Step]], sleeps: bool,
-                     reply_timeout: float, first_reply_timeout: float) -> dict[int, Recording]:
+                     reply_timeout: float, first_reply_timeout: float,
+                     startup: dict[int, dict] | None = None) -> dict[int, Recording]:
         results: dict[int, Recording] = {}
         barrier = threading.Barrier(len(sequences)) if sequences else None
 
         def one(k: int, steps: list[Step]) -> None:
-            client = Client(host, port, USER, PASSWORD, DATABASE, {"application_name": f"diff{k}"},
+            client = Client(host, port, USER, PASSWORD, DATABASE, startup_parameters(k, startup),
                             reply_timeout, first_reply_timeout, self.async_notifications)
             try:
                 barrier.wait(timeout=60)
@@ -237,11 +260,12 @@ class Lab:
             t.join()
         return results
 
-    def direct(self, sequences: dict[int, list[Step]], clients: int) -> dict[int, Recording]:
+    def direct(self, sequences: dict[int, list[Step]], clients: int,
+               startup: dict[int, dict] | None = None) -> dict[int, Recording]:
         """Each sequence on its own direct connection to Postgres (at once: they cannot see each other)."""
         self.reset(clients)
         return self._run_clients(self.pg.host, self.pg.port, sequences, sleeps=False,
-                                 reply_timeout=30.0, first_reply_timeout=30.0)
+                                 reply_timeout=30.0, first_reply_timeout=30.0, startup=startup)
 
     def proxied(self, scenario: Scenario, sequences: dict[int, list[Step]]) -> tuple[dict[int, Recording], str]:
         """All sequences at once through a fresh pgsluice. Returns the recordings and a problem of pgsluice
@@ -252,6 +276,8 @@ class Lab:
         config = pgharness.base_config(self.pg, pgharness.free_port(), mode=scenario.mode,
                                        max_connections=scenario.pool, acquire_timeout="300s", min_connections=0)
         config["log"]["level"] = os.environ.get("PGSLUICE_TEST_LOG_LEVEL", "warn")
+        if "coalesce" in scenario.features:
+            config["services"]["app"]["coalesce"] = {"enabled": True, "max_batch": 256, "window": 0}
         proxy = pgharness.Pgsluice(config, binary=self.binary).start()
         problem = ""
         try:
@@ -278,8 +304,13 @@ def keep_log(proxy) -> None:
         shutil.copyfile(proxy.log_path, target)
 
 
-def run_script(lab: Lab, mode: str, pool: int, script: list[tuple[int, Step]],
-               reply_timeout: float = 5.0) -> tuple[dict[int, Recording], dict[int, Recording], str]:
+def startup_parameters(k: int, startup: dict[int, dict] | None = None) -> dict:
+    """Client k's startup packet parameters: application_name diff<k>, and what a script adds."""
+    return {"application_name": f"diff{k}", **((startup or {}).get(k, {}))}
+
+
+def run_script(lab: Lab, mode: str, pool: int, script: list[tuple[int, Step]], reply_timeout: float = 5.0,
+               startup: dict[int, dict] | None = None) -> tuple[dict[int, Recording], dict[int, Recording], str]:
     """A fixed interleaving, for reproductions that need other clients (known_issues.py): the steps run
     in the script's order from one thread, each client on its own connection through a fresh pgsluice
     (all connections opened first, in client order). Each client's steps also run on their own direct
@@ -288,7 +319,7 @@ def run_script(lab: Lab, mode: str, pool: int, script: list[tuple[int, Step]],
     clients = sorted({k for k, _ in script})
     per_client = {k: [step for c, step in script if c == k] for k in clients}
     table_count = max(clients) + 1
-    direct = lab.direct(per_client, table_count)
+    direct = lab.direct(per_client, table_count, startup)
     lab.reset(table_count)
     config = pgharness.base_config(lab.pg, pgharness.free_port(), mode=mode, max_connections=pool,
                                    acquire_timeout="300s", min_connections=0)
@@ -297,7 +328,7 @@ def run_script(lab: Lab, mode: str, pool: int, script: list[tuple[int, Step]],
     problem = ""
     try:
         sessions = {k: Session(Client("127.0.0.1", proxy.port, USER, PASSWORD, DATABASE,
-                                      {"application_name": f"diff{k}"}, reply_timeout, reply_timeout,
+                                      startup_parameters(k, startup), reply_timeout, reply_timeout,
                                       lab.async_notifications))
                     for k in clients}
         for k in clients:
@@ -441,14 +472,81 @@ def self_check(lab: Lab, scenario: Scenario) -> list[str]:
     return problems
 
 
+def coalesce_main(args) -> int:
+    """--coalesce: the corpus rounds of coalesce.py; with --long also random sequences with the coalesce
+    feature, for minutes, varying max_batch, window and the pool mode."""
+    import coalesce
+
+    if args.list_corpus:
+        print(coalesce.list_corpus())
+        return 0
+    clients = args.clients or 100
+    mode = args.mode or ("both" if args.long else "transaction")
+    modes = ["transaction", "statement"] if mode == "both" else [mode]
+    if "session" in modes:
+        print("note: coalescing is active only in transaction and statement mode; in session mode every "
+              "request passes through", file=sys.stderr)
+    only = frozenset(int(r) for r in args.only_rounds.split(",") if r.strip())
+    binary = str(pgharness.find_binary())
+    print(f"pgsluice: {binary}")
+    started = time.monotonic()
+    total_messages, failures, problems, runs = 0, 0, 0, 0
+    batches = [(args.max_batch, args.window)] if not args.long else [(args.max_batch, args.window), (16, "0"),
+                                                                       (256, "2ms"), (2, "0")]
+    with pgharness.LocalPostgres(max_connections=max(100, clients * 2 + 60)) as pg:
+        runner = coalesce.Runner(pg, binary)
+        if args.self_check:
+            found = coalesce.self_check(runner, coalesce.Scenario(args.seed, clients, args.pool, modes[0],
+                                                                  args.coalesce_rounds, only_rounds=only))
+            if found:
+                print("\n".join(found[:20]))
+                return 2
+            print("self-check: the requests give the same replies alone and in rounds together on Postgres")
+        lab = Lab(pg, binary) if args.long else None
+        seed = args.seed
+        while True:
+            for m in modes:
+                max_batch, window = batches[runs % len(batches)]
+                scenario = coalesce.Scenario(seed, clients, args.pool, m, args.coalesce_rounds, max_batch, window, only,
+                                             enabled=not args.coalescer_off)
+                outcome = coalesce.run_scenario(runner, scenario)
+                runs += 1
+                total_messages += outcome.messages
+                failures += len(outcome.differences)
+                problems += len(outcome.corpus_problems)
+                print(outcome.report(), flush=True)
+                if outcome.differences:
+                    path = coalesce.save_failure(outcome, REPORT_DIR / f"coalesce-{m}-seed{seed}.json")
+                    print(f"  saved: {path}; rerun: tests/differential/run.sh {scenario.describe()}")
+                if lab is not None and m == "transaction":
+                    # The random sequences too, with the eligible reads among them coalesced.
+                    features = DEFAULT_FEATURES[m] | {"coalesce"}
+                    sequence_run = run_scenario(lab, Scenario(seed, 40, args.pool, m, 400, features),
+                                                shrink=not args.no_shrink, shrink_seconds=args.shrink_seconds,
+                                                shrink_attempts=args.shrink_attempts)
+                    total_messages += sequence_run.messages
+                    failures += len(sequence_run.differences)
+                    print(sequence_run.report(), flush=True)
+            seed += 1
+            if args.long:
+                if total_messages >= args.min_messages and time.monotonic() - started >= args.min_seconds:
+                    break
+            elif seed - args.seed >= args.rounds:
+                break
+    print(f"TOTAL: {total_messages} client messages compared in {runs} coalescing run(s) "
+          f"({time.monotonic() - started:.0f} s), {failures} difference(s), {problems} corpus problem(s)")
+    return 1 if failures else 2 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--clients", type=int, default=None, help="concurrent clients (default 30; 40 with --long)")
     parser.add_argument("--pool", type=int, default=6, help="server connections of the service (default 6)")
-    parser.add_argument("--mode", choices=["transaction", "session", "both"], default=None,
-                        help="pool mode (default transaction; both with --long)")
+    parser.add_argument("--mode", choices=["transaction", "session", "statement", "both"], default=None,
+                        help="pool mode (default transaction; both with --long; with --coalesce, both = "
+                             "transaction and statement)")
     parser.add_argument("--messages", type=int, default=None, help="client messages per client (default 150; 400 with --long)")
     parser.add_argument("--features", default=None,
                         help="'all', 'default', a list; '-name' removes (e.g. all,-listen). See --list-features")
@@ -465,6 +563,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list-features", action="store_true")
     parser.add_argument("--known-issues", nargs="*", metavar="KEY",
                         help="run the reproductions of known_issues.py (all, or those named) and say which still show")
+    group = parser.add_argument_group("coalescing (coalesce.py)")
+    group.add_argument("--coalesce", action="store_true",
+                       help="the corpus rounds through a service with coalescing on (default 100 clients, pool 6)")
+    group.add_argument("--coalesce-rounds", type=int, default=0,
+                       help="rounds of requests per scenario (default: two passes over the corpus, and every "
+                            "fifth round a mixed one)")
+    group.add_argument("--max-batch", type=int, default=256, help="coalesce.max_batch (default 256)")
+    group.add_argument("--window", default="0", help="coalesce.window (default 0)")
+    group.add_argument("--only-rounds", default="", metavar="LIST",
+                       help="only these rounds (comma list), as a failure report names them")
+    group.add_argument("--list-corpus", action="store_true", help="print the corpus and exit")
+    group.add_argument("--coalescer-off", action="store_true",
+                       help="the same rounds with coalesce.enabled false: a baseline of pgsluice without the coalescer")
     args = parser.parse_args(argv)
     # A SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so the throwaway Postgres and pgsluice are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -477,7 +588,13 @@ def main(argv: list[str] | None = None) -> int:
             for m in ("session", "transaction"):
                 if name in KNOWN_FAILING[m]:
                     print(f"       off in {m} mode: {KNOWN_FAILING[m][name]}")
+            if name in OPT_IN:
+                print(f"       {OPT_IN[name]}")
         return 0
+    if args.coalesce or args.list_corpus:
+        return coalesce_main(args)
+    if args.mode == "statement":
+        parser.error("--mode statement is for --coalesce (the sequences use transaction blocks)")
     clients = args.clients or (40 if args.long else 30)
     messages = args.messages or (400 if args.long else 150)
     mode = args.mode or ("both" if args.long else "transaction")

@@ -5,7 +5,10 @@ Python 3 standard library only.
 """
 from __future__ import annotations
 
+import datetime
+import decimal
 import struct
+import uuid
 from dataclasses import dataclass, field
 
 
@@ -113,7 +116,8 @@ def copy_fail(reason: str) -> Msg:
     return Msg(b"f", _cstr(reason), f"CopyFail({reason!r})")
 
 
-OID = {"int4": 23, "int8": 20, "text": 25, "bool": 16, "float8": 701, "numeric": 1700}
+OID = {"int4": 23, "int8": 20, "text": 25, "bool": 16, "float8": 701, "numeric": 1700, "uuid": 2950,
+       "date": 1082}
 
 
 def encode(kind: str, value, fmt: int) -> bytes | None:
@@ -134,7 +138,41 @@ def encode(kind: str, value, fmt: int) -> bytes | None:
         return b"\x01" if value else b"\x00"
     if kind == "text":
         return str(value).encode()
+    if kind == "uuid":
+        return uuid.UUID(str(value)).bytes  # any spelling Python and Postgres both accept
+    if kind == "numeric":
+        return numeric_binary(str(value))
+    if kind == "date":
+        return struct.pack("!i", (datetime.date.fromisoformat(str(value)) - _PG_EPOCH).days)
     raise ValueError(f"no binary encoding for {kind}")
+
+
+_PG_EPOCH = datetime.date(2000, 1, 1)
+
+
+def numeric_binary(text: str) -> bytes:
+    """numeric_send's format: ndigits, weight, sign, dscale (Int16 each), then base-10000 digits.
+    The display scale is the text's own (7.5000 keeps 4), as Postgres keeps it for a parameter."""
+    value = decimal.Decimal(text)
+    if value.is_nan():
+        return struct.pack("!hhHh", 0, 0, 0xC000, 0)
+    sign = 0x4000 if value.is_signed() and value != 0 else 0
+    dscale = max(0, -value.as_tuple().exponent)
+    whole, _, fraction = format(abs(value), "f").partition(".")
+    whole = whole.lstrip("0")
+    whole = "0" * (-len(whole) % 4) + whole
+    fraction = fraction + "0" * (-len(fraction) % 4)
+    groups = [int(whole[i:i + 4]) for i in range(0, len(whole), 4)] + \
+             [int(fraction[i:i + 4]) for i in range(0, len(fraction), 4)]
+    weight = len(whole) // 4 - 1
+    while groups and groups[0] == 0:
+        groups.pop(0)
+        weight -= 1
+    while groups and groups[-1] == 0:
+        groups.pop()
+    if not groups:
+        weight, sign = 0, 0
+    return struct.pack(f"!hhHh{len(groups)}H", len(groups), weight, sign, dscale, *groups)
 
 
 BINARY_KINDS = {"int4", "int8", "float8", "bool", "text"}

@@ -3,6 +3,9 @@
 #   tests/differential/run.sh [--long] [--seed N] [--clients N] [--pool N] [--mode transaction|session|both]
 #                             [--messages N] [--features LIST] [--rounds N] [--replay FILE] [--known-issues [KEY...]]
 #                             [--list-features] [--help]
+#   tests/differential/run.sh --coalesce [--long] [--seed N] [--clients N] [--pool N] [--mode transaction|statement|both]
+#                             [--coalesce-rounds N] [--max-batch N] [--window D] [--only-rounds LIST] [--self-check]
+#                             [--list-corpus]
 # Starts its own Postgres and pgsluice ($PGSLUICE_BIN, else build/asan/pgsluice). Prints the number of client
 # messages compared and the differences found; exits non-zero on any difference.
 set -euo pipefail

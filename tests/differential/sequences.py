@@ -65,6 +65,9 @@ FEATURES = {
                             "too (temporary tables and WITH HOLD cursors are always made outside them)",
     "hold_cursors": "WITH HOLD cursors used across transactions",
     "introspect": "pg_prepared_statements (which statement names the session has)",
+    "coalesce": "not a kind of message: the service coalesces (coalesce.enabled, DESIGN §4), so the eligible "
+                "reads among the sequences may share executions or be batched (opt-in; --coalesce runs the "
+                "corpus rounds of coalesce.py)",
 }
 
 

@@ -14,7 +14,9 @@ dict from pgharness.base_config in place.
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,13 @@ TARGET = os.environ.get("PGSLUICE_TEST_TARGET", "pgsluice")
 POOL_MODE = os.environ.get("PGSLUICE_TEST_MODE", "session")
 assert TARGET in ("pgsluice", "direct"), f"PGSLUICE_TEST_TARGET={TARGET}"
 assert POOL_MODE in ("session", "transaction", "statement"), f"PGSLUICE_TEST_MODE={POOL_MODE}"
+
+# The driver programs of test_drivers_jvm_node.py and test_coalesce.py, and what they need.
+DRIVERS = Path(__file__).resolve().parents[1] / "drivers"
+JAVA_SOURCE = DRIVERS / "java" / "DriverCheck.java"
+NODE_DIR = DRIVERS / "node"
+JDBC_JAR = Path("/usr/share/java/postgresql.jar")
+INSTALL_HINT = "run `bash tests/drivers/install.sh`"
 
 
 @dataclass
@@ -151,3 +160,29 @@ def target(request, pg):
         yield t
     finally:
         stop_pgsluice(t)
+
+
+@pytest.fixture(scope="session")
+def java_classes(tmp_path_factory) -> Path:
+    """tests/drivers/java/DriverCheck.java compiled once per run against the Debian pgjdbc jar."""
+    if not JDBC_JAR.is_file():
+        pytest.fail(f"{JDBC_JAR} is missing (Debian package libpostgresql-jdbc-java): {INSTALL_HINT}")
+    out = tmp_path_factory.mktemp("driver-check-java")
+    proc = subprocess.run(["javac", "-encoding", "UTF-8", "-cp", str(JDBC_JAR), "-d", str(out), str(JAVA_SOURCE)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"javac failed:\n{proc.stdout}\n{proc.stderr}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    """The pinned npm packages in tests/drivers/node/node_modules, at the versions package.json pins."""
+    pinned = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    for name, version in pinned.items():
+        manifest = NODE_DIR / "node_modules" / name / "package.json"
+        if not manifest.is_file():
+            pytest.fail(f"npm package {name} is not installed in {NODE_DIR}: {INSTALL_HINT}")
+        installed = json.loads(manifest.read_text())["version"]
+        if installed != version:
+            pytest.fail(f"npm package {name} is {installed}, package.json pins {version}: {INSTALL_HINT}")
+    return NODE_DIR / "node_modules"

@@ -23,13 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import POOL_MODE, TARGET
-
-DRIVERS = Path(__file__).resolve().parents[1] / "drivers"
-JAVA_SOURCE = DRIVERS / "java" / "DriverCheck.java"
-NODE_DIR = DRIVERS / "node"
-JDBC_JAR = Path("/usr/share/java/postgresql.jar")
-INSTALL_HINT = "run `bash tests/drivers/install.sh`"
+# java_classes and node_modules, the fixtures these tests take, are in conftest.py (test_coalesce.py
+# runs the same programs).
+from conftest import INSTALL_HINT, JDBC_JAR, NODE_DIR, POOL_MODE, TARGET
 
 # A zone with a 45-minute offset: a timestamptz rendered as text proves the client's TimeZone
 # startup parameter is in force on whichever server connection ran the query.
@@ -76,32 +72,6 @@ def run_check(target, argv: list[str], timeout: float, cwd: Path | None = None) 
 def log_tail(target, lines: int = 40) -> str:
     text = target.log_text()
     return "--- pgsluice log tail:\n" + "\n".join(text.splitlines()[-lines:]) if text else ""
-
-
-@pytest.fixture(scope="session")
-def java_classes(tmp_path_factory) -> Path:
-    """DriverCheck.java compiled once per run against the Debian pgjdbc jar."""
-    if not JDBC_JAR.is_file():
-        pytest.fail(f"{JDBC_JAR} is missing (Debian package libpostgresql-jdbc-java): {INSTALL_HINT}")
-    out = tmp_path_factory.mktemp("driver-check-java")
-    proc = subprocess.run(["javac", "-encoding", "UTF-8", "-cp", str(JDBC_JAR), "-d", str(out), str(JAVA_SOURCE)],
-                          capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, f"javac failed:\n{proc.stdout}\n{proc.stderr}"
-    return out
-
-
-@pytest.fixture(scope="session")
-def node_modules() -> Path:
-    """The pinned npm packages in tests/drivers/node/node_modules, at the versions package.json pins."""
-    pinned = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
-    for name, version in pinned.items():
-        manifest = NODE_DIR / "node_modules" / name / "package.json"
-        if not manifest.is_file():
-            pytest.fail(f"npm package {name} is not installed in {NODE_DIR}: {INSTALL_HINT}")
-        installed = json.loads(manifest.read_text())["version"]
-        if installed != version:
-            pytest.fail(f"npm package {name} is {installed}, package.json pins {version}: {INSTALL_HINT}")
-    return NODE_DIR / "node_modules"
 
 
 def jdbc(target, java_classes: Path, scenario: str, timeout: float = 90) -> dict:

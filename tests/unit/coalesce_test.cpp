@@ -123,21 +123,26 @@ TEST_CASE("each client gets the messages of its own steps", "[coalesce]") {
   outcome.rows = message('D', std::string("\0\1\0\0\0\1" "7", 7));
   outcome.complete = pgsluice::coalesce::select_complete(1);
   Buffer out;
-  REQUIRE(pgsluice::coalesce::render(Steps{"PBpE", {1}}, outcome, out));
+  REQUIRE(pgsluice::coalesce::render(Steps{"PBpE", {1}, ""}, outcome, out));
   CHECK(types_of(str(out)) == "12TDCZ");
   // The portal's description carries the Bind's result format.
   CHECK(out[5 + 5 + 5 + 22 - 1] == 1);
   out.clear();
-  REQUIRE(pgsluice::coalesce::render(Steps{"PsBE", {}}, outcome, out));
+  REQUIRE(pgsluice::coalesce::render(Steps{"PsBE", {}, ""}, outcome, out));
   CHECK(types_of(str(out)) == "1tT2DCZ");
   out.clear();
   outcome.failed_at = Outcome::Stage::bind;
   outcome.error = message('E', std::string("SERROR\0C22P02\0Mbad\0\0", 20));
-  REQUIRE(pgsluice::coalesce::render(Steps{"PBpE", {}}, outcome, out));
+  REQUIRE(pgsluice::coalesce::render(Steps{"PBpE", {}, ""}, outcome, out));
   CHECK(types_of(str(out)) == "1EZ");
   out.clear();
-  REQUIRE(pgsluice::coalesce::render(Steps{"BE", {}}, outcome, out));
+  REQUIRE(pgsluice::coalesce::render(Steps{"BE", {}, ""}, outcome, out));
   CHECK(types_of(str(out)) == "EZ");
+  // A named statement's error names it, not the unnamed statement the coalescer ran.
+  out.clear();
+  outcome.error = message('E', std::string("SERROR\0C08P01\0Mbind message supplies 2 parameters, but prepared statement \"\" requires 1\0\0", 89));
+  REQUIRE(pgsluice::coalesce::render(Steps{"BE", {}, "s1"}, outcome, out));
+  CHECK(str(out).find("prepared statement \"s1\" requires 1") != std::string::npos);
   CHECK(pgsluice::coalesce::select_complete(12) == message('C', std::string("SELECT 12\0", 10)));
 }
 

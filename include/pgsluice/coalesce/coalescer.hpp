@@ -61,6 +61,20 @@ struct Submission {
   // Called once from the execution (any thread).
   std::function<void(Answer)> answer;
   std::atomic<bool> abandoned{false};  // the client cancelled or left: no answer wanted
+  std::chrono::steady_clock::time_point submitted_at = std::chrono::steady_clock::now();
+};
+
+// Per statement fingerprint (libpg_query): what the coalescer did with it (SHOW STATEMENTS).
+struct StatementRow {
+  std::string fingerprint;
+  std::string normalized;  // constants as $n: never a value
+  std::uint64_t calls = 0;       // requests
+  std::uint64_t rows = 0;
+  double total_seconds = 0;      // from the request's arrival to its answer
+  double max_seconds = 0;
+  std::uint64_t shared = 0;      // requests answered by an execution that also answered another
+  std::uint64_t executions = 0;  // statements run on the server for them
+  std::uint64_t n_plus_one = 0;  // sessions seen running it many times in a row with other values
 };
 
 struct CoalescerStats {
@@ -70,13 +84,17 @@ struct CoalescerStats {
   std::uint64_t batches = 0;      // batched executions that succeeded
   std::uint64_t fallbacks = 0;    // batches run again one request at a time
   std::map<std::string, std::uint64_t> ineligible;  // requests passed through, by reason
+  std::uint64_t n_plus_one = 0;  // likely N+1 patterns logged
+  std::vector<StatementRow> statements;  // the busiest first
 };
 
 class Coalescer : public std::enable_shared_from_this<Coalescer> {
  public:
   Coalescer(Settings settings, std::shared_ptr<pool::Pool> pool);
 
-  const Settings& settings() const { return settings_; }
+  Settings settings() const;
+  // A reload changed the service: executions from now on use these (the counters go on).
+  void reconfigure(Settings settings);
   // May a statement of this text (and session parameters) be handed over? False for what the
   // parser or the catalog found ineligible (counted by reason).
   bool may_take(const sql::SelectAnalysis& analysis, const std::string& text, const std::string& parameters_fingerprint);
@@ -85,6 +103,9 @@ class Coalescer : public std::enable_shared_from_this<Coalescer> {
   // Counted passes (the session decides some reasons itself: in a transaction, Flush, ...).
   void count_ineligible(const std::string& reason);
   CoalescerStats stats() const;
+  // A session ran `analysis`'s statement `count` times in a row with other values within `took`:
+  // logged at most once a minute per fingerprint ("likely N+1").
+  void note_n_plus_one(const sql::SelectAnalysis& analysis, std::uint32_t count, std::chrono::steady_clock::duration took);
 
   struct Slot;
   struct KeyInfo;
@@ -93,7 +114,7 @@ class Coalescer : public std::enable_shared_from_this<Coalescer> {
  private:
   boost::asio::awaitable<void> run(std::shared_ptr<Slot> slot, boost::asio::any_io_executor executor);
   boost::asio::awaitable<void> execute(std::vector<std::shared_ptr<Submission>> batch,
-                                       boost::asio::any_io_executor executor);
+                                       boost::asio::any_io_executor executor, Settings settings);
   std::shared_ptr<KeyInfo> key_info(const std::string& key);
   std::string verdict_key(const std::string& text, const std::string& fingerprint) const;
   void remember_verdict(const std::string& key, std::string reason);
@@ -112,6 +133,16 @@ class Coalescer : public std::enable_shared_from_this<Coalescer> {
   std::unordered_map<std::uint32_t, std::uint32_t> array_types_;
   std::atomic<std::uint64_t> requests_{0}, executions_{0}, shared_{0}, batches_{0}, fallbacks_{0};
   std::map<std::string, std::uint64_t> ineligible_;
+  // Per fingerprint (bounded: the least called goes first).
+  struct StatementEntry {
+    StatementRow row;
+    std::chrono::steady_clock::time_point n_plus_one_logged{};
+  };
+  std::unordered_map<std::string, StatementEntry> statements_;
+  std::uint64_t n_plus_one_ = 0;
+  StatementEntry& statement_locked(const sql::SelectAnalysis& analysis);
+  void record_locked(const Submission& submission, const Outcome& outcome, std::chrono::steady_clock::time_point now,
+                     bool shared, std::uint64_t executions);
 };
 
 }  // namespace pgsluice::coalesce

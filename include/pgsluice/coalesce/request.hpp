@@ -42,6 +42,7 @@ struct Outcome {
   std::string rows;                   // DataRow (and NoticeResponse) frames of the execution, in order
   std::string complete;               // 'C' frame
   std::string simple_reply;           // a simple Query's reply, up to its ReadyForQuery included
+  std::uint64_t row_count = 0;        // DataRows in it
 };
 
 // What a client sent for its statement, in its order: 'P' Parse, 's' Describe statement, 'B' Bind,
@@ -49,6 +50,7 @@ struct Outcome {
 struct Steps {
   std::string order;
   std::vector<std::int16_t> result_formats;  // the Bind's, for a Describe portal's RowDescription
+  std::string statement;  // the client's name for its statement (errors name it, not the unnamed one run)
 };
 
 // The client's reply for `outcome`: every message up to its ReadyForQuery, as Postgres sends them

@@ -6,6 +6,9 @@
 #include <string>
 #include <vector>
 
+#include <optional>
+
+#include "pgsluice/coalesce/coalescer.hpp"
 #include "pgsluice/metrics/counters.hpp"
 #include "pgsluice/pool/circuit_breaker.hpp"
 #include "pgsluice/pool/pool.hpp"
@@ -19,6 +22,7 @@ struct ServiceSample {
   pool::PoolStats pool;
   ServiceCounters::Totals work;
   std::int64_t clients = 0;  // logged in to this service
+  std::optional<coalesce::CoalescerStats> coalesce;  // coalescing on
 };
 
 struct BackendSample {

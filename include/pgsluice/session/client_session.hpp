@@ -127,6 +127,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // to the service's coalescer instead of a server connection. True: serve_coalesced answers it.
   bool try_coalesce(std::shared_ptr<ClientSession>& self);
   struct CoalescedWait;
+  // N+1 detection (DESIGN §4): the same statement shape run again and again with other values.
+  void follow_streak(const std::shared_ptr<const sql::SelectAnalysis>& analysis, std::size_t values);
+  void end_streak();
   // A cancel for a statement the coalescer is answering: the client stops waiting (57014); the
   // shared execution goes on for the others.
   void cancel_coalesced();
@@ -233,6 +236,11 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::vector<std::shared_ptr<sql::SessionEffects::LiteralSetting>> confirmed_literals_;
   std::optional<CancelRegistry::Key> cancel_key_;
   bool coalesce_bypass_ = false;  // the coalescer gave the statement back: it goes the usual way once
+  std::shared_ptr<const sql::SelectAnalysis> streak_;  // the shape of the client's current run of lookups
+  std::size_t streak_values_ = 0;                      // a hash of the last values
+  std::uint32_t streak_count_ = 0;
+  std::chrono::steady_clock::time_point streak_start_{};
+  std::chrono::steady_clock::time_point streak_last_{};
 
   // Relay state (on the session's worker).
   struct Run {
@@ -290,6 +298,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::uint64_t timer_generation_ = 0;
   bool timeout_cancel_pending_ = false;  // the 57014 that comes back is pgsluice's query_timeout
   bool draining_ = false;                // SIGTERM: close as soon as between transactions
+  bool admin_busy_ = false;              // the admin console is running a command
 
   // What forward_cancel() needs, guarded: it runs on another connection's worker.
   std::mutex cancel_mutex_;

@@ -34,6 +34,8 @@ struct SelectAnalysis {
   };
   std::vector<Parameter> parameters;  // in text order
   int highest_parameter = 0;
+  std::string fingerprint;  // libpg_query's (16 hex digits): the same for texts that differ in constants
+  std::string normalized;   // the text with its constants as $n (for logs and SHOW STATEMENTS)
   std::size_t statement_begin = 0;  // the statement in the text, without a trailing semicolon
   std::size_t statement_end = 0;
 

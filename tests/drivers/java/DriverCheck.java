@@ -4,7 +4,7 @@
 //   java -cp /usr/share/java/postgresql.jar:OUT DriverCheck JDBC_URL USER PASSWORD SCENARIO
 //
 // Scenarios: prepared, reprepare, deallocate, ddl, ddl-moved, batch, transaction, fetch, types, many,
-// timeout
+// timeout, coalesce
 // (see the method of each name).
 // On success prints one JSON object (the values the scenario saw) as the last line of stdout and
 // exits 0; on a wrong value or any exception prints the stack trace (with the SQLSTATE) to stderr
@@ -31,6 +31,9 @@
 //   many         20 connections doing `prepared` at once, all naming their statement S_1 for the
 //                same SQL, so a server connection sees the same name from many clients
 //   timeout      setQueryTimeout: the driver's CancelRequest with the key pgsluice gave it
+//   coalesce     20 connections running one lookup PreparedStatement at once, past prepareThreshold,
+//                on keys several of them ask for at the same time: what a coalescing pgsluice merges
+//                into shared and batched executions (issue 15; the test makes table coalesce_items)
 
 import java.math.BigDecimal;
 import java.sql.Array;
@@ -105,6 +108,7 @@ public final class DriverCheck {
             case "ddl-moved": return ddl(true);
             case "ddl-retyped-moved": return ddlRetyped();
             case "listen": return listen();
+            case "coalesce": return coalesce();
             default: throw new IllegalArgumentException("unknown scenario " + scenario);
         }
     }
@@ -607,6 +611,69 @@ public final class DriverCheck {
             return out;
         } finally {
             pool.shutdownNow();
+        }
+    }
+
+    /**
+     * 20 threads, each with its own Connection, run `select id, v from coalesce_items where id = ?`
+     * 30 times at once on keys 1..50 (the test made the table: v is 'value-' || id). Past
+     * prepareThreshold the driver binds a named statement; every row must be the one of its key.
+     */
+    private Map<String, Object> coalesce() throws Exception {
+        int threads = 20;
+        int perThread = 30;
+        ExecutorService pool = Executors.newFixedThreadPool(threads);
+        CountDownLatch connected = new CountDownLatch(threads);
+        List<Future<Boolean>> futures = new ArrayList<>();
+        try {
+            for (int w = 0; w < threads; w++) {
+                final int worker = w;
+                futures.add(pool.submit(() -> lookups(worker, perThread, connected)));
+            }
+            int ok = 0;
+            boolean allServerPrepared = true;
+            List<String> failures = new ArrayList<>();
+            for (int w = 0; w < threads; w++) {
+                try {
+                    allServerPrepared &= futures.get(w).get(120, TimeUnit.SECONDS);
+                    ok++;
+                } catch (java.util.concurrent.ExecutionException e) {
+                    failures.add("worker " + w + ": " + describe(e.getCause()));
+                }
+            }
+            if (!failures.isEmpty()) {
+                throw new AssertionError(failures.size() + " of " + threads + " workers failed: " + failures);
+            }
+            Map<String, Object> out = new LinkedHashMap<>();
+            out.put("threads", threads);
+            out.put("ok", ok);
+            out.put("requests", threads * perThread);
+            out.put("server_prepared", allServerPrepared);
+            return out;
+        } finally {
+            pool.shutdownNow();
+        }
+    }
+
+    /** One worker of `coalesce`: true when the driver ended on a named server-side statement. */
+    private boolean lookups(int worker, int count, CountDownLatch connected) throws Exception {
+        java.util.Random keys = new java.util.Random(worker);
+        try (Connection conn = connect();
+             PreparedStatement ps = conn.prepareStatement("select id, v from coalesce_items where id = ?")) {
+            connected.countDown();
+            expect(connected.await(60, TimeUnit.SECONDS), true, "all workers connected");
+            expect(conn.getAutoCommit(), true, "autocommit");
+            for (int i = 0; i < count; i++) {
+                int id = 1 + keys.nextInt(50);
+                ps.setInt(1, id);
+                try (ResultSet rs = ps.executeQuery()) {
+                    expect(rs.next(), true, "row of key " + id);
+                    expect(rs.getInt(1), id, "id of key " + id);
+                    expect(rs.getString(2), "value-" + id, "v of key " + id);
+                    expect(rs.next(), false, "one row of key " + id);
+                }
+            }
+            return ps.unwrap(PGStatement.class).isUseServerPrepare();
         }
     }
 

@@ -6,7 +6,8 @@
 // exits 0; on a wrong value or any driver error prints the error (with its SQLSTATE) to stderr and
 // exits 1; exits 3 if the scenario has not finished after CHECK_TIMEOUT_MS (default 60 s).
 // tests/integration/test_drivers_jvm_node.py runs it (after tests/drivers/install.sh) and checks
-// the JSON. Tables node_tx and postgres_tx are created empty by the test beforehand.
+// the JSON. Tables node_tx and postgres_tx are created empty by the test beforehand; the coalesce
+// scenarios read table coalesce_items (id 1..1000, v = 'value-' || id), made by test_coalesce.py.
 //
 // What the scenarios exercise in a transaction-mode proxy (DESIGN §2):
 //   pg-prepared          {name, text, values}: Parse once per client, then Bind/Execute/Sync only
@@ -28,6 +29,10 @@
 //   postgres-begin       sql.begin (commit, rollback on a thrown error, a savepoint)
 //   postgres-concurrent  max: 10 connections, 200 queries at once (pipelined per connection)
 //   postgres-cursor      .cursor(10): Execute with a row limit + Flush outside any transaction
+//   pg-coalesce          40 clients at once, each running one named lookup ({name, text, values})
+//                        25 times on keys 1..50: what a coalescing pgsluice merges (issue 15)
+//   postgres-coalesce    10 connections, 40 lookups each sent at once without awaiting (pipelined
+//                        named statements), on keys 1..50 (issue 15)
 
 import assert from 'node:assert/strict'
 import pg from 'pg'
@@ -95,6 +100,19 @@ async function terminateOtherServerConnections(admin) {
     assert.ok(waited < 20000, `terminated server connections ${pids} gone`)
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
+}
+
+// A deterministic stream of lookup keys in 1..50 (several clients ask for the same key at once).
+function keysFrom(seed) {
+  let state = seed + 1 // MINSTD: exact in doubles, never 0 for 0 < state < 2^31 - 1
+  return () => {
+    state = (state * 48271) % 2147483647
+    return 1 + (state % 50)
+  }
+}
+
+function assertLookupRow(rows, id, what) {
+  assert.deepEqual(rows.map((row) => ({ ...row })), [{ id, v: `value-${id}` }], what)
 }
 
 const scenarios = {
@@ -496,6 +514,55 @@ const scenarios = {
       return { rows, sum, batches, side_queries: sideRows.length, after: ok }
     } finally {
       await sql.end({ timeout: 5 })
+    }
+  },
+
+  async 'pg-coalesce'() {
+    const clients = Array.from({ length: 40 }, () => pgClient())
+    await Promise.all(clients.map((client) => client.connect()))
+    const perClient = 25
+    try {
+      const rows = await Promise.all(
+        clients.map(async (client, c) => {
+          const nextKey = keysFrom(c)
+          for (let i = 0; i < perClient; i++) {
+            const id = nextKey()
+            const r = await client.query({
+              name: 'coalesce_lookup',
+              text: 'select id, v from coalesce_items where id = $1',
+              values: [id],
+            })
+            assertLookupRow(r.rows, id, `client ${c} lookup ${i} of key ${id}`)
+          }
+          return perClient
+        }),
+      )
+      return { clients: clients.length, requests: rows.reduce((a, b) => a + b, 0) }
+    } finally {
+      await Promise.all(clients.map((client) => client.end()))
+    }
+  },
+
+  async 'postgres-coalesce'() {
+    const connections = Array.from({ length: 10 }, () => postgresSql({ max: 1 }))
+    const perConnection = 40
+    try {
+      // Every lookup is sent before any answer is awaited: each connection pipelines its 40.
+      const rows = await Promise.all(
+        connections.flatMap((sql, c) => {
+          const nextKey = keysFrom(100 + c)
+          return Array.from({ length: perConnection }, (_, i) => {
+            const id = nextKey()
+            return sql`select id, v from coalesce_items where id = ${id}`.then((r) => {
+              assertLookupRow(r, id, `connection ${c} lookup ${i} of key ${id}`)
+              return r.statement.name
+            })
+          })
+        }),
+      )
+      return { connections: connections.length, requests: rows.length, named: rows.every(Boolean) }
+    } finally {
+      await Promise.all(connections.map((sql) => sql.end({ timeout: 5 })))
     }
   },
 }
