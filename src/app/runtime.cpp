@@ -113,7 +113,7 @@ std::shared_ptr<coalesce::Coalescer> make_coalescer(const config::ServiceConfig&
   coalesce::Settings settings;
   settings.service = service.name;
   settings.max_batch = service.coalesce.max_batch;
-  settings.window = std::chrono::duration_cast<std::chrono::milliseconds>(service.coalesce.window);
+  settings.window = service.coalesce.window;
   settings.allow_views = service.coalesce.allow_views;
   settings.query_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(service.query_timeout);
   settings.connect_timeout = target.connect_timeout;

@@ -151,6 +151,16 @@ class Link {
     if (message->type == 'S') dirty = true;
     co_return *message;
   }
+  bool timed_out() const { return watch_->cancelled; }
+  // query_timeout's error, as the session gives it.
+  std::string timeout_error() const {
+    Buffer out;
+    protocol::append_error_response(out, protocol::Severity::error, "57014",
+                                    "pgsluice: query_timeout (" + std::to_string(settings_.query_timeout.count()) +
+                                        "ms) of service \"" + settings_.service +
+                                        "\" expired; the statement was cancelled");
+    return std::string(out.begin(), out.end());
+  }
   void finish() {
     if (consume_) server_.buffer().consume(std::exchange(consume_, 0));
     watch_->done = true;
@@ -160,14 +170,7 @@ class Link {
   std::string error_frame(const protocol::MessageView& message) const {
     if (watch_->cancelled) {
       auto fields = protocol::parse_error_response(message.payload);
-      if (fields && fields->sqlstate == "57014") {
-        Buffer out;
-        protocol::append_error_response(out, protocol::Severity::error, "57014",
-                                        "pgsluice: query_timeout (" + std::to_string(settings_.query_timeout.count()) +
-                                            "ms) of service \"" + settings_.service +
-                                            "\" expired; the statement was cancelled");
-        return std::string(out.begin(), out.end());
-      }
+      if (fields && fields->sqlstate == "57014") return timeout_error();
     }
     return frame_of(message);
   }
@@ -183,20 +186,15 @@ class Link {
     timer_.expires_after(settings_.query_timeout);
     auto watch = watch_;
     auto* server = &server_;
-    auto* timer = &timer_;
-    auto grace = settings_.connect_timeout;
     auto executor = executor_;
-    timer_.async_wait([watch, server, timer, grace, executor](boost::system::error_code ec) {
+    timer_.async_wait([watch, server, executor](boost::system::error_code ec) {
       if (ec || watch->done) return;
+      // The statement is cancelled on the server and the connection given up (whatever else the
+      // pipeline holds would run on): every member not answered yet gets query_timeout's 57014.
       watch->cancelled = true;
       asio::co_spawn(executor, server::send_cancel(executor, server->target(), server->backend_key()), asio::detached);
-      // A server that does not answer its cancel either: the connection is given up.
-      timer->expires_after(grace);
-      timer->async_wait([watch, server](boost::system::error_code again) {
-        if (again || watch->done) return;
-        boost::system::error_code ignored;
-        server->socket().close(ignored);
-      });
+      boost::system::error_code ignored;
+      server->socket().close(ignored);
     });
   }
 
@@ -423,7 +421,11 @@ net::awaitable<void> Coalescer::run(std::shared_ptr<Slot> slot, asio::any_io_exe
       while (!slot->pending.empty() && batch.size() < static_cast<std::size_t>(settings.max_batch)) {
         auto next = std::move(slot->pending.front());
         slot->pending.pop_front();
-        if (!next->abandoned.load()) batch.push_back(std::move(next));
+        if (!next->abandoned.load()) {
+          batch.push_back(std::move(next));
+        } else {
+          next->answer = nullptr;  // the client was answered already (a cancel): nothing to say
+        }
       }
       if (batch.empty()) {
         if (--slot->running == 0 && slot->pending.empty()) {
@@ -623,6 +625,7 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
     }
     outcomes.resize(distinct.size());
   }
+  std::vector<char> complete(outcomes.size(), 0);  // outcomes read to their end
 
   // 3. Several values: the batched form, if the statement's parameter types are known to have arrays.
   bool batched = false;
@@ -823,6 +826,7 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
           outcome.failed_at = Outcome::Stage::parse;
           outcome.error = parse_error;
         }
+        std::fill(complete.begin(), complete.end(), 1);
         batched = true;
       } else if (ok && !fall_back) {
         if (parameter_oids_of(parameter_description) != parameter_oids) {
@@ -842,6 +846,7 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
             outcomes[i].complete = select_complete(counts[i]);
             outcomes[i].row_count = counts[i];
           }
+          std::fill(complete.begin(), complete.end(), 1);
           batched = true;
           ++batches_;
         }
@@ -857,20 +862,23 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
     ok = co_await link.write(out);
     for (std::size_t i = 0; ok && i < distinct.size(); ++i) {
       ok = co_await read_single(link, *batch[distinct[i]], outcomes[i]);
+      complete[i] = ok ? 1 : 0;
     }
   }
+  const bool timed_out = link.timed_out();
+  const std::string timeout_error = timed_out ? link.timeout_error() : std::string();
   link.finish();
-  const bool reusable = ok && !link.broken && !link.dirty;
+  const bool reusable = ok && !timed_out && !link.broken && !link.dirty;
   server->buffer().release_if_empty();
   pool_->release(std::move(server), reusable && true);
 
-  if (bypass) {
+  if (bypass && !timed_out) {
     Answer answer;
     answer.kind = Answer::Kind::bypass;
     answer_all(batch, answer);
     co_return;
   }
-  if (!ok) {
+  if (!ok && !timed_out) {
     Answer answer;
     answer.kind = Answer::Kind::failed;
     answer.sqlstate = "08006";
@@ -878,13 +886,14 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
     answer_all(batch, answer);
     co_return;
   }
-  shared_ += batch.size() - (batched ? 1 : distinct.size());
-  {
+  if (!timed_out) shared_ += batch.size() - (batched ? 1 : distinct.size());
+  if (!outcomes.empty()) {
     std::vector<std::size_t> members(outcomes.size(), 0);
     for (auto ordinal : ordinal_of) ++members[ordinal];
     const auto now = std::chrono::steady_clock::now();
     std::lock_guard lock(mutex_);
     for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (outcomes.empty() || !complete[ordinal_of[i]]) continue;
       record_locked(*batch[i], outcomes[ordinal_of[i]], now, batched || members[ordinal_of[i]] > 1,
                     i == 0 ? (batched ? 1 : distinct.size()) : 0);
     }
@@ -893,6 +902,25 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
     auto& s = *batch[i];
     if (!s.answer) continue;
     Answer answer;
+    if (outcomes.empty() || !complete[ordinal_of[i]]) {
+      // query_timeout: its 57014 where Postgres would put it, after the Parse and Bind replies.
+      Outcome timeout;
+      timeout.failed_at = Outcome::Stage::execute;
+      timeout.error = timeout_error;
+      if (s.simple) {
+        Buffer ready;
+        protocol::append_ready_for_query(ready, 'I');
+        timeout.simple_reply = timeout_error + std::string(ready.begin(), ready.end());
+      }
+      Steps steps;
+      steps.statement = s.steps.statement;
+      for (char step : s.steps.order) {
+        if (step == 'P' || step == 'B' || step == 'E') steps.order += step;
+      }
+      render(steps, timeout, answer.bytes);
+      std::exchange(s.answer, nullptr)(std::move(answer));
+      continue;
+    }
     if (!render(s.steps, outcomes[ordinal_of[i]], answer.bytes)) {
       answer.bytes.clear();
       answer.kind = Answer::Kind::bypass;

@@ -336,7 +336,7 @@ class Loader {
     const Section coalesce = s.child("coalesce", {"enabled", "max_batch", "window", "allow_views"});
     coalesce.read("enabled", service.coalesce.enabled);
     coalesce.read("max_batch", service.coalesce.max_batch, 1);
-    coalesce.read_duration("window", service.coalesce.window, /*allow_zero=*/true);
+    coalesce.read_fine_duration("window", service.coalesce.window);
     coalesce.read("allow_views", service.coalesce.allow_views);
 
     config_.services.push_back(std::move(service));

@@ -45,4 +45,20 @@ std::optional<Duration> parse_duration(const std::string& text) {
   return Duration(value * *scale);
 }
 
+std::optional<std::chrono::microseconds> parse_fine_duration(const std::string& text) {
+  for (std::string_view unit : {"us", "µs"}) {
+    if (text.size() > unit.size() && std::string_view(text).substr(text.size() - unit.size()) == unit) {
+      const std::string number = text.substr(0, text.size() - unit.size());
+      if (number.empty() || number.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+      std::int64_t value = 0;
+      const auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), value);
+      if (ec != std::errc{} || end != number.data() + number.size()) return std::nullopt;
+      return std::chrono::microseconds(value);
+    }
+  }
+  auto coarse = parse_duration(text);
+  if (!coarse || coarse->count() > std::numeric_limits<std::int64_t>::max() / 1000) return std::nullopt;
+  return std::chrono::duration_cast<std::chrono::microseconds>(*coarse);
+}
+
 }  // namespace pgsluice::config

@@ -244,6 +244,18 @@ bool Section::read_duration(std::string_view key, Duration& out, bool allow_zero
   return true;
 }
 
+bool Section::read_fine_duration(std::string_view key, std::chrono::microseconds& out) const {
+  const auto text = scalar(key);
+  if (!text) return !has(key);
+  const auto value = parse_fine_duration(*text);
+  if (!value) {
+    error(key, quoted(*text) + " is not a duration; write a whole number and a unit: 200us, 1ms, 1s (0 for none)");
+    return false;
+  }
+  out = *value;
+  return true;
+}
+
 bool Section::read_byte_size(std::string_view key, std::uint32_t& out, std::uint64_t min,
                              std::uint64_t max) const {
   const auto text = scalar(key);

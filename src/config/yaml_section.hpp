@@ -84,6 +84,8 @@ class Section {
   bool read(std::string_view key, int& out, int min, int max = std::numeric_limits<int>::max()) const;
   bool read(std::string_view key, bool& out) const;
   bool read_duration(std::string_view key, Duration& out, bool allow_zero) const;
+  // A duration that may be given in microseconds too ("200us"); zero allowed.
+  bool read_fine_duration(std::string_view key, std::chrono::microseconds& out) const;
   bool read_byte_size(std::string_view key, std::uint32_t& out, std::uint64_t min, std::uint64_t max) const;
   bool read_port(std::string_view key, std::uint16_t& out) const;
   bool read_endpoint(std::string_view key, Endpoint& out) const;

@@ -112,8 +112,7 @@ bool ClientSession::try_coalesce(std::shared_ptr<ClientSession>& self) {
       group.text = known->query;
       group.parameter_types = known->parameter_types;
     } else if (!group.statement.empty() &&
-               (!tracker_ || tracker_->client_statement(std::string(group.statement)) ||
-                !tracker_->has_room_for_statement())) {
+               (tracker().client_statement(std::string(group.statement)) || !tracker().has_room_for_statement())) {
       return false;  // a name in use (42P05) or over the limit: the tracker answers it
     }
     if (std::count(group.steps.order.begin(), group.steps.order.end(), 's') > 1 ||
@@ -269,6 +268,7 @@ net::awaitable<void> ClientSession::serve_coalesced(std::shared_ptr<ClientSessio
     std::lock_guard lock(cancel_mutex_);
     coalesced_wait_.reset();
   }
+  wait->submission.reset();  // its callback may still hold `wait` until the coalescer drops it
   // The statement's messages were counted by on_client_data as if sent on: nothing is owed.
   expected_ready_ = 0;
   in_extended_batch_ = false;

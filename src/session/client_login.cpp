@@ -274,7 +274,31 @@ net::awaitable<bool> ClientSession::finish_login() {
     reported = server_->parameters();
     service_->remember_reported_parameters(server_->initial_parameters());
   } else {
-    // What the server would report once this client's startup parameters are applied.
+    // What the server would report once this client's startup parameters are applied, as the
+    // server spells them: learned from the first client that asks for a value (a lease that applies
+    // it), so that DateStyle=German is reported "German, DMY" as Postgres does.
+    bool unknown = false;
+    for (auto& [name, value] : *reported) {
+      auto it = parameters_.find(name);
+      if (it == parameters_.end() || it->second == value) continue;
+      if (auto spelled = service_->reported_spelling(name, it->second)) {
+        it->second = *spelled;
+      } else {
+        unknown = true;
+      }
+    }
+    if (unknown) {
+      const auto asked = parameters_;
+      if (!co_await attach_server(sqlstate, error)) {
+        co_await send_fatal(sqlstate, error);
+        co_return false;
+      }
+      for (const auto& [name, value] : asked) {
+        if (auto it = parameters_.find(name); it != parameters_.end() && reported->contains(name)) {
+          service_->remember_spelling(name, value, it->second);
+        }
+      }
+    }
     for (auto& [name, value] : *reported) {
       if (auto it = parameters_.find(name); it != parameters_.end()) value = it->second;
     }

@@ -273,6 +273,10 @@ bool may_have_session_effects(std::string_view text) {
       if (c != ';' && c != '\0' && !std::isspace(static_cast<unsigned char>(c))) return true;
     }
   }
+  // SELECT ... INTO TEMP creates a temporary table, as CREATE TEMP TABLE ... AS does.
+  if ((iequals(word, "SELECT") || iequals(word, "WITH")) && icontains(text, "into") && icontains(text, "temp")) {
+    return true;
+  }
   return icontains(text, "advisory");
 }
 

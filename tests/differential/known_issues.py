@@ -415,6 +415,7 @@ ISSUES = [
 # (issue key, pool mode) pairs that no longer reproduce: regression tests from now on.
 # Seen fixed at commit c594ba4 and after (each reproduced on an earlier build; see the change's report).
 FIXED: frozenset[tuple[str, str]] = frozenset({
+    ("select_into_temp_does_not_pin", "transaction"),
     ("own_notification_held_by_the_next_transaction", "transaction"),
     ("listen_on_the_listener_and_the_server_connection_duplicates", "transaction"),
     ("failed_discard_all_ended_listener_subscription", "transaction"),

@@ -115,3 +115,13 @@ services:
   CHECK(allocation_table(*result.config) == analytics + "\n" + primary);
   CHECK(allocation_table(*result.config, "nowhere").empty());
 }
+
+TEST_CASE("parse_fine_duration also takes microseconds (coalesce.window)", "[config][duration]") {
+  CHECK(parse_fine_duration("200us") == std::optional(200us));
+  CHECK(parse_fine_duration("200µs") == std::optional(200us));
+  CHECK(parse_fine_duration("2ms") == std::optional(2000us));
+  CHECK(parse_fine_duration("0") == std::optional(0us));
+  CHECK_FALSE(parse_fine_duration("us"));
+  CHECK_FALSE(parse_fine_duration("-1us"));
+  CHECK_FALSE(parse_fine_duration("200"));
+}

@@ -17,6 +17,11 @@ TEST_CASE("ordinary statements are let through without a parse", "[sql]") {
   CHECK(may_have_session_effects("SELECT 1; SET x.y = 1"));
   CHECK(may_have_session_effects("select pg_advisory_lock(1)"));
   CHECK(may_have_session_effects("listen ch"));
+  CHECK(may_have_session_effects("SELECT id INTO TEMP TABLE t2 FROM t"));
+  CHECK(analyze("SELECT id INTO TEMP TABLE t2 FROM t").pins);
+  CHECK(analyze("select id into temporary t2 from t").pins);
+  CHECK(analyze("SELECT id INTO pg_temp.t2 FROM t").pins);
+  CHECK_FALSE(analyze("SELECT id INTO t2 FROM t").pins);
 }
 
 TEST_CASE("session-level SET and RESET name their settings; SET LOCAL and SET TRANSACTION do not", "[sql]") {

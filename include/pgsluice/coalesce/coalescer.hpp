@@ -33,7 +33,7 @@ namespace pgsluice::coalesce {
 struct Settings {
   std::string service;
   int max_batch = 256;
-  std::chrono::milliseconds window{0};
+  std::chrono::microseconds window{0};
   bool allow_views = false;  // views and foreign tables may be read by shared executions
   std::chrono::milliseconds query_timeout{0};
   std::chrono::milliseconds connect_timeout{2000};

@@ -51,7 +51,7 @@ struct UserConfig {
 struct CoalesceConfig {
   bool enabled = false;
   int max_batch = 256;
-  Duration window = Duration::zero();
+  std::chrono::microseconds window{0};  // "200us", "1ms"; 0 = none
   bool allow_views = false;  // views and foreign tables may be read by shared executions
 
   bool operator==(const CoalesceConfig&) const = default;
@@ -131,6 +131,8 @@ LoadResult load_from_file(const std::string& path);
 
 // "1s", "250ms", "10m", "2h", "0" -> duration; nullopt when malformed.
 std::optional<Duration> parse_duration(const std::string& text);
+// The same, also in microseconds ("200us", "200µs"), for waits shorter than a millisecond.
+std::optional<std::chrono::microseconds> parse_fine_duration(const std::string& text);
 
 // "65536", "64MB", "1KB", "16MiB", "1 GB" -> bytes; nullopt when malformed or overflowing.
 // KB/MB/GB are binary multiples (1024), as in postgresql.conf; KiB/MiB/GiB are accepted too.

@@ -51,6 +51,18 @@ struct Service {
     std::lock_guard lock(mutex_);
     reported_parameters_ = parameters;
   }
+  // How the server reports a reported setting a client asked for at startup (DateStyle "German"
+  // is reported "German, DMY"), once a server connection has applied it; nullopt: not known yet.
+  std::optional<std::string> reported_spelling(const std::string& name, const std::string& value) const {
+    std::lock_guard lock(mutex_);
+    auto it = spellings_.find(name + '\0' + value);
+    if (it == spellings_.end()) return std::nullopt;
+    return it->second;
+  }
+  void remember_spelling(const std::string& name, const std::string& value, const std::string& spelled) {
+    std::lock_guard lock(mutex_);
+    if (spellings_.size() < 1024) spellings_[name + '\0' + value] = spelled;
+  }
   // Cold start of a pooled service: one login at a time leases a connection to learn them; the
   // logins arriving meanwhile wait for its answer rather than each opening a server connection.
   bool begin_parameter_fetch() {
@@ -67,6 +79,7 @@ struct Service {
  private:
   mutable std::mutex mutex_;
   std::optional<server::ParameterMap> reported_parameters_;
+  std::map<std::string, std::string> spellings_;
   bool fetching_parameters_ = false;
 };
 
