@@ -714,6 +714,16 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
         unbatchable = true;  // the statement itself fails to parse: each request gets its own error
       }
     }
+    // Expressions of parameters alone are evaluated while planning the original (select_analysis.hpp).
+    if (first.analysis->computed_parameters) unbatchable = true;
+    for (int number : first.analysis->cast_parameters) {
+      const auto& types = first.parameter_types;
+      const std::size_t at = 2 + 4 * static_cast<std::size_t>(number - 1);
+      if (number >= 1 && at + 4 <= types.size() &&
+          protocol::read_u32(reinterpret_cast<const std::uint8_t*>(types.data()) + at) != 0) {
+        unbatchable = true;  // a declared type: the cast converts it, while planning
+      }
+    }
     std::vector<BindParts> parts;
     for (auto index : distinct) {
       auto split = split_bind(bytes_of(batch[index]->bind_rest));

@@ -73,12 +73,14 @@ bool ClientSession::try_coalesce(std::shared_ptr<ClientSession>& self) {
       message = next();
     }
     bool bound = false;
+    bool named = group.parses;  // the statement the group uses is known (its Parse, Describe or Bind)
     for (; message; message = next()) {
       const char type = message->type;
       if (type == 'B') {
         auto bind = protocol::parse_bind(message->payload);
         if (!bind || bound || !bind->portal.empty()) return false;
-        if (!group.parses) group.statement = bind->statement;
+        if (!named) group.statement = bind->statement;
+        named = true;
         if (bind->statement != group.statement) return false;
         bound = true;
         group.bind_rest = bind->rest;
@@ -87,7 +89,9 @@ bool ClientSession::try_coalesce(std::shared_ptr<ClientSession>& self) {
         auto target = protocol::parse_describe_or_close(message->payload);
         if (!target) return false;
         if (target->kind == 'S') {
-          if (target->name != group.statement || (!group.parses && !bound)) return false;
+          if (!named) group.statement = target->name;  // Describe S, then Bind (pgjdbc, psycopg 3)
+          named = true;
+          if (target->name != group.statement) return false;
           group.steps.order += 's';
         } else {
           if (!bound || !target->name.empty()) return false;

@@ -46,6 +46,34 @@ bool contains_reserved(std::string_view text) {
   return false;
 }
 
+// Holds only constants and parameters (sets has_param when it holds a parameter): an expression
+// the planner evaluates with the values of an unnamed statement's Bind.
+bool constant_only(const json::value& value, bool& has_param) {
+  if (value.is_array()) {
+    for (const auto& item : value.get_array()) {
+      if (!constant_only(item, has_param)) return false;
+    }
+    return true;
+  }
+  if (!value.is_object()) return true;
+  for (const auto& [key, child] : value.get_object()) {
+    if (key == "ColumnRef" || key == "SubLink" || key == "A_Star" || key == "RangeVar" || key == "SelectStmt" ||
+        key == "GroupingFunc" || key == "over" || key == "agg_star" || key == "agg_filter" || key == "agg_order" ||
+        key == "SetToDefault" || key == "SQLValueFunction") {
+      return false;
+    }
+    if (key == "ParamRef") has_param = true;
+    if (!constant_only(child, has_param)) return false;
+  }
+  return true;
+}
+
+bool is_expression(std::string_view key) {
+  return key == "A_Expr" || key == "FuncCall" || key == "TypeCast" || key == "CaseExpr" || key == "CoalesceExpr" ||
+         key == "MinMaxExpr" || key == "A_ArrayExpr" || key == "A_Indirection" || key == "BoolExpr" ||
+         key == "BooleanTest" || key == "CollateClause" || key == "RowExpr" || key == "XmlExpr";
+}
+
 void visit(const json::value& value, SelectAnalysis& analysis, std::string_view text) {
   if (value.is_array()) {
     for (const auto& item : value.get_array()) visit(item, analysis, text);
@@ -63,6 +91,25 @@ void visit(const json::value& value, SelectAnalysis& analysis, std::string_view 
       if (analysis.ineligible.empty()) analysis.ineligible = "tablesample";
     } else if (child.is_object()) {
       const auto& node = child.get_object();
+      if (is_expression(key) && !analysis.computed_parameters) {
+        bool has_param = false;
+        if (constant_only(child, has_param) && has_param) {
+          const auto* arg = node.if_contains("arg");
+          const auto* type = node.if_contains("typeName");
+          const json::object* param = arg && arg->is_object() ? arg->get_object().if_contains("ParamRef") != nullptr
+                                                                    ? &arg->get_object().at("ParamRef").get_object()
+                                                                    : nullptr
+                                                              : nullptr;
+          const bool typmods = type && type->is_object() && type->get_object().contains("typmods");
+          if (key == "TypeCast" && param && !typmods) {
+            if (const auto* number = param->if_contains("number"); number && number->is_int64()) {
+              analysis.cast_parameters.push_back(static_cast<int>(number->get_int64()));
+            }
+          } else {
+            analysis.computed_parameters = true;
+          }
+        }
+      }
       if (key == "FuncCall") {
         add_unique(analysis.functions, last_name(node.if_contains("funcname")));
       } else if (key == "A_Expr") {

@@ -156,3 +156,18 @@ TEST_CASE("a batched row gives its request's ordinal and the original columns", 
   CHECK(split->row == message('D', std::string("\0\1\0\0\0\1x", 7)));
   CHECK_FALSE(pgsluice::coalesce::split_batch_row(row, /*text_numbers=*/false));
 }
+
+TEST_CASE("expressions of parameters alone, which Postgres evaluates while planning, are not batched",
+          "[coalesce]") {
+  CHECK(analyze_select("SELECT id, 1000 / $2 AS q FROM t WHERE id = $1").computed_parameters);
+  CHECK(analyze_select("SELECT * FROM t WHERE id = $1 + 1").computed_parameters);
+  CHECK(analyze_select("SELECT * FROM t WHERE name = lower($1)").computed_parameters);
+  CHECK(analyze_select("SELECT * FROM t WHERE amount = $1::numeric(8,2)").computed_parameters);
+  CHECK_FALSE(analyze_select("SELECT * FROM t WHERE id = $1").computed_parameters);
+  CHECK_FALSE(analyze_select("SELECT * FROM t WHERE id IN ($1, $2) AND name LIKE $3").computed_parameters);
+  CHECK_FALSE(analyze_select("SELECT * FROM t WHERE ($1::int IS NULL OR id = $1) LIMIT $2").computed_parameters);
+  CHECK_FALSE(analyze_select("SELECT count(*), now() FROM t WHERE k = $1").computed_parameters);
+  auto cast = analyze_select("SELECT * FROM t WHERE id = $1::int AND u = $2::uuid");
+  CHECK_FALSE(cast.computed_parameters);
+  CHECK(cast.cast_parameters == std::vector<int>{1, 2});
+}

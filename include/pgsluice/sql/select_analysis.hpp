@@ -34,6 +34,13 @@ struct SelectAnalysis {
   };
   std::vector<Parameter> parameters;  // in text order
   int highest_parameter = 0;
+  // Postgres plans an unnamed statement with its values as constants and evaluates expressions of
+  // constants and parameters alone while planning (1000 / $2 fails with 22012 at Bind even when no
+  // row matches); in the batched form they are evaluated per row, so such a statement is shared
+  // between equal values only, never batched. A parameter that is only cast ($1::int, no type
+  // modifier) is the exception when the client declared no type for it (the cast is its type).
+  bool computed_parameters = false;
+  std::vector<int> cast_parameters;  // numbers of parameters that appear under such a bare cast
   std::string fingerprint;  // libpg_query's (16 hex digits): the same for texts that differ in constants
   std::string normalized;   // the text with its constants as $n (for logs and SHOW STATEMENTS)
   std::size_t statement_begin = 0;  // the statement in the text, without a trailing semicolon
