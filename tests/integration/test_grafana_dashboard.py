@@ -41,6 +41,13 @@ FAMILIES = {
     "pgsluice_breaker_trips_total": {"backend"},
     "pgsluice_breaker_probes_total": {"backend"},
     "pgsluice_config_reloads_total": {"result"},
+    "pgsluice_coalesce_requests_total": {"service", "backend"},
+    "pgsluice_coalesce_executions_total": {"service", "backend"},
+    "pgsluice_coalesce_shared_total": {"service", "backend"},
+    "pgsluice_coalesce_batches_total": {"service", "backend"},
+    "pgsluice_coalesce_fallbacks_total": {"service", "backend"},
+    "pgsluice_coalesce_ineligible_total": {"service", "backend", "reason"},
+    "pgsluice_n_plus_one_total": {"service", "backend"},
 }
 HISTOGRAMS = {"pgsluice_acquire_duration_seconds", "pgsluice_query_duration_seconds"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -146,7 +153,7 @@ def test_layout(dashboard):
 
 def test_rows(dashboard):
     rows = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"]
-    assert rows == ["Overview", "Clients and pool", "Latency", "Work", "Failures", "Breaker and config"]
+    assert rows == ["Overview", "Clients and pool", "Latency", "Work", "Failures", "Breaker and config", "Coalescer"]
 
 
 def test_metric_names_exist(dashboard):
