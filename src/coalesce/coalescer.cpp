@@ -270,10 +270,10 @@ void Coalescer::reconfigure(Settings settings) {
   settings_ = std::move(settings);
 }
 
-std::string Coalescer::verdict_key(const std::string& text, const std::string& fingerprint) const {
-  std::string key = fingerprint;
+std::string Coalescer::verdict_key(const std::string& shape, const std::string& parameters_fingerprint) const {
+  std::string key = parameters_fingerprint;
   key += '\0';
-  key += text;
+  key += shape;
   return key;
 }
 
@@ -284,7 +284,7 @@ bool Coalescer::may_take(const sql::SelectAnalysis& analysis, const std::string&
     return false;
   }
   std::lock_guard lock(mutex_);
-  auto it = verdicts_.find(verdict_key(text, parameters_fingerprint));
+  auto it = verdicts_.find(verdict_key(analysis.fingerprint.empty() ? text : analysis.fingerprint, parameters_fingerprint));
   if (it == verdicts_.end() || it->second.reason.empty()) return true;
   if (it->second.until < std::chrono::steady_clock::now()) {
     verdicts_.erase(it);
@@ -530,7 +530,11 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
   bool ok = true;
 
   // 1. Is it eligible? (Remembered for a minute per text and session parameters.)
-  const std::string verdict_at = verdict_key(first.text, first.parameters_fingerprint);
+  // The catalog's facts depend on the names a statement uses, not its constants: one verdict per
+  // fingerprint (psycopg2's texts with their values in them share it).
+  const std::string verdict_at =
+      verdict_key(first.analysis->fingerprint.empty() ? first.text : first.analysis->fingerprint,
+                  first.parameters_fingerprint);
   std::optional<std::string> verdict;
   {
     std::lock_guard lock(mutex_);

@@ -116,7 +116,8 @@ class Coalescer : public std::enable_shared_from_this<Coalescer> {
   boost::asio::awaitable<void> execute(std::vector<std::shared_ptr<Submission>> batch,
                                        boost::asio::any_io_executor executor, Settings settings);
   std::shared_ptr<KeyInfo> key_info(const std::string& key);
-  std::string verdict_key(const std::string& text, const std::string& fingerprint) const;
+  // A verdict is kept per statement shape (libpg_query fingerprint, else the text) and settings.
+  std::string verdict_key(const std::string& shape, const std::string& parameters_fingerprint) const;
   void remember_verdict(const std::string& key, std::string reason);
 
   Settings settings_;
