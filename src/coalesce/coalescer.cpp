@@ -305,6 +305,24 @@ void Coalescer::remember_verdict(const std::string& key, std::string reason) {
   verdicts_[key] = Verdict{std::move(reason), std::chrono::steady_clock::now() + kVerdictLifetime};
 }
 
+void Coalescer::answer_all(std::vector<std::shared_ptr<Submission>>& batch, const Answer& answer) {
+  auto& counter = outcomes_[answer.kind == Answer::Kind::bypass ? bypassed : failed];
+  for (auto& s : batch) {
+    if (!s->answer) continue;
+    counter.fetch_add(1, std::memory_order_relaxed);
+    auto copy = answer;
+    std::exchange(s->answer, nullptr)(std::move(copy));
+  }
+}
+
+void Coalescer::observe_batch(std::size_t size) {
+  const auto& bounds = CoalescerStats::kBatchSizeBounds;
+  std::size_t bucket = 0;
+  while (bucket < bounds.size() && static_cast<double>(size) > bounds[bucket]) ++bucket;
+  batch_sizes_[bucket].fetch_add(1, std::memory_order_relaxed);
+  batch_size_sum_.fetch_add(size, std::memory_order_relaxed);
+}
+
 CoalescerStats Coalescer::stats() const {
   CoalescerStats stats;
   stats.requests = requests_.load();
@@ -312,6 +330,9 @@ CoalescerStats Coalescer::stats() const {
   stats.shared = shared_.load();
   stats.batches = batches_.load();
   stats.fallbacks = fallbacks_.load();
+  for (std::size_t i = 0; i < outcomes_.size(); ++i) stats.outcomes[i] = outcomes_[i].load();
+  for (std::size_t i = 0; i < batch_sizes_.size(); ++i) stats.batch_sizes[i] = batch_sizes_[i].load();
+  stats.batch_size_sum = batch_size_sum_.load();
   std::lock_guard lock(mutex_);
   stats.ineligible = ineligible_;
   stats.n_plus_one = n_plus_one_;
@@ -434,30 +455,21 @@ net::awaitable<void> Coalescer::run(std::shared_ptr<Slot> slot, asio::any_io_exe
         co_return;
       }
     }
+    observe_batch(batch.size());
     try {
       co_await execute(batch, executor, settings);
     } catch (const std::exception& e) {
       spdlog::error("service {}: coalesced execution failed: {}", settings.service, e.what());
-      for (auto& s : batch) {
-        Answer answer;
-        answer.kind = Answer::Kind::failed;
-        answer.sqlstate = "XX000";
-        answer.message = "pgsluice: internal error in a coalesced execution";
-        if (s->answer) std::exchange(s->answer, nullptr)(std::move(answer));
-      }
+      Answer answer;
+      answer.kind = Answer::Kind::failed;
+      answer.sqlstate = "XX000";
+      answer.message = "pgsluice: internal error in a coalesced execution";
+      answer_all(batch, answer);
     }
   }
 }
 
 namespace {
-
-void answer_all(std::vector<std::shared_ptr<Submission>>& batch, const Answer& answer) {
-  for (auto& s : batch) {
-    if (!s->answer) continue;
-    auto copy = answer;
-    std::exchange(s->answer, nullptr)(std::move(copy));
-  }
-}
 
 std::string sqlstate_of(pool::AcquireError error) {
   switch (error) {
@@ -901,9 +913,11 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
     co_return;
   }
   if (!timed_out) shared_ += batch.size() - (batched ? 1 : distinct.size());
+  std::vector<std::size_t> members(outcomes.size(), 0);  // requests per distinct request
+  for (auto ordinal : ordinal_of) {
+    if (ordinal < members.size()) ++members[ordinal];
+  }
   if (!outcomes.empty()) {
-    std::vector<std::size_t> members(outcomes.size(), 0);
-    for (auto ordinal : ordinal_of) ++members[ordinal];
     const auto now = std::chrono::steady_clock::now();
     std::lock_guard lock(mutex_);
     for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -932,12 +946,17 @@ net::awaitable<void> Coalescer::execute(std::vector<std::shared_ptr<Submission>>
         if (step == 'P' || step == 'B' || step == 'E') steps.order += step;
       }
       render(steps, timeout, answer.bytes);
+      outcomes_[failed].fetch_add(1, std::memory_order_relaxed);
       std::exchange(s.answer, nullptr)(std::move(answer));
       continue;
     }
     if (!render(s.steps, outcomes[ordinal_of[i]], answer.bytes)) {
       answer.bytes.clear();
       answer.kind = Answer::Kind::bypass;
+      outcomes_[bypassed].fetch_add(1, std::memory_order_relaxed);
+    } else {
+      const auto how = batched ? OutcomeIndex::batched : members[ordinal_of[i]] > 1 ? OutcomeIndex::shared : alone;
+      outcomes_[how].fetch_add(1, std::memory_order_relaxed);
     }
     std::exchange(s.answer, nullptr)(std::move(answer));
   }

@@ -129,6 +129,13 @@ std::string render_text(const Sample& sample) {
   auto& coalesce_passed = out.family("pgsluice_coalesce_ineligible_total",
                                      "Statements not coalesced, by reason (locking, volatile_function, view, ...)",
                                      T::Counter);
+  auto& coalesce_outcomes = out.family("pgsluice_coalesce_request_outcomes_total",
+                                       "Requests the coalescer answered, by how: alone (an execution of its own), shared "
+                                       "(one execution for equal values), batched, bypassed (handed back to the "
+                                       "session), failed (pool, server lost, query_timeout)",
+                                       T::Counter);
+  auto& coalesce_batch_size = out.family("pgsluice_coalesce_batch_size",
+                                         "Requests taken together by one coalesced execution round", T::Histogram);
   auto& n_plus_one = out.family("pgsluice_n_plus_one_total",
                                 "Likely N+1 patterns logged (a client running one statement shape many times in a "
                                 "row with other values; at most once a minute per shape)",
@@ -167,6 +174,24 @@ std::string render_text(const Sample& sample) {
       Families::counter(coalesce_batches, labels, static_cast<double>(s.coalesce->batches));
       Families::counter(coalesce_fallbacks, labels, static_cast<double>(s.coalesce->fallbacks));
       Families::counter(n_plus_one, labels, static_cast<double>(s.coalesce->n_plus_one));
+      const auto& c = *s.coalesce;
+      for (std::size_t i = 0; i < c.outcomes.size(); ++i) {
+        Families::counter(coalesce_outcomes, with("outcome", coalesce::CoalescerStats::kOutcomeNames[i]),
+                          static_cast<double>(c.outcomes[i]));
+      }
+      {
+        auto& metric = coalesce_batch_size.metric.emplace_back();
+        metric.label = labels;
+        std::uint64_t cumulative = 0;
+        for (std::size_t i = 0; i < c.kBatchSizeBounds.size(); ++i) {
+          cumulative += c.batch_sizes[i];
+          metric.histogram.bucket.push_back({cumulative, c.kBatchSizeBounds[i]});
+        }
+        cumulative += c.batch_sizes.back();
+        metric.histogram.bucket.push_back({cumulative, std::numeric_limits<double>::infinity()});
+        metric.histogram.sample_count = cumulative;
+        metric.histogram.sample_sum = static_cast<double>(c.batch_size_sum);
+      }
       for (const auto& [reason, count] : s.coalesce->ineligible) {
         Families::counter(coalesce_passed, with("reason", reason), static_cast<double>(count));
       }

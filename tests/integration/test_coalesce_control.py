@@ -27,6 +27,7 @@ if POOL_MODE != "transaction":
     pytest.skip("runs in the transaction-mode pass", allow_module_level=True)
 
 SLOW = "SELECT coalesce_slow(%s, %s) AS k"
+LOOKUP = "SELECT v FROM coalesce_control WHERE id = %s AND coalesce_slow(id, %s) = id"
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +138,66 @@ def test_show_statements_metrics_and_the_likely_n_plus_one_line(setup):
     n_plus_one = [line for line in metrics.splitlines()
                   if line.startswith("pgsluice_n_plus_one_total{") and 'service="app"' in line]
     assert n_plus_one and float(n_plus_one[0].split()[-1]) >= 1, n_plus_one
+
+
+def scrape(setup):
+    """The app service's samples: {(name, labels-without-service/backend): value}."""
+    text = urllib.request.urlopen(setup.extra["metrics"], timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or 'service="app"' not in line:
+            continue
+        name, _, rest = line.partition("{")
+        labels, _, value = rest.rpartition("} ")
+        kept = ",".join(sorted(p for p in labels.split(",") if not p.startswith(("service=", "backend="))))
+        out[(name, kept)] = float(value)
+    return out
+
+
+def test_requests_by_outcome_and_the_batch_size_histogram_count_exactly(setup):
+    """A known workload: one request alone, then three that queue behind a slow execution (two
+    equal values and one other: one batched execution of three), then two equal ones behind another
+    slow one (shared, not batched). Each outcome and each batch size is counted exactly. (A
+    statement of parameters alone, like SLOW, is shared but never batched: a table lookup here.)"""
+    before = scrape(setup)
+
+    def outcome(name):
+        key = ("pgsluice_coalesce_request_outcomes_total", f'outcome="{name}"')
+        return after.get(key, 0) - before.get(key, 0)
+
+    def bucket(le):
+        key = ("pgsluice_coalesce_batch_size_bucket", f'le="{le}"')
+        return after.get(key, 0) - before.get(key, 0)
+
+    with connect(setup) as conn:  # alone: one request, one execution
+        assert conn.execute(LOOKUP, [1, 0.0]).fetchone() == ("v1",)
+
+    def round_behind(first_args, others):
+        conns = [connect(setup) for _ in range(len(others) + 1)]
+        results = [None] * len(conns)
+
+        def run(i, args):
+            results[i] = conns[i].execute(LOOKUP, args).fetchone()
+
+        head = threading.Thread(target=run, args=(0, first_args))
+        head.start()
+        time.sleep(0.3)  # the first execution runs (sleeps 1 s); the others queue behind it
+        tail = [threading.Thread(target=run, args=(i + 1, args)) for i, args in enumerate(others)]
+        for t in tail:
+            t.start()
+        for t in [head, *tail]:
+            t.join(10)
+        for c in conns:
+            c.close()
+        return results
+
+    assert round_behind([7, 1.0], [[5, 0.0], [5, 0.0], [6, 0.0]]) == [("v7",), ("v5",), ("v5",), ("v6",)]
+    assert round_behind([8, 1.0], [[9, 0.0], [9, 0.0]]) == [("v8",), ("v9",), ("v9",)]
+    after = scrape(setup)
+    assert outcome("alone") == 3, (before, after)      # the first request and the two slow heads
+    assert outcome("batched") == 3, (before, after)    # 5, 5, 6 in one batched statement
+    assert outcome("shared") == 2, (before, after)     # 9 and 9: one execution
+    assert outcome("bypassed") == 0 and outcome("failed") == 0
+    assert bucket("1") == 3 and bucket("2") == 4 and bucket("4") == 5 and bucket("+Inf") == 5, (before, after)
+    sum_key = ("pgsluice_coalesce_batch_size_sum", "")
+    assert after[sum_key] - before.get(sum_key, 0) == 3 + 3 + 2

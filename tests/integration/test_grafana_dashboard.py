@@ -47,9 +47,11 @@ FAMILIES = {
     "pgsluice_coalesce_batches_total": {"service", "backend"},
     "pgsluice_coalesce_fallbacks_total": {"service", "backend"},
     "pgsluice_coalesce_ineligible_total": {"service", "backend", "reason"},
+    "pgsluice_coalesce_request_outcomes_total": {"service", "backend", "outcome"},
+    "pgsluice_coalesce_batch_size": {"service", "backend"},
     "pgsluice_n_plus_one_total": {"service", "backend"},
 }
-HISTOGRAMS = {"pgsluice_acquire_duration_seconds", "pgsluice_query_duration_seconds"}
+HISTOGRAMS = {"pgsluice_acquire_duration_seconds", "pgsluice_query_duration_seconds", "pgsluice_coalesce_batch_size"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 # Grafana's variables, replaced by something PromQL accepts.

@@ -12,6 +12,7 @@
 //    requests', runs one statement (the request alone, or the batched form of them all) and
 //    fans the outcome out. A batch that fails is run again one request at a time, pipelined, so
 //    each client gets its own result or error.
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -84,6 +85,14 @@ struct CoalescerStats {
   std::uint64_t batches = 0;      // batched executions that succeeded
   std::uint64_t fallbacks = 0;    // batches run again one request at a time
   std::map<std::string, std::uint64_t> ineligible;  // requests passed through, by reason
+  // Requests answered, by what answered them: kOutcomeNames[i] counts outcomes[i].
+  static constexpr std::array<const char*, 5> kOutcomeNames{"alone", "shared", "batched", "bypassed", "failed"};
+  std::array<std::uint64_t, kOutcomeNames.size()> outcomes{};
+  // Requests per execution round (one batch taken from a key's queue): counts per bucket upper
+  // bound kBatchSizeBounds[i] (not cumulative), then the ones above the last bound.
+  static constexpr std::array<double, 11> kBatchSizeBounds{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+  std::array<std::uint64_t, kBatchSizeBounds.size() + 1> batch_sizes{};
+  std::uint64_t batch_size_sum = 0;
   std::uint64_t n_plus_one = 0;  // likely N+1 patterns logged
   std::vector<StatementRow> statements;  // the busiest first
 };
@@ -133,6 +142,13 @@ class Coalescer : public std::enable_shared_from_this<Coalescer> {
   // Element type OID -> its array type's OID, learned from the catalog (built-ins are known).
   std::unordered_map<std::uint32_t, std::uint32_t> array_types_;
   std::atomic<std::uint64_t> requests_{0}, executions_{0}, shared_{0}, batches_{0}, fallbacks_{0};
+  enum OutcomeIndex : std::size_t { alone, shared, batched, bypassed, failed };
+  std::array<std::atomic<std::uint64_t>, CoalescerStats::kOutcomeNames.size()> outcomes_{};
+  std::array<std::atomic<std::uint64_t>, CoalescerStats::kBatchSizeBounds.size() + 1> batch_sizes_{};
+  std::atomic<std::uint64_t> batch_size_sum_{0};
+  void observe_batch(std::size_t size);
+  // Answers every member still waiting with `answer` (failed or bypass), counted by its kind.
+  void answer_all(std::vector<std::shared_ptr<Submission>>& batch, const Answer& answer);
   std::map<std::string, std::uint64_t> ineligible_;
   // Per fingerprint (bounded: the least called goes first).
   struct StatementEntry {
