@@ -181,6 +181,8 @@ class DaemonOperations : public admin::Operations {
 }  // namespace
 
 int run_daemon(std::shared_ptr<const config::Config> config, const std::string& config_path, DaemonOptions options) {
+  // OpenSSL writes TLS records with write(2): a peer that went away must be an EPIPE, not a signal.
+  std::signal(SIGPIPE, SIG_IGN);
   const int workers = config->workers > 0 ? config->workers : std::max(1u, std::thread::hardware_concurrency());
   Workers contexts;
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> keep_running;
@@ -197,7 +199,15 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
   auto context = std::make_shared<session::SessionContext>();
   context->mock_secret = protocol::scram::random_bytes(32);
   Runtime runtime(io, context);
-  runtime.apply(config);
+  {
+    std::vector<std::string> tls_errors;
+    auto tls = build_tls(*config, tls_errors);
+    if (!tls) {
+      for (const auto& error : tls_errors) spdlog::critical("{}", error);
+      return 1;
+    }
+    runtime.apply(config, std::move(*tls));
+  }
 
   tcp::acceptor acceptor(io);
   try {
@@ -298,11 +308,20 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
       return errors;
     }
     auto next = std::make_shared<const config::Config>(std::move(*reloaded.config));
+    // Certificate files are read again (rotated ones reach new connections; existing ones go on).
+    std::vector<std::string> tls_errors;
+    auto tls = build_tls(*next, tls_errors);
+    if (!tls) {
+      for (const auto& error : tls_errors) spdlog::error("reload: {}: {}", config_path, error);
+      spdlog::error("reload: {} error(s); keeping the running configuration", tls_errors.size());
+      runtime.count_reload(false);
+      return fmt::format("{}", fmt::join(tls_errors, "; "));
+    }
     if (!options.log_level_from_command_line) {
       const auto level = spdlog::level::from_str(next->log_level);
       if (level != spdlog::level::off || next->log_level == "off") spdlog::set_level(level);
     }
-    const auto summary = runtime.apply(next);
+    const auto summary = runtime.apply(next, std::move(*tls));
     runtime.count_reload(true);
     const auto names = [](const std::vector<std::string>& list) {
       return list.empty() ? std::string("none") : fmt::format("{}", fmt::join(list, ", "));

@@ -4,6 +4,7 @@
 
 #include "daemon.hpp"
 #include "logging.hpp"
+#include "runtime.hpp"
 #include "pgsluice/config/config.hpp"
 
 namespace po = boost::program_options;
@@ -55,6 +56,14 @@ int main(int argc, char** argv) {
     print_errors(path, loaded.errors);
     std::cerr << "pgsluice: " << loaded.errors.size() << " error(s) in " << path << "\n";
     return 1;
+  }
+  {
+    std::vector<std::string> tls_errors;
+    if (!app::build_tls(*loaded.config, tls_errors)) {
+      for (const auto& error : tls_errors) std::cerr << path << ": " << error << "\n";
+      std::cerr << "pgsluice: " << tls_errors.size() << " error(s) in " << path << "\n";
+      return 1;
+    }
   }
   if (args.count("check")) {
     std::cout << config::allocation_table(*loaded.config);

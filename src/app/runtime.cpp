@@ -19,8 +19,24 @@ using namespace asio::experimental::awaitable_operators;
 
 namespace {
 
+net::ServerTlsMode server_tls_mode(config::ServerTls mode) {
+  switch (mode) {
+    case config::ServerTls::disable: return net::ServerTlsMode::disable;
+    case config::ServerTls::prefer: return net::ServerTlsMode::prefer;
+    case config::ServerTls::require: return net::ServerTlsMode::require;
+    case config::ServerTls::verify_ca: return net::ServerTlsMode::verify_ca;
+    case config::ServerTls::verify_full: return net::ServerTlsMode::verify_full;
+  }
+  return net::ServerTlsMode::disable;
+}
+
+net::TlsFiles tls_files(const config::TlsFilesConfig& files) {
+  return net::TlsFiles{files.cert, files.key, files.ca, files.min_version, files.ciphers};
+}
+
 std::shared_ptr<const server::ServerTarget> make_target(const config::Config& config,
-                                                        const config::ServiceConfig& service) {
+                                                        const config::ServiceConfig& service,
+                                                        std::shared_ptr<net::TlsSource> tls_source) {
   const auto& backend = config.backends.at(service.backend);
   auto target = std::make_shared<server::ServerTarget>();
   target->host = backend.host;
@@ -30,6 +46,9 @@ std::shared_ptr<const server::ServerTarget> make_target(const config::Config& co
   target->database = service.server_database;
   target->connect_timeout = backend.connect_timeout;
   target->max_message_size = config.max_message_size;
+  target->tls_mode = server_tls_mode(backend.tls.mode);
+  target->tls_files = tls_files(backend.tls.files);
+  target->tls_source = std::move(tls_source);
   return target;
 }
 
@@ -128,7 +147,7 @@ std::shared_ptr<coalesce::Coalescer> make_coalescer(const config::ServiceConfig&
 
 std::shared_ptr<session::Service> Runtime::start_service(const config::Config& config,
                                                          const config::ServiceConfig& service) {
-  auto target = make_target(config, service);
+  auto target = make_target(config, service, backend_tls_.at(service.backend));
   auto out = std::make_shared<session::Service>();
   out->config = service;
   out->target = target;
@@ -160,7 +179,27 @@ std::shared_ptr<session::Service> Runtime::start_service(const config::Config& c
   return out;
 }
 
-ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
+std::optional<TlsContexts> build_tls(const config::Config& config, std::vector<std::string>& errors) {
+  TlsContexts out;
+  std::string error;
+  if (config.tls.mode != config::ClientTls::disable) {
+    out.clients = net::TlsContext::for_clients(tls_files(config.tls.files), error);
+    if (!out.clients) errors.push_back("tls: " + error);
+  }
+  for (const auto& [name, backend] : config.backends) {
+    if (backend.tls.mode == config::ServerTls::disable) continue;
+    auto context = net::TlsContext::for_servers(server_tls_mode(backend.tls.mode), tls_files(backend.tls.files), error);
+    if (!context) {
+      errors.push_back("backends." + name + ".tls: " + error);
+      continue;
+    }
+    out.backends[name] = std::move(context);
+  }
+  if (!errors.empty()) return std::nullopt;
+  return out;
+}
+
+ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config, TlsContexts tls) {
   ReloadSummary summary;
   const auto previous = context_->current();
   if (previous) {
@@ -178,10 +217,21 @@ ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
     }
   }
 
-  for (const auto& [name, backend] : config->backends) breaker_for(backend);
+  for (const auto& [name, backend] : config->backends) {
+    breaker_for(backend);
+    auto& source = backend_tls_[name];
+    if (!source) source = std::make_shared<net::TlsSource>();
+    auto context = tls.backends.find(name);
+    source->set(context == tls.backends.end() ? nullptr : context->second);
+  }
+  std::erase_if(backend_tls_, [&](const auto& entry) { return !config->backends.contains(entry.first); });
 
   auto next = std::make_shared<session::Snapshot>();
   next->config = config;
+  next->client_tls_mode = config->tls.mode == config::ClientTls::require ? net::ClientTlsMode::require
+                          : config->tls.mode == config::ClientTls::allow ? net::ClientTlsMode::allow
+                                                                         : net::ClientTlsMode::disable;
+  next->client_tls = std::move(tls.clients);
   next->users = session::prepare_user_secrets(*config);
   for (const auto& service : config->services) {
     std::shared_ptr<session::Service> kept;
@@ -195,7 +245,7 @@ ReloadSummary Runtime::apply(std::shared_ptr<const config::Config> config) {
       if (previous) summary.added.push_back(service.name);
       continue;
     }
-    auto target = make_target(*config, service);
+    auto target = make_target(*config, service, backend_tls_.at(service.backend));
     auto out = std::make_shared<session::Service>();
     out->config = service;
     out->target = target;

@@ -135,14 +135,14 @@ class Link {
 
   net::awaitable<bool> write(const Buffer& out) {
     arm();
-    auto ec = co_await net::write_all(server_.socket(), std::span<const std::uint8_t>(out.data(), out.size()));
+    auto ec = co_await net::write_all(server_.stream(), std::span<const std::uint8_t>(out.data(), out.size()));
     if (ec) broken = true;
     co_return !ec;
   }
   // The next message (valid until the next read); nullopt: the connection broke.
   net::awaitable<std::optional<protocol::MessageView>> read() {
     if (consume_) server_.buffer().consume(std::exchange(consume_, 0));
-    auto message = co_await net::read_message(server_.socket(), server_.buffer(), server_.target().max_message_size);
+    auto message = co_await net::read_message(server_.stream(), server_.buffer(), server_.target().max_message_size);
     if (!message) {
       broken = true;
       co_return std::nullopt;
@@ -194,7 +194,7 @@ class Link {
       watch->cancelled = true;
       asio::co_spawn(executor, server::send_cancel(executor, server->target(), server->backend_key()), asio::detached);
       boost::system::error_code ignored;
-      server->socket().close(ignored);
+      server->stream().socket().close(ignored);
     });
   }
 

@@ -2,6 +2,7 @@
 // section, then the checks that span sections (references, duplicate matches, the connection
 // budget of each backend). Every problem is collected with its line; nothing is logged here.
 #include <algorithm>
+#include <fstream>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -101,7 +102,7 @@ class Loader {
     Section top(context_, root, "", 1,
                 {"listen", "workers", "client_login_timeout", "shutdown_timeout", "max_client_connections",
                  "max_message_size", "max_prepared_statements_per_client",
-                 "max_prepared_statement_bytes_per_client", "replicas", "log", "metrics", "admin", "backends", "users", "services"});
+                 "max_prepared_statement_bytes_per_client", "replicas", "log", "metrics", "admin", "tls", "backends", "users", "services"});
     read_settings(top);
     read_backends(top);
     read_users(top);
@@ -153,6 +154,15 @@ class Loader {
     metrics.read_endpoint("listen", config_.metrics_listen);
     metrics.read("enabled", config_.metrics_enabled);
 
+    const Section tls = top.child("tls", {"mode", "cert", "key", "ca", "min_version", "ciphers"});
+    config_.tls.line = tls.line();
+    tls.read_choice<ClientTls>("mode", config_.tls.mode,
+                               {{"disable", ClientTls::disable}, {"allow", ClientTls::allow}, {"require", ClientTls::require}});
+    read_tls_files(tls, config_.tls.files);
+    if (config_.tls.mode != ClientTls::disable && (config_.tls.files.cert.empty() || config_.tls.files.key.empty())) {
+      tls.error("mode", "accepting TLS clients needs cert and key");
+    }
+
     const Section admin = top.child("admin", {"users"});
     admin.read_list("users", admin_users_);
     for (const auto& [name, line] : admin_users_)
@@ -173,7 +183,7 @@ class Loader {
     for (const auto& entry : entries) {
       const Section s(
           context_, entry.value, "backends." + entry.key, entry.key_line,
-          {"host", "port", "max_connections", "reserved_connections", "connect_timeout", "breaker"});
+          {"host", "port", "max_connections", "reserved_connections", "connect_timeout", "breaker", "tls"});
       BackendConfig backend;
       backend.name = entry.key;
       backend.line = entry.key_line;
@@ -192,8 +202,46 @@ class Loader {
         breaker.error(breaker.has("max_open_for") ? "max_open_for" : "open_for",
                       "max_open_for must not be shorter than open_for (open_for doubles up to max_open_for)");
       }
+      const Section tls = s.child("tls", {"mode", "cert", "key", "ca", "min_version", "ciphers"});
+      backend.tls.line = tls.line();
+      tls.read_choice<ServerTls>("mode", backend.tls.mode,
+                                 {{"disable", ServerTls::disable},
+                                  {"prefer", ServerTls::prefer},
+                                  {"require", ServerTls::require},
+                                  {"verify-ca", ServerTls::verify_ca},
+                                  {"verify-full", ServerTls::verify_full}});
+      read_tls_files(tls, backend.tls.files);
+      if ((backend.tls.mode == ServerTls::verify_ca || backend.tls.mode == ServerTls::verify_full) &&
+          backend.tls.files.ca.empty()) {
+        tls.error("mode", "verify-ca and verify-full need a ca (the server certificate's issuer)");
+      }
+      if (backend.tls.files.cert.empty() != backend.tls.files.key.empty()) {
+        tls.error(backend.tls.files.cert.empty() ? "key" : "cert", "cert and key go together");
+      }
       config_.backends.emplace(entry.key, std::move(backend));
     }
+  }
+
+  // cert, key, ca: readable files; min_version; ciphers (checked by OpenSSL when loaded).
+  static void read_tls_files(const Section& tls, TlsFilesConfig& files) {
+    for (auto [key, out] : {std::pair<std::string_view, std::string*>{"cert", &files.cert},
+                            {"key", &files.key},
+                            {"ca", &files.ca}}) {
+      if (!tls.has(key) || !tls.read(key, *out)) continue;
+      if (!std::ifstream(*out).good()) {
+        tls.error(key, "cannot read " + *out);
+        out->clear();
+      }
+    }
+    std::string version;
+    if (tls.has("min_version") && tls.read("min_version", version)) {
+      if (version == "TLSv1.2" || version == "TLSv1.3") {
+        files.min_version = version;
+      } else {
+        tls.error("min_version", "\"" + version + "\" is not one of TLSv1.2, TLSv1.3");
+      }
+    }
+    if (tls.has("ciphers")) tls.read("ciphers", files.ciphers);
   }
 
   void read_users(const Section& top) {

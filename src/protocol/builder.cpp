@@ -1,4 +1,5 @@
 #include "pgsluice/protocol/builder.hpp"
+#include "pgsluice/protocol/startup.hpp"
 
 namespace pgsluice::protocol {
 
@@ -142,6 +143,10 @@ void append_cancel_request(Buffer& out, std::uint32_t process_id, std::uint32_t 
       .int32(static_cast<std::int32_t>(process_id))
       .int32(static_cast<std::int32_t>(secret_key))
       .end();
+}
+
+void append_ssl_request(Buffer& out) {
+  MessageBuilder(out).begin_untyped().int32(static_cast<std::int32_t>(kSslRequestCode)).end();
 }
 
 void append_password_message(Buffer& out, std::string_view password) {

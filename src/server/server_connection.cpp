@@ -11,7 +11,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
+#include <span>
 #include <vector>
 
 #include "pgsluice/protocol/builder.hpp"
@@ -76,48 +78,31 @@ bool GucNameLess::operator()(const std::string& a, const std::string& b) const {
 }
 
 ServerConnection::ServerConnection(net::tcp::socket socket, std::shared_ptr<const ServerTarget> target)
-    : socket_(std::move(socket)), target_(std::move(target)), id_(next_connection_id()) {
-  net::error_code ec;
-  const auto local = socket_.local_endpoint(ec);
-  if (!ec) protocol_ = local.protocol();
-}
+    : stream_(std::move(socket)), target_(std::move(target)), id_(next_connection_id()) {}
 
 ServerConnection::~ServerConnection() { close(); }
 
 void ServerConnection::close() {
-  if (!socket_.is_open()) return;
+  if (!stream_.is_open()) return;
   // Best effort Terminate so the backend exits at once instead of logging an unexpected EOF.
   static const std::uint8_t kTerminate[] = {'X', 0, 0, 0, 4};
+  const std::array<std::span<const std::uint8_t>, 1> pieces{std::span<const std::uint8_t>(kTerminate)};
+  std::size_t written = 0;
   net::error_code ec;
-  socket_.non_blocking(true, ec);
-  socket_.write_some(asio::buffer(kTerminate), ec);
-  socket_.close(ec);
+  stream_.try_write_all(pieces, written, ec);
+  stream_.close();
 }
 
-bool ServerConnection::looks_usable() {
-  if (!socket_.is_open() || !buffer_.empty()) return false;
-  std::uint8_t probe;
-  const auto received = ::recv(socket_.native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
-  return received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-}
+bool ServerConnection::looks_usable() { return buffer_.empty() && stream_.quiet(); }
 
 bool ServerConnection::move_to(const net::asio::any_io_executor& executor, const void* worker) {
   // `home`, once set, is the socket's worker: no query through the type-erased executors.
   if (home == worker) return true;
-  if (pool::context_key(socket_.get_executor()) == worker) {
+  if (pool::context_key(stream_.get_executor()) == worker) {
     home = worker;
     return true;
   }
-  net::error_code ec;
-  const auto fd = socket_.release(ec);  // leaves the old worker's reactor
-  if (ec) return false;
-  net::tcp::socket moved(executor);
-  moved.assign(protocol_, fd, ec);  // joins the new one
-  if (ec) {
-    ::close(fd);
-    return false;
-  }
-  socket_ = std::move(moved);
+  if (!stream_.move_to(executor)) return false;
   home = worker;
   return true;
 }
@@ -143,6 +128,42 @@ net::awaitable<net::error_code> resolve(const asio::any_io_executor& executor, c
 
 }  // namespace
 
+net::awaitable<bool> negotiate_tls(net::Stream& stream, const ServerTarget& target, std::string& error) {
+  if (target.tls_mode == net::ServerTlsMode::disable) co_return true;
+  auto context = target.tls_source ? target.tls_source->get() : nullptr;
+  if (!context) {
+    error = "no TLS context for the backend";
+    co_return false;
+  }
+  Buffer out;
+  protocol::append_ssl_request(out);
+  if (auto ec = co_await net::write_all(stream, out)) {
+    error = "write failed: " + ec.message();
+    co_return false;
+  }
+  // Exactly one byte: what follows 'S' is the server's TLS handshake.
+  std::uint8_t answer = 0;
+  auto [ec, n] = co_await stream.socket().async_read_some(asio::buffer(&answer, 1), net::use_nothrow);
+  if (ec || n != 1) {
+    error = "connection lost after SSLRequest";
+    co_return false;
+  }
+  if (answer == 'N') {
+    if (target.tls_mode == net::ServerTlsMode::prefer) co_return true;
+    error = std::string("the server does not accept TLS (tls.mode ") + net::to_string(target.tls_mode) + ")";
+    co_return false;
+  }
+  if (answer != 'S') {
+    error = answer == 'E' ? "the server refused SSLRequest with an error" : "unexpected answer to SSLRequest";
+    co_return false;
+  }
+  if (!co_await stream.connect_tls(*context, target.host, error)) {
+    error = "TLS to " + target.host + ":" + std::to_string(target.port) + ": " + error;
+    co_return false;
+  }
+  co_return true;
+}
+
 net::awaitable<std::unique_ptr<ServerConnection>> ServerConnection::connect(
     asio::any_io_executor executor, std::shared_ptr<const ServerTarget> target, std::string& error) {
   auto attempt = [executor, target, &error]() -> net::awaitable<std::unique_ptr<ServerConnection>> {
@@ -162,6 +183,7 @@ net::awaitable<std::unique_ptr<ServerConnection>> ServerConnection::connect(
     socket.set_option(net::tcp::no_delay(true), ignored);
     socket.set_option(asio::socket_base::keep_alive(true), ignored);
     std::unique_ptr<ServerConnection> connection(new ServerConnection(std::move(socket), target));
+    if (!co_await connection->negotiate_tls(error)) co_return nullptr;
     if (!co_await connection->startup(error)) co_return nullptr;
     co_return connection;
   };
@@ -177,15 +199,19 @@ net::awaitable<std::unique_ptr<ServerConnection>> ServerConnection::connect(
   co_return std::move(std::get<0>(outcome));
 }
 
+net::awaitable<bool> ServerConnection::negotiate_tls(std::string& error) {
+  return server::negotiate_tls(stream_, *target_, error);
+}
+
 net::awaitable<bool> ServerConnection::startup(std::string& error) {
   Buffer out;
   protocol::append_startup_message(out, {{"user", target_->user}, {"database", target_->database}});
-  if (auto ec = co_await net::write_all(socket_, out)) {
+  if (auto ec = co_await net::write_all(stream_, out)) {
     error = "write failed: " + ec.message();
     co_return false;
   }
   for (;;) {
-    auto message = co_await net::read_message(socket_, buffer_, target_->max_message_size);
+    auto message = co_await net::read_message(stream_, buffer_, target_->max_message_size);
     if (!message) {
       error = message.error().message;
       co_return false;
@@ -272,13 +298,13 @@ net::awaitable<bool> ServerConnection::authenticate(const protocol::Authenticati
       }
       protocol::scram::ClientExchange exchange(*target_->password);
       protocol::append_sasl_initial_response(out, protocol::scram::kMechanism, exchange.client_first());
-      if (auto ec = co_await net::write_all(socket_, out)) {
+      if (auto ec = co_await net::write_all(stream_, out)) {
         error = "write failed: " + ec.message();
         co_return false;
       }
       // AuthenticationSASLContinue, then AuthenticationSASLFinal.
       for (int step = 0; step < 2; ++step) {
-        auto message = co_await net::read_message(socket_, buffer_, target_->max_message_size);
+        auto message = co_await net::read_message(stream_, buffer_, target_->max_message_size);
         if (!message) {
           error = message.error().message;
           co_return false;
@@ -303,7 +329,7 @@ net::awaitable<bool> ServerConnection::authenticate(const protocol::Authenticati
           }
           out.clear();
           protocol::append_sasl_response(out, *final_message);
-          if (auto ec = co_await net::write_all(socket_, out)) {
+          if (auto ec = co_await net::write_all(stream_, out)) {
             error = "write failed: " + ec.message();
             co_return false;
           }
@@ -318,7 +344,7 @@ net::awaitable<bool> ServerConnection::authenticate(const protocol::Authenticati
       error = "unsupported authentication request " + std::to_string(request.code) + " from the server";
       co_return false;
   }
-  if (auto ec = co_await net::write_all(socket_, out)) {
+  if (auto ec = co_await net::write_all(stream_, out)) {
     error = "write failed: " + ec.message();
     co_return false;
   }
@@ -327,7 +353,7 @@ net::awaitable<bool> ServerConnection::authenticate(const protocol::Authenticati
 
 net::awaitable<bool> ServerConnection::drain_until_ready(int ready_count, int& errors, char& status) {
   while (ready_count > 0) {
-    auto message = co_await net::read_message(socket_, buffer_, target_->max_message_size);
+    auto message = co_await net::read_message(stream_, buffer_, target_->max_message_size);
     if (!message) co_return false;
     switch (message->type) {
       case 'Z': {
@@ -405,11 +431,11 @@ net::awaitable<bool> ServerConnection::apply_parameters(const ParameterMap& want
   int errors = 0;
   char status = 'I';
   auto exchange = [&]() -> net::awaitable<bool> {
-    if (auto ec = co_await net::write_all(socket_, out)) co_return false;
+    if (auto ec = co_await net::write_all(stream_, out)) co_return false;
     co_return co_await drain_until_ready(statements, errors, status);
   };
   // A hung server must not hold the client forever (DESIGN §3): the exchange is bounded.
-  asio::steady_timer timer(socket_.get_executor(), timeout);
+  asio::steady_timer timer(stream_.get_executor(), timeout);
   auto outcome = co_await (exchange() || timer.async_wait(net::use_nothrow));
   if (outcome.index() != 0 || !std::get<0>(outcome)) co_return false;
   for (auto& [name, value] : unreported) applied_[name] = value;
@@ -431,7 +457,7 @@ net::awaitable<bool> ServerConnection::run_discarding(std::string_view sql) {
   statements_.set_unnamed_owner(ServerStatements::kNoUnnamed);  // a simple Query drops the unnamed statement
   Buffer out;
   protocol::append_query(out, sql);
-  if (auto ec = co_await net::write_all(socket_, out)) co_return false;
+  if (auto ec = co_await net::write_all(stream_, out)) co_return false;
   int errors = 0;
   char status = 'I';
   if (!co_await drain_until_ready(1, errors, status)) co_return false;
@@ -439,7 +465,7 @@ net::awaitable<bool> ServerConnection::run_discarding(std::string_view sql) {
 }
 
 net::awaitable<bool> ServerConnection::run_discarding(std::string_view sql, std::chrono::milliseconds timeout) {
-  asio::steady_timer timer(socket_.get_executor(), timeout);
+  asio::steady_timer timer(stream_.get_executor(), timeout);
   auto outcome = co_await (run_discarding(sql) || timer.async_wait(net::use_nothrow));
   co_return outcome.index() == 0 && std::get<0>(outcome);
 }
@@ -452,12 +478,18 @@ net::awaitable<void> send_cancel(asio::any_io_executor executor, ServerTarget ta
     auto [cec, endpoint] = co_await asio::async_connect(socket, endpoints, net::use_nothrow);
     (void)endpoint;
     if (cec) co_return;
+    net::Stream stream(std::move(socket));
+    std::string error;
+    if (!co_await negotiate_tls(stream, target, error)) {
+      spdlog::info("cancel request to {}:{} not sent: {}", target.host, target.port, error);
+      co_return;
+    }
     Buffer out;
     protocol::append_cancel_request(out, key.process_id, key.secret_key);
-    co_await net::write_all(socket, out);
+    co_await net::write_all(stream, out);
     // Postgres closes the connection after reading the request; wait for that so it was read.
     net::MessageBuffer scratch(64);
-    co_await net::read_some(socket, scratch, 64);
+    co_await net::read_some(stream, scratch, 64);
   };
   asio::steady_timer timer(executor);
   timer.expires_after(target.connect_timeout);

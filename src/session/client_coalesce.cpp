@@ -173,7 +173,7 @@ bool ClientSession::try_coalesce(std::shared_ptr<ClientSession>& self) {
     key += '\0';
     for (auto code : parts->result_formats) key += std::to_string(code) + ",";
   }
-  asio::co_spawn(socket_.get_executor(),
+  asio::co_spawn(stream_.get_executor(),
                  serve_coalesced(std::move(self), std::move(submission), group.size, std::string(group.statement)),
                  asio::detached);
   return true;
@@ -218,7 +218,7 @@ void ClientSession::cancel_coalesced() {
     wait = coalesced_wait_;
   }
   if (!wait) return;
-  asio::post(socket_.get_executor(), [wait] {
+  asio::post(stream_.get_executor(), [wait] {
     if (wait->answer) return;
     wait->submission->abandoned = true;
     // What Postgres answers a cancelled statement: its steps up to the Execute, then the error.
@@ -251,7 +251,7 @@ net::awaitable<void> ClientSession::serve_coalesced(std::shared_ptr<ClientSessio
                                                     std::string statement) {
   auto wait = std::make_shared<CoalescedWait>();
   wait->submission = submission;
-  submission->answer = [wait, executor = socket_.get_executor()](coalesce::Answer answer) {
+  submission->answer = [wait, executor = stream_.get_executor()](coalesce::Answer answer) {
     asio::post(executor, [wait, answer = std::move(answer)]() mutable {
       if (wait->answer) return;  // cancelled meanwhile
       wait->answer = std::move(answer);
@@ -266,7 +266,7 @@ net::awaitable<void> ClientSession::serve_coalesced(std::shared_ptr<ClientSessio
   const bool parses = !submission->steps.order.empty() && submission->steps.order.front() == 'P';
   std::string text = submission->text;
   std::string types = submission->parameter_types;
-  service_->coalescer->submit(std::move(submission), socket_.get_executor());
+  service_->coalescer->submit(std::move(submission), stream_.get_executor());
   while (!wait->answer) co_await wait->ready.wait();
   {
     std::lock_guard lock(cancel_mutex_);

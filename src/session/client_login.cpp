@@ -1,6 +1,7 @@
 // The login half of a client session: startup packet, SSL/GSS refusal, cancel requests, client
 // authentication (SCRAM-SHA-256, MD5, trust) and the service lookup (DESIGN §2).
 #include <openssl/crypto.h>
+#include <sys/socket.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -66,8 +67,27 @@ void parse_options(std::string_view options, server::ParameterMap& out) {
 }  // namespace
 
 net::awaitable<ClientSession::LoginOutcome> ClientSession::startup() {
+  const auto tls_mode = snapshot_->client_tls_mode;
+  const auto& tls = snapshot_->client_tls;
+  const bool tls_on = tls && tls_mode != net::ClientTlsMode::disable;
+  if (tls_on) {
+    // Postgres 17's direct TLS (sslnegotiation=direct): a ClientHello (a TLS handshake record,
+    // 0x16) comes first instead of a startup packet, whose first byte (of its length) is 0.
+    auto [ec] = co_await stream_.async_wait_readable(net::use_nothrow);
+    if (ec) co_return LoginOutcome::closed;
+    std::uint8_t first = 0;
+    const auto n = ::recv(stream_.socket().native_handle(), &first, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 1 && first == 0x16) {
+      std::string error;
+      if (!co_await stream_.accept_tls(*tls, /*require_alpn=*/true, error)) {
+        spdlog::info("session {}: direct TLS refused: {}", peer_, error);
+        co_return LoginOutcome::closed;
+      }
+      spdlog::debug("session {}: direct TLS: {}", peer_, stream_.tls_description());
+    }
+  }
   for (;;) {
-    auto size = co_await net::read_startup_packet(socket_, buffer_);
+    auto size = co_await net::read_startup_packet(stream_, buffer_);
     if (!size) {
       if (size.error().sqlstate != "08006") co_await send_fatal(size.error().sqlstate, size.error().message);
       co_return LoginOutcome::closed;
@@ -80,9 +100,30 @@ net::awaitable<ClientSession::LoginOutcome> ClientSession::startup() {
     }
     if (std::holds_alternative<protocol::SslRequest>(*packet) ||
         std::holds_alternative<protocol::GssEncRequest>(*packet)) {
-      // No TLS or GSS encryption yet: 'N' and the client goes on in plain text (docs §55.2.10).
+      if (stream_.tls()) {
+        co_await send_fatal("08P01", "pgsluice: encryption requested on a connection that is already encrypted");
+        co_return LoginOutcome::closed;
+      }
+      if (!buffer_.empty()) {
+        // Bytes sent before the answer would be taken as coming through the encrypted channel.
+        co_await send_fatal("08P01", "pgsluice: received unencrypted data after the encryption request");
+        co_return LoginOutcome::closed;
+      }
+      if (tls_on && std::holds_alternative<protocol::SslRequest>(*packet)) {
+        static const std::uint8_t kYes[] = {'S'};
+        if (auto ec = co_await net::write_all(stream_, kYes)) co_return LoginOutcome::closed;
+        std::string error;
+        if (!co_await stream_.accept_tls(*tls, /*require_alpn=*/false, error)) {
+          spdlog::info("session {}: TLS handshake failed: {}", peer_, error);
+          co_return LoginOutcome::closed;
+        }
+        spdlog::debug("session {}: TLS: {}", peer_, stream_.tls_description());
+        continue;
+      }
+      // No GSS encryption, and TLS only when configured: 'N' and the client goes on in plain text
+      // (docs §55.2.10), or gives up.
       static const std::uint8_t kNo[] = {'N'};
-      if (auto ec = co_await net::write_all(socket_, kNo)) co_return LoginOutcome::closed;
+      if (auto ec = co_await net::write_all(stream_, kNo)) co_return LoginOutcome::closed;
       continue;
     }
     if (auto* cancel = std::get_if<protocol::CancelRequest>(&*packet)) {
@@ -92,6 +133,15 @@ net::awaitable<ClientSession::LoginOutcome> ClientSession::startup() {
       co_return LoginOutcome::cancel_request;
     }
     auto& message = std::get<protocol::StartupMessage>(*packet);
+    if (tls_mode == net::ClientTlsMode::require && !stream_.tls()) {
+      std::string user;
+      for (const auto& [name, value] : message.parameters) {
+        if (name == "user") user = value;
+      }
+      spdlog::info("session {}: refused a plain-text login of user {} (tls.mode require)", peer_, user);
+      co_await send_fatal("28000", "pgsluice: TLS is required (tls.mode require); connect with sslmode=require");
+      co_return LoginOutcome::closed;
+    }
     Buffer out;
     std::vector<std::string> unrecognized;
     for (const auto& [name, value] : message.parameters) {
@@ -143,7 +193,7 @@ net::awaitable<bool> ClientSession::authenticate(const std::string& user) {
     // Before login a message cannot exceed what authentication needs: Postgres caps SASL and
     // password messages at 65 535 bytes (PG_MAX_AUTH_TOKEN_LENGTH), and so does pgsluice, so that
     // a client that has not logged in cannot make it hold max_message_size.
-    auto message = co_await net::read_message(socket_, buffer_, std::min<std::size_t>(max_message_size_, kMaxAuthMessageSize));
+    auto message = co_await net::read_message(stream_, buffer_, std::min<std::size_t>(max_message_size_, kMaxAuthMessageSize));
     if (message && message->type != 'p') {
       co_return protocol::protocol_violation("expected password response, got message type '" +
                                              std::string(1, message->type) + "'");
@@ -254,7 +304,7 @@ net::awaitable<bool> ClientSession::finish_login() {
     // A burst of clients at a cold start: without this, every one of them would open a server
     // connection at once (a connect storm that can outlast connect_timeout). They wait for the
     // first, up to acquire_timeout, then lease their own.
-    asio::steady_timer tick(socket_.get_executor());
+    asio::steady_timer tick(stream_.get_executor());
     const auto give_up = std::chrono::steady_clock::now() + service_->config.acquire_timeout;
     while (!(reported = service_->reported_parameters())) {
       if (service_->begin_parameter_fetch()) {

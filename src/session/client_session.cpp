@@ -25,15 +25,15 @@ using namespace asio::experimental::awaitable_operators;
 using protocol::Buffer;
 
 ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionContext> context)
-    : socket_(std::move(socket)),
-      worker_(pool::context_key(socket_.get_executor())),
+    : stream_(std::move(socket)),
+      worker_(pool::context_key(stream_.get_executor())),
       context_(std::move(context)),
       snapshot_(context_->current()),
       config_(snapshot_->config),
       max_message_size_(config_->max_message_size),
-      timer_(socket_.get_executor()) {
+      timer_(stream_.get_executor()) {
   net::error_code ec;
-  auto endpoint = socket_.remote_endpoint(ec);
+  auto endpoint = stream_.socket().remote_endpoint(ec);
   if (!ec) peer_ = endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
   ++context_->clients;
 }
@@ -78,7 +78,7 @@ net::awaitable<void> ClientSession::serve_admin() {
   if (!co_await write_client(out)) co_return;
   bool skipping = false;  // after an extended-protocol message: until its Sync
   while (!closing_) {
-    auto message = co_await net::read_message(socket_, buffer_, max_message_size_);
+    auto message = co_await net::read_message(stream_, buffer_, max_message_size_);
     if (!message) break;
     const char type = message->type;
     Buffer reply;
@@ -115,7 +115,7 @@ bool ClientSession::send_client(Outgoing& out, bool borrowed) {
   std::size_t written = 0;
   if (!client_flushing_) {
     net::error_code ec;
-    if (net::try_write_all(socket_, pieces, written, ec)) {
+    if (net::try_write_all(stream_, pieces, written, ec)) {
       client_write_failed_ = static_cast<bool>(ec);
       return !ec;
     }
@@ -144,11 +144,12 @@ void ClientSession::flush_client(std::shared_ptr<ClientSession> self) {
     session->on_client_flushed(std::move(self), ec);
   };
   if (!client_borrowed_.empty()) {
-    asio::async_write(socket_, client_borrowed_, std::move(done));
+    stream_.async_write_all(client_borrowed_, std::move(done));
     return;
   }
   client_in_flight_.swap(client_backlog_);  // what producers queue meanwhile waits for the next round
-  asio::async_write(socket_, asio::buffer(client_in_flight_), std::move(done));
+  client_in_flight_buffer_ = asio::buffer(client_in_flight_);
+  stream_.async_write_all(client_in_flight_buffer_, std::move(done));
 }
 
 void ClientSession::on_client_flushed(std::shared_ptr<ClientSession> self, net::error_code ec) {
@@ -208,7 +209,7 @@ net::awaitable<bool> ClientSession::run() {
     if (!co_await authenticate(user_)) co_return LoginOutcome::closed;
     co_return LoginOutcome::proceed;
   };
-  asio::steady_timer timer(socket_.get_executor());
+  asio::steady_timer timer(stream_.get_executor());
   timer.expires_after(config_->client_login_timeout);
   auto outcome = co_await (login() || timer.async_wait(net::use_nothrow));
   if (outcome.index() == 1) {
@@ -272,7 +273,7 @@ void ClientSession::arm_timer(TimerPurpose purpose, std::chrono::milliseconds af
   ++timer_generation_;
   timer_purpose_ = purpose;
   timer_.expires_after(after);  // cancels the previous watch, which sees a stale generation and ends
-  asio::co_spawn(socket_.get_executor(), watch_timer(timer_generation_), asio::detached);
+  asio::co_spawn(stream_.get_executor(), watch_timer(timer_generation_), asio::detached);
 }
 
 void ClientSession::disarm_timer() {
@@ -324,15 +325,14 @@ net::awaitable<void> ClientSession::close_with(std::string sqlstate, std::string
   co_await send_fatal(sqlstate, message);
   // Half-close and keep reading (the relay discards input once closing_): a client that writes
   // before it reads still gets the FATAL instead of a reset that would lose it. Bounded.
-  net::error_code ignored;
-  socket_.shutdown(net::tcp::socket::shutdown_send, ignored);
-  asio::steady_timer linger(socket_.get_executor(), std::chrono::seconds(2));
+  stream_.shutdown_send();
+  asio::steady_timer linger(stream_.get_executor(), std::chrono::seconds(2));
   co_await linger.async_wait(net::use_nothrow);
-  socket_.cancel(ignored);  // the relay's read ends; it then gives the server connection back
+  stream_.cancel();  // the relay's read ends; it then gives the server connection back
 }
 
 void ClientSession::describe(std::function<void(ClientDescription)> done) {
-  asio::post(socket_.get_executor(), [self = shared_from_this(), done = std::move(done)] {
+  asio::post(stream_.get_executor(), [self = shared_from_this(), done = std::move(done)] {
     ClientDescription out;
     const auto now = std::chrono::steady_clock::now();
     out.peer = self->peer_;
@@ -400,18 +400,18 @@ void ClientSession::log_slow_statement(std::chrono::steady_clock::duration took)
 }
 
 void ClientSession::begin_shutdown() {
-  asio::post(socket_.get_executor(), [self = shared_from_this()] {
+  asio::post(stream_.get_executor(), [self = shared_from_this()] {
     self->draining_ = true;
     if (self->between_transactions() && !self->client_writing_ && !self->admin_busy_) {
-      asio::co_spawn(self->socket_.get_executor(),
+      asio::co_spawn(self->stream_.get_executor(),
                      self->close_with("57P01", "pgsluice: shutting down; connect again"), asio::detached);
     }
   });
 }
 
 void ClientSession::force_shutdown() {
-  asio::post(socket_.get_executor(), [self = shared_from_this()] {
-    asio::co_spawn(self->socket_.get_executor(),
+  asio::post(stream_.get_executor(), [self = shared_from_this()] {
+    asio::co_spawn(self->stream_.get_executor(),
                    self->close_with("57P01", "pgsluice: shutting down (shutdown_timeout expired)"),
                    asio::detached);
   });
@@ -421,7 +421,7 @@ bool ClientSession::attach_server_now() {
   auto connection = service_->pool->try_acquire_now(worker_);
   if (!connection) return false;
   server_.reset(static_cast<server::ServerConnection*>(connection.release()));
-  if (!server_->move_to(socket_.get_executor(), worker_)) {
+  if (!server_->move_to(stream_.get_executor(), worker_)) {
     release_server(false);
     return false;  // attach_server leases another
   }
@@ -442,7 +442,7 @@ void ClientSession::note_cancel_target() {
 }
 
 net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::string& error) {
-  if (!server_ && !take_lease(co_await service_->pool->acquire(socket_.get_executor()), sqlstate, error)) {
+  if (!server_ && !take_lease(co_await service_->pool->acquire(stream_.get_executor()), sqlstate, error)) {
     co_return false;
   }
   if (parameters_in_place()) co_return true;
@@ -485,7 +485,7 @@ bool ClientSession::take_lease(pool::AcquireResult lease, std::string& sqlstate,
     return false;
   }
   server_.reset(static_cast<server::ServerConnection*>(lease.connection.release()));
-  if (!server_->move_to(socket_.get_executor(), worker_)) {
+  if (!server_->move_to(stream_.get_executor(), worker_)) {
     release_server(false);
     sqlstate = "08006";
     error = "pgsluice: server connection failed while moving it to the client's worker";
@@ -676,7 +676,7 @@ void ClientSession::forward_cancel() {
     key = cancel_backend_key_;
   }
   if (!target) return cancel_coalesced();  // nothing running on a server for this client
-  asio::co_spawn(socket_.get_executor(), server::send_cancel(socket_.get_executor(), *target, key), asio::detached);
+  asio::co_spawn(stream_.get_executor(), server::send_cancel(stream_.get_executor(), *target, key), asio::detached);
 }
 
 void ClientSession::fail_run(protocol::Bytes run, const std::string& sqlstate, const std::string& error,
@@ -747,27 +747,20 @@ struct ClientSession::ClientReady {
 void ClientSession::read_client(std::shared_ptr<ClientSession> self) {
   if (buffer_.empty()) {
     buffer_.release_if_empty();
-    std::uint8_t peeked;
-    const auto n = ::recv(socket_.native_handle(), &peeked, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      socket_.async_wait(net::tcp::socket::wait_read, ClientReady{std::move(self)});
+    if (!stream_.readable_now()) {
+      stream_.async_wait_readable(ClientReady{std::move(self)});
       return;
     }
   }
-  net::async_read_into(socket_, buffer_, net::read_size_for(run_.want, buffer_.size()), ClientRead{std::move(self)});
+  net::async_read_into(stream_, buffer_, net::read_size_for(run_.want, buffer_.size()), ClientRead{std::move(self)});
 }
 
 void ClientSession::on_client_ready(std::shared_ptr<ClientSession> self, net::error_code ec) {
   if (ec) return end_client();
   // Readable: read what is there now, without another trip through the reactor.
-  auto space = buffer_.writable(net::read_size_for(run_.want, buffer_.size()));
-  ssize_t count;
-  do {
-    count = ::recv(socket_.native_handle(), space.data(), space.size(), MSG_DONTWAIT);
-  } while (count < 0 && errno == EINTR);
-  if (count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return read_client(std::move(self));  // no bytes after all
-  if (count < 0) ec = net::error_code(errno, net::asio::error::get_system_category());
-  on_client_read(std::move(self), ec, count < 0 ? 0 : static_cast<std::size_t>(count));
+  const auto count = stream_.read_now(buffer_.writable(net::read_size_for(run_.want, buffer_.size())), ec);
+  if (count == 0 && !ec) return read_client(std::move(self));  // no bytes after all
+  on_client_read(std::move(self), ec, count);
 }
 
 void ClientSession::on_client_read(std::shared_ptr<ClientSession> self, net::error_code ec, std::size_t count) {
@@ -780,7 +773,7 @@ void ClientSession::end_client() {
   // and timeouts) must not start a second shutdown of the server side meanwhile.
   closing_ = true;
   if (std::exchange(client_done_, true)) return;
-  asio::co_spawn(socket_.get_executor(), end_session(shared_from_this()), asio::detached);
+  asio::co_spawn(stream_.get_executor(), end_session(shared_from_this()), asio::detached);
 }
 
 net::awaitable<void> ClientSession::refuse_client([[maybe_unused]] std::shared_ptr<ClientSession> self,
@@ -815,14 +808,14 @@ void ClientSession::on_client_data(std::shared_ptr<ClientSession> self) {
     }
     if (frame.status == protocol::FrameStatus::malformed) {
       auto error = frame.error();
-      asio::co_spawn(socket_.get_executor(),
+      asio::co_spawn(stream_.get_executor(),
                      refuse_client(std::move(self), std::move(error.sqlstate), "pgsluice: " + error.message),
                      asio::detached);
       return;
     }
     const char type = frame.message.type;
     if (!protocol::is_frontend_message_type(type)) {
-      asio::co_spawn(socket_.get_executor(),
+      asio::co_spawn(stream_.get_executor(),
                      refuse_client(std::move(self), "08P01",
                                    std::string("pgsluice: invalid frontend message type ") +
                                        std::to_string(static_cast<unsigned char>(type))),
@@ -854,14 +847,14 @@ void ClientSession::on_client_data(std::shared_ptr<ClientSession> self) {
       attached = attach_server_now();
       // Under load the lease usually waits: in the pool's line, without a coroutine.
       std::shared_ptr<pool::Pool::Waiter> waiter;
-      if (!attached && !server_ && (waiter = service_->pool->enqueue_now(socket_.get_executor()))) {
+      if (!attached && !server_ && (waiter = service_->pool->enqueue_now(stream_.get_executor()))) {
         lease_wait_ = waiter;
         pool::Pool::when_ready(waiter, LeaseReady{std::move(self)});
         return;
       }
     }
     if (!attached) {
-      asio::co_spawn(socket_.get_executor(), attach_slowly(std::move(self), nullptr, std::nullopt, {}, {}),
+      asio::co_spawn(stream_.get_executor(), attach_slowly(std::move(self), nullptr, std::nullopt, {}, {}),
                      asio::detached);
       return;
     }
@@ -884,7 +877,7 @@ bool ClientSession::try_serve_listens(std::shared_ptr<ClientSession>& self) {
     // Postgres truncates a longer name with a NOTICE: left to it (on a pinned connection).
     if (change.channel.size() >= 64 || (change.listen && change.channel.empty())) return false;
   }
-  asio::co_spawn(socket_.get_executor(), serve_listens(std::move(self), std::move(effects), *statement),
+  asio::co_spawn(stream_.get_executor(), serve_listens(std::move(self), std::move(effects), *statement),
                  asio::detached);
   return true;
 }
@@ -898,7 +891,7 @@ net::awaitable<void> ClientSession::serve_listens(std::shared_ptr<ClientSession>
   statement.text = text;
   if (listen_id_ == 0) listen_id_ = ListenerHub::new_subscriber();
   std::weak_ptr<ClientSession> weak = self;
-  auto deliver = [weak, executor = socket_.get_executor()](std::shared_ptr<const Buffer> frame) {
+  auto deliver = [weak, executor = stream_.get_executor()](std::shared_ptr<const Buffer> frame) {
     asio::post(executor, [weak, frame = std::move(frame)]() mutable {
       if (auto session = weak.lock()) session->deliver_notification(std::move(frame));
     });
@@ -943,7 +936,7 @@ void ClientSession::deliver_notification(std::shared_ptr<const Buffer> frame) {
     // the client must know it may have missed notifications.
     listen_id_ = 0;
     hub_channels_.clear();
-    asio::co_spawn(socket_.get_executor(),
+    asio::co_spawn(stream_.get_executor(),
                    close_with("08006", "pgsluice: the listener connection of service \"" + service_->config.name +
                                            "\" was lost; notifications may have been missed; connect again"),
                    asio::detached);
@@ -963,7 +956,7 @@ void ClientSession::deliver_notification(std::shared_ptr<const Buffer> frame) {
     spdlog::warn("session {}: more than {} bytes of notifications the client does not read; closing it", peer_,
                  kMaxUnread);
     pending_notifications_.clear();
-    asio::co_spawn(socket_.get_executor(),
+    asio::co_spawn(stream_.get_executor(),
                    close_with("53200", "pgsluice: the client does not read its notifications (16 MiB waiting)"),
                    asio::detached);
     return;
@@ -1001,7 +994,7 @@ void ClientSession::pass_on_unlistens() {
   if (listen_id_ == 0 || !service_->listeners) return;
   follow_hub_channels(changes);
   asio::co_spawn(
-      socket_.get_executor(),
+      stream_.get_executor(),
       [hub = service_->listeners, id = listen_id_, changes = std::move(changes)]() mutable -> net::awaitable<void> {
         ListenerHub::Deliver none;  // not a temporary of the co_await expression (GCC PR 99576)
         auto error = co_await hub->apply(id, std::move(changes), std::move(none));
@@ -1020,7 +1013,7 @@ void ClientSession::on_lease_ready(std::shared_ptr<ClientSession> self) {
     lease.reset();  // taken (parameters to apply), or failed with sqlstate set
     waiter.reset();
   }
-  asio::co_spawn(socket_.get_executor(),
+  asio::co_spawn(stream_.get_executor(),
                  attach_slowly(std::move(self), std::move(waiter), std::move(lease), std::move(sqlstate),
                                std::move(error)),
                  asio::detached);
@@ -1038,7 +1031,7 @@ net::awaitable<void> ClientSession::attach_slowly(std::shared_ptr<ClientSession>
       } else if (waited) {
         take_lease(co_await service_->pool->finish_wait(std::move(waited)), sqlstate, error);
       } else {
-        take_lease(co_await service_->pool->acquire(socket_.get_executor()), sqlstate, error);
+        take_lease(co_await service_->pool->acquire(stream_.get_executor()), sqlstate, error);
       }
     }
     if (server_) attached = parameters_in_place() || co_await attach_server(sqlstate, error);
@@ -1051,7 +1044,7 @@ net::awaitable<void> ClientSession::attach_slowly(std::shared_ptr<ClientSession>
   if (sqlstate == "57P01") {
     // The service is gone (removed by a reload, or shutting down): nothing will serve this client
     // again, so it is told why and closed rather than failing every statement.
-    asio::co_spawn(socket_.get_executor(), close_with(sqlstate, error), asio::detached);
+    asio::co_spawn(stream_.get_executor(), close_with(sqlstate, error), asio::detached);
     buffer_.consume(run_.offset);
     co_return on_client_data(std::move(self));  // from now on it discards input until close_with ends it
   }
@@ -1148,13 +1141,13 @@ void ClientSession::forward_run(std::shared_ptr<ClientSession> self) {
   const bool held = build_chunk(at, out);
   net::error_code ec;
   std::size_t written = 0;
-  const bool sent = out.empty() || net::try_write_all(server_->socket(), out.pieces(), written, ec);
+  const bool sent = out.empty() || net::try_write_all(server_->stream(), out.pieces(), written, ec);
   if (!sent) client_writing_ = true;
   if (start_reader) read_server(self);
   if (sent && (ec || (!held && !(tracker_ && tracker_->has_due_replies())))) {
     return end_run(std::move(self), static_cast<bool>(ec));  // the server reader sees a failure and tells the client
   }
-  asio::co_spawn(socket_.get_executor(), forward_slowly(std::move(self), at, written, sent, held), asio::detached);
+  asio::co_spawn(stream_.get_executor(), forward_slowly(std::move(self), at, written, sent, held), asio::detached);
 }
 
 net::awaitable<void> ClientSession::forward_slowly(std::shared_ptr<ClientSession> self, std::size_t at,
@@ -1164,7 +1157,7 @@ net::awaitable<void> ClientSession::forward_slowly(std::shared_ptr<ClientSession
   for (;;) {
     net::error_code ec;
     if (!sent) {
-      ec = co_await net::write_rest(server_->socket(), out.pieces(), written);
+      ec = co_await net::write_rest(server_->stream(), out.pieces(), written);
       client_writing_ = false;
     }
     // The server reader sees a failure and tells the client.
@@ -1177,7 +1170,7 @@ net::awaitable<void> ClientSession::forward_slowly(std::shared_ptr<ClientSession
     }
     held = build_chunk(at, out);
     written = 0;
-    sent = out.empty() || net::try_write_all(server_->socket(), out.pieces(), written, ec);
+    sent = out.empty() || net::try_write_all(server_->stream(), out.pieces(), written, ec);
     if (!sent) client_writing_ = true;
     if (sent && ec) {
       failed = true;
@@ -1203,7 +1196,7 @@ struct ClientSession::ServerRead {
 };
 
 void ClientSession::read_server(std::shared_ptr<ClientSession> self) {
-  net::async_read_into(server_->socket(), server_->buffer(), 4096, ServerRead{std::move(self)});
+  net::async_read_into(server_->stream(), server_->buffer(), 4096, ServerRead{std::move(self)});
 }
 
 void ClientSession::hold_for_listener(std::shared_ptr<ClientSession> self) {
@@ -1215,7 +1208,7 @@ void ClientSession::hold_for_listener(std::shared_ptr<ClientSession> self) {
   }
   const auto generation = ++listener_hold_generation_;
   std::weak_ptr<ClientSession> weak = self;
-  service_->listeners->barrier([weak, generation, executor = socket_.get_executor()] {
+  service_->listeners->barrier([weak, generation, executor = stream_.get_executor()] {
     asio::post(executor, [weak, generation] {
       auto session = weak.lock();
       if (!session || generation != session->listener_hold_generation_ || !session->server_held_for_listener_) {
@@ -1239,7 +1232,7 @@ void ClientSession::on_server_read(std::shared_ptr<ClientSession> self, net::err
   auto& buffer = server_->buffer();
   if (auto ec = net::finish_read(buffer, read_ec, count)) {
     if (stop_server_reader_) return end_server_reader();
-    asio::co_spawn(socket_.get_executor(), lose_server(std::move(self), ec.message()), asio::detached);
+    asio::co_spawn(stream_.get_executor(), lose_server(std::move(self), ec.message()), asio::detached);
     return;
   }
   if (stop_server_reader_) return end_server_reader();
@@ -1299,7 +1292,7 @@ void ClientSession::relay_server_buffer(std::shared_ptr<ClientSession> self) {
     offset += message.frame.size();
   }
   if (malformed) {
-    asio::co_spawn(socket_.get_executor(), lose_server(std::move(self), malformed), asio::detached);
+    asio::co_spawn(stream_.get_executor(), lose_server(std::move(self), malformed), asio::detached);
     return;
   }
   if (offset > 0) {
@@ -1417,7 +1410,7 @@ void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std:
     // Statement mode hands the connection back after every statement: a transaction block cannot
     // span statements. Refuse it like PgBouncer does; the server side is rolled back and kept.
     end_server_reader();
-    asio::co_spawn(socket_.get_executor(),
+    asio::co_spawn(stream_.get_executor(),
                    close_with("0A000", "pgsluice: transaction blocks are not allowed in statement pool mode (service \"" +
                                            service_->config.name +
                                            "\"); use transaction mode for multi-statement transactions"),
@@ -1442,7 +1435,7 @@ void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std:
       // SIGTERM and the transaction in flight is done.
       if (service_->config.mode != config::PoolMode::session) release_server(true);
       end_server_reader();
-      asio::co_spawn(socket_.get_executor(), close_with("57P01", "pgsluice: shutting down; connect again"),
+      asio::co_spawn(stream_.get_executor(), close_with("57P01", "pgsluice: shutting down; connect again"),
                      asio::detached);
       return;
     }
@@ -1458,7 +1451,7 @@ void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std:
       tracker_->send_probe_now(server_->statements(), probe);
       std::size_t written = 0;
       net::error_code ec;
-      if (!probe.empty() && net::try_write_all(server_->socket(), probe.pieces(), written, ec) && !ec) {
+      if (!probe.empty() && net::try_write_all(server_->stream(), probe.pieces(), written, ec) && !ec) {
         return read_server(std::move(self));
       }
       release_server(false);
@@ -1484,8 +1477,8 @@ net::awaitable<void> ClientSession::lose_server([[maybe_unused]] std::shared_ptr
                                   "pgsluice: server connection lost (" + reason + ")");
   co_await write_client(out);
   net::error_code ignored;
-  socket_.shutdown(net::tcp::socket::shutdown_both, ignored);
-  socket_.cancel(ignored);
+  stream_.socket().shutdown(net::tcp::socket::shutdown_both, ignored);
+  stream_.cancel();
   end_server_reader();
 }
 
@@ -1500,8 +1493,7 @@ net::awaitable<void> ClientSession::stop_server_reader() {
     ++listener_hold_generation_;
     end_server_reader();
   } else if (server_) {
-    net::error_code ignored;
-    server_->socket().cancel(ignored);
+    server_->stream().cancel();
   }
   while (server_reader_running_) co_await server_reader_done_.wait();
 }

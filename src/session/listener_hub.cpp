@@ -246,7 +246,7 @@ net::awaitable<std::optional<ListenerHub::Failure>> ListenerHub::command(std::st
       hub->lose("the server did not answer in connect_timeout");
     });
     auto connection = connection_;  // alive until the write ends, whatever happens meanwhile
-    if (auto ec = co_await net::write_all(connection->socket(), out); ec && generation_ == generation) {
+    if (auto ec = co_await net::write_all(connection->stream(), out); ec && generation_ == generation) {
       lose("write failed: " + ec.message());
     }
     while (awaiting_) co_await answered_.wait();
@@ -263,7 +263,7 @@ net::awaitable<void> ListenerHub::read_loop(std::uint64_t generation) {
   auto self = shared_from_this();
   auto connection = connection_;  // alive until the read ends, even after lose()
   while (connection && generation_ == generation) {
-    auto message = co_await net::read_message(connection->socket(), connection->buffer(), target_->max_message_size);
+    auto message = co_await net::read_message(connection->stream(), connection->buffer(), target_->max_message_size);
     if (generation_ != generation) co_return;  // lost or replaced meanwhile
     if (!message) {
       lose(message.error().message);
@@ -310,7 +310,7 @@ void ListenerHub::lose(const std::string& reason) {
     spdlog::warn("service {}: listener connection lost ({}); {} listening clients are told", service_, reason,
                  subscribers_.size());
     net::error_code ignored;
-    connection_->socket().close(ignored);
+    connection_->stream().socket().close(ignored);
     connection_.reset();
   }
   ++generation_;

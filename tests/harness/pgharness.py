@@ -43,6 +43,7 @@ from pgwire import (  # noqa: F401
 
 __all__ = [
     "REPO_ROOT", "ROLES", "LocalPostgres", "Pgsluice", "base_config", "find_binary", "free_port", "libpq_dsn",
+    "make_ca", "make_certificate",
     "password_for", "port_is_free", "wait_for_port",
     # from pgwire
     "CANCEL_REQUEST_CODE", "GSSENC_REQUEST_CODE", "PROTOCOL_3_0", "SSL_REQUEST_CODE", "PgError", "RawConnection",
@@ -65,6 +66,42 @@ ROLES = {
 
 def password_for(role: str) -> str:
     return f"secret-{role}"
+
+
+def _openssl(*argv: str, cwd: Path) -> None:
+    proc = subprocess.run(["openssl", *argv], cwd=str(cwd), capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(argv)} failed:\n{proc.stderr}")
+
+
+def make_ca(directory: Path, name: str = "ca") -> tuple[Path, Path]:
+    """A throwaway certificate authority (P-256): (certificate, key) in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+             "-subj", f"/CN=pgsluice test {name}", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=directory)
+    return directory / f"{name}.crt", directory / f"{name}.key"
+
+
+def make_certificate(directory: Path, name: str, ca: tuple[Path, Path], hosts=("localhost", "127.0.0.1"),
+                     owner: str | None = None) -> tuple[Path, Path]:
+    """A leaf certificate for `hosts` (DNS names and IP addresses) signed by `ca`: (certificate,
+    key). `owner`: the key's owner (Postgres wants its key private to the user it runs as)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    names = ",".join(("IP:" if h.replace(".", "").isdigit() or ":" in h else "DNS:") + h for h in hosts)
+    (directory / f"{name}.ext").write_text(f"subjectAltName={names}\nbasicConstraints=CA:FALSE\n")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-subj", f"/CN={hosts[0]}", "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=directory)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
+             "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=directory)
+    key = directory / f"{name}.key"
+    os.chmod(key, 0o600)
+    if owner is not None and os.geteuid() == 0:
+        pw = pwd.getpwnam(owner)
+        os.chown(key, pw.pw_uid, pw.pw_gid)
+        os.chown(directory / f"{name}.crt", pw.pw_uid, pw.pw_gid)
+    return directory / f"{name}.crt", key
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -29,7 +29,7 @@ using net::tcp;
 namespace {
 
 struct Pair {
-  tcp::socket reader;
+  net::Stream reader;
   tcp::socket writer;
 };
 
@@ -38,7 +38,7 @@ Pair connected_pair(asio::io_context& io) {
   tcp::socket writer(io);
   writer.connect(acceptor.local_endpoint());
   tcp::socket reader = acceptor.accept();
-  return Pair{std::move(reader), std::move(writer)};
+  return Pair{net::Stream(std::move(reader)), std::move(writer)};
 }
 
 void send_text(tcp::socket& socket, const std::string& text) {
@@ -51,7 +51,7 @@ std::string text_of(const net::MessageBuffer& buffer) {
 }
 
 // Reads until an error or end of stream, noting each read's text ("text|") and the end ("[why]").
-asio::awaitable<void> read_into_trace(tcp::socket& reader, net::MessageBuffer& buffer, std::string& trace) {
+asio::awaitable<void> read_into_trace(net::Stream& reader, net::MessageBuffer& buffer, std::string& trace) {
   for (;;) {
     auto [read_ec, n] = co_await net::async_read_into(reader, buffer);
     if (auto ec = net::finish_read(buffer, read_ec, n)) {

@@ -27,6 +27,32 @@ struct BreakerConfig {
   Duration max_open_for = std::chrono::seconds(30);
 };
 
+// TLS files and limits (both sides).
+struct TlsFilesConfig {
+  std::string cert, key, ca;
+  std::string min_version = "TLSv1.2";
+  std::string ciphers;
+  bool operator==(const TlsFilesConfig&) const = default;
+};
+
+// Top-level `tls:` towards clients: disable (SSLRequest answered 'N'), allow, require.
+enum class ClientTls { disable, allow, require };
+struct ClientTlsConfig {
+  ClientTls mode = ClientTls::disable;
+  TlsFilesConfig files;
+  int line = 0;
+  bool operator==(const ClientTlsConfig&) const = default;
+};
+
+// `backends.<name>.tls` towards Postgres, with libpq's sslmode meanings.
+enum class ServerTls { disable, prefer, require, verify_ca, verify_full };
+struct ServerTlsConfig {
+  ServerTls mode = ServerTls::prefer;
+  TlsFilesConfig files;
+  int line = 0;
+  bool operator==(const ServerTlsConfig&) const = default;
+};
+
 struct BackendConfig {
   std::string name;
   std::string host = "127.0.0.1";
@@ -35,6 +61,7 @@ struct BackendConfig {
   int reserved_connections = 25;  // kept for superuser, replication, backups, migrations
   Duration connect_timeout = std::chrono::seconds(2);
   BreakerConfig breaker;
+  ServerTlsConfig tls;
   int line = 0;  // where it was defined, for messages
 };
 
@@ -101,6 +128,7 @@ struct Config {
   Endpoint metrics_listen{"0.0.0.0", 9187};
   bool metrics_enabled = true;
   std::vector<std::string> admin_users;
+  ClientTlsConfig tls;
   std::map<std::string, BackendConfig> backends;
   std::map<std::string, UserConfig> users;
   std::vector<ServiceConfig> services;  // in file order

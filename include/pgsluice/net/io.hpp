@@ -15,42 +15,38 @@
 #include <vector>
 
 #include "pgsluice/net/message_buffer.hpp"
+#include "pgsluice/net/stream.hpp"
 #include "pgsluice/protocol/message.hpp"
 #include "pgsluice/protocol/startup.hpp"
 
 namespace pgsluice::net {
 
-namespace asio = boost::asio;
-using tcp = asio::ip::tcp;
-using error_code = boost::system::error_code;
-template <class T>
-using awaitable = asio::awaitable<T>;
-
-// Completion token: errors come back as values, never as exceptions.
-inline constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
-
-// Reads whatever the socket has into the buffer. Returns the error (eof included) or success.
-awaitable<error_code> read_some(tcp::socket& socket, MessageBuffer& buffer, std::size_t min_free = 4096);
+// Reads whatever the stream has into the buffer (waiting for something). Returns the error (eof
+// included) or success.
+awaitable<error_code> read_some(Stream& stream, MessageBuffer& buffer, std::size_t min_free = 4096);
 // Writes all bytes.
-awaitable<error_code> write_all(tcp::socket& socket, std::span<const std::uint8_t> bytes);
+awaitable<error_code> write_all(Stream& stream, std::span<const std::uint8_t> bytes);
 // Writes all pieces, in order, with one gathered write.
-awaitable<error_code> write_all(tcp::socket& socket, const std::vector<std::span<const std::uint8_t>>& pieces);
+awaitable<error_code> write_all(Stream& stream, const std::vector<std::span<const std::uint8_t>>& pieces);
 // The relay's hot path, without a coroutine frame when the socket takes everything at once (nearly
-// always): try_write_all sends what the socket takes now and returns true when done (all written,
+// always): try_write_all sends what the stream takes now and returns true when done (all written,
 // or `ec` set); false means it stopped at `written` bytes and write_rest must finish.
-bool try_write_all(tcp::socket& socket, const std::vector<std::span<const std::uint8_t>>& pieces,
-                   std::size_t& written, error_code& ec);
-awaitable<error_code> write_rest(tcp::socket& socket, const std::vector<std::span<const std::uint8_t>>& pieces,
-                                 std::size_t written);
+inline bool try_write_all(Stream& stream, const std::vector<std::span<const std::uint8_t>>& pieces,
+                          std::size_t& written, error_code& ec) {
+  return stream.try_write_all(pieces, written, ec);
+}
+inline awaitable<error_code> write_rest(Stream& stream, const std::vector<std::span<const std::uint8_t>>& pieces,
+                                        std::size_t written) {
+  return stream.write_rest(pieces, written);
+}
 // The read half of the hot path: an asynchronous read into the buffer's free tail, awaited directly
 // (no wrapper frame) or completing into a handler; the caller commits the count with finish_read.
 template <class CompletionToken>
-auto async_read_into(tcp::socket& socket, MessageBuffer& buffer, std::size_t min_free, CompletionToken&& token) {
-  auto space = buffer.writable(min_free);
-  return socket.async_read_some(asio::buffer(space.data(), space.size()), std::forward<CompletionToken>(token));
+auto async_read_into(Stream& stream, MessageBuffer& buffer, std::size_t min_free, CompletionToken&& token) {
+  return stream.async_read_into(buffer, min_free, std::forward<CompletionToken>(token));
 }
-inline auto async_read_into(tcp::socket& socket, MessageBuffer& buffer, std::size_t min_free = 4096) {
-  return async_read_into(socket, buffer, min_free, use_nothrow);
+inline auto async_read_into(Stream& stream, MessageBuffer& buffer, std::size_t min_free = 4096) {
+  return stream.async_read_into(buffer, min_free, use_nothrow);
 }
 inline error_code finish_read(MessageBuffer& buffer, error_code ec, std::size_t count) {
   buffer.commit(count);
@@ -61,10 +57,10 @@ inline error_code finish_read(MessageBuffer& buffer, error_code ec, std::size_t 
 // Reads until one whole typed message is at the front of the buffer and returns a view of it (the
 // caller consumes it). A malformed frame is returned as an error with its SQLSTATE; a socket error
 // as 08006.
-awaitable<protocol::Result<protocol::MessageView>> read_message(tcp::socket& socket, MessageBuffer& buffer,
+awaitable<protocol::Result<protocol::MessageView>> read_message(Stream& stream, MessageBuffer& buffer,
                                                                  std::size_t max_message_size);
 // Same for an untyped startup-phase packet: returns its size.
-awaitable<protocol::Result<std::size_t>> read_startup_packet(tcp::socket& socket, MessageBuffer& buffer);
+awaitable<protocol::Result<std::size_t>> read_startup_packet(Stream& stream, MessageBuffer& buffer);
 
 // A repeatable event for coroutines on one strand: wait() suspends until notify(). notify() with
 // nobody waiting only sets a flag. Wake-ups may be spurious and one notify() wakes every waiter:

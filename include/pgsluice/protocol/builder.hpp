@@ -53,6 +53,8 @@ void append_negotiate_protocol_version(Buffer& out, std::int32_t newest_minor,
 
 void append_startup_message(Buffer& out, const std::vector<std::pair<std::string, std::string>>& parameters);
 void append_cancel_request(Buffer& out, std::uint32_t process_id, std::uint32_t secret_key);
+// SSLRequest (docs §55.2.10): asks the server for TLS; it answers one byte, 'S' or 'N'.
+void append_ssl_request(Buffer& out);
 void append_password_message(Buffer& out, std::string_view password);  // cleartext or md5 response
 void append_sasl_initial_response(Buffer& out, std::string_view mechanism, std::string_view data);
 void append_sasl_response(Buffer& out, std::string_view data);

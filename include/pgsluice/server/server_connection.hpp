@@ -27,8 +27,18 @@ struct ServerTarget {
   std::string database;
   std::chrono::milliseconds connect_timeout{2000};
   std::size_t max_message_size = 64u * 1024u * 1024u;
+  // TLS towards the server (backends.<name>.tls): the mode and files decide equality (a change
+  // retires the connections); `tls_source` gives the context built from the files as they were at
+  // the last reload (rotated certificates reach new connections only).
+  net::ServerTlsMode tls_mode = net::ServerTlsMode::disable;
+  net::TlsFiles tls_files;
+  std::shared_ptr<net::TlsSource> tls_source;
 
-  bool operator==(const ServerTarget&) const = default;
+  bool operator==(const ServerTarget& other) const {
+    return host == other.host && port == other.port && user == other.user && password == other.password &&
+           database == other.database && connect_timeout == other.connect_timeout &&
+           max_message_size == other.max_message_size && tls_mode == other.tls_mode && tls_files == other.tls_files;
+  }
 };
 
 class ServerConnection : public pool::Connection {
@@ -38,7 +48,7 @@ class ServerConnection : public pool::Connection {
       net::asio::any_io_executor executor, std::shared_ptr<const ServerTarget> target, std::string& error);
   ~ServerConnection() override;
 
-  net::tcp::socket& socket() { return socket_; }
+  net::Stream& stream() { return stream_; }
   // Unique per connection for the life of the process (tells whether a client moved).
   std::uint64_t id() const { return id_; }
   ServerStatements& statements() { return statements_; }
@@ -92,14 +102,15 @@ class ServerConnection : public pool::Connection {
 
  private:
   ServerConnection(net::tcp::socket socket, std::shared_ptr<const ServerTarget> target);
+  // SSLRequest and the TLS handshake, as the target's tls_mode says.
+  net::awaitable<bool> negotiate_tls(std::string& error);
   net::awaitable<bool> startup(std::string& error);
   net::awaitable<bool> authenticate(const protocol::Authentication& request, std::string& error);
   // Reads messages until `ready_count` ReadyForQuery messages have arrived, updating parameters.
   // Counts errors into `errors`. False if the connection broke.
   net::awaitable<bool> drain_until_ready(int ready_count, int& errors, char& status);
 
-  net::tcp::socket socket_;
-  net::tcp protocol_ = net::tcp::v4();  // IPv4 or IPv6, for move_to
+  net::Stream stream_;
   std::shared_ptr<const ServerTarget> target_;
   std::uint64_t id_;
   ServerStatements statements_;
@@ -113,6 +124,10 @@ class ServerConnection : public pool::Connection {
   ParameterMap applied_;
   std::string applied_fingerprint_;
 };
+
+// SSLRequest and the TLS handshake on a new connection to `target`, as its tls_mode says: true
+// when the stream may go on (encrypted, or plain under `prefer` or `disable`).
+net::awaitable<bool> negotiate_tls(net::Stream& stream, const ServerTarget& target, std::string& error);
 
 // Sends a CancelRequest for `key` on a new connection to `target` (docs §55.2.7).
 net::awaitable<void> send_cancel(net::asio::any_io_executor executor, ServerTarget target,

@@ -213,7 +213,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // The client may leave now (no statement in flight, no transaction open).
   bool between_transactions() const;
 
-  net::tcp::socket socket_;
+  net::Stream stream_;
   const void* worker_;  // pool::context_key of the socket's worker
   std::shared_ptr<SessionContext> context_;
   std::shared_ptr<const Snapshot> snapshot_;  // the configuration in force when the client arrived
@@ -276,6 +276,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // The client's writer (send_client): what is queued and not yet written, in order.
   protocol::Buffer client_backlog_;  // copied bytes, written after the borrowed ones
   protocol::Buffer client_in_flight_;  // the part of the backlog being written now
+  net::asio::const_buffer client_in_flight_buffer_;  // it, as the write's buffer sequence
   std::vector<net::asio::const_buffer> client_borrowed_;  // the rest of a borrowed run, written first
   bool client_flushing_ = false;     // a write to the client is under way
   bool client_write_failed_ = false;

@@ -89,6 +89,10 @@ struct Service {
 // client at once.
 struct Snapshot {
   std::shared_ptr<const config::Config> config;
+  // TLS towards clients (top-level tls:): the mode, and the context built from the files as they
+  // were when this snapshot was made (a reload re-reads rotated certificates).
+  net::ClientTlsMode client_tls_mode = net::ClientTlsMode::disable;
+  std::shared_ptr<const net::TlsContext> client_tls;
   std::map<std::string, UserSecret> users;
   std::map<std::string, std::shared_ptr<Service>> services;  // by service name
 
