@@ -15,6 +15,15 @@ mode only; docs/coalescing.md), `pgbouncer` (Debian's /usr/sbin/pgbouncer, run a
 user because it refuses to run as root). Every target runs on this machine, so pgbench, the proxy
 and Postgres share its cores: the ratios are what this run measured, on this machine, nothing more.
 
+`--tls` runs every target with TLS on both sides: the benchmark's Postgres gets `ssl = on` with a
+certificate of a throwaway CA and accepts TCP logins over TLS only (hostssl), pgsluice gets
+`tls: {mode: require, cert, key}` and its backend `tls: {mode: require}`, PgBouncer
+`client_tls_sslmode = require` (with its own certificate of that CA) and `server_tls_sslmode =
+require`, and pgbench connects to every target, direct Postgres included, with sslmode=require.
+Before measuring, one connection through each target checks that both of its sides are encrypted
+(libpq's view of the client side, pg_stat_ssl's of the server side) and one with sslmode=disable
+that it is refused.
+
 `--p99` adds the 99th percentile of the latency (from pgbench's per-transaction log, `-l`) and
 `--executions` the statements Postgres executed per pgbench transaction (from pg_stat_statements):
 the N+1 scenario of issue 15 (bench/n_plus_one.sh) uses both.
@@ -48,8 +57,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "harness"))
 
-from pgharness import (LocalPostgres, Pgsluice, base_config, free_port, password_for,  # noqa: E402
-                       wait_for_port)
+import psycopg2  # noqa: E402
+from pgharness import (LocalPostgres, Pgsluice, base_config, free_port, make_ca,  # noqa: E402
+                       make_certificate, password_for, wait_for_port)
 
 PGBENCH = shutil.which("pgbench") or "/usr/bin/pgbench"
 PGBOUNCER = "/usr/sbin/pgbouncer"
@@ -137,8 +147,10 @@ class PgBouncer:
     """Debian's pgbouncer in a temp dir with its own ini and userlist, as the `postgres` OS user."""
 
     def __init__(self, pg: LocalPostgres, pool_mode: str, pool_size: int, max_clients: int,
-                 nofile: int | None = None):
+                 nofile: int | None = None, tls: tuple[Path, Path] | None = None):
         self.pg, self.pool_mode, self.pool_size, self.max_clients = pg, pool_mode, pool_size, max_clients
+        # With tls (certificate, key), clients must use TLS and so does PgBouncer towards Postgres.
+        self.tls = tls
         # With nofile, pgbouncer runs under `prlimit --nofile=N:N` (runuser's PAM session resets the
         # soft limit to 1024, too few for thousands of clients); None leaves its limits alone.
         self.nofile = nofile
@@ -153,6 +165,14 @@ class PgBouncer:
         # Clients authenticate with SCRAM against a plain-text userlist entry; PgBouncer then logs in
         # to Postgres with SCRAM using the same password, as pgsluice does.
         (self.dir / "userlist.txt").write_text(f'"{USER}" "{password_for(USER)}"\n')
+        tls_settings = ""
+        if self.tls is not None:
+            # Copies in its own dir, so that the postgres OS user it runs as owns them (below).
+            shutil.copyfile(self.tls[0], self.dir / "tls.crt")
+            shutil.copyfile(self.tls[1], self.dir / "tls.key")
+            os.chmod(self.dir / "tls.key", 0o600)
+            tls_settings = (f"client_tls_sslmode = require\nclient_tls_cert_file = {self.dir}/tls.crt\n"
+                            f"client_tls_key_file = {self.dir}/tls.key\nserver_tls_sslmode = require\n")
         (self.dir / "pgbouncer.ini").write_text(
             "[databases]\n"
             f"{DATABASE} = host={self.pg.host} port={self.pg.port} dbname={DATABASE}\n"
@@ -166,6 +186,7 @@ class PgBouncer:
             "ignore_startup_parameters = extra_float_digits\n"
             f"logfile = {self.dir}/pgbouncer.log\npidfile = {self.dir}/pgbouncer.pid\n"
             "log_connections = 0\nlog_disconnections = 0\nstats_period = 3600\n"
+            + tls_settings
         )
         if os.geteuid() == 0:
             # pgbouncer refuses to run as root.
@@ -240,9 +261,11 @@ class PgBouncer:
 
 
 # -- pgsluice ------------------------------------------------------------------------------------
-def pgsluice_config(pg: LocalPostgres, port: int, args, workers: int, coalesce: bool = False) -> dict:
+def pgsluice_config(pg: LocalPostgres, port: int, args, workers: int, coalesce: bool = False,
+                    tls: tuple[Path, Path] | None = None) -> dict:
     """The harness's base config, reduced to the one `app` service the benchmark uses; with coalesce,
-    that service coalesces (docs/coalescing.md)."""
+    that service coalesces (docs/coalescing.md); with tls (certificate, key), clients must use TLS and
+    so does pgsluice towards Postgres."""
     config = base_config(pg, port, mode=args.pool_mode, max_connections=args.pool_size, min_connections=0)
     if coalesce:
         config["services"]["app"]["coalesce"] = {"enabled": True, "max_batch": args.coalesce_max_batch}
@@ -250,6 +273,9 @@ def pgsluice_config(pg: LocalPostgres, port: int, args, workers: int, coalesce: 
     config["log"] = {"level": args.pgsluice_log_level}
     config["users"] = {USER: config["users"][USER]}
     config["services"] = {"app": config["services"]["app"]}
+    if tls is not None:
+        config["tls"] = {"mode": "require", "cert": str(tls[0]), "key": str(tls[1])}
+        config["backends"]["primary"]["tls"] = {"mode": "require"}
     return config
 
 
@@ -283,6 +309,76 @@ class Scraper:
         self.thread.join(timeout=10)
 
 
+# -- TLS on both sides (--tls) ---------------------------------------------------------------------
+def enable_tls(pg: LocalPostgres) -> dict[str, tuple[Path, Path]]:
+    """Switches pg to ssl = on with a certificate of a throwaway CA and to TCP logins over TLS only
+    (every `host` line of its pg_hba.conf becomes `hostssl`, plain text is rejected), and returns the
+    certificates (certificate, key) of that CA for pgsluice and PgBouncer. All of it lives under
+    pg.root, removed with the cluster."""
+    certs = pg.root / "certs"
+    ca = make_ca(certs / "ca")
+    # Postgres wants its key owned by the OS user it runs as, mode 0600, in a directory it can read.
+    server_dir = pg.root / "tls"
+    server_dir.mkdir()
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(server_dir, pw.pw_uid, pw.pw_gid)
+    server = make_certificate(server_dir, "server", ca, owner="postgres")
+    pg.sql("ALTER SYSTEM SET ssl = on")
+    pg.sql(f"ALTER SYSTEM SET ssl_cert_file = '{server[0]}'")
+    pg.sql(f"ALTER SYSTEM SET ssl_key_file = '{server[1]}'")
+    hba_path = pg.datadir / "pg_hba.conf"
+    hba = [("hostssl" + line[len("host"):]) if line.startswith("host ") else line
+           for line in hba_path.read_text().splitlines()]
+    hba_path.write_text("\n".join([*hba, "hostnossl all all 127.0.0.1/32 reject"]) + "\n")
+    pg.sql("SELECT pg_reload_conf()")
+    for _ in range(50):  # the postmaster reloads asynchronously
+        if pg.sql("SHOW ssl")[0][0] == "on":
+            break
+        time.sleep(0.1)
+    else:
+        raise RuntimeError(f"postgres did not turn ssl on:\n{tail(pg.log_text())}")
+    return {"ca": ca, "pgsluice": make_certificate(certs / "pgsluice", "pgsluice", ca),
+            "pgbouncer": make_certificate(certs / "pgbouncer", "pgbouncer", ca)}
+
+
+SERVER_SIDE_SQL = "SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
+
+def check_tls(port: int) -> str:
+    """One connection through a target with sslmode=require: libpq must have TLS on the client side
+    and pg_stat_ssl must show it on the server side (the backend that ran the query); one with
+    sslmode=disable must be refused. Raises RuntimeError otherwise; returns what was negotiated."""
+    login = dict(host="127.0.0.1", port=port, user=USER, password=password_for(USER), dbname=DATABASE,
+                 connect_timeout=10)
+    try:
+        conn = psycopg2.connect(sslmode="require", **login)
+    except psycopg2.Error as e:
+        raise RuntimeError(f"TLS check: cannot connect with sslmode=require: {str(e).strip()}") from e
+    try:
+        client = (conn.info.ssl_in_use, conn.info.ssl_attribute("protocol"), conn.info.ssl_attribute("cipher"))
+        with conn.cursor() as cur:
+            cur.execute(SERVER_SIDE_SQL)
+            server = cur.fetchone()
+        conn.rollback()
+    except psycopg2.Error as e:
+        raise RuntimeError(f"TLS check: {SERVER_SIDE_SQL} failed: {str(e).strip()}") from e
+    finally:
+        conn.close()
+    if not client[0]:
+        raise RuntimeError("TLS check: the client side is not encrypted with sslmode=require")
+    if server is None or server[0] is not True:
+        raise RuntimeError(f"TLS check: the server side is not encrypted (pg_stat_ssl: {server})")
+    try:
+        psycopg2.connect(sslmode="disable", **login).close()
+    except psycopg2.Error as e:
+        refusal = str(e).strip().splitlines()[0]
+    else:
+        raise RuntimeError("TLS check: a connection with sslmode=disable was accepted")
+    return (f"client side {client[1]} {client[2]}, server side {server[1]} {server[2]}; "
+            f"sslmode=disable refused ({refusal})")
+
+
 # -- running pgbench --------------------------------------------------------------------------------
 def pgbench_argv(port: int, args, duration: int, log_prefix: Path | None = None) -> list[str]:
     workload = ["-f", str(Path(args.script).resolve())] if args.script else ["-S"]
@@ -291,9 +387,10 @@ def pgbench_argv(port: int, args, duration: int, log_prefix: Path | None = None)
             "-M", args.mode, "-c", str(args.clients), "-j", str(args.threads), "-T", str(duration), DATABASE]
 
 
-def pgbench_env() -> dict:
+def pgbench_env(tls: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(PGPASSWORD=password_for(USER), PGSSLMODE="disable", PGCONNECT_TIMEOUT="10")
+    env.update(PGPASSWORD=password_for(USER), PGSSLMODE="require" if tls else "disable",
+               PGCONNECT_TIMEOUT="10")
     return env
 
 
@@ -455,7 +552,7 @@ def pgbench_once(target: str, port: int, args, round_no: int, duration: int, pid
     """The measurement of run_pgbench, and the Unix time of pgbench's first progress report."""
     argv = pgbench_argv(port, args, duration, log_prefix) + ["-P", "1"]
     try:
-        proc = subprocess.Popen(argv, env=pgbench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(argv, env=pgbench_env(args.tls), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except OSError as e:
         return Measurement(target, round_no, ok=False, error=f"cannot run pgbench: {e}"), None
     killer = threading.Timer(duration + 60, proc.kill)
@@ -647,6 +744,11 @@ def parse_args(argv=None):
                    help="also measure target pgsluice-scraped: a second pgsluice (the first --workers value) "
                         "with its /metrics endpoint on and scraped every this many ms for the whole run "
                         "(issue 16: scraping must cost < 3 %% TPS against the unscraped pgsluice)")
+    p.add_argument("--tls", action="store_true",
+                   help="TLS on both sides of every target: Postgres with ssl = on and hostssl-only TCP logins, "
+                        "pgsluice tls mode require towards clients and Postgres, PgBouncer client_tls_sslmode "
+                        "and server_tls_sslmode require, pgbench (direct included) with sslmode=require; "
+                        "checked through each target before measuring")
     p.add_argument("--json", metavar="FILE", help="also write parameters, environment and results as JSON")
     args = p.parse_args(argv)
 
@@ -714,7 +816,8 @@ def main(argv=None) -> int:
     workers = ",".join(map(str, args.workers))
     print(f"pgbench {'-f ' + args.script if args.script else '-S'} -M {args.mode} -c {args.clients} -j {args.threads} -T {args.duration}, "
           f"pool mode {args.pool_mode}, pool size {args.pool_size}, pgsluice workers {workers}, "
-          f"scale {args.scale}, {args.rounds} round(s), {os.cpu_count()} CPUs", flush=True)
+          f"scale {args.scale}, {args.rounds} round(s), {os.cpu_count()} CPUs"
+          f"{', TLS on both sides' if args.tls else ''}", flush=True)
     if COALESCE in args.targets:
         print(f"{COALESCE}: coalesce enabled, max_batch {args.coalesce_max_batch}", flush=True)
 
@@ -725,10 +828,18 @@ def main(argv=None) -> int:
         env_info["postgres"] = pg.sql("SHOW server_version")[0][0]
         if args.executions:
             pg.sql("CREATE EXTENSION pg_stat_statements")
+        tls_certs = None
+        if args.tls:
+            try:
+                tls_certs = enable_tls(pg)
+            except RuntimeError as e:
+                print(f"--tls: {e}", file=sys.stderr)
+                return 1
+            env_info["tls_checks"] = {}
         print(f"postgres {env_info['postgres']} on port {pg.port}; pgbench -i -s {args.scale} ...",
               flush=True)
         init = subprocess.run([PGBENCH, "-h", pg.host, "-p", str(pg.port), "-U", USER, "-i", "-q",
-                               "-s", str(args.scale), DATABASE], env=pgbench_env(), capture_output=True,
+                               "-s", str(args.scale), DATABASE], env=pgbench_env(args.tls), capture_output=True,
                               text=True, timeout=900)
         if init.returncode != 0:
             print(f"pgbench -i failed:\n{init.stdout}\n{init.stderr}", file=sys.stderr)
@@ -745,7 +856,8 @@ def main(argv=None) -> int:
                         ports[target] = pg.port
                     elif target.startswith("pgsluice"):
                         config = pgsluice_config(pg, free_port(), args, workers,
-                                                 coalesce=target.startswith(COALESCE))
+                                                 coalesce=target.startswith(COALESCE),
+                                                 tls=tls_certs["pgsluice"] if tls_certs else None)
                         if target == "pgsluice-scraped":
                             metrics_port = free_port()
                             config["metrics"] = {"enabled": True, "listen": f"127.0.0.1:{metrics_port}"}
@@ -758,7 +870,8 @@ def main(argv=None) -> int:
                             scraper = Scraper(metrics_port, args.scrape_ms / 1000.0)
                             scraper.start()
                     elif target == "pgbouncer":
-                        bouncer = PgBouncer(pg, args.pool_mode, args.pool_size, args.clients)
+                        bouncer = PgBouncer(pg, args.pool_mode, args.pool_size, args.clients,
+                                            tls=tls_certs["pgbouncer"] if tls_certs else None)
                         started[target] = bouncer
                         bouncer.start()
                         ports[target] = bouncer.port
@@ -767,6 +880,17 @@ def main(argv=None) -> int:
                 except (RuntimeError, OSError) as e:
                     print(f"{target}: could not start: {e}", file=sys.stderr, flush=True)
                     measurements.append(Measurement(target, 0, ok=False, error=f"could not start: {e}"))
+                if args.tls and target in ports:
+                    try:
+                        negotiated = check_tls(ports[target])
+                    except RuntimeError as e:
+                        log = f"\n{target} log tail:\n{tail(started[target].log_text())}" if target in started else ""
+                        print(f"{target}: {e}{log}", file=sys.stderr, flush=True)
+                        measurements.append(Measurement(target, 0, ok=False, error=str(e)))
+                        del ports[target]
+                    else:
+                        env_info["tls_checks"][target] = negotiated
+                        print(f"{target}: TLS: {negotiated}", flush=True)
 
             if args.warmup > 0:
                 print(f"warm-up: {args.warmup} s against direct Postgres", flush=True)
@@ -823,6 +947,14 @@ def main(argv=None) -> int:
           f"Postgres backends' CPU per transaction show what a proxy costs the processes around it; all CPU "
           f"figures are over the steady state, from pgbench's first progress report to its last, so the "
           f"logins are not in them)")
+    if args.tls:
+        checked = env_info.get("tls_checks", {})
+        negotiated = sorted({v.split(";")[0] for v in checked.values()})
+        print(f"(TLS on both sides: pgbench connected to every target, direct included, with sslmode=require; "
+              f"pgsluice tls mode require towards clients and backend tls mode require, PgBouncer "
+              f"client_tls_sslmode and server_tls_sslmode require, Postgres ssl = on with hostssl-only TCP "
+              f"logins; checked before measuring through {', '.join(checked) or 'no target'}: "
+              f"{' / '.join(negotiated) or '-'}, sslmode=disable refused)")
     if args.p99:
         print("(p99 latency: pgbench's per-transaction log (-l), the transactions completed from its first "
               "progress report on, median over rounds)")

@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <malloc.h>
+
 #include <csignal>
 #include <unistd.h>
 #include <functional>
@@ -63,6 +65,29 @@ asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<sessi
     net::error_code ignored;
     socket.set_option(tcp::no_delay(true), ignored);
     asio::co_spawn(executor, session::run_client_session(std::move(socket), context), asio::detached);
+  }
+}
+
+// After a storm of clients has left, gives the memory they used back to the system: glibc keeps
+// freed heap in its arenas (the high-water mark would stay), so once the client count has fallen
+// well below the peak since the last look, malloc_trim returns the free pages of every arena.
+asio::awaitable<void> return_memory(std::shared_ptr<session::SessionContext> context) {
+  asio::steady_timer tick(co_await asio::this_coro::executor);
+  int peak = 0;
+  for (;;) {
+    tick.expires_after(std::chrono::seconds(2));
+    auto [ec] = co_await tick.async_wait(net::use_nothrow);
+    if (ec) co_return;
+    const int now = context->clients.load();
+    peak = std::max(peak, now);
+    if (peak - now >= 500 && now < peak / 2) {
+      const auto started = std::chrono::steady_clock::now();
+      ::malloc_trim(0);
+      spdlog::debug("memory: returned free heap after {} clients left ({} us)", peak - now,
+                    std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started)
+                        .count());
+      peak = now;
+    }
   }
 }
 
@@ -225,6 +250,7 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
                config->listen.host, config->listen.port, workers, config->services.size());
 
   asio::co_spawn(io, accept_loop(acceptor, context, contexts), asio::detached);
+  asio::co_spawn(io, return_memory(context), asio::detached);
 
   // /metrics, /healthz, /readyz (DESIGN §6) on the first worker, beside the listener.
   tcp::acceptor metrics_acceptor(io);

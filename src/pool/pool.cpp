@@ -451,7 +451,8 @@ asio::awaitable<AcquireResult> Pool::acquire(asio::any_io_executor executor) {
                in_flight_ < kMaxConcurrentConnects) {
       ++connecting_;
       begin_connect_locked();
-    } else if (static_cast<int>(waiters_.size()) >= settings_.max_waiting_clients) {
+    } else if (settings_.max_waiting_clients > 0 &&
+               static_cast<int>(waiters_.size()) >= settings_.max_waiting_clients) {
       ++counters_.too_many_waiting;
       co_return AcquireResult{nullptr, AcquireError::too_many_waiting,
                               fmt::format("pgsluice: too many clients waiting for service \"{}\" ({}; "
@@ -484,7 +485,9 @@ std::shared_ptr<Pool::Waiter> Pool::enqueue_now(const asio::any_io_executor& exe
         in_flight_ < kMaxConcurrentConnects) {
       return nullptr;
     }
-    if (static_cast<int>(waiters_.size()) >= settings_.max_waiting_clients) return nullptr;
+    if (settings_.max_waiting_clients > 0 && static_cast<int>(waiters_.size()) >= settings_.max_waiting_clients) {
+      return nullptr;
+    }
     ++counters_.acquires;
     waiter = join_line_locked(executor, room);
   }

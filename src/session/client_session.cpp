@@ -745,6 +745,15 @@ struct ClientSession::ClientReady {
 };
 
 void ClientSession::read_client(std::shared_ptr<ClientSession> self) {
+  constexpr std::size_t kMaxClientBacklog = 1024 * 1024;
+  if (client_flushing_ && client_backlog_.size() >= kMaxClientBacklog) {
+    asio::co_spawn(stream_.get_executor(), read_after_drain(std::move(self)), asio::detached);
+    return;
+  }
+  if (expected_ready_ >= kMaxStatementsInFlight && server_ && server_reader_running_ && !closing_) {
+    client_read_paused_ = true;  // resume_client_read, as the server side answers
+    return;
+  }
   if (buffer_.empty()) {
     buffer_.release_if_empty();
     if (!stream_.readable_now()) {
@@ -753,6 +762,18 @@ void ClientSession::read_client(std::shared_ptr<ClientSession> self) {
     }
   }
   net::async_read_into(stream_, buffer_, net::read_size_for(run_.want, buffer_.size()), ClientRead{std::move(self)});
+}
+
+void ClientSession::resume_client_read(std::shared_ptr<ClientSession> self) {
+  if (client_read_paused_ && (expected_ready_ < kMaxStatementsInFlight / 2 || !server_reader_running_)) {
+    client_read_paused_ = false;
+    read_client(std::move(self));
+  }
+}
+
+net::awaitable<void> ClientSession::read_after_drain(std::shared_ptr<ClientSession> self) {
+  if (!co_await client_drained()) co_return end_client();
+  read_client(std::move(self));
 }
 
 void ClientSession::on_client_ready(std::shared_ptr<ClientSession> self, net::error_code ec) {
@@ -1224,6 +1245,7 @@ void ClientSession::hold_for_listener(std::shared_ptr<ClientSession> self) {
 
 void ClientSession::end_server_reader() {
   server_reader_running_ = false;
+  if (client_read_paused_) resume_client_read(shared_from_this());
   server_reader_done_.notify();
   answer_known_.notify();
 }
@@ -1313,14 +1335,9 @@ void ClientSession::relay_server_buffer(std::shared_ptr<ClientSession> self) {
           auto& tracker = this->tracker();
           tracker.take_due_replies(out);
           const auto disposition = tracker.server_message(message, server_->statements());
-          if (spdlog::should_log(spdlog::level::trace)) {
-            spdlog::trace("session {}: server '{}' ({} bytes) {}: {}", peer_, message.type, message.frame.size(),
-                          static_cast<int>(disposition),
-                          message.type == 'E' || message.type == 'C'
-                              ? std::string(protocol::as_string_view(message.payload.subspan(0, std::min<std::size_t>(
-                                                                                                 message.payload.size(), 120))))
-                              : std::string());
-          }
+          // Types and sizes only: an error's text can quote a parameter value.
+          spdlog::trace("session {}: server '{}' ({} bytes) {}", peer_, message.type, message.frame.size(),
+                        static_cast<int>(disposition));
           if (message.type == 'Z' && disposition != StatementTracker::Disposition::swallow && expected_ready_ > 0) {
             --expected_ready_;
           }
@@ -1404,6 +1421,7 @@ void ClientSession::relay_server_buffer(std::shared_ptr<ClientSession> self) {
 void ClientSession::after_server_write(std::shared_ptr<ClientSession> self, std::size_t offset, bool ready_seen) {
   auto& buffer = server_->buffer();
   buffer.consume(offset);
+  if (client_read_paused_) resume_client_read(self);
   if (server_held_for_listener_) return hold_for_listener(std::move(self));
   if (ready_seen && expected_ready_ == 0 && transaction_status_ != 'I' &&
       service_->config.mode == config::PoolMode::statement) {

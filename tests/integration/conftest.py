@@ -8,16 +8,27 @@ Environment:
   PGSLUICE_TEST_TARGET  `pgsluice` (default), or `direct` to run the same client-visible tests
                         straight against Postgres: a check of the tests themselves. Tests of
                         pgsluice-only behaviour are skipped there.
+  PGSLUICE_TEST_TLS     `1`: clients reach pgsluice over TLS (issue 17). The pgsluice of make_config
+                        gets `tls: {mode: require}` with a certificate of a test CA made once per
+                        run, so a client that does not encrypt is refused; Target.dsn() and
+                        Target.url() add sslmode=require, and the driver programs of
+                        test_drivers_jvm_node.py get it in their URLs. Meant for the driver tests
+                        (tests/run.sh: integration-tls); tests that speak the protocol by hand
+                        (Target.raw) do not do TLS. Default `0`; ignored for TARGET=direct.
 
 A module changes its pgsluice config by defining `pgsluice_config(config, pg)`, which edits the
 dict from pgharness.base_config in place.
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +42,9 @@ TARGET = os.environ.get("PGSLUICE_TEST_TARGET", "pgsluice")
 POOL_MODE = os.environ.get("PGSLUICE_TEST_MODE", "session")
 assert TARGET in ("pgsluice", "direct"), f"PGSLUICE_TEST_TARGET={TARGET}"
 assert POOL_MODE in ("session", "transaction", "statement"), f"PGSLUICE_TEST_MODE={POOL_MODE}"
+TLS_SWITCH = os.environ.get("PGSLUICE_TEST_TLS", "0")
+assert TLS_SWITCH in ("0", "1"), f"PGSLUICE_TEST_TLS={TLS_SWITCH}"
+TLS = TLS_SWITCH == "1" and TARGET == "pgsluice"
 
 # The driver programs of test_drivers_jvm_node.py and test_coalesce.py, and what they need.
 DRIVERS = Path(__file__).resolve().parents[1] / "drivers"
@@ -59,12 +73,16 @@ class Target:
     proxy: pgharness.Pgsluice | None = None
     pg: pgharness.LocalPostgres | None = None
     extra: dict = field(default_factory=dict)
+    # pgsluice refuses plain-text clients (tls.mode require): dsn() and url() ask for TLS.
+    tls: bool = False
 
     def login(self, name: str = "app") -> Login:
         return self.logins[name]
 
     def dsn(self, name: str = "app", password: str | None = ..., database: str | None = None, **params) -> str:
         login = self.logins[name]
+        if self.tls:
+            params.setdefault("sslmode", "require")
         dsn = pgharness.libpq_dsn(self.host, self.port, login.user,
                                   login.password if password is ... else password,
                                   login.database if database is None else database)
@@ -73,7 +91,8 @@ class Target:
     def url(self, name: str = "app") -> str:
         login = self.logins[name]
         auth = login.user if login.password is None else f"{login.user}:{login.password}"
-        return f"postgres://{auth}@{self.host}:{self.port}/{login.database}"
+        query = "?sslmode=require" if self.tls else ""
+        return f"postgres://{auth}@{self.host}:{self.port}/{login.database}{query}"
 
     def raw(self, timeout: float = 10.0) -> pgharness.RawConnection:
         return pgharness.RawConnection(self.host, self.port, timeout)
@@ -113,11 +132,25 @@ def direct_target(pg: pgharness.LocalPostgres) -> Target:
     return Target("direct", pg.host, pg.port, POOL_MODE, logins, pg=pg)
 
 
+@functools.cache
+def client_certificate() -> tuple[Path, Path]:
+    """pgsluice's (certificate, key) for localhost and 127.0.0.1, signed by a test CA; made once per
+    run in a temp dir that is removed when the run ends."""
+    directory = Path(tempfile.mkdtemp(prefix="pgsluice-test-tls-"))
+    atexit.register(shutil.rmtree, directory, True)
+    ca = pgharness.make_ca(directory / "ca")
+    return pgharness.make_certificate(directory / "pgsluice", "pgsluice", ca)
+
+
 def make_config(pg: pgharness.LocalPostgres, module=None) -> dict:
-    """pgharness.base_config on a free port, every service in POOL_MODE, then the module's changes."""
+    """pgharness.base_config on a free port, every service in POOL_MODE, TLS required of clients
+    if PGSLUICE_TEST_TLS=1, then the module's changes."""
     config = pgharness.base_config(pg, pgharness.free_port(), mode=POOL_MODE)
     for service in config["services"].values():
         service["mode"] = POOL_MODE
+    if TLS:
+        cert, key = client_certificate()
+        config["tls"] = {"mode": "require", "cert": str(cert), "key": str(key)}
     configure = getattr(module, "pgsluice_config", None)
     if configure is not None:
         configure(config, pg)
@@ -135,7 +168,8 @@ def start_pgsluice(pg: pgharness.LocalPostgres, config: dict, env: dict | None =
         if name not in ("app", "md5client", "trusty"):
             service = next((s for s in config["services"].values() if s["match"]["user"] == name), None)
             logins[name] = Login(name, user.get("password"), service["match"]["database"] if service else "app")
-    return Target("pgsluice", "127.0.0.1", proxy.port, POOL_MODE, logins, proxy=proxy, pg=pg)
+    return Target("pgsluice", "127.0.0.1", proxy.port, POOL_MODE, logins, proxy=proxy, pg=pg,
+                  tls=config.get("tls", {}).get("mode") == "require")
 
 
 def stop_pgsluice(target: Target) -> None:

@@ -3,6 +3,7 @@ notices. Raw sockets produce what no driver would send; a psycopg2 session opene
 module starts ("the bystander") must keep working after every case, and so must new clients."""
 from __future__ import annotations
 
+import os
 import random
 import socket
 import struct
@@ -261,3 +262,71 @@ def test_logged_in_idle_client_is_not_closed_by_login_timeout(short_login_timeou
     with closing(connect(short_login_timeout)) as conn:
         time.sleep(2.0)
         assert scalar(conn, "select 'still connected'") == "still connected"
+
+
+# -- a client that does not read ------------------------------------------------------------------
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def unquarantined(pg):
+    """A pgsluice of its own in transaction mode whose RSS tells what it holds: ASan's quarantine
+    (freed memory kept for a while, 256 MB by default) is made small."""
+    if TARGET == "direct":
+        pytest.skip("pgsluice's own buffering")
+    config = make_config(pg)
+    for service in config["services"].values():
+        service["mode"] = "transaction"
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS", "detect_leaks=1"), "quarantine_size_mb=1"]))
+    target = start_pgsluice(pg, config, env=env)
+    try:
+        yield target
+    finally:
+        stop_pgsluice(target)
+
+
+@pytest.mark.proxy_only
+@pytest.mark.parametrize("statement", ["SET search_path = public", "SELECT 1"])
+def test_a_client_that_pipelines_and_never_reads_is_not_read_either(unquarantined, statement):
+    """A client that sends statement after statement and reads none of the replies: pgsluice stops
+    reading it once what it owes that client is not being read, or once 4096 of its statements are
+    in flight (as a backend blocked on its output reads no input), so its memory stays bounded.
+    The SET is one pgsluice answers itself once the server confirmed it (no server connection whose
+    back-pressure would stop the client); SELECT 1 goes to the server. Before the bound, the SET
+    flood grew pgsluice by about 200 MB in 8 seconds (release build)."""
+    target = unquarantined
+    pid = target.proxy.proc.pid
+    login = target.login("app")
+    with closing(target.raw()) as raw:
+        raw.startup(login.user, login.database, login.password)
+        raw.query(statement)  # the server confirms it: from now on pgsluice may answer it alone
+        before = rss_kib(pid)
+        query = pgharness.message(b"Q", statement.encode() + b"\0")
+        chunk = query * (65536 // len(query))
+        raw.sock.setblocking(False)
+        sent = 0
+        pending = memoryview(chunk)
+        started = last_progress = time.monotonic()
+        while time.monotonic() - started < 8 and time.monotonic() - last_progress < 1.5:
+            try:
+                n = raw.sock.send(pending)  # a partial send leaves the rest of the chunk for the next
+                if n:
+                    sent += n
+                    pending = pending[n:] if n < len(pending) else memoryview(chunk)
+                    last_progress = time.monotonic()
+            except BlockingIOError:
+                time.sleep(0.01)
+            except ConnectionResetError:
+                raise AssertionError("pgsluice closed the client; log tail:\n" + target.log_text()[-3000:])
+        grown = rss_kib(pid) - before
+        assert grown < 64 * 1024, f"pgsluice's RSS grew by {grown} KiB for a client that reads nothing ({sent} bytes taken)"
+    # Another client is served meanwhile and after.
+    with closing(connect(target)) as other:
+        assert scalar(other, "select 'served'") == "served"

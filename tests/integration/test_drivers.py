@@ -1,6 +1,9 @@
 """libpq drivers through pgsluice: psycopg2 (simple protocol) and psycopg 3 (extended protocol,
 prepared statements, pipelines): errors with every field, notices, LISTEN/NOTIFY, large results,
-COPY errors, large objects (the FunctionCall message)."""
+COPY errors, large objects (the FunctionCall message).
+
+With PGSLUICE_TEST_TLS=1 (conftest.py) every connection to pgsluice here is over TLS, and a plain one
+is refused: test_the_tls_pass_connects_over_tls_and_refuses_plain_text proves both."""
 from __future__ import annotations
 
 import decimal
@@ -15,7 +18,7 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from conftest import POOL_MODE
+from conftest import POOL_MODE, TLS
 
 
 def connect(target, name="app", **kwargs):
@@ -258,3 +261,20 @@ def test_startup_parameters_are_passed_on_to_the_server(target):
         assert conn.get_parameter_status("application_name") == "pgsluice-param-test"
         assert conn.get_parameter_status("server_version").startswith("15.")
         assert conn.get_parameter_status("client_encoding") == "UTF8"
+
+
+# -- the TLS pass ---------------------------------------------------------------------------------
+
+@pytest.mark.proxy_only
+@pytest.mark.skipif(not TLS, reason="the TLS pass only (PGSLUICE_TEST_TLS=1)")
+def test_the_tls_pass_connects_over_tls_and_refuses_plain_text(target):
+    with pytest.raises(psycopg2.OperationalError) as refused:
+        psycopg2.connect(target.dsn("app", sslmode="disable", connect_timeout=10)).close()
+    assert "TLS is required (tls.mode require)" in str(refused.value), str(refused.value)
+    with closing(connect(target)) as conn:
+        assert (conn.info.ssl_in_use, conn.info.ssl_attribute("protocol")[:6]) == (True, "TLSv1."), \
+            conn.info.ssl_attribute("protocol")
+        assert one(conn, "select 6 * 7") == (42,)
+    with connect3(target) as conn:
+        assert conn.pgconn.ssl_in_use is True
+        assert conn.execute("select %s::int * 7", [6]).fetchone() == (42,)

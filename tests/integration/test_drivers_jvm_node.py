@@ -10,8 +10,13 @@ saw. tests/drivers/install.sh installs the JDK, the jar, Node and the pinned npm
 In transaction mode the `app` service gets max_connections = 3, so the 20 concurrent JDBC and node
 clients share 3 server connections and their named statements must move between them.
 
+With PGSLUICE_TEST_TLS=1 (conftest.py) pgsluice requires TLS and every program connects with
+sslmode=require (in the JDBC URL, and in the URL check.mjs gets), so each passing scenario ran over
+TLS: a plain-text client is refused.
+
     bash tests/drivers/install.sh
     PGSLUICE_TEST_MODE=transaction /usr/bin/python3 -m pytest -q tests/integration/test_drivers_jvm_node.py
+    PGSLUICE_TEST_TLS=1 PGSLUICE_TEST_MODE=transaction /usr/bin/python3 -m pytest -q tests/integration/test_drivers_jvm_node.py
 """
 from __future__ import annotations
 
@@ -78,6 +83,9 @@ def jdbc(target, java_classes: Path, scenario: str, timeout: float = 90) -> dict
     login = target.login("app")
     url = (f"jdbc:postgresql://{target.host}:{target.port}/{login.database}"
            "?ApplicationName=driver-check&connectTimeout=10&loginTimeout=20&socketTimeout=60")
+    if target.tls:
+        # pgjdbc (42.5) reads sslmode as libpq does: require encrypts without checking the certificate.
+        url += "&sslmode=require"
     argv = ["java", f"-Duser.timezone={JVM_TIMEZONE}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
             "-cp", f"{JDBC_JAR}:{java_classes}", "DriverCheck", url, login.user, login.password or "", scenario]
     return run_check(target, argv, timeout)

@@ -213,7 +213,7 @@ services:
   CHECK(app.max_connections == 10);
   CHECK(app.min_connections == 0);
   CHECK(app.acquire_timeout == 1s);
-  CHECK(app.max_waiting_clients == 1000);
+  CHECK(app.max_waiting_clients == 0);  // no limit of its own
   CHECK(app.idle_timeout == 10min);
   CHECK(app.max_lifetime == 1h);
   CHECK(app.health_check_after_idle == 30s);

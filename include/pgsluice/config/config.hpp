@@ -96,7 +96,9 @@ struct ServiceConfig {
   int max_connections = 10;
   int min_connections = 0;
   Duration acquire_timeout = std::chrono::seconds(1);
-  int max_waiting_clients = 1000;
+  // Clients that may wait for a connection at once; 0 = no limit of its own (max_client_connections
+  // and acquire_timeout bound the wait: a burst the pool can serve in time is served).
+  int max_waiting_clients = 0;
   Duration idle_timeout = std::chrono::minutes(10);
   Duration max_lifetime = std::chrono::hours(1);
   Duration health_check_after_idle = std::chrono::seconds(30);

@@ -51,7 +51,7 @@ struct PoolSettings {
   int max_connections = 10;
   int min_connections = 0;
   std::chrono::milliseconds acquire_timeout{1000};
-  int max_waiting_clients = 1000;
+  int max_waiting_clients = 0;  // 0: no limit of its own
   std::chrono::milliseconds idle_timeout{600'000};             // idle above min are closed after this
   std::chrono::milliseconds max_lifetime{3'600'000};           // 0 = unlimited; ±10 % jitter
   std::chrono::milliseconds health_check_after_idle{30'000};   // idle longer: checked before lease

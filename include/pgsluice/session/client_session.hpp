@@ -195,6 +195,15 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // does not take at once is written from them without a copy.
   bool send_client(Outgoing& out, bool borrowed = false);
   void flush_client(std::shared_ptr<ClientSession> self);
+  // A client that does not read what it was sent is not read either once that passes
+  // kMaxClientBacklog (as a Postgres backend blocked on its output reads no input): its memory stays
+  // bounded whatever it pipelines (e.g. SETs pgsluice answers itself).
+  net::awaitable<void> read_after_drain(std::shared_ptr<ClientSession> self);
+  // The same for statements in flight (each holds the tracker's bookkeeping until its reply): past
+  // kMaxStatementsInFlight the client is not read until the server side has answered half of them.
+  static constexpr int kMaxStatementsInFlight = 4096;
+  bool client_read_paused_ = false;
+  void resume_client_read(std::shared_ptr<ClientSession> self);
   void on_client_flushed(std::shared_ptr<ClientSession> self, net::error_code ec);
   // Waits until everything queued is written; false: the client is gone.
   net::awaitable<bool> client_drained();

@@ -1,6 +1,9 @@
 // node-postgres (`pg`) and postgres.js (`postgres`) driven through pgsluice, one scenario per run.
 //
-//   node tests/drivers/node/check.mjs postgres://user:password@host:port/db SCENARIO
+//   node tests/drivers/node/check.mjs postgres://user:password@host:port/db[?sslmode=require] SCENARIO
+//
+// sslmode=require (the TLS pass, PGSLUICE_TEST_TLS=1) has libpq's meaning for both drivers: encrypted,
+// the certificate not checked.
 //
 // On success prints one JSON object (the values the scenario saw) as the last line of stdout and
 // exits 0; on a wrong value or any driver error prints the error (with its SQLSTATE) to stderr and
@@ -44,6 +47,17 @@ if (!url || !scenario) {
   process.exit(2)
 }
 
+// pg-connection-string reads sslmode=require as verify-full unless asked for libpq's meanings;
+// postgres.js reads it as libpq does.
+const pgUrl = withLibpqSslModes(url)
+
+function withLibpqSslModes(connectionString) {
+  const parsed = new URL(connectionString)
+  if (!parsed.searchParams.has('sslmode')) return connectionString
+  parsed.searchParams.set('uselibpqcompat', 'true')
+  return parsed.toString()
+}
+
 const timeoutMs = Number(process.env.CHECK_TIMEOUT_MS || 60000)
 const watchdog = setTimeout(() => {
   console.error(`FAILED ${scenario}: not finished after ${timeoutMs} ms`)
@@ -51,7 +65,7 @@ const watchdog = setTimeout(() => {
 }, timeoutMs)
 
 function pgClient(extra = {}) {
-  return new pg.Client({ connectionString: url, application_name: `check-${scenario}`, ...extra })
+  return new pg.Client({ connectionString: pgUrl, application_name: `check-${scenario}`, ...extra })
 }
 
 function postgresSql(extra = {}) {
@@ -186,7 +200,7 @@ const scenarios = {
   },
 
   async 'pg-pool'() {
-    const pool = new pg.Pool({ connectionString: url, max: 20, application_name: 'check-pg-pool' })
+    const pool = new pg.Pool({ connectionString: pgUrl, max: 20, application_name: 'check-pg-pool' })
     const workers = 20
     const perWorker = 50
     try {
