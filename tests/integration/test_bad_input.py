@@ -330,3 +330,79 @@ def test_a_client_that_pipelines_and_never_reads_is_not_read_either(unquarantine
     # Another client is served meanwhile and after.
     with closing(connect(target)) as other:
         assert scalar(other, "select 'served'") == "served"
+
+
+# -- cancel keys, the client limit, malformed SCRAM over the wire -----------------------------------
+
+def test_a_cancel_request_with_a_wrong_key_gets_no_answer_at_all(target):
+    """Nothing comes back for a wrong key (no error, no byte): the connection is just closed."""
+    with closing(target.raw()) as raw:
+        raw.send(pgharness.cancel_packet(random.getrandbits(31), random.getrandbits(32)))
+        assert raw.read_until_closed(5) == []
+        assert raw.buffer == b""
+
+
+@pytest.fixture(scope="module")
+def two_clients_max(pg):
+    if TARGET == "direct":
+        pytest.skip("pgsluice's max_client_connections")
+    config = make_config(pg)
+    config["max_client_connections"] = 2
+    target = start_pgsluice(pg, config)
+    try:
+        yield target
+    finally:
+        stop_pgsluice(target)
+
+
+def test_past_max_client_connections_the_next_client_gets_53300_and_the_others_go_on(two_clients_max):
+    target = two_clients_max
+    first, second = connect(target), connect(target)
+    try:
+        with pytest.raises(psycopg2.OperationalError) as refused:
+            psycopg2.connect(target.dsn("app", connect_timeout=10))
+        assert "too many client connections (max_client_connections 2)" in str(refused.value)
+        assert scalar(first, "select 'first'") == "first" and scalar(second, "select 'second'") == "second"
+    finally:
+        second.close()
+    # A place is free again.
+    with closing(connect(target)) as third:
+        assert scalar(third, "select 'third'") == "third"
+    first.close()
+
+
+@pytest.mark.proxy_only
+@pytest.mark.parametrize("client_first", [
+    b"",                                   # nothing at all
+    b"x,,n=,r=abc",                        # an unknown GS2 flag (y is valid: no -PLUS offered)
+    b"n,,n=,r=",                           # an empty nonce
+    b"n,,r=abc",                           # no user name attribute
+    b"p=tls-server-end-point,,n=,r=abc",  # channel binding never offered
+    b"n,,n=," + b"r=" + b"\xff" * 64,     # not UTF-8 / not printable
+    b"n,,n=,r=" + b"a" * 70000,           # longer than any SASL message Postgres accepts
+])
+def test_malformed_scram_client_first_gets_an_error_and_nothing_else_is_harmed(target, client_first):
+    login = target.login("app")
+    with closing(target.raw()) as raw:
+        raw.send(pgharness.startup_packet({"user": login.user, "database": login.database}))
+        msg_type, payload = raw.read_message()
+        assert msg_type == b"R" and struct.unpack("!I", payload[:4])[0] == 10
+        raw.send(pgharness.message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(client_first)) + client_first))
+        fields = raw.expect_rejected()
+        assert fields is not None and fields.get("C") in ("08P01", "28P01", "28000"), fields
+
+
+@pytest.mark.proxy_only
+@pytest.mark.parametrize("client_final", [b"", b"c=biws", b"c=biws,r=wrong-nonce,p=AAAA", b"garbage\x00\xff"])
+def test_malformed_scram_client_final_gets_an_error(target, client_final):
+    login = target.login("app")
+    with closing(target.raw()) as raw:
+        raw.send(pgharness.startup_packet({"user": login.user, "database": login.database}))
+        assert raw.read_message()[0] == b"R"
+        first = b"n,,n=,r=fyko+d2lbbFgONRv9qkxdawL"
+        raw.send(pgharness.message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first))
+        msg_type, payload = raw.read_message()
+        assert msg_type == b"R" and struct.unpack("!I", payload[:4])[0] == 11  # SASLContinue
+        raw.send(pgharness.message(b"p", client_final))
+        fields = raw.expect_rejected()
+        assert fields is not None and fields.get("C") in ("08P01", "28P01"), fields
