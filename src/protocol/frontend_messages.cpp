@@ -24,6 +24,27 @@ Result<BindView> parse_bind(Bytes payload) {
   return view;
 }
 
+bool bind_is_well_formed(Bytes payload) {
+  PayloadReader reader(payload);
+  reader.cstring();
+  reader.cstring();
+  const auto formats = reader.int16();
+  if (!reader.ok() || formats < 0 || reader.remaining() < static_cast<std::size_t>(formats) * 2) return false;
+  reader.bytes(static_cast<std::size_t>(formats) * 2);
+  const auto parameters = reader.int16();
+  if (!reader.ok() || parameters < 0 || (formats > 1 && formats != parameters)) return false;
+  for (int i = 0; i < parameters; ++i) {
+    const auto length = reader.int32();
+    if (!reader.ok() || length < -1 || (length > 0 && reader.remaining() < static_cast<std::size_t>(length))) {
+      return false;
+    }
+    if (length > 0) reader.bytes(static_cast<std::size_t>(length));
+  }
+  const auto results = reader.int16();
+  if (!reader.ok() || results < 0 || reader.remaining() != static_cast<std::size_t>(results) * 2) return false;
+  return true;
+}
+
 Result<ExecuteView> parse_execute(Bytes payload) {
   PayloadReader reader(payload);
   ExecuteView view;

@@ -847,6 +847,13 @@ void ClientSession::on_client_data(std::shared_ptr<ClientSession> self) {
       run_.terminate = true;
       break;
     }
+    if (type == 'B' && !protocol::bind_is_well_formed(frame.message.payload)) {
+      asio::co_spawn(stream_.get_executor(),
+                     refuse_client(std::move(self), "08P01",
+                                   "pgsluice: malformed Bind message (its counts or lengths disagree with its bytes)"),
+                     asio::detached);
+      return;
+    }
     switch (type) {
       case 'Q': case 'F': ++expected_ready_; ++run_.statements; break;
       case 'S': ++expected_ready_; in_extended_batch_ = false; break;

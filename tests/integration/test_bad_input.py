@@ -406,3 +406,21 @@ def test_malformed_scram_client_final_gets_an_error(target, client_final):
         raw.send(pgharness.message(b"p", client_final))
         fields = raw.expect_rejected()
         assert fields is not None and fields.get("C") in ("08P01", "28P01"), fields
+
+
+@pytest.mark.proxy_only  # Postgres answers these with an 08P01 ERROR and keeps the connection
+@pytest.mark.parametrize("bind_payload", [
+    b"\0\0" + struct.pack("!hh", 0, 1) + struct.pack("!i", 400) + b"abc" + struct.pack("!h", 0),  # length past the end
+    b"\0\0" + struct.pack("!hhhh", 2, 0, 0, 1) + struct.pack("!i", 1) + b"1" + struct.pack("!h", 0),  # 2 formats, 1 value
+    b"\0\0" + struct.pack("!hh", 0, 0) + struct.pack("!h", 0) + b"trailing",  # bytes after the result codes
+    b"\0\0" + struct.pack("!h", -1),  # a negative count
+])
+def test_a_bind_whose_counts_disagree_with_its_bytes_gets_08p01_and_is_closed(target, bind_payload):
+    login = target.login("app")
+    with closing(target.raw()) as raw:
+        raw.startup(login.user, login.database, login.password)
+        raw.send(pgharness.message(b"P", b"\0SELECT $1::text\0\0\0") + pgharness.message(b"B", bind_payload) +
+                 pgharness.message(b"E", b"\0\0\0\0\0") + pgharness.message(b"S"))
+        messages = raw.read_until_closed(10)
+        errors = [pgharness.parse_error_fields(p) for t, p in messages if t == b"E"]
+        assert errors and errors[-1].get("C") == "08P01", messages

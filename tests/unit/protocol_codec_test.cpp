@@ -1,11 +1,14 @@
 // Codec round trips: every message the proxy builds is parsed back by the matching decoder, and the
 // framing rejects what DESIGN §8 says it must.
 #include <catch.hpp>
+#include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
 #include "pgsluice/protocol/backend_messages.hpp"
 #include "pgsluice/protocol/builder.hpp"
+#include "pgsluice/protocol/frontend_messages.hpp"
 #include "pgsluice/protocol/message.hpp"
 #include "pgsluice/protocol/startup.hpp"
 
@@ -317,4 +320,45 @@ TEST_CASE("a RowDescription's shape is its columns' names, types and modifiers",
   Buffer extra;
   MessageBuilder(extra).begin('T').int16(0).int16(7).end();
   CHECK_FALSE(parse_row_shape(Bytes(extra).subspan(5)));
+}
+
+namespace {
+
+// A Bind payload: names, format codes, parameters (nullopt: NULL), result codes, then `extra`.
+Buffer bind_payload(std::vector<std::int16_t> formats, std::vector<std::optional<std::string>> parameters,
+                    std::vector<std::int16_t> results, std::string extra = {}, std::optional<std::int32_t> lie = {}) {
+  Buffer out;
+  MessageBuilder b(out);
+  b.begin('B').cstring("portal").cstring("stmt").int16(static_cast<std::int16_t>(formats.size()));
+  for (auto f : formats) b.int16(f);
+  b.int16(static_cast<std::int16_t>(parameters.size()));
+  for (const auto& p : parameters) {
+    if (!p) {
+      b.int32(-1);
+    } else {
+      b.int32(lie.value_or(static_cast<std::int32_t>(p->size()))).bytes(*p);
+    }
+  }
+  b.int16(static_cast<std::int16_t>(results.size()));
+  for (auto r : results) b.int16(r);
+  b.bytes(extra).end();
+  return Buffer(out.begin() + 5, out.end());  // the payload, after type and length
+}
+
+}  // namespace
+
+TEST_CASE("bind_is_well_formed accepts what drivers send and refuses counts that disagree", "[protocol][bind]") {
+  CHECK(bind_is_well_formed(bind_payload({}, {}, {})));
+  CHECK(bind_is_well_formed(bind_payload({1}, {std::string("abcd"), std::nullopt}, {1})));
+  CHECK(bind_is_well_formed(bind_payload({0, 1}, {std::string("1"), std::string("")}, {0, 1, 1})));
+  CHECK_FALSE(bind_is_well_formed(bind_payload({0, 1}, {std::string("1")}, {})));       // 2 formats, 1 parameter
+  CHECK_FALSE(bind_is_well_formed(bind_payload({}, {std::string("abc")}, {}, "", 400)));  // length past the end
+  CHECK_FALSE(bind_is_well_formed(bind_payload({}, {std::string("abc")}, {}, "", -2)));   // negative length
+  CHECK_FALSE(bind_is_well_formed(bind_payload({}, {}, {}, "trailing")));                 // bytes after the codes
+  auto cut = bind_payload({}, {std::string("abc")}, {0});
+  cut.pop_back();
+  CHECK_FALSE(bind_is_well_formed(cut));  // a result code cut short
+  Buffer negative;
+  MessageBuilder(negative).begin('B').cstring("").cstring("").int16(-1).end();
+  CHECK_FALSE(bind_is_well_formed(Buffer(negative.begin() + 5, negative.end())));
 }

@@ -24,6 +24,10 @@ struct BindView {
   Bytes rest;  // formats, parameters and result formats, as sent
 };
 Result<BindView> parse_bind(Bytes payload);
+// A Bind whose counts and lengths agree with its bytes (docs §55.7): two names, parameter format
+// codes (0, 1 or one per parameter), parameters (length -1 or 0..rest), result format codes, and
+// nothing after them. What Postgres refuses with 08P01 at Bind, checked before it is relayed.
+bool bind_is_well_formed(Bytes payload);
 // The result-format codes at the end of a Bind's `rest`: where they start in it, how many there
 // are, and the first (0 when there is none). nullopt when `rest` does not hold a whole Bind.
 struct ResultFormats {
