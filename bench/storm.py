@@ -22,11 +22,11 @@ message helpers (tests/harness/pgwire.py) build and parse what they send.
    median, p99 and the last one.
 
 2. Memory after a storm, the same burst run: the pooler's VmRSS (/proc/PID/status) at the start
-   (pool warm, no clients), with the clients logged in and idle, its high-water mark (VmHWM, the
-   peak RSS of its life, which the burst is part of), and 5 s and 10 s after every client has
-   left (each sent Terminate and closed its socket). pgsluice hands free heap back to the system
-   (malloc_trim) when its client count has fallen by ≥ 500 and below half the peak, checked every
-   2 s, so "after 5 s" includes at least two such checks.
+   (pool warm, no clients), with the clients logged in and idle, the peak (the largest of VmHWM,
+   the kernel's high-water mark, and VmRSS read every 0.1 s through the burst), and 5 s and 10 s
+   after every client has left (each sent Terminate and closed its socket). pgsluice hands free
+   heap back to the system (malloc_trim) when its client count has fallen by ≥ 500 and below half
+   the peak, checked every 2 s, so "after 5 s" includes at least two such checks.
 
 3. Login storms, --storm-rounds times, interleaved in a rotated order: --storm clients start at
    once (spread over the processes), each connects, logs in, runs `SELECT 1`, sends Terminate and
@@ -41,12 +41,13 @@ message helpers (tests/harness/pgwire.py) build and parse what they send.
        iterations). Both entries are the roles' pg_authid.rolpassword: the script creates the roles
        storm_md5 (password_encryption md5, pg_hba method md5) and storm_scram (scram-sha-256) in
        its Postgres, because PgBouncer logs in to Postgres as the client's user, with the md5 hash
-       or with the keys of the client's SCRAM exchange (which work only for the verifier Postgres
-       has; a forced `user=` on the database line does not work with SCRAM clients in 1.18: it
-       hands the client's keys to the forced user's server login). pgsluice's services log in as
-       `app` with its password. The burst's PgBouncer has `app`'s verifier from pg_authid the same
-       way. "refused" counts the clients that did not get through (an ErrorResponse during login,
-       the connection closed, a timeout).
+       or with the keys of the client's SCRAM exchange (which fit only the verifier Postgres has).
+       (A forced `user=app password=…` on PgBouncer's database line was tried first: once clients
+       had logged in with SCRAM, its server logins as app failed with "password authentication
+       failed".) pgsluice's services log in as `app` with its password. The burst's PgBouncer has
+       `app`'s verifier from pg_authid the same way.
+   "refused" counts the clients that did not get through (an ErrorResponse during login, the
+   connection closed, a timeout).
 
 Connection logging is on for both (--connection-logs on, the default): pgsluice at its default
 log.level info writes a line per login and per close, PgBouncer gets log_connections and
@@ -72,11 +73,14 @@ import json
 import multiprocessing
 import os
 import platform
+import pwd
 import selectors
 import socket
 import statistics
 import struct
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -482,10 +486,6 @@ class StormBouncer(PgBouncer):
         self.auth_type, self.entries, self.connection_logs = auth_type, entries, connection_logs
 
     def start(self) -> "StormBouncer":
-        import pwd
-        import shutil
-        import subprocess
-        import tempfile
         if not os.access(PGBOUNCER, os.X_OK):
             raise RuntimeError(f"{PGBOUNCER} not found: apt-get install pgbouncer")
         self.dir = Path(tempfile.mkdtemp(prefix="pgsluice-bench-pgbouncer-", dir="/tmp"))
@@ -920,7 +920,8 @@ def parse_args(argv=None):
                    help="pgsluice binary (default: the release build, build/release/pgsluice)")
     p.add_argument("--workers", type=int, default=2, help="pgsluice `workers` threads (default 2)")
     p.add_argument("--pool-size", type=int, default=20,
-                   help="server connections per pool: pgsluice max_connections = PgBouncer default_pool_size (default 20)")
+                   help="server connections per pool: pgsluice max_connections = PgBouncer default_pool_size "
+                        "(default 20)")
     p.add_argument("--procs", type=int, default=4, help="client processes (default 4)")
     p.add_argument("--login-concurrency", type=int, default=64,
                    help="logins in flight per client process while the burst's clients are opened (default 64)")
@@ -989,7 +990,7 @@ def main(argv=None) -> int:
     if bursts:
         print(f"\nBurst: {args.clients:,} logged-in clients (SCRAM), then one SELECT 1 each at one moment\n")
         print(burst_table(bursts))
-        print(f"\nMemory (VmRSS) around the burst\n")
+        print("\nMemory (VmRSS) around the burst\n")
         print(memory_table(bursts))
     if storm_results:
         print(f"\nLogin storms: {args.storm:,} clients at once, each connect, log in, SELECT 1, leave\n")
@@ -1001,8 +1002,9 @@ def main(argv=None) -> int:
           f"at the start and {' '.join(env_info['loadavg_end'])} at the end. Burst: 'sends done' is when the last "
           f"process had sent all its queries, reply times are from 'go'; not served = an ErrorResponse's SQLSTATE, "
           f"the connection closed or no reply in {args.burst_timeout:g} s. Memory: start = pool warm, no clients; "
-          f"clients idle = all logged in, before the burst; peak = the largest of VmHWM and VmRSS read every 0.1 s; after = 5 s / 10 s after the last "
-          f"client closed. Storms: CPU = the pooler's user+system time over the storm and {args.settle:g} s after it, "
+          f"clients idle = all logged in, before the burst; peak = the largest of VmHWM and VmRSS read every 0.1 s; "
+          f"after = 5 s / 10 s after the last client closed. Storms: CPU = the pooler's user+system time over "
+          f"the storm and {args.settle:g} s after it, "
           f"/ clients started; stat = /proc/PID/stat ticks of {1e3 / CLK_TCK:g} ms, schedstat = "
           f"/proc/PID/task/*/schedstat in ns; connection logs {args.connection_logs})")
 
