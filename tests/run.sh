@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run`): dependencies, the ASan+UBSan build, the unit
-# tests (ctest), then the integration tests (pytest) against that build and a throwaway Postgres.
+# tests (ctest), the fuzz targets (tests/fuzz/run.sh, 10 s each), then the integration tests (pytest)
+# against that build and a throwaway Postgres.
 # Run from anywhere: `bash tests/run.sh`. Extra arguments go to pytest (e.g. `-k cancel`).
 # Exits non-zero if any step fails.
 set -uo pipefail
@@ -86,6 +87,11 @@ if ((unit_passed + unit_failed == 0)); then
   STEP_RESULTS[-1]="FAILED (no tests)"
   failed=1
 fi
+
+# 3b. Fuzzing (issue 17): every decoder's libFuzzer target, built with clang under ASan+UBSan into
+#     build/fuzz, 10 s each from its seed corpus; a crash, leak, UBSan report or timeout fails the
+#     step and names the reproducer (tests/fuzz/run.sh).
+run_step fuzz bash tests/fuzz/run.sh --seconds 10
 
 # integration_pass NAME PYTEST_ARGS...: one pytest run against the ASan build (log and JUnit XML in
 # $LOG_DIR), its counts added to the closing line; a run that passes no test fails.

@@ -10,9 +10,10 @@ set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 
-# Build: compiler, CMake + Ninja, and the libraries CMakeLists.txt finds.
+# Build: compiler, CMake + Ninja, and the libraries CMakeLists.txt finds; clang and its sanitizer and
+# libFuzzer runtimes for the fuzz targets (tests/fuzz/run.sh).
 BUILD_PACKAGES=(
-  g++ cmake ninja-build pkg-config
+  g++ cmake ninja-build pkg-config clang libclang-rt-14-dev
   libboost1.81-dev libboost-program-options1.81-dev
   libssl-dev libyaml-cpp-dev prometheus-cpp-dev libspdlog-dev libfmt-dev catch2 libpg-query-dev
 )

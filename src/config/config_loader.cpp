@@ -7,11 +7,15 @@
 #include <cstdint>
 #include <cstdio>
 #include <set>
+#include <optional>
+#include <sstream>
 #include <system_error>
 #include <utility>
 
 #include "pgsluice/config/config.hpp"
 #include "yaml_section.hpp"
+
+#include <yaml-cpp/eventhandler.h>
 
 namespace pgsluice::config {
 
@@ -470,19 +474,67 @@ int mark_line(const YAML::Mark& mark) {
   return mark.line < 0 ? 0 : mark.line + 1;
 }
 
+// Counts a text's YAML documents without building them, and where the second one starts.
+class DocumentCounter : public YAML::EventHandler {
+ public:
+  int count = 0;
+  int second_line = 0;  // the line of the second document's first node
+  void OnDocumentStart(const YAML::Mark&) override { ++count; }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { node(mark); }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { node(mark); }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t, const std::string&) override {
+    node(mark);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+    node(mark);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+    node(mark);
+  }
+  void OnMapEnd() override {}
+
+ private:
+  void node(const YAML::Mark& mark) {
+    if (count == 2 && second_line == 0) second_line = mark_line(mark);
+  }
+};
+
+struct DocumentCount {
+  int count = 0;
+  int second_line = 0;
+};
+
+// nullopt when the parser does not come to an end within one document per byte (and one more).
+std::optional<DocumentCount> count_documents(const std::string& text) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  DocumentCounter counter;
+  for (std::size_t rounds = 0; parser.HandleNextDocument(counter);) {
+    if (++rounds > text.size() + 1) return std::nullopt;
+  }
+  return DocumentCount{counter.count, counter.second_line};
+}
+
 }  // namespace
 
 LoadResult load_from_string(const std::string& yaml_text, const std::map<std::string, std::string>* env) {
   Loader loader(env);
   try {
-    const std::vector<YAML::Node> documents = YAML::LoadAll(yaml_text);
-    if (documents.size() > 1) {
-      loader.add_error(
-          detail::line_of(documents[1]),
-          "the file holds more than one YAML document (---); put the whole configuration in one");
+    // The documents are counted by the parser's events, the first one loaded alone: yaml-cpp 0.7's
+    // LoadAll never ends on some malformed texts (a leading ",": jbeder/yaml-cpp#1040, found by
+    // tests/fuzz/fuzz_config.cpp) and would take the daemon's memory on a reload.
+    const auto documents = count_documents(yaml_text);
+    if (!documents) {
+      return LoadResult{std::nullopt, {ConfigError{1, "YAML syntax error: the text does not parse as YAML"}}};
+    }
+    if (documents->count > 1) {
+      loader.add_error(documents->second_line,
+                       "the file holds more than one YAML document (---); put the whole configuration in one");
       return loader.finish();
     }
-    const YAML::Node root = documents.empty() ? YAML::Node() : documents.front();
+    const YAML::Node root = documents->count == 0 ? YAML::Node() : YAML::Load(yaml_text);
     if (!root.IsNull() && !root.IsMap()) {
       loader.add_error(detail::line_of(root),
                        "the configuration must be a mapping of keys such as listen, backends and services");

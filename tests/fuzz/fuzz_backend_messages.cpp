@@ -40,7 +40,9 @@ void check_error(char type, Bytes payload) {
   if (fields) {
     FUZZ_CHECK(again->severity == fields->severity && again->sqlstate == fields->sqlstate);
     FUZZ_CHECK(again->detail == fields->detail);
-    if (fields->message.find("pgsluice_1") == std::string::npos) FUZZ_CHECK(again->message == fields->message);
+    if (fields->message.find("pgsluice_1") == std::string::npos) {
+      FUZZ_CHECK(again->message == fields->message);
+    }
   }
   // A replacement that contains what it replaces must not be replaced again.
   Buffer grown;
@@ -94,7 +96,8 @@ void check_authentication(Bytes payload) {
       FUZZ_CHECK(md5::salted_response("user", "pencil", salt).size() == 35);
       break;
     }
-    default: break;  // SASLContinue / SASLFinal data: fuzz_scram
+    default:  // SASLContinue / SASLFinal data: fuzz_scram
+      break;
   }
 }
 
@@ -129,7 +132,9 @@ void read_data_row(Bytes payload) {
 void read_parameter_description(Bytes payload) {
   PayloadReader reader(payload);
   const auto count = reader.int16();
-  for (int i = 0; i < count && reader.ok(); ++i) (void)reader.int32();
+  for (int i = 0; i < count && reader.ok(); ++i) {
+    (void)reader.int32();  // type OID
+  }
 }
 
 }  // namespace
@@ -142,18 +147,42 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const auto& message = frame.message;
     (void)is_backend_message_type(message.type);
     switch (message.type) {
-      case 'E': case 'N': check_error(message.type, message.payload); break;
-      case 'S': check_parameter_status(message.payload); break;
-      case 'K': check_backend_key_data(message.payload); break;
-      case 'Z': check_ready_for_query(message.payload); break;
-      case 'R': check_authentication(message.payload); break;
-      case 'T': check_row_description(message.payload); break;
-      case 'n': FUZZ_CHECK(no_data_shape().fingerprint != 0); break;
-      case 'A': read_notification(message.payload); break;
-      case 'D': read_data_row(message.payload); break;
-      case 't': read_parameter_description(message.payload); break;
-      case 'C': (void)PayloadReader(message.payload).cstring(); break;
-      default: break;  // relayed as received
+      case 'E':
+      case 'N':
+        check_error(message.type, message.payload);
+        break;
+      case 'S':
+        check_parameter_status(message.payload);
+        break;
+      case 'K':
+        check_backend_key_data(message.payload);
+        break;
+      case 'Z':
+        check_ready_for_query(message.payload);
+        break;
+      case 'R':
+        check_authentication(message.payload);
+        break;
+      case 'T':
+        check_row_description(message.payload);
+        break;
+      case 'n':
+        FUZZ_CHECK(no_data_shape().fingerprint != 0);
+        break;
+      case 'A':
+        read_notification(message.payload);
+        break;
+      case 'D':
+        read_data_row(message.payload);
+        break;
+      case 't':
+        read_parameter_description(message.payload);
+        break;
+      case 'C':
+        (void)PayloadReader(message.payload).cstring();
+        break;
+      default:  // relayed as received
+        break;
     }
     input = input.subspan(message.frame.size());
   }

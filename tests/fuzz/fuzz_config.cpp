@@ -23,8 +23,9 @@ const std::map<std::string, std::string>& environment() {
       {"PGSLUICE_ADMIN_PASSWORD", std::string(kSecretValue)},
       {"AUTH_DB_PASSWORD", std::string(kSecretValue)},
       {"PASSWORD", std::string(kSecretValue)},
-      {"VERIFIER", "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"
-                   "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="},
+      {"VERIFIER",
+       "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"
+       "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="},
       {"EMPTY", ""},
   };
   return env;

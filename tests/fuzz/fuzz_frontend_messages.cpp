@@ -1,6 +1,7 @@
 // libFuzzer target: the typed messages a client sends (docs §55.7, "(F)"), cut with next_frame as the
 // session cuts its read buffer: PasswordMessage / SASLInitialResponse / SASLResponse during login, then
-// Parse, Bind (and its result-format codes), Execute, Describe, Close and Query.
+// Parse, Bind (its well-formedness check and its result-format codes), Execute, Describe, Close and
+// Query.
 // None may crash, read out of bounds or allocate by an unchecked length. In transaction mode pgsluice
 // re-encodes Parse, Bind, Describe and Close under the server's statement names and rewrites a Bind's
 // result formats; what it builds from a decoded message must decode to the same fields.
@@ -30,7 +31,9 @@ MessageView recut(const Buffer& out, char type) {
   return frame.message;
 }
 
-bool same_bytes(Bytes a, Bytes b) { return std::ranges::equal(a, b); }
+bool same_bytes(Bytes a, Bytes b) {
+  return std::ranges::equal(a, b);
+}
 
 void check_parse(Bytes payload) {
   auto parse = parse_parse(payload);
@@ -44,7 +47,9 @@ void check_parse(Bytes payload) {
 }
 
 void check_bind(Bytes payload) {
+  const bool well_formed = bind_is_well_formed(payload);
   auto bind = parse_bind(payload);
+  FUZZ_CHECK(bind || !well_formed);
   if (!bind) return;
   Buffer out;
   append_bind(out, bind->portal, "pgsluice_1", bind->rest);
@@ -53,16 +58,22 @@ void check_bind(Bytes payload) {
   FUZZ_CHECK(same_bytes(again->rest, bind->rest));
 
   const auto formats = bind_result_formats(bind->rest);
+  // The check pgsluice makes before relaying a Bind and the reading that rewrites its result
+  // formats agree: a well-formed Bind ends with exactly its result-format codes.
+  FUZZ_CHECK(formats || !well_formed);
   if (!formats) return;
   FUZZ_CHECK(formats->offset + 2 <= bind->rest.size() && formats->count >= 0);
+  if (well_formed) FUZZ_CHECK(formats->offset + 2 + std::size_t(formats->count) * 2 == bind->rest.size());
   // pgsluice names one result format per column when a client's single code must be spread over
   // the columns a re-prepared statement returns; 1600 is Postgres's MaxTupleAttributeNumber.
   const int columns = std::min<int>(formats->count + 1, 1600);
   Buffer widened;
   append_bind_with_result_formats(widened, bind->portal, bind->statement, bind->rest.first(formats->offset),
                                   formats->first, columns);
-  auto rebound = parse_bind(recut(widened, 'B').payload);
+  const auto rebound_payload = recut(widened, 'B').payload;
+  auto rebound = parse_bind(rebound_payload);
   FUZZ_CHECK(rebound && rebound->statement == bind->statement);
+  if (well_formed) FUZZ_CHECK(bind_is_well_formed(rebound_payload));
   const auto widened_formats = bind_result_formats(rebound->rest);
   FUZZ_CHECK(widened_formats && widened_formats->offset == formats->offset);
   FUZZ_CHECK(widened_formats->count == columns && widened_formats->first == formats->first);
@@ -118,13 +129,27 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(message.frame.size() == kHeaderSize + message.payload.size());
     (void)is_frontend_message_type(message.type);
     switch (message.type) {
-      case 'p': check_password_family(message.payload); break;
-      case 'P': check_parse(message.payload); break;
-      case 'B': check_bind(message.payload); break;
-      case 'E': check_execute(message.payload); break;
-      case 'D': case 'C': check_describe_or_close(message.type, message.payload); break;
-      case 'Q': (void)as_string_view(message.payload); break;  // its text: fuzz_sql
-      default: break;  // relayed as received
+      case 'p':
+        check_password_family(message.payload);
+        break;
+      case 'P':
+        check_parse(message.payload);
+        break;
+      case 'B':
+        check_bind(message.payload);
+        break;
+      case 'E':
+        check_execute(message.payload);
+        break;
+      case 'D':
+      case 'C':
+        check_describe_or_close(message.type, message.payload);
+        break;
+      case 'Q':  // its text: fuzz_sql
+        (void)as_string_view(message.payload);
+        break;
+      default:  // relayed as received
+        break;
     }
     input = input.subspan(message.frame.size());
   }

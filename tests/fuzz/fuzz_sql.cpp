@@ -32,7 +32,8 @@ void check_effects(std::string_view text, std::string_view parsed) {
 void check_select(std::string_view text, std::string_view parsed) {
   static SelectAnalyzer analyzer(8);
   const auto analysis = analyzer.analysis_of(text);
-  FUZZ_CHECK(analysis->statement_begin <= analysis->statement_end && analysis->statement_end <= parsed.size());
+  FUZZ_CHECK(analysis->statement_begin <= analysis->statement_end &&
+             analysis->statement_end <= parsed.size());
   if (!analysis->eligible()) return;
   for (const auto& parameter : analysis->parameters) {
     FUZZ_CHECK(parameter.begin >= analysis->statement_begin && parameter.begin < parameter.end &&

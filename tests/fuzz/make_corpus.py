@@ -198,6 +198,8 @@ SCRAM = {
 # ---- configuration (config/pgsluice.yaml, trimmed) ----
 
 CONFIG = {
+    # yaml-cpp 0.7's LoadAll never ended on a leading "," (fuzz_config found it; jbeder/yaml-cpp#1040).
+    "leading_comma.yaml": ",\n",
     "minimal.yaml": """\
 backends:
   primary: { host: 127.0.0.1, port: 5432 }

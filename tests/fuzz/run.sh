@@ -18,7 +18,7 @@ seconds=10
 build_only=0
 declare -a selected=()
 
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
   case $1 in
@@ -36,7 +36,10 @@ while (($#)); do
   esac
   shift
 done
-[[ $seconds =~ ^[0-9]+$ ]] && ((seconds > 0)) || { usage >&2; exit 2; }
+if ! [[ $seconds =~ ^[0-9]+$ ]] || ((seconds == 0)); then
+  usage >&2
+  exit 2
+fi
 
 # Each target: the src/ component it fuzzes, what that links, and the largest input worth trying
 # (a startup packet is at most 10 000 bytes; SQL and SCRAM inputs stay short to keep runs fast).
@@ -59,6 +62,7 @@ CXX=${CXX:-clang++}
 # src/ gets the fuzzer's coverage instrumentation but not its main(); -fno-sanitize-recover makes a
 # UBSan report abort, so libFuzzer keeps the input. Warnings are left to the GCC build (-Werror
 # there); the targets themselves are held to -Werror here.
+# shellcheck disable=SC2054  # the commas are clang's, inside one flag
 common_flags=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
   -fno-sanitize-recover=undefined -I"$root/include")
 src_flags=("${common_flags[@]}" -fsanitize=fuzzer-no-link)
@@ -77,6 +81,7 @@ fi
 up_to_date() {
   local object=$1 dep
   [[ -f $object && -f $object.d ]] || return 1
+  # shellcheck disable=SC2013  # a depfile's paths are words (clang escapes spaces in them)
   for dep in $(sed -e 's/^[^:]*://' -e 's/\\$//' "$object.d"); do
     [[ $dep -nt $object ]] && return 1
   done

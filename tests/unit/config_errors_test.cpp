@@ -619,3 +619,16 @@ services:
   CHECK(contains(over_error.message, "  user     transaction    6   12           4     48\n"));
   CHECK(contains(over_error.message, "105 > 100 max_connections (over by 5)"));
 }
+
+TEST_CASE("a text whose parse never ends in yaml-cpp's LoadAll is a syntax error, found at once", "[config]") {
+  // A leading "," made yaml-cpp 0.7's LoadAll loop, growing without bound (tests/fuzz/fuzz_config.cpp).
+  for (const std::string text : {",\n", ",", ",\nlisten: 127.0.0.1:6432\n", "- a\n---\n,\n"}) {
+    const auto result = pgsluice::config::load_from_string(text);
+    CHECK(!result.config);
+    REQUIRE(!result.errors.empty());
+  }
+  const auto two = pgsluice::config::load_from_string("listen: 127.0.0.1:6432\n---\nworkers: 1\n");
+  REQUIRE(!two.errors.empty());
+  CHECK(two.errors.front().line == 3);
+  CHECK(two.errors.front().message.find("more than one YAML document") != std::string::npos);
+}
