@@ -162,6 +162,27 @@ class PgBouncer:
         if not os.access(PGBOUNCER, os.X_OK):
             raise RuntimeError(f"{PGBOUNCER} not found: apt-get install pgbouncer (bench/run.sh does)")
         self.dir = Path(tempfile.mkdtemp(prefix="pgsluice-bench-pgbouncer-", dir="/tmp"))
+        self.write_files()
+        if os.geteuid() == 0:
+            # pgbouncer refuses to run as root.
+            pw = pwd.getpwnam("postgres")
+            for path in (self.dir, *self.dir.iterdir()):
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+            os.chmod(self.dir / "userlist.txt", 0o600)
+            argv = ["runuser", "-u", "postgres", "--", *self.limits_prefix(), PGBOUNCER,
+                    str(self.dir / "pgbouncer.ini")]
+        else:
+            argv = [*self.limits_prefix(), PGBOUNCER, str(self.dir / "pgbouncer.ini")]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT, cwd="/tmp")
+        if not wait_for_port("127.0.0.1", self.port, 15, alive=lambda: self.proc.poll() is None):
+            log = self.log_text()
+            self.stop()
+            raise RuntimeError(f"pgbouncer did not start on port {self.port}:\n{tail(log)}")
+        return self
+
+    def write_files(self) -> None:
+        """pgbouncer.ini and userlist.txt in self.dir (a subclass writes its own)."""
         # Clients authenticate with SCRAM against a plain-text userlist entry; PgBouncer then logs in
         # to Postgres with SCRAM using the same password, as pgsluice does.
         (self.dir / "userlist.txt").write_text(f'"{USER}" "{password_for(USER)}"\n')
@@ -188,23 +209,6 @@ class PgBouncer:
             "log_connections = 0\nlog_disconnections = 0\nstats_period = 3600\n"
             + tls_settings
         )
-        if os.geteuid() == 0:
-            # pgbouncer refuses to run as root.
-            pw = pwd.getpwnam("postgres")
-            for path in (self.dir, *self.dir.iterdir()):
-                os.chown(path, pw.pw_uid, pw.pw_gid)
-            os.chmod(self.dir / "userlist.txt", 0o600)
-            argv = ["runuser", "-u", "postgres", "--", *self.limits_prefix(), PGBOUNCER,
-                    str(self.dir / "pgbouncer.ini")]
-        else:
-            argv = [*self.limits_prefix(), PGBOUNCER, str(self.dir / "pgbouncer.ini")]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT, cwd="/tmp")
-        if not wait_for_port("127.0.0.1", self.port, 15, alive=lambda: self.proc.poll() is None):
-            log = self.log_text()
-            self.stop()
-            raise RuntimeError(f"pgbouncer did not start on port {self.port}:\n{tail(log)}")
-        return self
 
     def limits_prefix(self) -> list[str]:
         """What pgbouncer's argv starts with to get its file descriptor limit (prlimit execs it, so

@@ -64,23 +64,17 @@ and look at the spread over rounds. The clients derive the SCRAM salted password
 from __future__ import annotations
 
 import argparse
-import base64
 import collections
 import errno
-import hashlib
-import hmac
 import json
 import multiprocessing
 import os
 import platform
-import pwd
 import selectors
 import socket
 import statistics
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -92,7 +86,7 @@ from pgbench_compare import (DATABASE, PGBOUNCER, REPO_ROOT, USER, PgBouncer, cp
                              pgsluice_config, tail, version_of)
 from idle_memory import FD_MARGIN, binary_identity, kib, open_files_limit, proc_status, raise_nofile  # noqa: E402
 from pgharness import (LocalPostgres, Pgsluice, ScramClient, free_port, md5_password, message,  # noqa: E402
-                       parse_error_fields, password_for, startup_packet, wait_for_port)
+                       parse_error_fields, password_for, startup_packet)
 
 ALL_TARGETS = ("pgsluice", "pgbouncer")
 STORM_USERS = {"md5": "storm_md5", "scram": "storm_scram"}
@@ -107,22 +101,11 @@ class CachedScram(ScramClient):
 
     salted_cache: dict = {}
 
-    def client_final(self, server_first: str) -> str:
-        attrs = dict(item.split("=", 1) for item in server_first.split(","))
-        if not attrs["r"].startswith(self.nonce):
-            raise ValueError("server nonce does not extend ours")
-        key = (self.password, attrs["s"], int(attrs["i"]))
+    def salted_password(self, salt: str, iterations: int) -> bytes:
+        key = (self.password, salt, iterations)
         if key not in self.salted_cache:
-            self.salted_cache[key] = hashlib.pbkdf2_hmac("sha256", self.password, base64.b64decode(attrs["s"]),
-                                                         int(attrs["i"]))
-        self.salted = self.salted_cache[key]
-        client_key = hmac.new(self.salted, b"Client Key", hashlib.sha256).digest()
-        stored_key = hashlib.sha256(client_key).digest()
-        without_proof = f"c=biws,r={attrs['r']}"
-        self.auth_message = f"{self.first_bare},{server_first},{without_proof}".encode()
-        signature = hmac.new(stored_key, self.auth_message, hashlib.sha256).digest()
-        proof = bytes(a ^ b for a, b in zip(client_key, signature))
-        return f"{without_proof},p={base64.b64encode(proof).decode()}"
+            self.salted_cache[key] = super().salted_password(salt, iterations)
+        return self.salted_cache[key]
 
 
 class Loop:
@@ -485,10 +468,7 @@ class StormBouncer(PgBouncer):
         super().__init__(pg, "transaction", pool_size, max_clients, nofile=nofile)
         self.auth_type, self.entries, self.connection_logs = auth_type, entries, connection_logs
 
-    def start(self) -> "StormBouncer":
-        if not os.access(PGBOUNCER, os.X_OK):
-            raise RuntimeError(f"{PGBOUNCER} not found: apt-get install pgbouncer")
-        self.dir = Path(tempfile.mkdtemp(prefix="pgsluice-bench-pgbouncer-", dir="/tmp"))
+    def write_files(self) -> None:
         (self.dir / "userlist.txt").write_text("".join(f'"{u}" "{s}"\n' for u, s in self.entries.items()))
         logs = int(self.connection_logs)
         (self.dir / "pgbouncer.ini").write_text(
@@ -502,22 +482,6 @@ class StormBouncer(PgBouncer):
             f"max_client_conn = {self.max_clients + 100}\n"
             f"logfile = {self.dir}/pgbouncer.log\npidfile = {self.dir}/pgbouncer.pid\n"
             f"log_connections = {logs}\nlog_disconnections = {logs}\nstats_period = 3600\n")
-        if os.geteuid() == 0:  # pgbouncer refuses to run as root
-            pw = pwd.getpwnam("postgres")
-            for path in (self.dir, *self.dir.iterdir()):
-                os.chown(path, pw.pw_uid, pw.pw_gid)
-            os.chmod(self.dir / "userlist.txt", 0o600)
-            argv = ["runuser", "-u", "postgres", "--", *self.limits_prefix(), PGBOUNCER,
-                    str(self.dir / "pgbouncer.ini")]
-        else:
-            argv = [*self.limits_prefix(), PGBOUNCER, str(self.dir / "pgbouncer.ini")]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT, cwd="/tmp")
-        if not wait_for_port("127.0.0.1", self.port, 15, alive=lambda: self.proc.poll() is None):
-            log = self.log_text()
-            self.stop()
-            raise RuntimeError(f"pgbouncer did not start on port {self.port}:\n{tail(log)}")
-        return self
 
 
 class Pooler:

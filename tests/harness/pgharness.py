@@ -43,7 +43,7 @@ from pgwire import (  # noqa: F401
 
 __all__ = [
     "REPO_ROOT", "ROLES", "LocalPostgres", "Pgsluice", "base_config", "find_binary", "free_port", "libpq_dsn",
-    "make_ca", "make_certificate",
+    "make_ca", "make_certificate", "rss_kib",
     "password_for", "port_is_free", "wait_for_port",
     # from pgwire
     "CANCEL_REQUEST_CODE", "GSSENC_REQUEST_CODE", "PROTOCOL_3_0", "SSL_REQUEST_CODE", "PgError", "RawConnection",
@@ -102,6 +102,15 @@ def make_certificate(directory: Path, name: str, ca: tuple[Path, Path], hosts=("
         os.chown(key, pw.pw_uid, pw.pw_gid)
         os.chown(directory / f"{name}.crt", pw.pw_uid, pw.pw_gid)
     return directory / f"{name}.crt", key
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident set size (VmRSS) in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

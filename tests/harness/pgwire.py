@@ -279,11 +279,15 @@ class ScramClient:
     def client_first(self) -> str:
         return "n,," + self.first_bare
 
+    def salted_password(self, salt: str, iterations: int) -> bytes:
+        """PBKDF2 of the password (a subclass may remember it: bench/storm.py)."""
+        return hashlib.pbkdf2_hmac("sha256", self.password, base64.b64decode(salt), iterations)
+
     def client_final(self, server_first: str) -> str:
         attrs = dict(item.split("=", 1) for item in server_first.split(","))
         if not attrs["r"].startswith(self.nonce):
             raise ValueError("server nonce does not extend ours")
-        self.salted = hashlib.pbkdf2_hmac("sha256", self.password, base64.b64decode(attrs["s"]), int(attrs["i"]))
+        self.salted = self.salted_password(attrs["s"], int(attrs["i"]))
         client_key = hmac.new(self.salted, b"Client Key", hashlib.sha256).digest()
         stored_key = hashlib.sha256(client_key).digest()
         without_proof = f"c=biws,r={attrs['r']}"

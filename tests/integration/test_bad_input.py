@@ -266,12 +266,7 @@ def test_logged_in_idle_client_is_not_closed_by_login_timeout(short_login_timeou
 
 # -- a client that does not read ------------------------------------------------------------------
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+rss_kib = pgharness.rss_kib
 
 
 @pytest.fixture(scope="module")

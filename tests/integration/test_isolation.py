@@ -196,12 +196,7 @@ def test_startup_options_never_reach_another_client(pg):
                 other.close()
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+rss_kib = pgharness.rss_kib
 
 
 def test_declared_message_lengths_cost_no_memory_before_or_after_login(pg):
