@@ -8,6 +8,9 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <array>
+#include <cstring>
+#include <cctype>
 #include <charconv>
 #include <limits>
 #include <stdexcept>
@@ -210,12 +213,35 @@ std::optional<std::string> base64_decode(std::string_view text) {
   return out;
 }
 
+void random_fill(std::uint8_t* out, std::size_t count) {
+  constexpr std::size_t kReserve = 1024;
+  struct Reserve {
+    std::array<std::uint8_t, kReserve> bytes{};
+    std::size_t next = kReserve;  // bytes before next are handed out (and wiped)
+    ~Reserve() { OPENSSL_cleanse(bytes.data(), bytes.size()); }
+  };
+  thread_local Reserve reserve;
+  auto draw = [](std::uint8_t* to, std::size_t n) {
+    if (n > static_cast<std::size_t>(std::numeric_limits<int>::max()) || RAND_bytes(to, static_cast<int>(n)) != 1) {
+      throw std::runtime_error("OpenSSL RAND_bytes failed");
+    }
+  };
+  if (count > kReserve / 4) {
+    draw(out, count);
+    return;
+  }
+  if (kReserve - reserve.next < count) {
+    draw(reserve.bytes.data(), kReserve);
+    reserve.next = 0;
+  }
+  std::memcpy(out, reserve.bytes.data() + reserve.next, count);
+  OPENSSL_cleanse(reserve.bytes.data() + reserve.next, count);
+  reserve.next += count;
+}
+
 std::string random_bytes(std::size_t count) {
   std::string out(count, '\0');
-  if (count > static_cast<std::size_t>(std::numeric_limits<int>::max()) ||
-      RAND_bytes(reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(count)) != 1) {
-    throw std::runtime_error("OpenSSL RAND_bytes failed");
-  }
+  random_fill(reinterpret_cast<std::uint8_t*>(out.data()), count);
   return out;
 }
 
@@ -326,7 +352,14 @@ Result<std::string> ServerExchange::handle_client_first(std::string_view client_
   auto client_nonce = attribute_value(attributes[1], 'r');
   if (!client_nonce) return malformed("expected the nonce attribute \"r=\"");
   if (!is_printable_nonce(*client_nonce)) return malformed("the client nonce is empty or not printable");
-  // Optional extensions after the nonce are ignored, like Postgres does.
+  // Extensions after the nonce are ignored, as Postgres does, but must have an attribute's form
+  // (a letter and '='): Postgres rejects anything else after the nonce (read_any_attr).
+  for (std::size_t i = 2; i < attributes.size(); ++i) {
+    const auto& extension = attributes[i];
+    if (extension.size() < 2 || !std::isalpha(static_cast<unsigned char>(extension[0])) || extension[1] != '=') {
+      return malformed("expected an attribute after the nonce");
+    }
+  }
 
   client_first_bare_ = std::string(bare);
   combined_nonce_ = std::string(*client_nonce) + server_nonce_;

@@ -155,7 +155,7 @@ def malformed_scram(proxy, rng):
         assert msg_type == b"R" and struct.unpack("!I", payload[:4])[0] == 10
         if rng.random() < 0.5:
             first = rng.choice([b"", b"x,,n=,r=abc", b"n,,n=,r=", b"p=tls-server-end-point,,n=,r=abc",
-                                b"n,,n=,r=" + rng.randbytes(64)])
+                                b"n,,n=,r=" + b"\xff" * 64, b"n,,n=,r=abc,\xfe\xff"])
             raw.send(pgharness.message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first))
         else:
             first = b"n,,n=,r=fyko+d2lbbFgONRv9qkxdawL"

@@ -150,6 +150,11 @@ TEST_CASE("scram server accepts the y,, flag and then requires c=eSws", "[protoc
   CHECK(result.error().sqlstate == "28P01");
 }
 
+TEST_CASE("scram server ignores well-formed extensions after the nonce, as Postgres does", "[protocol][scram]") {
+  scram::ServerExchange server(test_verifier("pw"));
+  CHECK(server.handle_client_first("n,,n=,r=abc,x=anything,y=").ok());
+}
+
 TEST_CASE("scram server rejects channel binding p= with 08P01", "[protocol][scram]") {
   scram::ServerExchange server(test_verifier("pw"));
   auto result = server.handle_client_first("p=tls-server-end-point,,n=,r=abc");
@@ -181,7 +186,10 @@ TEST_CASE("scram server rejects malformed client-first-messages with 08P01", "[p
                                         "n,,n=,s=abc",             // wrong attribute for nonce
                                         "n,,n=,r=",                // empty nonce
                                         "n,,n=,r=a\x01z",          // non-printable nonce
-                                        "n,,n=,r=caf\xc3\xa9");    // non-ASCII nonce
+                                        "n,,n=,r=caf\xc3\xa9",     // non-ASCII nonce
+                                        "n,,n=,r=abc,\xfe\xff",    // not an attribute after the nonce
+                                        "n,,n=,r=abc,x",           // an attribute without '='
+                                        "n,,n=,r=abc,");           // an empty one
   scram::ServerExchange server(test_verifier("pw"));
   auto result = server.handle_client_first(bad_first);
   REQUIRE_FALSE(result.ok());
