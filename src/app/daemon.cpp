@@ -4,6 +4,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -14,7 +15,9 @@
 #include <mutex>
 #include <malloc.h>
 
+#include <cerrno>
 #include <csignal>
+#include <system_error>
 #include <unistd.h>
 #include <functional>
 #include <thread>
@@ -48,13 +51,14 @@ class Worker : public asio::io_context {
 };
 using Workers = std::vector<std::unique_ptr<Worker>>;
 
-asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context,
-                                  const Workers& workers) {
-  std::size_t next = 0;
+// One per worker, each on its own duplicate of the listening socket: whichever worker is free takes
+// the next client, and the session starts on the worker that accepted it (no hand-over to another
+// thread, no wake-up of it). The peer address comes with accept(): no getpeername per login.
+asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context) {
   for (;;) {
-    auto executor = workers[next++ % workers.size()]->get_executor();
-    auto [ec, socket] = co_await acceptor.async_accept(executor, net::use_nothrow);
-    if (ec == asio::error::operation_aborted) co_return;
+    tcp::endpoint peer;
+    auto [ec, socket] = co_await acceptor.async_accept(peer, net::use_nothrow);
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
     if (ec) {
       // EMFILE and friends: log, back off briefly, keep serving the clients we have.
       spdlog::warn("listener: accept failed: {}", ec.message());
@@ -64,7 +68,8 @@ asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<sessi
     }
     net::error_code ignored;
     socket.set_option(tcp::no_delay(true), ignored);
-    asio::co_spawn(executor, session::run_client_session(std::move(socket), context), asio::detached);
+    asio::co_spawn(acceptor.get_executor(), session::run_client_session(std::move(socket), peer, context),
+                   asio::detached);
   }
 }
 
@@ -235,6 +240,7 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
   }
 
   tcp::acceptor acceptor(io);
+  std::vector<std::unique_ptr<tcp::acceptor>> worker_acceptors;  // the other workers' duplicates
   try {
     auto address = asio::ip::make_address(config->listen.host);
     tcp::endpoint endpoint(address, config->listen.port);
@@ -242,6 +248,11 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
     acceptor.set_option(tcp::acceptor::reuse_address(true));
     acceptor.bind(endpoint);
     acceptor.listen(asio::socket_base::max_listen_connections);
+    for (std::size_t i = 1; i < contexts.size(); ++i) {
+      const int fd = ::dup(acceptor.native_handle());
+      if (fd < 0) throw std::system_error(errno, std::generic_category(), "dup of the listening socket");
+      worker_acceptors.push_back(std::make_unique<tcp::acceptor>(*contexts[i], endpoint.protocol(), fd));
+    }
   } catch (const std::exception& e) {
     spdlog::critical("cannot listen on {}:{}: {}", config->listen.host, config->listen.port, e.what());
     return 1;
@@ -249,7 +260,19 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
   spdlog::info("pgsluice {} listening on {}:{} with {} worker(s), {} service(s)", PGSLUICE_VERSION,
                config->listen.host, config->listen.port, workers, config->services.size());
 
-  asio::co_spawn(io, accept_loop(acceptor, context, contexts), asio::detached);
+  asio::co_spawn(io, accept_loop(acceptor, context), asio::detached);
+  for (auto& each : worker_acceptors) asio::co_spawn(each->get_executor(), accept_loop(*each, context), asio::detached);
+  // Stops taking clients; each acceptor is closed on its own worker's thread.
+  const auto stop_accepting = [&] {
+    net::error_code ignored;
+    acceptor.close(ignored);
+    for (auto& each : worker_acceptors) {
+      asio::post(each->get_executor(), [&each] {
+        net::error_code ignored;
+        each->close(ignored);
+      });
+    }
+  };
   asio::co_spawn(io, return_memory(context), asio::detached);
 
   // /metrics, /healthz, /readyz (DESIGN §6) on the first worker, beside the listener.
@@ -305,8 +328,7 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
     stopping = true;
     const auto shutdown_timeout = context->current()->config->shutdown_timeout;
     spdlog::info("received signal {}: draining clients (shutdown_timeout {}ms)", signal, shutdown_timeout.count());
-    net::error_code ignored;
-    acceptor.close(ignored);
+    stop_accepting();
     context->draining = true;  // /readyz says 503 from now on; /metrics stays until the exit
     for (auto& session : context->cancels.sessions()) session->begin_shutdown();
     asio::co_spawn(io, drain(context, runtime, shutdown_timeout, stop_all), asio::detached);

@@ -60,15 +60,10 @@ bool is_ip_literal(const std::string& host) {
 
 }  // namespace
 
-Stream::Stream(tcp::socket socket) : socket_(std::move(socket)) {
-  error_code ec;
-  const auto local = socket_.local_endpoint(ec);
-  if (!ec) protocol_ = local.protocol();
-}
+Stream::Stream(tcp::socket socket) : socket_(std::move(socket)) {}
 
 Stream::Stream(Stream&& other) noexcept
     : socket_(std::move(other.socket_)),
-      protocol_(other.protocol_),
       ssl_(std::exchange(other.ssl_, nullptr)),
       staged_(std::move(other.staged_)),
       staged_from_(std::exchange(other.staged_from_, 0)),
@@ -78,7 +73,6 @@ Stream& Stream::operator=(Stream&& other) noexcept {
   if (this != &other) {
     free_tls();
     socket_ = std::move(other.socket_);
-    protocol_ = other.protocol_;
     ssl_ = std::exchange(other.ssl_, nullptr);
     staged_ = std::move(other.staged_);
     staged_from_ = std::exchange(other.staged_from_, 0);
@@ -362,10 +356,13 @@ void Stream::close() {
 
 bool Stream::move_to(const asio::any_io_executor& executor) {
   error_code ec;
+  // The protocol (v4 or v6) asked here, not in the constructor: every login would pay a getsockname.
+  const auto local = socket_.local_endpoint(ec);
+  const tcp protocol = ec ? tcp::v4() : local.protocol();
   const auto fd = socket_.release(ec);  // leaves the old worker's reactor
   if (ec) return false;
   tcp::socket moved(executor);
-  moved.assign(protocol_, fd, ec);  // joins the new one; the TLS state follows the descriptor
+  moved.assign(protocol, fd, ec);  // joins the new one; the TLS state follows the descriptor
   if (ec) {
     ::close(fd);
     free_tls();

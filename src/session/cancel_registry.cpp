@@ -8,10 +8,11 @@ namespace pgsluice::session {
 
 CancelRegistry::Key CancelRegistry::add(const std::shared_ptr<ClientSession>& session) {
   for (;;) {
-    const std::string random = protocol::scram::random_bytes(8);
+    std::uint8_t random[8];
+    protocol::scram::random_fill(random, sizeof random);
     Key key;
-    std::memcpy(&key.process_id, random.data(), 4);
-    std::memcpy(&key.secret_key, random.data() + 4, 4);
+    std::memcpy(&key.process_id, random, 4);
+    std::memcpy(&key.secret_key, random + 4, 4);
     key.process_id &= 0x7fffffff;  // clients print it as a signed pid
     std::lock_guard lock(mutex_);
     auto [it, inserted] = sessions_.try_emplace({key.process_id, key.secret_key}, session);

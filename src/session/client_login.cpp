@@ -202,10 +202,10 @@ net::awaitable<bool> ClientSession::authenticate(const std::string& user) {
   };
 
   if (secret != nullptr && secret->method == config::AuthMethod::md5) {
-    const std::string salt_bytes = protocol::scram::random_bytes(4);
     std::uint8_t salt[4];
+    protocol::scram::random_fill(salt, sizeof salt);
     protocol::md5::Salt md5_salt{};
-    for (int i = 0; i < 4; ++i) md5_salt[i] = salt[i] = static_cast<std::uint8_t>(salt_bytes[i]);
+    for (int i = 0; i < 4; ++i) md5_salt[i] = salt[i];
     protocol::append_authentication_md5(out, salt);
     if (!co_await write_client(out)) co_return false;
     auto message = co_await read_password_message();
@@ -274,9 +274,7 @@ net::awaitable<bool> ClientSession::authenticate(const std::string& user) {
     }
     co_return false;
   }
-  out.clear();
-  protocol::append_authentication_sasl_final(out, *server_final);
-  if (!co_await write_client(out)) co_return false;
+  protocol::append_authentication_sasl_final(login_reply_, *server_final);  // sent with what follows
   co_return true;
 }
 
@@ -356,7 +354,8 @@ net::awaitable<bool> ClientSession::finish_login() {
   cancel_key_ = context_->cancels.add(shared_from_this());
   if (rewrite_statements_) startup_parameters_ = parameters_;  // RESET ALL returns to them (tracker())
 
-  Buffer out;
+  Buffer out = std::move(login_reply_);
+  login_reply_.clear();
   protocol::append_authentication_ok(out);
   for (const auto& [name, value] : *reported) protocol::append_parameter_status(out, name, value);
   protocol::append_backend_key_data(out, cancel_key_->process_id, cancel_key_->secret_key);

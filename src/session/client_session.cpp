@@ -24,7 +24,8 @@ namespace asio = net::asio;
 using namespace asio::experimental::awaitable_operators;
 using protocol::Buffer;
 
-ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionContext> context)
+ClientSession::ClientSession(net::tcp::socket socket, const net::tcp::endpoint& peer,
+                             std::shared_ptr<SessionContext> context)
     : stream_(std::move(socket)),
       worker_(pool::context_key(stream_.get_executor())),
       context_(std::move(context)),
@@ -32,9 +33,7 @@ ClientSession::ClientSession(net::tcp::socket socket, std::shared_ptr<SessionCon
       config_(snapshot_->config),
       max_message_size_(config_->max_message_size),
       timer_(stream_.get_executor()) {
-  net::error_code ec;
-  auto endpoint = stream_.socket().remote_endpoint(ec);
-  if (!ec) peer_ = endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+  peer_ = peer.address().to_string() + ":" + std::to_string(peer.port());
   ++context_->clients;
 }
 
@@ -61,7 +60,8 @@ net::awaitable<void> ClientSession::serve_admin() {
   }
   spdlog::info("session {}: admin console login by {}", peer_, user_);
   cancel_key_ = context_->cancels.add(shared_from_this());  // SIGTERM reaches it like any client
-  Buffer out;
+  Buffer out = std::move(login_reply_);
+  login_reply_.clear();
   protocol::append_authentication_ok(out);
   const std::pair<const char*, std::string> status[] = {
       {"server_version", "15.0 (pgsluice " PGSLUICE_VERSION " admin console)"},
@@ -196,28 +196,35 @@ net::awaitable<bool> ClientSession::send_due_replies() {
 }
 
 net::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate, std::string_view message) {
-  Buffer out;
+  Buffer out = std::move(login_reply_);
+  login_reply_.clear();
   protocol::append_error_response(out, protocol::Severity::fatal, sqlstate, message);
   co_await write_client(out);
 }
 
 net::awaitable<bool> ClientSession::run() {
-  // client_login_timeout bounds everything up to the first ReadyForQuery (DESIGN §8).
-  auto login = [this]() -> net::awaitable<LoginOutcome> {
-    auto outcome = co_await startup();
-    if (outcome != LoginOutcome::proceed) co_return outcome;
-    if (!co_await authenticate(user_)) co_return LoginOutcome::closed;
-    co_return LoginOutcome::proceed;
-  };
-  asio::steady_timer timer(stream_.get_executor());
-  timer.expires_after(config_->client_login_timeout);
-  auto outcome = co_await (login() || timer.async_wait(net::use_nothrow));
-  if (outcome.index() == 1) {
+  // client_login_timeout bounds startup and authentication (DESIGN §8): when it fires first, the
+  // stream's pending read or write is cancelled and the login ends with that error.
+  logging_in_ = true;
+  timer_.expires_after(config_->client_login_timeout);
+  timer_.async_wait([weak = weak_from_this()](const net::error_code& ec) {
+    auto self = weak.lock();
+    if (ec || !self || !self->logging_in_) return;
+    self->login_timed_out_ = true;
+    self->stream_.cancel();
+  });
+  auto outcome = co_await startup();
+  if (outcome == LoginOutcome::proceed && !login_timed_out_ && !co_await authenticate(user_)) {
+    outcome = LoginOutcome::closed;
+  }
+  logging_in_ = false;
+  timer_.cancel();
+  if (login_timed_out_) {
     spdlog::info("session {}: client_login_timeout expired before login finished", peer_);
     co_await send_fatal("08P01", "pgsluice: client_login_timeout expired before startup and authentication finished");
     co_return false;
   }
-  if (std::get<0>(outcome) != LoginOutcome::proceed) co_return false;
+  if (outcome != LoginOutcome::proceed) co_return false;
   if (context_->draining) {
     co_await send_fatal("57P01", "pgsluice: shutting down; connect again to another instance");
     co_return false;
@@ -1543,8 +1550,9 @@ net::awaitable<void> ClientSession::finish_server() {
   release_server(reusable);
 }
 
-net::awaitable<void> run_client_session(net::tcp::socket socket, std::shared_ptr<SessionContext> context) {
-  auto session = std::make_shared<ClientSession>(std::move(socket), std::move(context));
+net::awaitable<void> run_client_session(net::tcp::socket socket, net::tcp::endpoint peer,
+                                       std::shared_ptr<SessionContext> context) {
+  auto session = std::make_shared<ClientSession>(std::move(socket), peer, std::move(context));
   try {
     // Logged in, the session goes on in handlers that hold it, and end_client() ends it.
     if (co_await session->run()) co_return;

@@ -3,7 +3,9 @@
 # into build/fuzz, then runs each for a while from its seed corpus (tests/fuzz/corpus/<target>).
 #   bash tests/fuzz/run.sh                  10 s per target (what CI runs)
 #   bash tests/fuzz/run.sh --seconds 120    any other time per target
-#   bash tests/fuzz/run.sh --long           600 s per target, for developers
+#   bash tests/fuzz/run.sh --long           10 million executions per target, however long that takes
+#                                           (from seconds to about an hour per target on one core)
+#   bash tests/fuzz/run.sh --runs N         N executions per target
 #   bash tests/fuzz/run.sh --build-only     build, run nothing
 #   bash tests/fuzz/run.sh fuzz_sql ...     only these targets
 # The corpus a run grows is kept in build/fuzz/corpus/<target> and the next run starts from it. A
@@ -15,14 +17,20 @@ set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 out="$root/build/fuzz"
 seconds=10
+runs=0
 build_only=0
 declare -a selected=()
 
-usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
   case $1 in
-    --long) seconds=600 ;;
+    --long) runs=10000000 ;;
+    --runs)
+      [[ ${2:-} =~ ^[0-9]+$ ]] || { usage >&2; exit 2; }
+      runs=$2
+      shift
+      ;;
     --seconds)
       [[ ${2:-} =~ ^[0-9]+$ ]] || { usage >&2; exit 2; }
       seconds=$2
@@ -151,15 +159,23 @@ for target in "${selected[@]}"; do
   log="$out/logs/$target.log"
   mkdir -p "$corpus" "$findings_dir"
   cp "$root/tests/fuzz/corpus/$target"/* "$corpus"/ 2>/dev/null || true
-  echo "fuzz: $target for $seconds s (log: ${log#"$root"/})"
-  "$out/$target" -max_total_time="$seconds" -max_len="${max_len[$target]}" -rss_limit_mb=2048 \
+  if ((runs > 0)); then
+    limit=(-runs="$runs")
+    echo "fuzz: $target for $runs executions (log: ${log#"$root"/})"
+  else
+    limit=(-max_total_time="$seconds")
+    echo "fuzz: $target for $seconds s (log: ${log#"$root"/})"
+  fi
+  started=$SECONDS
+  "$out/$target" "${limit[@]}" -max_len="${max_len[$target]}" -rss_limit_mb=2048 \
     -malloc_limit_mb=512 -timeout=10 -print_final_stats=1 -artifact_prefix="$findings_dir/" "$corpus" \
     >"$log" 2>&1 </dev/null
   code=$?
   executions=$(grep -m1 -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$' || true)
   coverage=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)
   if ((code == 0)); then
-    lines+=("$(printf '  %-24s ok      %10s executions  cov %s' "$target" "${executions:-?}" "${coverage:-?}")")
+    lines+=("$(printf '  %-24s ok      %10s executions  cov %-5s %6s s' "$target" "${executions:-?}" "${coverage:-?}" \
+      "$((SECONDS - started))")")
   else
     findings=1
     reproducer=$(grep -o "Test unit written to .*" "$log" | tail -1 | sed 's/Test unit written to //')
@@ -171,7 +187,7 @@ for target in "${selected[@]}"; do
 done
 
 echo
-echo "fuzz summary ($seconds s per target):"
+if ((runs > 0)); then echo "fuzz summary ($runs executions per target):"; else echo "fuzz summary ($seconds s per target):"; fi
 printf '%s\n' "${lines[@]}"
 if ((findings)); then
   echo "fuzz: FINDINGS (replay: build/fuzz/<target> <reproducer>)"

@@ -139,7 +139,6 @@ class Stream {
   void free_tls();
 
   tcp::socket socket_;
-  tcp protocol_ = tcp::v4();
   ssl_st* ssl_ = nullptr;
   std::vector<std::uint8_t> staged_;  // TLS: plaintext not yet taken by SSL_write
   std::size_t staged_from_ = 0;       // how much of staged_ it took

@@ -82,7 +82,10 @@ class ClientExchange {
 // Base64 (standard alphabet, with padding), used by SCRAM and the verifier format.
 std::string base64_encode(std::string_view bytes);
 std::optional<std::string> base64_decode(std::string_view text);
-// CSPRNG bytes (OpenSSL RAND_bytes).
+// CSPRNG bytes: OpenSSL's RAND_bytes, drawn 1 KiB at a time into a per-thread reserve (OpenSSL 3
+// costs a few microseconds a call, which logins paid twice: the salt or nonce and the cancel key).
+// pgsluice never forks, so no two processes can hand out the same reserve.
 std::string random_bytes(std::size_t count);
+void random_fill(std::uint8_t* out, std::size_t count);
 
 }  // namespace pgsluice::protocol::scram

@@ -35,7 +35,7 @@ namespace pgsluice::session {
 
 class ClientSession : public std::enable_shared_from_this<ClientSession> {
  public:
-  ClientSession(net::tcp::socket socket, std::shared_ptr<SessionContext> context);
+  ClientSession(net::tcp::socket socket, const net::tcp::endpoint& peer, std::shared_ptr<SessionContext> context);
   ~ClientSession();
 
   // Logs the client in and starts the relay, on the socket's worker (one thread: no strand needed).
@@ -229,6 +229,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::shared_ptr<const config::Config> config_;
   std::size_t max_message_size_;
   net::MessageBuffer buffer_;
+  // Authentication's last message (SCRAM's SASLFinal), written with whatever the login sends next
+  // (AuthenticationOk and the rest, or its error): one send instead of two.
+  protocol::Buffer login_reply_;
   std::string peer_;
 
   // Login results.
@@ -306,6 +309,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   net::asio::steady_timer timer_;
   TimerPurpose timer_purpose_ = TimerPurpose::none;
   std::uint64_t timer_generation_ = 0;
+  // client_login_timeout: timer_ watches the login with a plain handler (no coroutine, no parallel
+  // group per login); when it fires while logging_in_, the stream's operations are cancelled.
+  bool logging_in_ = false;
+  bool login_timed_out_ = false;
   bool timeout_cancel_pending_ = false;  // the 57014 that comes back is pgsluice's query_timeout
   bool draining_ = false;                // SIGTERM: close as soon as between transactions
   bool admin_busy_ = false;              // the admin console is running a command
@@ -318,6 +325,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 };
 
 // Entry point for an accepted connection.
-net::awaitable<void> run_client_session(net::tcp::socket socket, std::shared_ptr<SessionContext> context);
+// peer: the address accept() gave (asking the socket again would cost every login a getpeername).
+net::awaitable<void> run_client_session(net::tcp::socket socket, net::tcp::endpoint peer,
+                                       std::shared_ptr<SessionContext> context);
 
 }  // namespace pgsluice::session
