@@ -314,19 +314,25 @@ net::awaitable<bool> ClientSession::finish_login() {
       co_await tick.async_wait(net::use_nothrow);
     }
   }
+  // What the client is shown: the server's values (session mode, or the service's first login),
+  // or the service's known ones with the client's own startup values in their place.
+  server::ParameterMap from_server;
+  const server::ParameterMap* shown = reported.get();
+  bool client_values = false;
   if (service_->config.mode == config::PoolMode::session || !reported) {
     if (!co_await attach_server(sqlstate, error)) {
       co_await send_fatal(sqlstate, error);
       co_return false;
     }
-    reported = server_->parameters();
+    from_server = server_->parameters();
+    shown = &from_server;
     service_->remember_reported_parameters(server_->initial_parameters());
   } else {
     // What the server would report once this client's startup parameters are applied, as the
     // server spells them: learned from the first client that asks for a value (a lease that applies
     // it), so that DateStyle=German is reported "German, DMY" as Postgres does.
     bool unknown = false;
-    for (auto& [name, value] : *reported) {
+    for (const auto& [name, value] : *reported) {
       auto it = parameters_.find(name);
       if (it == parameters_.end() || it->second == value) continue;
       if (auto spelled = service_->reported_spelling(name, it->second)) {
@@ -347,9 +353,7 @@ net::awaitable<bool> ClientSession::finish_login() {
         }
       }
     }
-    for (auto& [name, value] : *reported) {
-      if (auto it = parameters_.find(name); it != parameters_.end()) value = it->second;
-    }
+    client_values = true;
   }
   cancel_key_ = context_->cancels.add(shared_from_this());
   if (rewrite_statements_) startup_parameters_ = parameters_;  // RESET ALL returns to them (tracker())
@@ -357,7 +361,10 @@ net::awaitable<bool> ClientSession::finish_login() {
   Buffer out = std::move(login_reply_);
   login_reply_.clear();
   protocol::append_authentication_ok(out);
-  for (const auto& [name, value] : *reported) protocol::append_parameter_status(out, name, value);
+  for (const auto& [name, value] : *shown) {
+    auto own = client_values ? parameters_.find(name) : parameters_.end();
+    protocol::append_parameter_status(out, name, own != parameters_.end() ? own->second : value);
+  }
   protocol::append_backend_key_data(out, cancel_key_->process_id, cancel_key_->secret_key);
   protocol::append_ready_for_query(out, 'I');
   if (server_ && service_->config.mode != config::PoolMode::session) release_server(true);

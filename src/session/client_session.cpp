@@ -548,7 +548,7 @@ void ClientSession::confirm_literals(const std::vector<StatementTracker::Settled
   // catalog), and those the server reports with ParameterStatus: never answered here.
   static constexpr std::string_view kNotHere[] = {"role", "session_authorization", "default_tablespace",
                                                   "temp_tablespaces", "default_text_search_config"};
-  std::optional<server::ParameterMap> reported;
+  std::shared_ptr<const server::ParameterMap> reported;
   for (const auto& setting : settled) {
     if (!setting.literal) {
       // Something else changed (a SET ROLE, a RESET ALL, a value read back by a probe): what held

@@ -18,6 +18,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 out="$root/build/fuzz"
 seconds=10
 runs=0
+unit_timeout=10  # seconds one input may take; long runs share the machine, so they allow more
 build_only=0
 declare -a selected=()
 
@@ -25,7 +26,7 @@ usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
   case $1 in
-    --long) runs=10000000 ;;
+    --long) runs=10000000 unit_timeout=120 ;;
     --runs)
       [[ ${2:-} =~ ^[0-9]+$ ]] || { usage >&2; exit 2; }
       runs=$2
@@ -168,7 +169,7 @@ for target in "${selected[@]}"; do
   fi
   started=$SECONDS
   "$out/$target" "${limit[@]}" -max_len="${max_len[$target]}" -rss_limit_mb=2048 \
-    -malloc_limit_mb=512 -timeout=10 -print_final_stats=1 -artifact_prefix="$findings_dir/" "$corpus" \
+    -malloc_limit_mb=512 -timeout="$unit_timeout" -print_final_stats=1 -artifact_prefix="$findings_dir/" "$corpus" \
     >"$log" 2>&1 </dev/null
   code=$?
   executions=$(grep -m1 -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$' || true)

@@ -2,7 +2,7 @@
 // pgsluice's own BackendKeyData keys (random, CSPRNG) and the sessions they belong to, so that a
 // CancelRequest arriving on a new connection reaches the server connection that session holds.
 #include <cstdint>
-#include <map>
+#include <unordered_map>
 #include <memory>
 #include <mutex>
 #include <utility>
@@ -29,7 +29,8 @@ class CancelRegistry {
 
  private:
   mutable std::mutex mutex_;
-  std::map<std::pair<std::uint32_t, std::uint32_t>, std::weak_ptr<ClientSession>> sessions_;
+  // By process id << 32 | secret key (random, so the identity hash spreads them).
+  std::unordered_map<std::uint64_t, std::weak_ptr<ClientSession>> sessions_;
 };
 
 }  // namespace pgsluice::session

@@ -42,14 +42,16 @@ struct Service {
   // Work counted on the relay's hot path for /metrics; kept with the pool across reloads.
   std::shared_ptr<metrics::ServiceCounters> counters = std::make_shared<metrics::ServiceCounters>();
 
-  // The ParameterStatus values a fresh server connection of this service reports, once known.
-  std::optional<server::ParameterMap> reported_parameters() const {
+  // The ParameterStatus values a fresh server connection of this service reports, once known
+  // (shared, not copied: every login of a pooled service reads them).
+  std::shared_ptr<const server::ParameterMap> reported_parameters() const {
     std::lock_guard lock(mutex_);
     return reported_parameters_;
   }
   void remember_reported_parameters(const server::ParameterMap& parameters) {
+    auto shared = std::make_shared<const server::ParameterMap>(parameters);
     std::lock_guard lock(mutex_);
-    reported_parameters_ = parameters;
+    reported_parameters_ = std::move(shared);
   }
   // How the server reports a reported setting a client asked for at startup (DateStyle "German"
   // is reported "German, DMY"), once a server connection has applied it; nullopt: not known yet.
@@ -78,7 +80,7 @@ struct Service {
 
  private:
   mutable std::mutex mutex_;
-  std::optional<server::ParameterMap> reported_parameters_;
+  std::shared_ptr<const server::ParameterMap> reported_parameters_;
   std::map<std::string, std::string> spellings_;
   bool fetching_parameters_ = false;
 };
