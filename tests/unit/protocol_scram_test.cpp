@@ -1,6 +1,7 @@
 // SCRAM-SHA-256: the RFC 7677 §3 example, both ends against each other, and bad input.
 #include <catch.hpp>
 
+#include <algorithm>
 #include <set>
 #include <string>
 
@@ -413,6 +414,21 @@ TEST_CASE("random_bytes returns the requested number of distinct-looking bytes",
     seen.insert(bytes);
   }
   CHECK(seen.size() == 8);
+}
+
+TEST_CASE("random_fill serves small requests from its reserve without repeating bytes", "[protocol][scram]") {
+  // 8-byte draws (cancel keys) across several refills of the 1 KiB reserve never repeat, and requests
+  // larger than the reserve's quarter come straight from OpenSSL.
+  std::set<std::uint64_t> keys;
+  for (int i = 0; i < 1000; ++i) {
+    std::uint64_t key = 0;
+    scram::random_fill(reinterpret_cast<std::uint8_t*>(&key), sizeof key);
+    keys.insert(key);
+  }
+  CHECK(keys.size() == 1000);
+  std::string big = scram::random_bytes(5000);
+  REQUIRE(big.size() == 5000);
+  CHECK(std::count(big.begin(), big.end(), '\0') < 100);  // about 20 expected
 }
 
 TEST_CASE("scram handles empty passwords, user names and secrets", "[protocol][scram]") {
