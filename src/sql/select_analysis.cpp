@@ -6,6 +6,7 @@
 #include <pg_query.h>
 
 #include <algorithm>
+#include <stdexcept>
 #include <boost/json.hpp>
 #include <cctype>
 
@@ -130,7 +131,12 @@ void visit(const json::value& value, SelectAnalysis& analysis, std::string_view 
           const auto begin = static_cast<std::size_t>(location->get_int64());
           std::size_t end = begin + 1;
           while (end < text.size() && std::isdigit(static_cast<unsigned char>(text[end]))) ++end;
-          if (begin < text.size() && text[begin] == '$' && end > begin + 1) {
+          // A Bind carries at most 65 535 values, so a larger $n can never be bound (the parser
+          // keeps the low 32 bits of a longer number); such a statement is not batched.
+          constexpr std::int64_t kMaxBindParameters = 65535;
+          if (number->get_int64() < 1 || number->get_int64() > kMaxBindParameters) {
+            if (analysis.ineligible.empty()) analysis.ineligible = "invalid";
+          } else if (begin < text.size() && text[begin] == '$' && end > begin + 1) {
             const int n = static_cast<int>(number->get_int64());
             analysis.parameters.push_back({begin, end, n});
             analysis.highest_parameter = std::max(analysis.highest_parameter, n);
@@ -206,6 +212,7 @@ SelectAnalysis analyze_select(std::string_view text) {
 }
 
 std::string batched_statement(std::string_view text, const SelectAnalysis& analysis, int parameters) {
+  if (parameters < 0 || parameters > 65535) throw std::invalid_argument("batched_statement: parameter count out of range");
   std::string out = "SELECT pgsluice_k.pgsluice_ord, pgsluice_s.* FROM unnest(";
   for (int i = 1; i <= parameters; ++i) out += (i > 1 ? ", $" : "$") + std::to_string(i);
   out += ") WITH ORDINALITY AS pgsluice_k(";

@@ -2,6 +2,8 @@
 // (coalesce/request): what is eligible, the batched form, and each client's exact messages.
 #include <catch.hpp>
 
+#include <stdexcept>
+
 #include "pgsluice/coalesce/request.hpp"
 #include "pgsluice/protocol/builder.hpp"
 #include "pgsluice/protocol/frontend_messages.hpp"
@@ -89,6 +91,18 @@ TEST_CASE("the batched form joins the unnested values LATERAL to the original", 
   CHECK(analyze_select(batched).ineligible == "reserved_name");  // and it parses
   CHECK(pgsluice::sql::analyze_select(batched_statement("SELECT $2, $1", analyze_select("SELECT $2, $1"), 2).substr(0)).ineligible ==
         "reserved_name");
+}
+
+TEST_CASE("a parameter number no Bind can carry makes the statement ineligible, not a huge batch",
+          "[coalesce]") {
+  // Found by fuzz_sql: $83333333333 reaches the parser as its low 32 bits ($1728954709), and the
+  // batched form named every parameter up to it (gigabytes of text).
+  CHECK(analyze_select("SELECT v FROM t WHERE id = $83333333333").ineligible == "invalid");
+  CHECK(analyze_select("SELECT v FROM t WHERE id = $65536").ineligible == "invalid");
+  auto highest = analyze_select("SELECT v FROM t WHERE id = $65535");
+  CHECK(highest.eligible());
+  CHECK(highest.highest_parameter == 65535);
+  CHECK_THROWS_AS(batched_statement("SELECT 1", analyze_select("SELECT 1"), 70000), std::invalid_argument);
 }
 
 TEST_CASE("bind parts: formats, values and result formats", "[coalesce]") {
