@@ -172,6 +172,14 @@ def start_pgsluice(pg: pgharness.LocalPostgres, config: dict, env: dict | None =
                   tls=config.get("tls", {}).get("mode") == "require")
 
 
+def small_quarantine_env() -> dict:
+    """The environment for a pgsluice whose RSS tells what it holds: ASan's quarantine (freed
+    memory kept for a while, 256 MB by default) made small."""
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS", "detect_leaks=1"), "quarantine_size_mb=1"]))
+    return env
+
+
 def stop_pgsluice(target: Target) -> None:
     """Stops pgsluice; fails the test run if it did not exit cleanly or a sanitizer reported."""
     proxy = target.proxy

@@ -27,12 +27,12 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from contextlib import closing, suppress
+from contextlib import closing
 
 import pytest
 
 import pgharness
-from conftest import POOL_MODE, TARGET, make_config, start_pgsluice, stop_pgsluice
+from conftest import POOL_MODE, TARGET, make_config, small_quarantine_env, start_pgsluice, stop_pgsluice
 
 pytestmark = [pytest.mark.proxy_only]
 if TARGET == "direct":
@@ -63,9 +63,7 @@ def proxy(pg):
     config["client_login_timeout"] = "1s"
     config["max_message_size"] = "1MB"
     config["max_client_connections"] = MAX_CLIENTS
-    env = dict(os.environ)
-    env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS", "detect_leaks=1"), "quarantine_size_mb=1"]))
-    target = start_pgsluice(pg, config, env=env)
+    target = start_pgsluice(pg, config, env=small_quarantine_env())
     try:
         yield target
     finally:

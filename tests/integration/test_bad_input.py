@@ -3,7 +3,6 @@ notices. Raw sockets produce what no driver would send; a psycopg2 session opene
 module starts ("the bystander") must keep working after every case, and so must new clients."""
 from __future__ import annotations
 
-import os
 import random
 import socket
 import struct
@@ -14,7 +13,7 @@ import psycopg2
 import pytest
 
 import pgharness
-from conftest import TARGET, make_config, start_pgsluice, stop_pgsluice
+from conftest import TARGET, make_config, small_quarantine_env, start_pgsluice, stop_pgsluice
 
 MAX_MESSAGE_SIZE = 1024 * 1024  # small, so that "over the limit" is cheap to claim
 
@@ -278,9 +277,7 @@ def unquarantined(pg):
     config = make_config(pg)
     for service in config["services"].values():
         service["mode"] = "transaction"
-    env = dict(os.environ)
-    env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS", "detect_leaks=1"), "quarantine_size_mb=1"]))
-    target = start_pgsluice(pg, config, env=env)
+    target = start_pgsluice(pg, config, env=small_quarantine_env())
     try:
         yield target
     finally:
