@@ -4,6 +4,8 @@
 namespace pgsluice::protocol {
 
 MessageBuilder& MessageBuilder::begin(char type) {
+  // An empty buffer starts with room for a few small messages, not 1, 2, 4 ... bytes.
+  if (out_.capacity() == 0) out_.reserve(256);
   out_.push_back(static_cast<std::uint8_t>(type));
   start_ = out_.size();
   out_.insert(out_.end(), 4, 0);

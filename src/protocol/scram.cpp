@@ -4,7 +4,6 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
@@ -15,6 +14,8 @@
 #include <limits>
 #include <stdexcept>
 #include <vector>
+
+#include "pgsluice/protocol/digest.hpp"
 
 namespace pgsluice::protocol::scram {
 namespace {
@@ -43,28 +44,9 @@ std::string_view view_of(const Key& key) {
   return {reinterpret_cast<const char*>(key.data()), key.size()};
 }
 
-// OpenSSL only fails these on allocation failure or a broken provider; neither is something an
-// exchange can recover from, so they are exceptions rather than protocol errors.
-Key hmac_sha256(std::string_view key, std::string_view data) {
-  Key out{};
-  unsigned int length = 0;
-  if (HMAC(EVP_sha256(), bytes_of(key), static_cast<int>(key.size()), bytes_of(data), data.size(), out.data(),
-           &length) == nullptr ||
-      length != out.size()) {
-    throw std::runtime_error("OpenSSL HMAC-SHA-256 failed");
-  }
-  return out;
-}
+Key hmac_sha256(std::string_view key, std::string_view data) { return digest::hmac_sha256(key, {data}); }
 
-Key sha256(const Key& data) {
-  Key out{};
-  unsigned int length = 0;
-  if (EVP_Digest(data.data(), data.size(), out.data(), &length, EVP_sha256(), nullptr) != 1 ||
-      length != out.size()) {
-    throw std::runtime_error("OpenSSL SHA-256 failed");
-  }
-  return out;
-}
+Key sha256(const Key& data) { return digest::sha256({view_of(data)}); }
 
 // Hi(password, salt, i) of RFC 5802 §2.2 is PBKDF2 with HMAC-SHA-256 and a 32-byte output.
 //
@@ -107,6 +89,7 @@ std::optional<int> parse_positive_int(std::string_view text) {
 // names escape it as "=2C", nonces exclude it, everything else is base64 or digits.
 std::vector<std::string_view> split_attributes(std::string_view text) {
   std::vector<std::string_view> parts;
+  parts.reserve(4);  // a client's messages have 3 or 4
   for (;;) {
     auto comma = text.find(',');
     parts.push_back(text.substr(0, comma));
@@ -398,18 +381,19 @@ Result<std::string> ServerExchange::handle_client_final(std::string_view client_
   // AuthMessage = client-first-message-bare "," server-first-message "," client-final-message-without-proof
   std::string_view without_proof =
       client_final.substr(0, client_final.size() - attributes.back().size() - 1);
-  std::string auth_message = client_first_bare_ + "," + server_first_ + "," + std::string(without_proof);
+  const std::initializer_list<std::string_view> auth_message{client_first_bare_, ",", server_first_, ",",
+                                                              without_proof};
 
   // RFC 5802 §3: ClientKey = ClientProof XOR HMAC(StoredKey, AuthMessage); the client knows the
   // password iff H(ClientKey) == StoredKey. Constant-time so the comparison leaks nothing.
-  Key client_signature = hmac_sha256(view_of(verifier_.stored_key), auth_message);
+  Key client_signature = digest::hmac_sha256(view_of(verifier_.stored_key), auth_message);
   Key client_key = xor_keys(*proof, client_signature);
   Key computed_stored_key = sha256(client_key);
   OPENSSL_cleanse(client_key.data(), client_key.size());
   if (CRYPTO_memcmp(computed_stored_key.data(), verifier_.stored_key.data(), computed_stored_key.size()) != 0) {
     return auth_failed();
   }
-  Key server_signature = hmac_sha256(view_of(verifier_.server_key), auth_message);
+  Key server_signature = digest::hmac_sha256(view_of(verifier_.server_key), auth_message);
   return "v=" + base64_encode(view_of(server_signature));
 }
 

@@ -48,6 +48,7 @@ Result<StartupPacket> parse_startup_packet(Bytes packet) {
   }
   StartupMessage startup;
   startup.protocol_version = code;
+  startup.parameters.reserve(8);  // drivers send 2 to 8
   for (;;) {
     const std::string_view name = reader.cstring();
     if (!reader.ok()) return protocol_violation("invalid startup packet layout: expected terminator as last byte");

@@ -42,3 +42,18 @@ TEST_CASE("md5 salted_response changes with the user name, the password and the 
   CHECK(md5::salted_response("postgres", "secret", md5::Salt{0x01, 0x02, 0x03, 0x05}) != base);
   CHECK(base.size() == 35);
 }
+
+TEST_CASE("md5 response_matches accepts exactly the salted response", "[protocol][md5]") {
+  const md5::Salt salt{0xde, 0xad, 0xbe, 0xef};
+  const std::string stored = md5::stored_hash("postgres", "secret");
+  const std::string right = md5::salted_response("postgres", "secret", salt);
+  CHECK(md5::response_matches(stored, salt, right));
+  CHECK(md5::response_matches(stored.substr(3), salt, right));  // a stored hash without "md5"
+  CHECK_FALSE(md5::response_matches(stored, md5::Salt{0xde, 0xad, 0xbe, 0xee}, right));
+  CHECK_FALSE(md5::response_matches(stored, salt, right.substr(3)));  // without "md5"
+  CHECK_FALSE(md5::response_matches(stored, salt, right + "0"));
+  CHECK_FALSE(md5::response_matches(stored, salt, ""));
+  std::string flipped = right;
+  flipped[20] = flipped[20] == 'a' ? 'b' : 'a';
+  CHECK_FALSE(md5::response_matches(stored, salt, flipped));
+}

@@ -5,6 +5,7 @@
 #include <set>
 #include <string>
 
+#include "pgsluice/protocol/digest.hpp"
 #include "pgsluice/protocol/scram.hpp"
 
 namespace scram = pgsluice::protocol::scram;
@@ -456,4 +457,40 @@ TEST_CASE("scram accepts a verifier that Postgres itself produced", "[protocol][
         kPostgresVerifier);
   CHECK(run_exchange(*verifier, "pencil").client_verified_server);
   CHECK(run_exchange(*verifier, "Pencil").server_error->sqlstate == "28P01");
+}
+
+namespace {
+
+std::string hex(std::string_view bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    out += kHex[c >> 4];
+    out += kHex[c & 0x0f];
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("digest SHA-256 and HMAC-SHA-256 match FIPS 180-2 and RFC 4231, in parts and repeated", "[protocol][scram]") {
+  namespace digest = pgsluice::protocol::digest;
+  for (int round = 0; round < 3; ++round) {  // the thread's context is reused: every round the same
+    CHECK(hex(digest::view_of(digest::sha256({"abc"}))) ==
+          "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    CHECK(hex(digest::view_of(digest::sha256({"a", "", "bc"}))) ==
+          "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    // RFC 4231 test case 2, the message given in two parts.
+    CHECK(hex(digest::view_of(digest::hmac_sha256("Jefe", {"what do ya want ", "for nothing?"}))) ==
+          "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    // Test case 6: a key longer than the block is hashed first.
+    CHECK(hex(digest::view_of(digest::hmac_sha256(std::string(131, '\xaa'),
+                                                  {"Test Using Larger Than Block-Size Key - Hash Key First"}))) ==
+          "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+    CHECK(hex(digest::view_of(digest::hmac_sha256("", {}))) ==
+          "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad");
+    const auto md5 = digest::md5({"ab", "c"});
+    CHECK(hex(std::string_view(reinterpret_cast<const char*>(md5.data()), md5.size())) ==
+          "900150983cd24fb0d6963f7d28e17f72");
+  }
 }

@@ -16,6 +16,9 @@ std::string stored_hash(std::string_view user, std::string_view password);
 std::string salted_response_from_hash(std::string_view stored, const Salt& salt);
 // The response to AuthenticationMD5Password from a plain password.
 std::string salted_response(std::string_view user, std::string_view password, const Salt& salt);
+// Whether a client's PasswordMessage text is the salted response to the stored hash: compared in
+// constant time, nothing allocated.
+bool response_matches(std::string_view stored, const Salt& salt, std::string_view response);
 // Lower-case hex of md5(data).
 std::string hex_digest(std::string_view data);
 
