@@ -219,9 +219,10 @@ void Stream::wait_readable_tls(AnyWaitHandler handler) {
   socket_.async_wait(wants_write_ ? tcp::socket::wait_write : tcp::socket::wait_read, std::move(handler));
 }
 
-void Stream::read_tls(MessageBuffer& buffer, std::size_t min_free, AnyReadHandler handler) {
+void Stream::read_tls(MessageBuffer* buffer, std::size_t min_free, std::span<std::uint8_t> fixed,
+                      AnyReadHandler handler) {
   error_code ec;
-  const std::size_t n = read_now(buffer.writable(min_free), ec);
+  const std::size_t n = read_now(buffer != nullptr ? buffer->writable(min_free) : fixed, ec);
   if (n > 0 || ec) {
     // Not inside the initiating call: the handler may start the next read.
     asio::post(socket_.get_executor(),
@@ -232,17 +233,18 @@ void Stream::read_tls(MessageBuffer& buffer, std::size_t min_free, AnyReadHandle
     Stream* stream;
     MessageBuffer* buffer;
     std::size_t min_free;
+    std::span<std::uint8_t> fixed;
     AnyReadHandler handler;
     void operator()(error_code ec) {
       if (ec) return std::move(handler)(ec, 0);
-      const std::size_t n = stream->read_now(buffer->writable(min_free), ec);
+      const std::size_t n = stream->read_now(buffer != nullptr ? buffer->writable(min_free) : fixed, ec);
       if (n > 0 || ec) return std::move(handler)(ec, n);
       auto* s = stream;
       s->socket_.async_wait(s->wants_write_ ? tcp::socket::wait_write : tcp::socket::wait_read, std::move(*this));
     }
   };
   socket_.async_wait(wants_write_ ? tcp::socket::wait_write : tcp::socket::wait_read,
-                     Retry{this, &buffer, min_free, std::move(handler)});
+                     Retry{this, buffer, min_free, fixed, std::move(handler)});
 }
 
 void Stream::stage(std::span<const std::uint8_t> bytes) {

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include "pgsluice/protocol/backend_messages.hpp"
 #include "pgsluice/session/listener_hub.hpp"
@@ -182,9 +183,14 @@ net::awaitable<bool> ClientSession::client_drained() {
 }
 
 net::awaitable<bool> ClientSession::write_client(const Buffer& bytes) {
-  Outgoing out;
+  // One run per worker thread, reused (no allocation per write): send_client writes the bytes or
+  // copies what the socket did not take before it returns.
+  thread_local Outgoing out;
+  out.clear();
   out.append(bytes);
-  if (!send_client(out)) co_return false;
+  const bool sent = send_client(out);
+  out.clear();
+  if (!sent) co_return false;
   co_return co_await client_drained();
 }
 
@@ -263,7 +269,7 @@ net::awaitable<void> ClientSession::end_session(std::shared_ptr<ClientSession> s
 
 StatementTracker& ClientSession::tracker() {
   if (!tracker_) {
-    tracker_ = std::make_unique<StatementTracker>();
+    tracker_ = make_recycled<StatementTracker>();
     // Pooled modes keep the session state Postgres would keep per connection per client instead.
     tracker_->follow_session_state(&context_->analyzer, &startup_parameters_, &parameters_);
     tracker_->set_statement_limits(static_cast<std::size_t>(config_->max_prepared_statements_per_client),
@@ -739,15 +745,15 @@ struct ClientSession::LeaseReady {
 };
 
 // Between messages an idle client holds no buffer (DESIGN §8: an idle client costs little): the
-// session waits for the socket to become readable and takes a buffer from the worker's cache only
-// then. The wait is woken by bytes that arrive after it starts (Asio registers sockets
-// edge-triggered and a wait does not try the socket first, unlike a read), so the socket is
-// peeked first: bytes already there (a pipelining client) are read at once instead.
-struct ClientSession::ClientReady {
+// session reads into a small array of its own (idle_read_) and takes a buffer from the worker's
+// cache only once bytes came. A read rather than a wait for readability: Asio tries the socket at
+// once and otherwise leaves the read in the reactor, whose wake-up brings the bytes; a wait would
+// cost a peek first (Asio registers sockets edge-triggered) and an epoll_ctl to re-arm, each time.
+struct ClientSession::ClientIdleRead {
   std::shared_ptr<ClientSession> self;
-  void operator()(const net::error_code& ec) {
+  void operator()(const net::error_code& ec, std::size_t count) {
     auto* session = self.get();
-    session->on_client_ready(std::move(self), ec);
+    session->on_client_idle_read(std::move(self), ec, count);
   }
 };
 
@@ -763,10 +769,8 @@ void ClientSession::read_client(std::shared_ptr<ClientSession> self) {
   }
   if (buffer_.empty()) {
     buffer_.release_if_empty();
-    if (!stream_.readable_now()) {
-      stream_.async_wait_readable(ClientReady{std::move(self)});
-      return;
-    }
+    stream_.async_read_some(idle_read_, ClientIdleRead{std::move(self)});
+    return;
   }
   net::async_read_into(stream_, buffer_, net::read_size_for(run_.want, buffer_.size()), ClientRead{std::move(self)});
 }
@@ -783,11 +787,11 @@ net::awaitable<void> ClientSession::read_after_drain(std::shared_ptr<ClientSessi
   read_client(std::move(self));
 }
 
-void ClientSession::on_client_ready(std::shared_ptr<ClientSession> self, net::error_code ec) {
-  if (ec) return end_client();
-  // Readable: read what is there now, without another trip through the reactor.
-  const auto count = stream_.read_now(buffer_.writable(net::read_size_for(run_.want, buffer_.size())), ec);
-  if (count == 0 && !ec) return read_client(std::move(self));  // no bytes after all
+void ClientSession::on_client_idle_read(std::shared_ptr<ClientSession> self, net::error_code ec, std::size_t count) {
+  if (count > 0) {
+    auto space = buffer_.writable(net::read_size_for(run_.want, count));
+    std::memcpy(space.data(), idle_read_.data(), count);
+  }
   on_client_read(std::move(self), ec, count);
 }
 
@@ -1552,7 +1556,8 @@ net::awaitable<void> ClientSession::finish_server() {
 
 net::awaitable<void> run_client_session(net::tcp::socket socket, net::tcp::endpoint peer,
                                        std::shared_ptr<SessionContext> context) {
-  auto session = std::make_shared<ClientSession>(std::move(socket), peer, std::move(context));
+  auto session =
+      std::allocate_shared<ClientSession>(Recycled<ClientSession>{}, std::move(socket), peer, std::move(context));
   try {
     // Logged in, the session goes on in handlers that hold it, and end_client() ends it.
     if (co_await session->run()) co_return;

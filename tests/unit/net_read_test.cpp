@@ -14,7 +14,9 @@
 #include <boost/asio/steady_timer.hpp>
 #include <catch.hpp>
 
+#include <array>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -193,6 +195,36 @@ TEST_CASE("async_read_into sees end of stream when the last data and the close a
   writer.shutdown(tcp::socket::shutdown_send);
   settle(io);
   CHECK(trace == "one|last words|[End of file]");
+}
+
+TEST_CASE("Stream::async_read_some fills a small array: bytes already there, bytes later, a message in pieces, the end", "[net]") {
+  // An idle client's read (ClientSession::read_client): the socket is tried at once, else the read
+  // waits in the reactor; whatever is longer than the array stays in the socket for the next read.
+  asio::io_context io;
+  auto [reader, writer] = connected_pair(io);
+  std::array<std::uint8_t, 8> small{};
+  std::string trace;
+  std::function<void()> read_next = [&] {
+    reader.async_read_some(small, [&](const net::error_code& ec, std::size_t n) {
+      if (ec || n == 0) {
+        trace += "[" + (ec ? ec.message() : std::string("0 bytes")) + "]";
+        return;
+      }
+      trace += std::string(small.begin(), small.begin() + static_cast<std::ptrdiff_t>(n)) + "|";
+      read_next();
+    });
+  };
+  send_text(writer, "early");  // before any read (loopback delivers at once): the first try takes it
+  read_next();
+  settle(io);
+  CHECK(trace == "early|");
+  send_text(writer, "late");  // the read waits in the reactor
+  settle(io);
+  CHECK(trace == "early|late|");
+  send_text(writer, "twelve bytes");
+  writer.shutdown(tcp::socket::shutdown_send);
+  settle(io);
+  CHECK(trace == "early|late|twelve b|ytes|[End of file]");
 }
 
 namespace {

@@ -92,7 +92,23 @@ class Stream {
             auto space = buffer.writable(min_free);
             return socket_.async_read_some(asio::buffer(space.data(), space.size()), std::move(handler));
           }
-          read_tls(buffer, min_free, AnyReadHandler(std::move(handler)));
+          read_tls(&buffer, min_free, {}, AnyReadHandler(std::move(handler)));
+        },
+        token);
+  }
+
+  // Reads at least one byte into `space` (the caller keeps it until completion); completes with
+  // (error, count). A plain stream tries the socket at once and otherwise waits in the reactor as a
+  // read: unlike a wait it costs no epoll_ctl (Asio re-arms a socket for every wait, not for a read
+  // that found nothing), and the bytes come with the wake-up. TLS: as async_read_into.
+  template <class Token>
+  auto async_read_some(std::span<std::uint8_t> space, Token&& token) {
+    return asio::async_initiate<Token, void(error_code, std::size_t)>(
+        [this, space](auto handler) {
+          if (ssl_ == nullptr) {
+            return socket_.async_read_some(asio::buffer(space.data(), space.size()), std::move(handler));
+          }
+          read_tls(nullptr, 0, space, AnyReadHandler(std::move(handler)));
         },
         token);
   }
@@ -129,7 +145,8 @@ class Stream {
   using AnyWaitHandler = boost::asio::any_completion_handler<void(error_code)>;
   using AnyReadHandler = boost::asio::any_completion_handler<void(error_code, std::size_t)>;
   void wait_readable_tls(AnyWaitHandler handler);
-  void read_tls(MessageBuffer& buffer, std::size_t min_free, AnyReadHandler handler);
+  // Into the buffer's free tail (at least min_free of it), or into `fixed` when buffer is null.
+  void read_tls(MessageBuffer* buffer, std::size_t min_free, std::span<std::uint8_t> fixed, AnyReadHandler handler);
   void stage(std::span<const std::uint8_t> bytes);
   void flush_tls(std::size_t total, AnyReadHandler handler);
   bool start_tls(const TlsContext& context, std::string& error);

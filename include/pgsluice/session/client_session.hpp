@@ -19,6 +19,7 @@
 // does not take at once is written by a chain of handlers; the server side reads the server again
 // only once the client has taken its bytes, and a coroutine that must know its bytes went out
 // waits for client_drained().
+#include <array>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -28,6 +29,7 @@
 #include "pgsluice/net/io.hpp"
 #include "pgsluice/protocol/builder.hpp"
 #include "pgsluice/server/server_connection.hpp"
+#include "pgsluice/session/recycled.hpp"
 #include "pgsluice/session/session_context.hpp"
 #include "pgsluice/session/statement_tracker.hpp"
 
@@ -65,10 +67,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   // The client side (see the top of this file). Each read's handler holds the session.
   struct ClientRead;
-  struct ClientReady;
+  struct ClientIdleRead;
   struct LeaseReady;
   void read_client(std::shared_ptr<ClientSession> self);
-  void on_client_ready(std::shared_ptr<ClientSession> self, net::error_code ec);
+  void on_client_idle_read(std::shared_ptr<ClientSession> self, net::error_code ec, std::size_t count);
   void on_client_read(std::shared_ptr<ClientSession> self, net::error_code ec, std::size_t count);
   // Takes the whole messages at the front of buffer_ as the next run (run_) and forwards it.
   void on_client_data(std::shared_ptr<ClientSession> self);
@@ -229,6 +231,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::shared_ptr<const config::Config> config_;
   std::size_t max_message_size_;
   net::MessageBuffer buffer_;
+  // An idle client's next bytes land here first: buffer_ takes storage only once some came.
+  std::array<std::uint8_t, 256> idle_read_;
   // Authentication's last message (SCRAM's SASLFinal), written with whatever the login sends next
   // (AuthenticationOk and the rest, or its error): one send instead of two.
   protocol::Buffer login_reply_;
@@ -282,7 +286,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool rewrite_statements_ = false;  // transaction and statement modes: named statements are mapped
   // Transaction and statement modes: made on the first message (tracker()), dropped between
   // transactions while it carries nothing (no statements, no session state).
-  std::unique_ptr<StatementTracker> tracker_;
+  RecycledPtr<StatementTracker> tracker_;
   Outgoing to_server_;  // the client side's run, reused
   Outgoing to_client_;  // the server reader's run, reused
   // The client's writer (send_client): what is queued and not yet written, in order.
