@@ -15,9 +15,7 @@
 #include <mutex>
 #include <malloc.h>
 
-#include <cerrno>
 #include <csignal>
-#include <system_error>
 #include <unistd.h>
 #include <functional>
 #include <thread>
@@ -51,9 +49,34 @@ class Worker : public asio::io_context {
 };
 using Workers = std::vector<std::unique_ptr<Worker>>;
 
-// One per worker, each on its own duplicate of the listening socket: whichever worker is free takes
-// the next client, and the session starts on the worker that accepted it (no hand-over to another
-// thread, no wake-up of it). The peer address comes with accept(): no getpeername per login.
+// With more than one worker, each listens on its own socket of one SO_REUSEPORT group and the
+// kernel spreads new connections over them: an arriving client wakes one worker. (Workers sharing
+// one socket, dup()ed, were all woken by each connection, and all but one found nothing to accept:
+// a wake-up and a failed accept per login and worker.) A group can be joined by any socket of the
+// same user that asks for SO_REUSEPORT, so first a plain socket is bound to the address and closed
+// again: it fails if anything listens there, and a second pgsluice, which does the same against
+// this group, refuses to start instead of quietly taking a share of the clients.
+using ReusePort = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
+
+void refuse_if_in_use(const tcp::endpoint& endpoint) {
+  asio::io_context scratch;
+  tcp::acceptor probe(scratch);
+  probe.open(endpoint.protocol());
+  probe.set_option(tcp::acceptor::reuse_address(true));
+  probe.bind(endpoint);  // throws "Address already in use"
+}
+
+void listen_on(tcp::acceptor& acceptor, const tcp::endpoint& endpoint, bool group) {
+  acceptor.open(endpoint.protocol());
+  acceptor.set_option(tcp::acceptor::reuse_address(true));
+  if (group) acceptor.set_option(ReusePort(true));
+  acceptor.bind(endpoint);
+  acceptor.listen(asio::socket_base::max_listen_connections);
+}
+
+// One per worker, on the worker's own listening socket: the session starts and stays on the worker
+// that accepted it (no hand-over to another thread, no wake-up of it). The peer address comes with
+// accept(): no getpeername per login.
 asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context) {
   for (;;) {
     tcp::endpoint peer;
@@ -240,18 +263,17 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
   }
 
   tcp::acceptor acceptor(io);
-  std::vector<std::unique_ptr<tcp::acceptor>> worker_acceptors;  // the other workers' duplicates
+  std::vector<std::unique_ptr<tcp::acceptor>> worker_acceptors;  // the other workers' sockets
   try {
     auto address = asio::ip::make_address(config->listen.host);
     tcp::endpoint endpoint(address, config->listen.port);
-    acceptor.open(endpoint.protocol());
-    acceptor.set_option(tcp::acceptor::reuse_address(true));
-    acceptor.bind(endpoint);
-    acceptor.listen(asio::socket_base::max_listen_connections);
+    const bool group = contexts.size() > 1;
+    if (group && endpoint.port() != 0) refuse_if_in_use(endpoint);
+    listen_on(acceptor, endpoint, group);
+    endpoint = acceptor.local_endpoint();  // port 0: the others join the port the kernel chose
     for (std::size_t i = 1; i < contexts.size(); ++i) {
-      const int fd = ::dup(acceptor.native_handle());
-      if (fd < 0) throw std::system_error(errno, std::generic_category(), "dup of the listening socket");
-      worker_acceptors.push_back(std::make_unique<tcp::acceptor>(*contexts[i], endpoint.protocol(), fd));
+      worker_acceptors.push_back(std::make_unique<tcp::acceptor>(*contexts[i]));
+      listen_on(*worker_acceptors.back(), endpoint, group);
     }
   } catch (const std::exception& e) {
     spdlog::critical("cannot listen on {}:{}: {}", config->listen.host, config->listen.port, e.what());

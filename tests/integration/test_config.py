@@ -172,3 +172,28 @@ def test_backend_host_given_by_name_is_looked_up_for_connections_and_cancels(pg)
                 assert cur.fetchone() == (2,)
     finally:
         stop_pgsluice(target)
+
+
+def test_a_second_pgsluice_on_the_same_address_refuses_to_start_while_the_first_serves_on(pg):
+    # With workers > 1 every worker listens on its own socket of an SO_REUSEPORT group; a second
+    # process must not join the group and quietly take a share of the clients.
+    config = make_config(pg)
+    config["workers"] = 2
+    first = start_pgsluice(pg, config)
+    second = pgharness.Pgsluice(config)
+    try:
+        try:
+            second.start()  # may see the port answer (the first pgsluice) before the second exits
+        except RuntimeError:
+            pass
+        code = second.wait_exit(10)  # a second that went on listening is killed: -9
+        log = second.log_text()
+        assert code == 1 and "address already in use" in log.lower(), f"exit {code}; log:\n{log}"
+        for _ in range(20):  # logins land on both workers' sockets; all are served
+            with closing(psycopg2.connect(first.dsn("app", connect_timeout=10))) as c:
+                with c.cursor() as cur:
+                    cur.execute("select 1")
+                    assert cur.fetchone() == (1,)
+    finally:
+        second.cleanup()
+        stop_pgsluice(first)
