@@ -35,6 +35,13 @@ struct BlockCache {
 inline thread_local BlockCache block_cache;
 }  // namespace detail
 
+// Frees the calling thread's cached blocks beyond `keep` (after a storm of clients has left: up to
+// kKeep blocks, 4 MiB, would otherwise stay for good).
+inline void trim_block_cache(std::size_t keep) {
+  auto& blocks = detail::block_cache.blocks;
+  if (blocks.size() > keep) blocks.resize(keep);
+}
+
 class MessageBuffer {
  public:
   explicit MessageBuffer(std::size_t initial_capacity = detail::kBlockSize) : initial_capacity_(initial_capacity) {}

@@ -14,6 +14,12 @@ namespace pgsluice::session {
 
 namespace detail {
 
+// The trim functions of the stores the calling thread has made (one per block size).
+inline std::vector<void (*)(std::size_t)>& thread_trims() {
+  thread_local std::vector<void (*)(std::size_t)> trims;
+  return trims;
+}
+
 template <std::size_t Size>
 class BlockStore {
  public:
@@ -28,6 +34,15 @@ class BlockStore {
     }
     return ::operator new(Size);
   }
+  // Frees the calling thread's blocks beyond `keep`.
+  static void trim(std::size_t keep) {
+    auto* store = of_thread();
+    if (store == nullptr) return;
+    while (store->blocks_.size() > keep) {
+      ::operator delete(store->blocks_.back());
+      store->blocks_.pop_back();
+    }
+  }
   static void give(void* block) noexcept {
     auto* store = of_thread();
     if (store != nullptr && store->blocks_.size() < kKeep) {
@@ -38,7 +53,10 @@ class BlockStore {
   }
 
  private:
-  BlockStore() { blocks_.reserve(kKeep); }
+  BlockStore() {
+    blocks_.reserve(kKeep);
+    thread_trims().push_back(&BlockStore::trim);
+  }
   ~BlockStore() {
     gone_ = true;
     for (void* block : blocks_) ::operator delete(block);
@@ -56,6 +74,11 @@ class BlockStore {
 };
 
 }  // namespace detail
+
+// Frees the calling thread's kept blocks beyond `keep` per type (after a storm of clients has left).
+inline void trim_recycled(std::size_t keep) {
+  for (auto trim : detail::thread_trims()) trim(keep);
+}
 
 template <class T>
 struct Recycled {
