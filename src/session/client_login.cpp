@@ -358,8 +358,7 @@ net::awaitable<bool> ClientSession::finish_login() {
   cancel_key_ = context_->cancels.add(shared_from_this());
   if (rewrite_statements_) startup_parameters_ = parameters_;  // RESET ALL returns to them (tracker())
 
-  Buffer out = std::move(login_reply_);
-  login_reply_.clear();
+  Buffer out = take_login_reply();
   out.reserve(1024);  // the whole reply, about 500 bytes, in one allocation
   protocol::append_authentication_ok(out);
   for (const auto& [name, value] : *shown) {

@@ -61,8 +61,7 @@ net::awaitable<void> ClientSession::serve_admin() {
   }
   spdlog::info("session {}: admin console login by {}", peer_, user_);
   cancel_key_ = context_->cancels.add(shared_from_this());  // SIGTERM reaches it like any client
-  Buffer out = std::move(login_reply_);
-  login_reply_.clear();
+  Buffer out = take_login_reply();
   protocol::append_authentication_ok(out);
   const std::pair<const char*, std::string> status[] = {
       {"server_version", "15.0 (pgsluice " PGSLUICE_VERSION " admin console)"},
@@ -202,8 +201,7 @@ net::awaitable<bool> ClientSession::send_due_replies() {
 }
 
 net::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate, std::string_view message) {
-  Buffer out = std::move(login_reply_);
-  login_reply_.clear();
+  Buffer out = take_login_reply();
   protocol::append_error_response(out, protocol::Severity::fatal, sqlstate, message);
   co_await write_client(out);
 }

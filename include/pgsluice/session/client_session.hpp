@@ -64,6 +64,12 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   net::awaitable<LoginOutcome> startup();
   net::awaitable<bool> authenticate(const std::string& user);
   net::awaitable<bool> finish_login();
+  // login_reply_'s bytes, to append what the login sends next to; login_reply_ is empty after.
+  protocol::Buffer take_login_reply() {
+    protocol::Buffer out = std::move(login_reply_);
+    login_reply_.clear();
+    return out;
+  }
 
   // The client side (see the top of this file). Each read's handler holds the session.
   struct ClientRead;
