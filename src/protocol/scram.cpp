@@ -432,6 +432,11 @@ Result<std::string> ClientExchange::handle_server_first(std::string_view server_
   if (!salt || salt->empty()) return malformed("the salt is not valid base64");
   auto iterations = parse_positive_int(*iterations_text);
   if (!iterations) return malformed("the iteration count is not a positive integer");
+  if (*iterations > kMaxServerIterations) {
+    return protocol_violation("the server asks for " + std::to_string(*iterations) +
+                              " SCRAM iterations; pgsluice computes at most " +
+                              std::to_string(kMaxServerIterations));
+  }
 
   Key salted = salted_password(password_, *salt, *iterations);
   Key client_key = hmac_sha256(view_of(salted), "Client Key");

@@ -254,6 +254,8 @@ TEST_CASE("scram client rejects a malformed or hostile server-first-message with
                                         "r=abcdef,s=MDEy,i=-1",          // negative iterations
                                         "r=abcdef,s=MDEy,i=16x",         // trailing garbage
                                         "r=abcdef,s=MDEy,i=99999999999",  // overflow
+                                        "r=abcdef,s=MDEy,i=1000001",      // more than pgsluice computes
+                                        "r=abcdef,s=MDEy,i=2147483647",   // a worker held for hours
                                         "m=ext,r=abcdef,s=MDEy,i=16");   // mandatory extension
   scram::ClientExchange client("pw", "abc");
   (void)client.client_first();

@@ -13,6 +13,10 @@ namespace pgsluice::protocol::scram {
 
 inline constexpr std::string_view kMechanism = "SCRAM-SHA-256";
 inline constexpr int kDefaultIterations = 4096;
+// The most iterations pgsluice computes for a server that asks (its login runs on a worker thread:
+// a hostile or misconfigured server asking for 2^31 would hold the worker for hours). About half a
+// second of one core; Postgres's default is 4096.
+inline constexpr int kMaxServerIterations = 1'000'000;
 
 // What a server stores instead of a password: "SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>".
 struct Verifier {
