@@ -182,14 +182,7 @@ net::awaitable<bool> ClientSession::client_drained() {
 }
 
 net::awaitable<bool> ClientSession::write_client(const Buffer& bytes) {
-  // One run per worker thread, reused (no allocation per write): send_client writes the bytes or
-  // copies what the socket did not take before it returns.
-  thread_local Outgoing out;
-  out.clear();
-  out.append(bytes);
-  const bool sent = send_client(out);
-  out.clear();
-  if (!sent) co_return false;
+  if (!queue_client(bytes)) co_return false;
   co_return co_await client_drained();
 }
 
@@ -206,59 +199,17 @@ net::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate, std::s
   co_await write_client(out);
 }
 
-net::awaitable<bool> ClientSession::run() {
-  // client_login_timeout bounds startup and authentication (DESIGN §8): when it fires first, the
-  // stream's pending read or write is cancelled and the login ends with that error.
-  logging_in_ = true;
-  timer_.expires_after(config_->client_login_timeout);
-  timer_.async_wait([weak = weak_from_this()](const net::error_code& ec) {
-    auto self = weak.lock();
-    if (ec || !self || !self->logging_in_) return;
-    self->login_timed_out_ = true;
-    self->stream_.cancel();
-  });
-  auto outcome = co_await startup();
-  if (outcome == LoginOutcome::proceed && !login_timed_out_ && !co_await authenticate(user_)) {
-    outcome = LoginOutcome::closed;
-  }
-  logging_in_ = false;
-  timer_.cancel();
-  if (login_timed_out_) {
-    spdlog::info("session {}: client_login_timeout expired before login finished", peer_);
-    co_await send_fatal("08P01", "pgsluice: client_login_timeout expired before startup and authentication finished");
-    co_return false;
-  }
-  if (outcome != LoginOutcome::proceed) co_return false;
-  if (context_->draining) {
-    co_await send_fatal("57P01", "pgsluice: shutting down; connect again to another instance");
-    co_return false;
-  }
-  if (database_ == kAdminDatabase) {
-    co_await serve_admin();
-    co_return false;
-  }
-  if (!co_await finish_login()) {
-    co_await finish_server();
-    co_return false;
-  }
-  service_->counters->client_joined();
-  counted_in_service_ = true;
-  spdlog::info("session {}: login user {} database {} service {} ({} mode)", peer_, user_, database_,
-               service_->config.name, config::to_string(service_->config.mode));
-  // The client side runs as a chain of handlers from here (see the top of this file), starting with
-  // what the client sent after its login, until end_client(). No coroutine waits meanwhile: an idle
-  // client is its socket's pending wait and this object (DESIGN §8).
-  on_client_data(shared_from_this());
-  co_return true;
-}
-
-net::awaitable<void> ClientSession::end_session(std::shared_ptr<ClientSession> self) {
-  closing_ = true;
+void ClientSession::log_close() const {
   if (service_) {
     spdlog::info("session {}: closed (user {}, service {}, after {} s)", peer_, user_, service_->config.name,
                  std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - connected_at_)
                      .count());
   }
+}
+
+net::awaitable<void> ClientSession::end_session(std::shared_ptr<ClientSession> self) {
+  closing_ = true;
+  log_close();
   disarm_timer();
   co_await finish_server();
   co_await finish();  // the server reader lets go of the session
@@ -803,6 +754,12 @@ void ClientSession::end_client() {
   // and timeouts) must not start a second shutdown of the server side meanwhile.
   closing_ = true;
   if (std::exchange(client_done_, true)) return;
+  if (!server_ && !server_reader_running_) {
+    // Nothing to give back or stop (as between transactions in the pooled modes): no coroutine.
+    log_close();
+    disarm_timer();
+    return;
+  }
   asio::co_spawn(stream_.get_executor(), end_session(shared_from_this()), asio::detached);
 }
 
@@ -1550,19 +1507,6 @@ net::awaitable<void> ClientSession::finish_server() {
     server_->statements().clear();
   }
   release_server(reusable);
-}
-
-net::awaitable<void> run_client_session(net::tcp::socket socket, net::tcp::endpoint peer,
-                                       std::shared_ptr<SessionContext> context) {
-  auto session =
-      std::allocate_shared<ClientSession>(Recycled<ClientSession>{}, std::move(socket), peer, std::move(context));
-  try {
-    // Logged in, the session goes on in handlers that hold it, and end_client() ends it.
-    if (co_await session->run()) co_return;
-  } catch (const std::exception& e) {
-    spdlog::error("session: unexpected error: {}", e.what());
-  }
-  co_await session->finish();  // the server reader lets go of the session
 }
 
 }  // namespace pgsluice::session

@@ -28,6 +28,8 @@
 
 #include "pgsluice/net/io.hpp"
 #include "pgsluice/protocol/builder.hpp"
+#include "pgsluice/protocol/md5.hpp"
+#include "pgsluice/protocol/scram.hpp"
 #include "pgsluice/server/server_connection.hpp"
 #include "pgsluice/session/recycled.hpp"
 #include "pgsluice/session/session_context.hpp"
@@ -40,12 +42,15 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   ClientSession(net::tcp::socket socket, const net::tcp::endpoint& peer, std::shared_ptr<SessionContext> context);
   ~ClientSession();
 
-  // Logs the client in and starts the relay, on the socket's worker (one thread: no strand needed).
-  // True: the relay runs on in handlers that hold the session, and end_client() ends it; false: the
-  // session ended during login.
-  net::awaitable<bool> run();
+  // A session for an accepted connection, on the socket's worker (one thread: no strand needed):
+  // logs the client in and starts the relay. The login is a chain of handlers like the relay (a
+  // coroutine per login cost its frames, each above malloc's per-thread cache, in a storm of logins);
+  // a client of a TLS listener, and the rare steps after authentication (a parameter fetch, a session
+  // mode lease, the admin console), go on in the coroutine run() and login_rest().
+  static void start(net::tcp::socket socket, const net::tcp::endpoint& peer, std::shared_ptr<SessionContext> context);
 
-  // After run(), whatever way it ended: stops the server side (its pending read holds the session).
+  // After a login that did not reach the relay: stops the server side (its pending read holds the
+  // session).
   net::awaitable<void> finish();
 
   // From the cancel registry, on any thread: cancel what the server connection held now is running.
@@ -61,9 +66,50 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
  private:
   enum class LoginOutcome { proceed, closed, cancel_request };
 
+  // Startup and authentication as a coroutine (TLS). True: authenticated, or client_login_timeout
+  // expired (login_rest tells the client); false: the login ended.
+  net::awaitable<bool> run();
+
   net::awaitable<LoginOutcome> startup();
-  net::awaitable<bool> authenticate(const std::string& user);
+  net::awaitable<bool> authenticate();
   net::awaitable<bool> finish_login();
+
+  // The login's steps that do no I/O, shared by the handlers and the coroutine. A FATAL they send is
+  // queued on the client's writer (closed: the login ends once it is written).
+  enum class StartupStep { proceed, next_packet, ssl_request, cancel_request, closed };
+  // Takes the whole startup packet of `size` bytes at the front of buffer_.
+  StartupStep take_startup_packet(std::size_t size);
+  enum class AuthStep { done, read_message, closed };
+  // Looks the user up and sends the first challenge (md5, SCRAM), or none (trust).
+  AuthStep begin_authentication();
+  // The whole message at the front of buffer_ for the challenge sent (consumed).
+  AuthStep take_password_message(const protocol::MessageView& message);
+  // finish_login without a wait, as nearly every login in the pooled modes can (the service knows
+  // its server's parameters and how it spells the client's values): the reply is queued. False: it
+  // cannot (nothing was changed), finish_login does it.
+  bool finish_login_now();
+  // AuthenticationOk, ParameterStatus (the `shown` values, or the client's own in their place),
+  // BackendKeyData and ReadyForQuery, after what login_reply_ holds.
+  bool queue_login_reply(const server::ParameterMap& shown, bool client_values);
+  bool queue_client(const protocol::Buffer& bytes);
+  void queue_fatal(std::string_view sqlstate, std::string_view message);
+  // client_login_timeout (DESIGN §8): when it fires before the login is done, the stream's pending
+  // read or write is cancelled and the login ends with that error.
+  void arm_login_timer();
+  // The handlers of the login (start()).
+  struct LoginRead;
+  // What the login waits for now: a startup packet, or the answer to a challenge.
+  enum class LoginStep : std::uint8_t { startup, md5, scram_first, scram_final };
+  void take_login_bytes(std::shared_ptr<ClientSession> self);
+  void on_login_read(std::shared_ptr<ClientSession> self, net::error_code ec, std::size_t count);
+  void login_authenticated(std::shared_ptr<ClientSession> self);
+  // The login of a client of a TLS listener: run(), then login_rest().
+  net::awaitable<void> login_coroutine(std::shared_ptr<ClientSession> self);
+  // After authentication, what may wait (a parameter fetch, a session mode lease, the admin console)
+  // or fail: the timeout's verdict, draining, the service, the reply, then the relay.
+  net::awaitable<void> login_rest(std::shared_ptr<ClientSession> self);
+  // Logged in: counted, logged, and the relay starts with what the client sent after its login.
+  void enter_relay(std::shared_ptr<ClientSession> self);
   // login_reply_'s bytes, to append what the login sends next to; login_reply_ is empty after.
   protocol::Buffer take_login_reply() {
     protocol::Buffer out = std::move(login_reply_);
@@ -98,6 +144,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void end_run(std::shared_ptr<ClientSession> self, bool failed);
   net::awaitable<void> refuse_client(std::shared_ptr<ClientSession> self, std::string sqlstate, std::string message);
   void end_client();
+  void log_close() const;
   // What end_client() starts once: the server connection given back, the server side stopped.
   net::awaitable<void> end_session(std::shared_ptr<ClientSession> self);
 
@@ -242,6 +289,11 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // Authentication's last message (SCRAM's SASLFinal), written with whatever the login sends next
   // (AuthenticationOk and the rest, or its error): one send instead of two.
   protocol::Buffer login_reply_;
+  // The authentication under way: the user's entry (null: unknown), the md5 salt or SCRAM exchange.
+  LoginStep login_step_ = LoginStep::startup;
+  const UserSecret* secret_ = nullptr;
+  protocol::md5::Salt md5_salt_{};
+  std::optional<protocol::scram::ServerExchange> scram_;
   std::string peer_;
 
   // Login results.
@@ -334,9 +386,11 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::shared_ptr<CoalescedWait> coalesced_wait_;  // a statement the coalescer is answering
 };
 
-// Entry point for an accepted connection.
+// Entry point for an accepted connection, on its worker (ClientSession::start).
 // peer: the address accept() gave (asking the socket again would cost every login a getpeername).
-net::awaitable<void> run_client_session(net::tcp::socket socket, net::tcp::endpoint peer,
-                                       std::shared_ptr<SessionContext> context);
+inline void start_client_session(net::tcp::socket socket, const net::tcp::endpoint& peer,
+                                 std::shared_ptr<SessionContext> context) {
+  ClientSession::start(std::move(socket), peer, std::move(context));
+}
 
 }  // namespace pgsluice::session
