@@ -76,24 +76,45 @@ void listen_on(tcp::acceptor& acceptor, const tcp::endpoint& endpoint, bool grou
 
 // One per worker, on the worker's own listening socket: the session starts and stays on the worker
 // that accepted it (no hand-over to another thread, no wake-up of it). The peer address comes with
-// accept(): no getpeername per login.
-asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context) {
-  for (;;) {
-    tcp::endpoint peer;
-    auto [ec, socket] = co_await acceptor.async_accept(peer, net::use_nothrow);
-    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+// accept(): no getpeername per login. A chain of handlers (one accept's handler starts the next), as
+// the sessions are: a coroutine cost each login a resume through Asio's awaitable machinery.
+class AcceptLoop : public std::enable_shared_from_this<AcceptLoop> {
+ public:
+  AcceptLoop(tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context)
+      : acceptor_(acceptor), context_(std::move(context)), pause_(acceptor.get_executor()) {}
+
+  void accept_next() {
+    acceptor_.async_accept(peer_, [self = shared_from_this()](net::error_code ec, tcp::socket socket) {
+      self->on_accept(ec, std::move(socket));
+    });
+  }
+
+ private:
+  void on_accept(net::error_code ec, tcp::socket socket) {
+    if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
     if (ec) {
       // EMFILE and friends: log, back off briefly, keep serving the clients we have.
       spdlog::warn("listener: accept failed: {}", ec.message());
-      asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(50));
-      co_await pause.async_wait(net::use_nothrow);
-      continue;
+      pause_.expires_after(std::chrono::milliseconds(50));
+      pause_.async_wait([self = shared_from_this()](net::error_code) { self->accept_next(); });
+      return;
     }
     net::error_code ignored;
     socket.set_option(tcp::no_delay(true), ignored);
-    asio::co_spawn(acceptor.get_executor(), session::run_client_session(std::move(socket), peer, context),
-                   asio::detached);
+    session::start_client_session(std::move(socket), peer_, context_);
+    accept_next();
   }
+
+  tcp::acceptor& acceptor_;
+  std::shared_ptr<session::SessionContext> context_;
+  tcp::endpoint peer_;
+  asio::steady_timer pause_;
+};
+
+void accept_loop(tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context) {
+  asio::post(acceptor.get_executor(), [loop = std::make_shared<AcceptLoop>(acceptor, std::move(context))] {
+    loop->accept_next();
+  });
 }
 
 // After a storm of clients has left, gives the memory they used back to the system: glibc keeps
@@ -296,8 +317,8 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
   spdlog::info("pgsluice {} listening on {}:{} with {} worker(s), {} service(s)", PGSLUICE_VERSION,
                config->listen.host, config->listen.port, workers, config->services.size());
 
-  asio::co_spawn(io, accept_loop(acceptor, context), asio::detached);
-  for (auto& each : worker_acceptors) asio::co_spawn(each->get_executor(), accept_loop(*each, context), asio::detached);
+  accept_loop(acceptor, context);
+  for (auto& each : worker_acceptors) accept_loop(*each, context);
   // Stops taking clients; each acceptor is closed on its own worker's thread.
   const auto stop_accepting = [&] {
     net::error_code ignored;
