@@ -301,51 +301,35 @@ net::awaitable<void> ClientSession::login_coroutine(std::shared_ptr<ClientSessio
 // handler holds it).
 void ClientSession::take_login_bytes(std::shared_ptr<ClientSession> self) {
   for (;;) {
+    AuthStep step = AuthStep::closed;
     if (login_step_ == LoginStep::startup) {
       auto frame = protocol::next_startup_frame(buffer_.readable());
       if (frame.status == protocol::FrameStatus::malformed) return queue_fatal(frame.error.sqlstate, frame.error.message);
       if (frame.status != protocol::FrameStatus::complete) {
         return net::async_read_into(stream_, buffer_, 1024, LoginRead{std::move(self)});
       }
-      switch (take_startup_packet(frame.size)) {
-        case StartupStep::next_packet:
-          continue;
-        case StartupStep::proceed:
-          break;
-        case StartupStep::ssl_request:  // not with TLS off (start())
-        case StartupStep::cancel_request:
-        case StartupStep::closed:
-          return;
+      const auto taken = take_startup_packet(frame.size);
+      if (taken == StartupStep::next_packet) continue;
+      if (taken != StartupStep::proceed) return;  // closed, a cancel request (ssl_request: not with TLS off)
+      step = begin_authentication();
+    } else {
+      // Before login a message cannot exceed what authentication needs: Postgres caps SASL and
+      // password messages at 65 535 bytes (PG_MAX_AUTH_TOKEN_LENGTH), and so does pgsluice, so that
+      // a client that has not logged in cannot make it hold max_message_size.
+      auto frame =
+          protocol::next_frame(buffer_.readable(), std::min<std::size_t>(max_message_size_, kMaxAuthMessageSize));
+      if (frame.status == protocol::FrameStatus::malformed) {
+        const auto error = frame.error();
+        return queue_fatal(error.sqlstate, error.message);
       }
-      switch (begin_authentication()) {
-        case AuthStep::done:
-          return login_authenticated(std::move(self));
-        case AuthStep::read_message:
-          continue;
-        case AuthStep::closed:
-          return;
+      if (frame.status != protocol::FrameStatus::complete) {
+        return net::async_read_into(stream_, buffer_, net::read_size_for(frame.needed, buffer_.size()),
+                                    LoginRead{std::move(self)});
       }
+      step = take_password_message(frame.message);
     }
-    // Before login a message cannot exceed what authentication needs: Postgres caps SASL and
-    // password messages at 65 535 bytes (PG_MAX_AUTH_TOKEN_LENGTH), and so does pgsluice, so that
-    // a client that has not logged in cannot make it hold max_message_size.
-    auto frame = protocol::next_frame(buffer_.readable(), std::min<std::size_t>(max_message_size_, kMaxAuthMessageSize));
-    if (frame.status == protocol::FrameStatus::malformed) {
-      const auto error = frame.error();
-      return queue_fatal(error.sqlstate, error.message);
-    }
-    if (frame.status != protocol::FrameStatus::complete) {
-      return net::async_read_into(stream_, buffer_, net::read_size_for(frame.needed, buffer_.size()),
-                                  LoginRead{std::move(self)});
-    }
-    switch (take_password_message(frame.message)) {
-      case AuthStep::done:
-        return login_authenticated(std::move(self));
-      case AuthStep::read_message:
-        continue;
-      case AuthStep::closed:
-        return;
-    }
+    if (step == AuthStep::done) return login_authenticated(std::move(self));
+    if (step == AuthStep::closed) return;
   }
 }
 

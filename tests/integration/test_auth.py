@@ -95,6 +95,41 @@ def test_trust_client_needs_no_password(target):
         assert raw.auth_requests == [0]
 
 
+@pytest.mark.parametrize("name", ["app", "md5"])
+def test_a_login_that_arrives_in_pieces_works(target, name):
+    """The startup packet and each answer to a challenge cut in pieces that arrive apart (SCRAM and
+    md5): each piece is a read of its own, the login goes on where it stopped."""
+    login = target.login(name)
+    with target.raw() as raw:
+        packet = pgharness.startup_packet({"user": login.user, "database": login.database})
+        for piece in (packet[:3], packet[3:11], packet[11:]):
+            raw.send(piece)
+            time.sleep(0.05)
+        send_whole = raw.send
+
+        def send_in_two(data: bytes) -> None:
+            send_whole(data[:3])
+            time.sleep(0.05)
+            send_whole(data[3:])
+
+        raw.send = send_in_two
+        raw.authenticate(login.user, login.password)
+        raw.send = send_whole
+        assert pgharness.rows_of(raw.query("select 'in pieces'")) == [["in pieces"]]
+
+
+def test_a_query_sent_with_the_startup_packet_is_answered_after_the_login(target):
+    """What arrives with the login's last message (here a Query in the startup packet's segment, for
+    a trust user) is the first thing the session serves once logged in."""
+    login = target.login("trust")
+    with target.raw() as raw:
+        raw.send(pgharness.startup_packet({"user": login.user, "database": login.database})
+                 + pgharness.message(b"Q", b"select 'sent with the startup packet'\0"))
+        raw.authenticate(login.user, None)
+        assert pgharness.rows_of(raw.read_until_ready()) == [["sent with the startup packet"]]
+        assert pgharness.rows_of(raw.query("select 'and after'")) == [["and after"]]
+
+
 def test_wrong_password_is_refused_with_28p01(target):
     login = target.login("app")
     with pytest.raises(psycopg2.OperationalError):
