@@ -3,6 +3,7 @@
 
     bench/storm.py --binary /tmp/release_storm                 # 10 000-client burst, 2 000-client storms
     bench/storm.py --clients 2000 --storm 500 --storm-rounds 2 --targets pgsluice --json storm.json
+    bench/storm.py --parts storm --binary /tmp/after --compare /tmp/before   # two builds, same storms
 
 One run starts a throwaway Postgres (tests/harness/pgharness.py), then pgsluice (the release build)
 and PgBouncer (Debian's 1.18) one after the other, both in transaction mode with a pool of
@@ -497,7 +498,8 @@ class Pooler:
         return tail(self.proc.log_text(), lines)
 
 
-def start_pgsluice(pg: LocalPostgres, args, users: dict[str, dict]) -> Pooler:
+def start_pgsluice(pg: LocalPostgres, args, users: dict[str, dict], binary: str | None = None,
+                   name: str = "pgsluice") -> Pooler:
     """pgsluice in transaction mode, one service per user (pool --pool-size, acquire_timeout and
     max_waiting_clients left at their defaults), all logging in to Postgres as `app`."""
     config = pgsluice_config(pg, free_port(), args, args.workers)
@@ -508,9 +510,9 @@ def start_pgsluice(pg: LocalPostgres, args, users: dict[str, dict]) -> Pooler:
     for user, entry in users.items():
         config["users"][user] = entry
         config["services"][user] = {**template, "match": {"user": user, "database": DATABASE}}
-    px = Pgsluice(config, binary=args.binary)
+    px = Pgsluice(config, binary=binary or args.binary)
     px.start()
-    return Pooler("pgsluice", px, px.port, px.proc.pid)
+    return Pooler(name, px, px.port, px.proc.pid)
 
 
 def start_pgbouncer(pg: LocalPostgres, args, auth_type: str, entries: dict[str, str]) -> Pooler:
@@ -725,11 +727,16 @@ def storms(pg: LocalPostgres, args) -> list[dict]:
         for target in args.targets:
             try:
                 if target == "pgsluice":
-                    px = start_pgsluice(pg, args, {
-                        STORM_USERS["md5"]: {"password": passwords["md5"], "auth": "md5"},
-                        STORM_USERS["scram"]: {"password": passwords["scram"], "auth": "scram-sha-256"}})
-                    started.append(px)
-                    poolers[(target, "md5")] = poolers[(target, "scram")] = px
+                    # --compare: more pgsluice binaries in the same run, each its own target.
+                    binaries = [args.binary] + args.compare
+                    for binary in binaries:
+                        name = f"pgsluice[{Path(binary).name}]" if args.compare else "pgsluice"
+                        px = start_pgsluice(pg, args, {
+                            STORM_USERS["md5"]: {"password": passwords["md5"], "auth": "md5"},
+                            STORM_USERS["scram"]: {"password": passwords["scram"], "auth": "scram-sha-256"}},
+                            binary=binary, name=name)
+                        started.append(px)
+                        poolers[(name, "md5")] = poolers[(name, "scram")] = px
                 else:
                     for auth, auth_type in (("md5", "md5"), ("scram", "scram-sha-256")):
                         entry = stored_password(pg, STORM_USERS[auth])
@@ -849,11 +856,20 @@ def storm_summary(results: list[dict]) -> list[dict]:
                         "schedstat_us_per_conn": statistics.median(sched) if sched else None,
                         "schedstat_us_range": (min(sched), max(sched)) if sched else None})
     bouncer = {s["auth"]: s for s in summary if s["target"] == "pgbouncer"}
+    # Each round against PgBouncer's round with the same auth (they ran minutes apart at most): the
+    # median of those ratios moves less with the machine's load than the ratio of the medians.
+    bouncer_rounds = {(r["auth"], r["round"]): r.get("schedstat_us_per_conn") for r in results
+                      if r["target"] == "pgbouncer" and r.get("round")}
     for s in summary:
         ref = bouncer.get(s["auth"])
         s["schedstat_vs_pgbouncer"] = (s["schedstat_us_per_conn"] / ref["schedstat_us_per_conn"]
                                        if ref and s["schedstat_us_per_conn"] and ref["schedstat_us_per_conn"]
                                        else None)
+        paired = [r["schedstat_us_per_conn"] / bouncer_rounds[(r["auth"], r["round"])] for r in results
+                  if r["target"] == s["target"] and r["auth"] == s["auth"] and r.get("round")
+                  and r.get("schedstat_us_per_conn") and bouncer_rounds.get((r["auth"], r["round"]))]
+        s["paired_vs_pgbouncer"] = statistics.median(paired) if paired else None
+        s["paired_range"] = (min(paired), max(paired)) if paired else None
     return summary
 
 
@@ -864,9 +880,12 @@ def storm_summary_table(summary: list[dict]) -> str:
         rows.append([s["target"], s["auth"], str(s["rounds"]), f"{s['refused']} of {s['connections']:,}",
                      num(s["cpu_us_per_conn"], ".0f") + rng(s["cpu_us_range"]),
                      num(s["schedstat_us_per_conn"], ".0f") + rng(s["schedstat_us_range"]),
-                     num(s["schedstat_vs_pgbouncer"], ".2f")])
+                     num(s["schedstat_vs_pgbouncer"], ".2f"),
+                     num(s["paired_vs_pgbouncer"], ".2f")
+                     + ("" if s["paired_range"] is None else f" ({s['paired_range'][0]:.2f}–{s['paired_range'][1]:.2f})")])
     return markdown(["target", "auth", "rounds", "refused", "CPU µs/conn (stat), median (range)",
-                     "CPU µs/conn (schedstat), median (range)", "schedstat / PgBouncer"], rows)
+                     "CPU µs/conn (schedstat), median (range)", "schedstat / PgBouncer",
+                     "per round / PgBouncer's, median (range)"], rows)
 
 
 # -- main ---------------------------------------------------------------------------------------------
@@ -882,6 +901,9 @@ def parse_args(argv=None):
     p.add_argument("--parts", default="burst,storm", help="comma-separated subset of burst,storm (default both)")
     p.add_argument("--binary", default=str(REPO_ROOT / "build" / "release" / "pgsluice"),
                    help="pgsluice binary (default: the release build, build/release/pgsluice)")
+    p.add_argument("--compare", default="",
+                   help="comma-separated further pgsluice binaries for the storms, run in the same rounds (each "
+                        "target is then named pgsluice[<file name>]); e.g. a build before a change")
     p.add_argument("--workers", type=int, default=2, help="pgsluice `workers` threads (default 2)")
     p.add_argument("--pool-size", type=int, default=20,
                    help="server connections per pool: pgsluice max_connections = PgBouncer default_pool_size "
@@ -910,6 +932,9 @@ def parse_args(argv=None):
            args.login_concurrency) < 1:
         p.error("counts must be positive")
     args.binary = str(Path(args.binary).expanduser().absolute())
+    args.compare = [str(Path(b.strip()).expanduser().absolute()) for b in args.compare.split(",") if b.strip()]
+    if len({Path(b).name for b in [args.binary] + args.compare}) != 1 + len(args.compare):
+        p.error("--compare: the binaries' file names must differ (they name the targets)")
     args.pool_mode = "transaction"  # what pgsluice_config reads from pgbench_compare's args
     args.pgsluice_log_level = "info"
     return args
@@ -917,9 +942,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if "pgsluice" in args.targets and not os.access(args.binary, os.X_OK):
-        print(f"pgsluice binary {args.binary} not found", file=sys.stderr)
-        return 2
+    for binary in [args.binary] + args.compare:
+        if "pgsluice" in args.targets and not os.access(binary, os.X_OK):
+            print(f"pgsluice binary {binary} not found", file=sys.stderr)
+            return 2
     # Each pooler holds every client socket plus its server side; the client processes inherit
     # this limit too, pgsluice inherits it, PgBouncer gets it through prlimit.
     nofile = raise_nofile(max(args.clients, args.storm) + FD_MARGIN)
@@ -931,6 +957,7 @@ def main(argv=None) -> int:
         "pgsluice": (f"{version_of([args.binary, '--version'])} ({Path(args.binary).resolve()})"
                      if "pgsluice" in args.targets else None),
         "pgsluice_binary": binary_identity(args.binary) if "pgsluice" in args.targets else None,
+        "pgsluice_compare": [binary_identity(b) for b in args.compare],
     }
     print(f"burst {args.clients:,} clients, storms {args.storm:,} clients × {args.storm_rounds}; transaction mode, "
           f"pool size {args.pool_size}, pgsluice workers {args.workers}, {args.procs} client processes, "
