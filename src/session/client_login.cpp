@@ -78,6 +78,14 @@ void ClientSession::arm_login_timer() {
   });
 }
 
+// What a login step sends is built here: send_client copies what the socket does not take at once,
+// so one buffer per worker thread serves every login (no allocation for a challenge or the reply).
+Buffer& ClientSession::login_scratch() {
+  thread_local Buffer scratch;
+  scratch.clear();
+  return scratch;
+}
+
 bool ClientSession::queue_client(const Buffer& bytes) {
   // One run per worker thread, reused (no allocation per write): send_client writes the bytes or
   // copies what the socket did not take before it returns.
@@ -179,7 +187,7 @@ ClientSession::AuthStep ClientSession::begin_authentication() {
   auto it = snapshot_->users.find(user_);
   secret_ = it == snapshot_->users.end() ? nullptr : &it->second;
   if (secret_ != nullptr && secret_->method == config::AuthMethod::trust) return AuthStep::done;
-  Buffer out;
+  Buffer& out = login_scratch();
   if (secret_ != nullptr && secret_->method == config::AuthMethod::md5) {
     std::uint8_t salt[4];
     protocol::scram::random_fill(salt, sizeof salt);
@@ -232,7 +240,7 @@ ClientSession::AuthStep ClientSession::take_password_message(const protocol::Mes
         queue_fatal(server_first.error().sqlstate, server_first.error().message);
         return AuthStep::closed;
       }
-      Buffer out;
+      Buffer& out = login_scratch();
       protocol::append_authentication_sasl_continue(out, *server_first);
       login_step_ = LoginStep::scram_final;
       return queue_client(out) ? AuthStep::read_message : AuthStep::closed;
@@ -549,8 +557,9 @@ bool ClientSession::finish_login_now() {
 bool ClientSession::queue_login_reply(const server::ParameterMap& shown, bool client_values) {
   cancel_key_ = context_->cancels.add(shared_from_this());
   if (rewrite_statements_) startup_parameters_ = parameters_;  // RESET ALL returns to them (tracker())
-  Buffer out = take_login_reply();
-  out.reserve(1024);  // the whole reply, about 500 bytes, in one allocation
+  Buffer& out = login_scratch();  // after SCRAM's SASLFinal, if any
+  out.insert(out.end(), login_reply_.begin(), login_reply_.end());
+  Buffer().swap(login_reply_);
   protocol::append_authentication_ok(out);
   for (const auto& [name, value] : shown) {
     auto own = client_values ? parameters_.find(name) : parameters_.end();

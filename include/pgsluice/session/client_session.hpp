@@ -92,6 +92,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // BackendKeyData and ReadyForQuery, after what login_reply_ holds.
   bool queue_login_reply(const server::ParameterMap& shown, bool client_values);
   bool queue_client(const protocol::Buffer& bytes);
+  static protocol::Buffer& login_scratch();  // cleared; valid until the next call on this thread
   void queue_fatal(std::string_view sqlstate, std::string_view message);
   // client_login_timeout (DESIGN §8): when it fires before the login is done, the stream's pending
   // read or write is cancelled and the login ends with that error.
