@@ -25,6 +25,7 @@
 #include "pgsluice/metrics/counters.hpp"
 #include "pgsluice/metrics/http_endpoint.hpp"
 #include "pgsluice/net/io.hpp"
+#include "pgsluice/net/socket_reserve.hpp"
 #include "pgsluice/protocol/scram.hpp"
 #include "pgsluice/session/client_session.hpp"
 #include "runtime.hpp"
@@ -78,12 +79,15 @@ void listen_on(tcp::acceptor& acceptor, const tcp::endpoint& endpoint, bool grou
 // that accepted it (no hand-over to another thread, no wake-up of it). The peer address comes with
 // accept(): no getpeername per login. A chain of handlers (one accept's handler starts the next), as
 // the sessions are: a coroutine cost each login a resume through Asio's awaitable machinery.
+// Each accepted socket takes a state of the worker's reactor: the reserve makes them ahead, many at a
+// time (net/socket_reserve.hpp), so that a burst's do not pin its sessions' heap pages once it left.
 class AcceptLoop : public std::enable_shared_from_this<AcceptLoop> {
  public:
-  AcceptLoop(tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context)
-      : acceptor_(acceptor), context_(std::move(context)), pause_(acceptor.get_executor()) {}
+  AcceptLoop(Worker& worker, tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context)
+      : acceptor_(acceptor), context_(std::move(context)), pause_(acceptor.get_executor()), reserve_(worker) {}
 
   void accept_next() {
+    reserve_.ensure(net::t_open_client_sockets + 1);
     acceptor_.async_accept(peer_, [self = shared_from_this()](net::error_code ec, tcp::socket socket) {
       self->on_accept(ec, std::move(socket));
     });
@@ -109,10 +113,11 @@ class AcceptLoop : public std::enable_shared_from_this<AcceptLoop> {
   std::shared_ptr<session::SessionContext> context_;
   tcp::endpoint peer_;
   asio::steady_timer pause_;
+  net::SocketStateReserve reserve_;
 };
 
-void accept_loop(tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context) {
-  asio::post(acceptor.get_executor(), [loop = std::make_shared<AcceptLoop>(acceptor, std::move(context))] {
+void accept_loop(Worker& worker, tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context) {
+  asio::post(acceptor.get_executor(), [loop = std::make_shared<AcceptLoop>(worker, acceptor, std::move(context))] {
     loop->accept_next();
   });
 }
@@ -317,8 +322,8 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
   spdlog::info("pgsluice {} listening on {}:{} with {} worker(s), {} service(s)", PGSLUICE_VERSION,
                config->listen.host, config->listen.port, workers, config->services.size());
 
-  accept_loop(acceptor, context);
-  for (auto& each : worker_acceptors) accept_loop(*each, context);
+  accept_loop(io, acceptor, context);
+  for (std::size_t i = 0; i < worker_acceptors.size(); ++i) accept_loop(*contexts[i + 1], *worker_acceptors[i], context);
   // Stops taking clients; each acceptor is closed on its own worker's thread.
   const auto stop_accepting = [&] {
     net::error_code ignored;

@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "pgsluice/net/socket_reserve.hpp"
 #include "pgsluice/protocol/backend_messages.hpp"
 #include "pgsluice/session/listener_hub.hpp"
 
@@ -36,6 +37,7 @@ ClientSession::ClientSession(net::tcp::socket socket, const net::tcp::endpoint& 
       timer_(stream_.get_executor()) {
   peer_ = peer.address().to_string() + ":" + std::to_string(peer.port());
   ++context_->clients;
+  ++net::t_open_client_sockets;
 }
 
 ClientSession::~ClientSession() {
@@ -44,6 +46,7 @@ ClientSession::~ClientSession() {
   if (listen_id_ != 0 && service_ && service_->listeners) service_->listeners->forget(listen_id_);
   if (counted_in_service_) service_->counters->client_left();
   --context_->clients;
+  --net::t_open_client_sockets;
 }
 
 net::awaitable<void> ClientSession::serve_admin() {

@@ -1,0 +1,51 @@
+#include "pgsluice/net/socket_reserve.hpp"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+namespace pgsluice::net {
+
+SocketStateReserve::~SocketStateReserve() {
+  if (file_ >= 0) ::close(file_);
+}
+
+// Each descriptor assigned to Asio takes a state from the reactor's pool (a free one first, else a
+// new one); holding `target - open` of them at once while `open` sockets hold theirs leaves the pool
+// with `target` states, the new ones allocated one after the other. They all stand for one file:
+// epoll_ctl refuses it with EPERM, which Asio accepts (no event ever registered), so releasing them
+// is no system call and the file stays open.
+void SocketStateReserve::grow(std::size_t open) {
+  const std::size_t target = std::max({kFirst, open + kMargin, reserved_ + reserved_ / 2});
+  if (file_ < 0) file_ = ::memfd_create("pgsluice-socket-reserve", MFD_CLOEXEC);
+  if (file_ < 0) {
+    failed_ = true;
+    spdlog::debug("socket reserve: memfd_create failed: the reactor's states are made as sockets open");
+    return;
+  }
+  std::vector<boost::asio::posix::stream_descriptor> held;
+  held.reserve(target - open);
+  boost::system::error_code ec;
+  for (std::size_t i = open; i < target; ++i) {
+    held.emplace_back(io_);
+    held.back().assign(file_, ec);
+    if (ec) {
+      // Not the EPERM path (a kernel whose epoll takes the file): registered once, the next assign
+      // of the same file fails; stop reserving rather than leave states Asio cannot take back.
+      held.pop_back();
+      failed_ = true;
+      spdlog::debug("socket reserve: {}: the reactor's states are made as sockets open", ec.message());
+      break;
+    }
+  }
+  for (auto& each : held) each.release();
+  if (!failed_) reserved_ = target;
+}
+
+}  // namespace pgsluice::net
