@@ -1,6 +1,8 @@
 #include "pgsluice/net/stream.hpp"
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/objects.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <sys/socket.h>
@@ -91,6 +93,31 @@ void Stream::free_tls() {
 std::string Stream::tls_description() const {
   if (ssl_ == nullptr) return {};
   return std::string(SSL_get_version(ssl_)) + " " + SSL_get_cipher_name(ssl_);
+}
+
+std::string Stream::tls_server_end_point() const {
+  if (ssl_ == nullptr) return {};
+  X509* certificate = nullptr;
+  X509* owned = nullptr;
+  if (SSL_is_server(ssl_)) {
+    certificate = SSL_get_certificate(ssl_);
+  } else {
+    owned = certificate = SSL_get1_peer_certificate(ssl_);
+  }
+  std::string hash;
+  int algorithm = NID_undef;
+  if (certificate != nullptr && OBJ_find_sigid_algs(X509_get_signature_nid(certificate), &algorithm, nullptr) &&
+      algorithm != NID_undef) {
+    if (algorithm == NID_md5 || algorithm == NID_sha1) algorithm = NID_sha256;
+    const EVP_MD* digest = EVP_get_digestbynid(algorithm);
+    unsigned char bytes[EVP_MAX_MD_SIZE];
+    unsigned int size = 0;
+    if (digest != nullptr && X509_digest(certificate, digest, bytes, &size) == 1) {
+      hash.assign(reinterpret_cast<const char*>(bytes), size);
+    }
+  }
+  X509_free(owned);
+  return hash;
 }
 
 bool Stream::start_tls(const TlsContext& context, std::string& error) {

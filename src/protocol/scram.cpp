@@ -301,26 +301,43 @@ Result<std::string> ServerExchange::handle_client_first(std::string_view client_
   step_ = Step::kDone;
   if (!in_order) return protocol_violation("unexpected SCRAM client-first-message");
 
-  // gs2-header = gs2-cbind-flag "," [authzid] ","  (RFC 5802 §7)
+  // gs2-header = gs2-cbind-flag "," [authzid] ","  (RFC 5802 §7); gs2-cbind-flag is "p=" cb-name,
+  // "n" (the client does not bind) or "y" (it could, but believes the server cannot).
+  std::size_t flag_end = 1;
   if (client_first.starts_with("p=")) {
-    // We advertise only SCRAM-SHA-256, never SCRAM-SHA-256-PLUS, so a client asking for channel
-    // binding is not following the negotiation (Postgres answers the same with 08P01).
-    return protocol_violation(
-        "SCRAM channel binding is not supported: the client sent \"p=\" but pgsluice offers only "
-        "SCRAM-SHA-256 without channel binding");
+    if (!plus_) {
+      return malformed(
+          "the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel "
+          "binding data");
+    }
+    flag_end = client_first.find(',');
+    if (flag_end == std::string_view::npos) return malformed("expected ',' after the channel binding type");
+    if (client_first.substr(2, flag_end - 2) != kChannelBindingType) {
+      return protocol_violation("unsupported SCRAM channel-binding type \"" +
+                                std::string(client_first.substr(2, flag_end - 2)) + "\"");
+    }
+  } else if (client_first.starts_with("n,") || client_first.starts_with("y,")) {
+    if (plus_) {
+      return malformed(
+          "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data");
+    }
+    // Only a server that offered -PLUS must refuse "y" (RFC 5802 §6): the client was made to believe
+    // there was none, or does not see this connection's TLS.
+    if (client_first[0] == 'y' && offers_channel_binding()) {
+      return protocol_violation(
+          "SCRAM channel binding negotiation error: the client supports SCRAM channel binding but thinks the "
+          "server does not; however, this server does support channel binding");
+    }
+  } else {
+    return malformed("expected a gs2 header starting with \"n,\", \"y,\" or \"p=\"");
   }
-  // "n": the client does not support channel binding. "y": it does but thinks the server does not,
-  // which is true here; only a server that advertised -PLUS must reject "y" (RFC 5802 §6).
-  if (!(client_first.starts_with("n,") || client_first.starts_with("y,"))) {
-    return malformed("expected a gs2 header starting with \"n,\" or \"y,\"");
-  }
-  std::string_view rest = client_first.substr(2);
+  std::string_view rest = client_first.substr(flag_end + 1);
   if (rest.starts_with("a=")) {
     // Postgres rejects an authorization identity the same way (auth-scram.c).
     return ProtocolError{"0A000", "client uses SCRAM authorization identity, but it is not supported"};
   }
   if (!rest.starts_with(",")) return malformed("expected ',' after the gs2 channel binding flag");
-  gs2_header_ = std::string(client_first.substr(0, 3));
+  gs2_header_ = std::string(client_first.substr(0, flag_end + 2));
   std::string_view bare = rest.substr(1);
 
   auto attributes = split_attributes(bare);
@@ -370,11 +387,17 @@ Result<std::string> ServerExchange::handle_client_final(std::string_view client_
   auto proof = decode_key(*proof_text);
   if (!proof) return malformed("the client proof is not 32 bytes of base64");
 
-  // Without channel binding, c= is just the base64 of the gs2 header sent in the first message
-  // ("biws" for "n,,", "eSws" for "y,,").
+  // c= is the base64 of the gs2 header sent in the first message ("biws" for "n,,", "eSws" for
+  // "y,,"), followed with channel binding by the connection's tls-server-end-point data: a client
+  // that sees another certificate than pgsluice's (a man in the middle) cannot send it.
   auto binding = base64_decode(*channel_binding);
-  if (!binding || *binding != gs2_header_) {
-    return protocol_violation("SCRAM channel binding check failed: c= does not match the gs2 header");
+  const bool bound = binding && binding->size() == gs2_header_.size() + (plus_ ? end_point_.size() : 0) &&
+                     binding->starts_with(gs2_header_) &&
+                     (!plus_ || CRYPTO_memcmp(binding->data() + gs2_header_.size(), end_point_.data(),
+                                              end_point_.size()) == 0);
+  if (!bound) {
+    return protocol_violation(plus_ ? "SCRAM channel binding check failed"
+                                    : "SCRAM channel binding check failed: c= does not match the gs2 header");
   }
   if (*nonce != combined_nonce_) return auth_failed();
 
@@ -404,10 +427,15 @@ ClientExchange::ClientExchange(std::string password, std::string nonce, std::str
       user_(std::move(user)),
       client_nonce_(nonce.empty() ? random_nonce() : std::move(nonce)) {}
 
+void ClientExchange::bind_channel(std::string end_point) {
+  gs2_header_ = "p=" + std::string(kChannelBindingType) + ",,";
+  end_point_ = std::move(end_point);
+}
+
 std::string ClientExchange::client_first() {
   client_first_bare_ = "n=" + escape_saslname(user_) + ",r=" + client_nonce_;
   step_ = Step::kServerFirst;
-  return "n,," + client_first_bare_;
+  return gs2_header_ + client_first_bare_;
 }
 
 Result<std::string> ClientExchange::handle_server_first(std::string_view server_first) {
@@ -444,8 +472,8 @@ Result<std::string> ClientExchange::handle_server_first(std::string_view server_
   Key stored_key = sha256(client_key);
   OPENSSL_cleanse(salted.data(), salted.size());
 
-  // "biws" is base64("n,,"): no channel binding, no authzid.
-  std::string without_proof = "c=biws,r=" + std::string(*nonce);
+  // c= is the gs2 header and the channel binding data ("biws" is base64("n,,"): no binding, no authzid).
+  std::string without_proof = "c=" + base64_encode(gs2_header_ + end_point_) + ",r=" + std::string(*nonce);
   std::string auth_message = client_first_bare_ + "," + std::string(server_first) + "," + without_proof;
   Key proof = xor_keys(client_key, hmac_sha256(view_of(stored_key), auth_message));
   OPENSSL_cleanse(client_key.data(), client_key.size());

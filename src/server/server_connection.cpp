@@ -291,13 +291,32 @@ net::awaitable<bool> ServerConnection::authenticate(const protocol::Authenticati
     case AuthRequest::sasl: {
       if (!need_password()) co_return false;
       bool offered = false;
-      for (auto mechanism : protocol::sasl_mechanisms(request.data)) offered |= mechanism == protocol::scram::kMechanism;
-      if (!offered) {
+      bool offered_plus = false;
+      for (auto mechanism : protocol::sasl_mechanisms(request.data)) {
+        offered |= mechanism == protocol::scram::kMechanism;
+        offered_plus |= mechanism == protocol::scram::kMechanismPlus;
+      }
+      // Over TLS, channel binding when the server offers it, as libpq's channel_binding=prefer: the
+      // server proves it holds the certificate this TLS session saw, so a man in the middle (with
+      // tls.mode require, which checks no certificate) cannot relay the login. A certificate whose
+      // hash cannot be named (Ed25519) logs in without binding ("n"; libpq fails there).
+      protocol::scram::ClientExchange exchange(*target_->password);
+      std::string_view mechanism = protocol::scram::kMechanism;
+      if (stream_.tls()) {
+        std::string end_point = offered_plus ? stream_.tls_server_end_point() : std::string();
+        if (!end_point.empty()) {
+          exchange.bind_channel(std::move(end_point));
+          mechanism = protocol::scram::kMechanismPlus;
+        } else if (!offered_plus) {
+          exchange.could_bind();
+        }
+      }
+      if (!offered && mechanism != protocol::scram::kMechanismPlus) {
         error = "the server offers no SASL mechanism pgsluice supports";
         co_return false;
       }
-      protocol::scram::ClientExchange exchange(*target_->password);
-      protocol::append_sasl_initial_response(out, protocol::scram::kMechanism, exchange.client_first());
+      spdlog::debug("server {}:{}: SCRAM login as {} with {}", target_->host, target_->port, target_->user, mechanism);
+      protocol::append_sasl_initial_response(out, mechanism, exchange.client_first());
       if (auto ec = co_await net::write_all(stream_, out)) {
         error = "write failed: " + ec.message();
         co_return false;

@@ -196,10 +196,16 @@ ClientSession::AuthStep ClientSession::begin_authentication() {
     login_step_ = LoginStep::md5;
     return queue_client(out) ? AuthStep::read_message : AuthStep::closed;
   }
-  // SCRAM-SHA-256, also for unknown users (with a mock verifier) so they fail at the same step.
+  // SCRAM-SHA-256, also for unknown users (with a mock verifier) so they fail at the same step; over
+  // TLS SCRAM-SHA-256-PLUS first, as Postgres lists them.
   scram_.emplace(secret_ != nullptr && secret_->verifier ? *secret_->verifier
                                                          : protocol::scram::mock_verifier(user_, context_->mock_secret));
-  protocol::append_authentication_sasl(out, {protocol::scram::kMechanism});
+  if (stream_.tls()) scram_->offer_channel_binding(stream_.tls_server_end_point());
+  if (scram_->offers_channel_binding()) {
+    protocol::append_authentication_sasl(out, {protocol::scram::kMechanismPlus, protocol::scram::kMechanism});
+  } else {
+    protocol::append_authentication_sasl(out, {protocol::scram::kMechanism});
+  }
   login_step_ = LoginStep::scram_first;
   return queue_client(out) ? AuthStep::read_message : AuthStep::closed;
 }
@@ -230,10 +236,12 @@ ClientSession::AuthStep ClientSession::take_password_message(const protocol::Mes
         queue_fatal(sasl.error().sqlstate, sasl.error().message);
         return AuthStep::closed;
       }
-      if (sasl->mechanism != protocol::scram::kMechanism) {
+      const bool plus = sasl->mechanism == protocol::scram::kMechanismPlus && scram_->offers_channel_binding();
+      if (sasl->mechanism != protocol::scram::kMechanism && !plus) {
         queue_fatal("28000", "client selected an invalid SASL authentication mechanism");
         return AuthStep::closed;
       }
+      scram_->select(plus);
       auto server_first = scram_->handle_client_first(sasl->data);
       buffer_.consume(size);
       if (!server_first) {

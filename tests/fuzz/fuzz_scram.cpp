@@ -2,7 +2,8 @@
 // two lines: pgsluice as the server reads them as client-first and client-final, and as the client as
 // server-first and server-final. Both sides use the RFC 7677 example's user, password, salt and
 // nonces, so the example's messages (the seed corpus) complete both exchanges and the fuzzer starts
-// from the success path. The whole input is also read as a stored verifier and as base64.
+// from the success path; the server side also runs with channel binding offered, and chosen. The
+// whole input is also read as a stored verifier and as base64.
 // None may crash, read out of bounds or allocate by an unchecked length; a verifier or base64 text
 // pgsluice writes must read back as what it wrote.
 #include <charconv>
@@ -44,9 +45,14 @@ bool asks_for_too_many_iterations(std::string_view server_first) {
   return ec == std::errc::result_out_of_range || (ec == std::errc{} && iterations > kMaxIterations);
 }
 
-void run_server(std::string_view client_first, std::string_view client_final, bool has_final) {
+// Channel binding on offer or not (plain text / TLS), and SCRAM-SHA-256-PLUS chosen or not.
+enum class Binding { none, offered, chosen };
+
+void run_server(std::string_view client_first, std::string_view client_final, bool has_final, Binding binding) {
   static const auto verifier = scram::make_verifier(kPassword, *scram::base64_decode(kSalt), 4096);
   scram::ServerExchange exchange(verifier, std::string(kServerNonce));
+  if (binding != Binding::none) exchange.offer_channel_binding(std::string(32, '\x5a'));
+  exchange.select(binding == Binding::chosen);
   auto server_first = exchange.handle_client_first(client_first);
   if (!server_first) {
     FUZZ_CHECK(!server_first.error().sqlstate.empty());
@@ -95,7 +101,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const bool has_final = newline != std::string_view::npos;
   const auto first = text.substr(0, newline);
   const auto final = has_final ? text.substr(newline + 1) : std::string_view();
-  run_server(first, final, has_final);
+  for (auto binding : {Binding::none, Binding::offered, Binding::chosen}) run_server(first, final, has_final, binding);
   run_client(first, final, has_final);
   check_verifier(text);
   check_base64(text);

@@ -170,13 +170,16 @@ class RawConnection:
             if msg[0] == b"Z":
                 return messages
 
-    def startup(self, user: str, database: str, password: str | None = None, **params) -> None:
+    def startup(self, user: str, database: str, password: str | None = None, *,
+                sasl: tuple[str, str, bytes] = ("SCRAM-SHA-256", "n,,", b""), **params) -> None:
         """StartupMessage and authentication up to ReadyForQuery. Raises PgError on an ErrorResponse,
-        ConnectionError if the server closes the connection without one."""
+        ConnectionError if the server closes the connection without one. `sasl`: the mechanism a
+        SCRAM login selects, its gs2 header and channel binding data."""
         self.send(startup_packet({"user": user, "database": database, **params}))
-        self.authenticate(user, password)
+        self.authenticate(user, password, sasl)
 
-    def authenticate(self, user: str, password: str | None) -> None:
+    def authenticate(self, user: str, password: str | None,
+                     sasl: tuple[str, str, bytes] = ("SCRAM-SHA-256", "n,,", b"")) -> None:
         scram = None
         while True:
             msg = self.read_message()
@@ -198,11 +201,12 @@ class RawConnection:
                     self.send(message(b"p", md5_password(user, password, payload[4:8]).encode() + b"\0"))
                 elif code == 10:  # SASL: mechanism names follow
                     self.sasl_mechanisms = [m.decode() for m in payload[4:].split(b"\0") if m]
-                    if "SCRAM-SHA-256" not in self.sasl_mechanisms:
-                        raise ValueError(f"no SCRAM-SHA-256 among {self.sasl_mechanisms}")
-                    scram = ScramClient(password)
+                    mechanism, gs2_header, cbind_data = sasl
+                    if mechanism not in self.sasl_mechanisms:
+                        raise ValueError(f"no {mechanism} among {self.sasl_mechanisms}")
+                    scram = ScramClient(password, gs2_header, cbind_data)
                     first = scram.client_first().encode()
-                    self.send(message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first))
+                    self.send(message(b"p", mechanism.encode() + b"\0" + struct.pack("!i", len(first)) + first))
                 elif code == 11:  # SASLContinue
                     self.send(message(b"p", scram.client_final(payload[4:].decode()).encode()))
                 elif code == 12:  # SASLFinal
@@ -267,17 +271,20 @@ def md5_password(user: str, password: str, salt: bytes) -> str:
 
 
 class ScramClient:
-    """SCRAM-SHA-256 client side (RFC 5802/7677) as libpq does it: no channel binding, empty n=."""
+    """SCRAM-SHA-256 client side (RFC 5802/7677) as libpq does it, empty n=: without channel binding
+    ("n,,"), or with the gs2 header and channel binding data given (SCRAM-SHA-256-PLUS:
+    "p=tls-server-end-point,," and the hash of the server's certificate)."""
 
-    def __init__(self, password: str):
+    def __init__(self, password: str, gs2_header: str = "n,,", cbind_data: bytes = b""):
         self.password = password.encode()
         self.nonce = base64.b64encode(secrets.token_bytes(18)).decode()
         self.first_bare = f"n=,r={self.nonce}"
+        self.gs2_header, self.cbind_data = gs2_header, cbind_data
         self.auth_message = b""
         self.salted = b""
 
     def client_first(self) -> str:
-        return "n,," + self.first_bare
+        return self.gs2_header + self.first_bare
 
     def salted_password(self, salt: str, iterations: int) -> bytes:
         """PBKDF2 of the password (a subclass may remember it: bench/storm.py)."""
@@ -290,7 +297,8 @@ class ScramClient:
         self.salted = self.salted_password(attrs["s"], int(attrs["i"]))
         client_key = hmac.new(self.salted, b"Client Key", hashlib.sha256).digest()
         stored_key = hashlib.sha256(client_key).digest()
-        without_proof = f"c=biws,r={attrs['r']}"
+        binding = base64.b64encode(self.gs2_header.encode() + self.cbind_data).decode()
+        without_proof = f"c={binding},r={attrs['r']}"
         self.auth_message = f"{self.first_bare},{server_first},{without_proof}".encode()
         signature = hmac.new(stored_key, self.auth_message, hashlib.sha256).digest()
         proof = bytes(a ^ b for a, b in zip(client_key, signature))

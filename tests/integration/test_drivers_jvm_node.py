@@ -30,7 +30,7 @@ import pytest
 
 # java_classes and node_modules, the fixtures these tests take, are in conftest.py (test_coalesce.py
 # runs the same programs).
-from conftest import INSTALL_HINT, JDBC_JAR, NODE_DIR, POOL_MODE, TARGET
+from conftest import INSTALL_HINT, JDBC_JAR, NODE_DIR, POOL_MODE, TARGET, TLS
 
 # A zone with a 45-minute offset: a timestamptz rendered as text proves the client's TimeZone
 # startup parameter is in force on whichever server connection ran the query.
@@ -240,6 +240,13 @@ def test_jdbc_20_connections_run_prepared_statements_concurrently(target, java_c
 def test_pg_named_prepared_statements_are_reused_20_times(target, node_modules):
     r = node(target, "pg-prepared")
     assert (r["executions"], r["parsed"]) == (20, ["concat_it", "double_it"]), r
+
+
+@requires_node
+def test_pg_with_channel_binding_enabled_logs_in(target, node_modules):
+    # Over TLS (PGSLUICE_TEST_TLS=1) node-postgres binds to pgsluice's certificate (SCRAM-SHA-256-PLUS).
+    r = node(target, "pg-channel-binding")
+    assert (r["word"], r["n"], r["tls"]) == ("bound", 42, TLS), r
 
 
 @requires_node

@@ -1,14 +1,16 @@
 """TLS on both sides (issue 17, DESIGN §2): clients reach pgsluice with sslmode=require and
 verify-full, Postgres 17's direct TLS (ALPN "postgresql") is accepted, `tls.mode: require` refuses
 plain text with 28000; pgsluice reaches a Postgres that only accepts TLS (hostssl in pg_hba) and
-pg_stat_ssl shows the server side encrypted; backend verify-full refuses a certificate of another
-issuer; SIGHUP picks up a rotated certificate for new connections while existing ones go on.
+pg_stat_ssl shows the server side encrypted; SCRAM channel binding (SCRAM-SHA-256-PLUS,
+tls-server-end-point) is offered over TLS, and a binding to another certificate is refused; backend
+verify-full refuses a certificate of another issuer; SIGHUP picks up a rotated certificate for new connections while existing ones go on.
 
 The harness makes a throwaway CA and certificates with openssl; this module's Postgres is its own
 (ssl = on, TCP logins only over TLS).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import signal
@@ -161,6 +163,66 @@ def test_scram_over_tls_and_many_queries_through_one_connection(proxy):
         assert rows[0][0] == "300000" and rows[0][1] == "y" * 1_000_000
         for i in range(200):
             assert pgharness.rows_of(raw.query(f"SELECT {i}")) == [[str(i)]]
+    finally:
+        raw.close()
+
+
+def end_point(raw) -> bytes:
+    """tls-server-end-point (RFC 5929): SHA-256 of the certificate the server showed (the test CA
+    signs with SHA-256)."""
+    return hashlib.sha256(raw.sock.getpeercert(binary_form=True)).digest()
+
+
+PLUS = "SCRAM-SHA-256-PLUS"
+BINDING = "p=tls-server-end-point,,"
+
+
+def test_scram_channel_binding_is_offered_over_tls_and_binds_to_pgsluice_certificate(proxy):
+    target, certs = proxy
+    # libpq refuses to log in without channel binding when told so: pgsluice must offer and pass it.
+    out = psql(target, "SELECT 'bound'", "verify-full", host="localhost", sslrootcert=certs["ca"][0],
+               channel_binding="require")
+    assert out.returncode == 0 and out.stdout.strip() == "bound", out.stderr
+    password = target.login("app").password
+    raw = tls_raw(target, direct=False)
+    try:
+        raw.startup("app", "app", password, sasl=(PLUS, BINDING, end_point(raw)))
+        assert raw.sasl_mechanisms == [PLUS, "SCRAM-SHA-256"]  # Postgres's order
+        assert pgharness.rows_of(raw.query("SELECT 'plus'")) == [["plus"]]
+    finally:
+        raw.close()
+    # Direct TLS too.
+    raw = tls_raw(target, direct=True)
+    try:
+        raw.startup("app", "app", password, sasl=(PLUS, BINDING, end_point(raw)))
+        assert pgharness.rows_of(raw.query("SELECT 'direct plus'")) == [["direct plus"]]
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("mechanism, gs2_header, data, says", [
+    # A man in the middle: the client saw another certificate, so its hash is not pgsluice's.
+    (PLUS, BINDING, hashlib.sha256(b"another certificate").digest(), "channel binding check failed"),
+    (PLUS, BINDING, b"", "channel binding check failed"),
+    (PLUS, "n,,", b"", "does not include channel binding data"),
+    (PLUS, "p=tls-unique,,", b"x" * 12, "unsupported SCRAM channel-binding type"),
+    # A downgrade: the client could bind but was made to believe pgsluice cannot.
+    ("SCRAM-SHA-256", "y,,", b"", "negotiation error"),
+    ("SCRAM-SHA-256", BINDING, b"", "includes channel binding data"),
+])
+def test_scram_channel_binding_that_does_not_match_is_refused_with_08p01(proxy, mechanism, gs2_header, data, says):
+    target, _ = proxy
+    raw = tls_raw(target, direct=False)
+    try:
+        with pytest.raises(pgharness.PgError) as failure:
+            raw.startup("app", "app", target.login("app").password, sasl=(mechanism, gs2_header, data))
+        assert failure.value.sqlstate == "08P01" and says in failure.value.message, failure.value.fields
+    finally:
+        raw.close()
+    # pgsluice goes on serving: the same client with the right binding logs in.
+    raw = tls_raw(target, direct=False)
+    try:
+        raw.startup("app", "app", target.login("app").password, sasl=(PLUS, BINDING, end_point(raw)))
     finally:
         raw.close()
 

@@ -157,12 +157,93 @@ TEST_CASE("scram server ignores well-formed extensions after the nonce, as Postg
   CHECK(server.handle_client_first("n,,n=,r=abc,x=anything,y=").ok());
 }
 
-TEST_CASE("scram server rejects channel binding p= with 08P01", "[protocol][scram]") {
+TEST_CASE("scram server rejects channel binding p= with 08P01 when it offered none", "[protocol][scram]") {
   scram::ServerExchange server(test_verifier("pw"));
   auto result = server.handle_client_first("p=tls-server-end-point,,n=,r=abc");
   REQUIRE_FALSE(result.ok());
   CHECK(result.error().sqlstate == "08P01");
   CHECK(result.error().message.find("channel binding") != std::string::npos);
+}
+
+TEST_CASE("scram with channel binding: both ends bind to the certificate's hash", "[protocol][scram]") {
+  const std::string end_point(32, '\x5a');  // stands for SHA-256 of the server certificate
+  scram::ServerExchange server(test_verifier("pw"));
+  server.offer_channel_binding(end_point);
+  server.select(true);
+  scram::ClientExchange client("pw");
+  client.bind_channel(end_point);
+  const auto first = client.client_first();
+  CHECK(first.starts_with("p=tls-server-end-point,,n=,r="));
+  auto server_first = server.handle_client_first(first);
+  REQUIRE(server_first.ok());
+  auto client_final = client.handle_server_first(*server_first);
+  REQUIRE(client_final.ok());
+  CHECK(client_final->starts_with("c=" + scram::base64_encode("p=tls-server-end-point,," + end_point) + ",r="));
+  auto server_final = server.handle_client_final(*client_final);
+  REQUIRE(server_final.ok());
+  CHECK(client.verify_server_final(*server_final).ok());
+}
+
+TEST_CASE("scram with channel binding: another certificate's hash is refused with 08P01", "[protocol][scram]") {
+  // A man in the middle terminates the client's TLS with its own certificate: the client binds to
+  // that certificate's hash, which is not pgsluice's.
+  scram::ServerExchange server(test_verifier("pw"));
+  server.offer_channel_binding(std::string(32, 'a'));
+  server.select(true);
+  scram::ClientExchange client("pw");
+  client.bind_channel(std::string(32, 'b'));
+  auto server_first = server.handle_client_first(client.client_first());
+  REQUIRE(server_first.ok());
+  auto client_final = client.handle_server_first(*server_first);
+  REQUIRE(client_final.ok());
+  auto result = server.handle_client_final(*client_final);
+  REQUIRE_FALSE(result.ok());
+  CHECK(result.error().sqlstate == "08P01");
+  CHECK(result.error().message == "SCRAM channel binding check failed");
+}
+
+TEST_CASE("scram server offering channel binding refuses a flag that disagrees with the mechanism",
+          "[protocol][scram]") {
+  struct Case {
+    bool plus;
+    std::string_view first;
+    std::string_view says;
+  };
+  const Case cases[] = {
+      {true, "n,,n=,r=abc", "does not include channel binding data"},
+      {true, "y,,n=,r=abc", "does not include channel binding data"},
+      {false, "y,,n=,r=abc", "negotiation error"},  // a downgrade: the client was told there is no -PLUS
+      {false, "p=tls-server-end-point,,n=,r=abc", "includes channel binding data"},
+      {true, "p=tls-unique,,n=,r=abc", "unsupported SCRAM channel-binding type \"tls-unique\""},
+      {true, "p=tls-server-end-point", "expected ','"},
+  };
+  for (const auto& each : cases) {
+    INFO(each.first);
+    scram::ServerExchange server(test_verifier("pw"));
+    server.offer_channel_binding(std::string(32, 'a'));
+    server.select(each.plus);
+    auto result = server.handle_client_first(each.first);
+    REQUIRE_FALSE(result.ok());
+    CHECK(result.error().sqlstate == "08P01");
+    CHECK(result.error().message.find(each.says) != std::string::npos);
+  }
+  // Without -PLUS on offer (plain text), "y" is what a binding-capable client must send: accepted.
+  scram::ServerExchange plain(test_verifier("pw"));
+  CHECK(plain.handle_client_first("y,,n=,r=abc").ok());
+}
+
+TEST_CASE("scram client that could bind sends y and c=eSws", "[protocol][scram]") {
+  scram::ServerExchange server(test_verifier("pw"));
+  scram::ClientExchange client("pw");
+  client.could_bind();
+  const auto first = client.client_first();
+  CHECK(first.starts_with("y,,n=,r="));
+  auto server_first = server.handle_client_first(first);
+  REQUIRE(server_first.ok());
+  auto client_final = client.handle_server_first(*server_first);
+  REQUIRE(client_final.ok());
+  CHECK(client_final->starts_with("c=eSws,r="));
+  CHECK(server.handle_client_final(*client_final).ok());
 }
 
 TEST_CASE("scram server rejects an authzid or a mandatory extension with 0A000 like Postgres",

@@ -53,6 +53,11 @@ class Stream {
   bool tls() const { return ssl_ != nullptr; }
   // "TLSv1.3 TLS_AES_256_GCM_SHA384" for the logs; empty for plain text.
   std::string tls_description() const;
+  // SCRAM channel binding's "tls-server-end-point" data (RFC 5929 §4.1): the hash of the server's
+  // certificate (ours when we accepted, Postgres's when we connected), with the hash of its signature
+  // algorithm, SHA-256 in place of MD5 and SHA-1. Empty for plain text, or a certificate whose
+  // signature names no single hash (Ed25519): no channel binding then, as with Postgres.
+  std::string tls_server_end_point() const;
 
   // TLS handshakes on a plain stream; afterwards every read and write is encrypted. False with
   // `error` set when it failed (the stream is then unusable). accept_tls: as the server (a client

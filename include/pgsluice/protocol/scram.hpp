@@ -1,6 +1,8 @@
 #pragma once
 // SCRAM-SHA-256 (RFC 5802, RFC 7677) as Postgres uses it (protocol docs §55.3 "SASL Authentication"):
-// no channel binding, empty authzid, the user name is taken from the startup packet ("n=" is empty).
+// empty authzid, the user name is taken from the startup packet ("n=" is empty). Over TLS, channel
+// binding: SCRAM-SHA-256-PLUS with "tls-server-end-point" (RFC 5929: a hash of the server's
+// certificate), which a man in the middle holding another certificate cannot answer.
 #include <array>
 #include <cstdint>
 #include <optional>
@@ -12,6 +14,8 @@
 namespace pgsluice::protocol::scram {
 
 inline constexpr std::string_view kMechanism = "SCRAM-SHA-256";
+inline constexpr std::string_view kMechanismPlus = "SCRAM-SHA-256-PLUS";
+inline constexpr std::string_view kChannelBindingType = "tls-server-end-point";
 inline constexpr int kDefaultIterations = 4096;
 // The most iterations pgsluice computes for a server that asks (its login runs on a worker thread:
 // a hostile or misconfigured server asking for 2^31 would hold the worker for hours). About half a
@@ -40,8 +44,16 @@ class ServerExchange {
  public:
   // `nonce` is the server's nonce part; empty = random. Tests pass a fixed one.
   explicit ServerExchange(Verifier verifier, std::string nonce = {});
-  // client-first-message -> server-first-message. Errors are 08P01 (malformed, or channel binding
-  // "p=" requested) or 0A000 (authzid or a mandatory extension, as Postgres answers).
+  // Over TLS, before the client's first message: the connection's tls-server-end-point data (the
+  // hash of pgsluice's certificate), so SCRAM-SHA-256-PLUS is offered; `plus` says the client chose
+  // it. A client that chose SCRAM-SHA-256 with "y" (it could bind, but believes the server cannot)
+  // is refused, as a downgrade (RFC 5802 §6).
+  void offer_channel_binding(std::string end_point) { end_point_ = std::move(end_point); }
+  bool offers_channel_binding() const { return !end_point_.empty(); }
+  void select(bool plus) { plus_ = plus; }
+  // client-first-message -> server-first-message. Errors are 08P01 (malformed, or a channel binding
+  // flag that disagrees with the mechanism chosen) or 0A000 (authzid or a mandatory extension, as
+  // Postgres answers).
   Result<std::string> handle_client_first(std::string_view client_first);
   // client-final-message -> server-final-message ("v=..."). A wrong proof or nonce is 28P01
   // "password authentication failed"; malformed input is 08P01.
@@ -52,6 +64,8 @@ class ServerExchange {
   Step step_ = Step::kClientFirst;
   Verifier verifier_;
   std::string gs2_header_;
+  std::string end_point_;  // tls-server-end-point data; empty: no channel binding offered
+  bool plus_ = false;      // the client chose SCRAM-SHA-256-PLUS
   std::string server_nonce_;
   std::string client_first_bare_;
   std::string server_first_;
@@ -65,7 +79,12 @@ class ClientExchange {
   // Postgres ignores it (the user comes from the startup packet), so only tests set it, to replay
   // the RFC 7677 example exactly.
   explicit ClientExchange(std::string password, std::string nonce = {}, std::string user = {});
-  // client-first-message, "n,,n=,r=<nonce>".
+  // Before client_first(), over TLS: bind_channel with the server certificate's tls-server-end-point
+  // data when the server offered SCRAM-SHA-256-PLUS (the caller selects that mechanism); could_bind
+  // when it did not ("y": a server that can bind takes it as a downgrade, RFC 5802 §6).
+  void bind_channel(std::string end_point);
+  void could_bind() { gs2_header_ = "y,,"; }
+  // client-first-message, "n,,n=,r=<nonce>" (or "y,,", "p=tls-server-end-point,,").
   std::string client_first();
   // server-first-message -> client-final-message. Malformed input or a bad nonce is 08P01.
   Result<std::string> handle_server_first(std::string_view server_first);
@@ -78,6 +97,8 @@ class ClientExchange {
   Step step_ = Step::kClientFirst;
   std::string password_;
   std::string user_;
+  std::string gs2_header_ = "n,,";
+  std::string end_point_;  // channel binding data, after the gs2 header in c=
   std::string client_nonce_;
   std::string client_first_bare_;
   std::array<std::uint8_t, 32> expected_server_signature_{};

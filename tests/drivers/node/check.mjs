@@ -130,6 +130,18 @@ function assertLookupRow(rows, id, what) {
 }
 
 const scenarios = {
+  // With enableChannelBinding, node-postgres selects SCRAM-SHA-256-PLUS when it is offered (over TLS)
+  // and binds to the hash of the certificate it saw, computed by itself (not libpq's code).
+  async 'pg-channel-binding'() {
+    return withClient(
+      async (client) => {
+        const r = await client.query("select 'bound' as word, $1::int + 1 as n", [41])
+        return { word: r.rows[0].word, n: r.rows[0].n, tls: Boolean(client.connection.stream.getPeerCertificate) }
+      },
+      { enableChannelBinding: true },
+    )
+  },
+
   async 'pg-prepared'() {
     return withClient(async (client) => {
       const pids = new Set()
