@@ -49,6 +49,11 @@ std::shared_ptr<const server::ServerTarget> make_target(const config::Config& co
   target->tls_mode = server_tls_mode(backend.tls.mode);
   target->tls_files = tls_files(backend.tls.files);
   target->tls_source = std::move(tls_source);
+  target->channel_binding = backend.tls.channel_binding == config::ChannelBinding::require
+                                ? server::ServerTarget::ChannelBinding::require
+                            : backend.tls.channel_binding == config::ChannelBinding::disable
+                                ? server::ServerTarget::ChannelBinding::disable
+                                : server::ServerTarget::ChannelBinding::prefer;
   return target;
 }
 

@@ -206,7 +206,7 @@ class Loader {
         breaker.error(breaker.has("max_open_for") ? "max_open_for" : "open_for",
                       "max_open_for must not be shorter than open_for (open_for doubles up to max_open_for)");
       }
-      const Section tls = s.child("tls", {"mode", "cert", "key", "ca", "min_version", "ciphers"});
+      const Section tls = s.child("tls", {"mode", "cert", "key", "ca", "min_version", "ciphers", "channel_binding"});
       backend.tls.line = tls.line();
       tls.read_choice<ServerTls>("mode", backend.tls.mode,
                                  {{"disable", ServerTls::disable},
@@ -214,6 +214,13 @@ class Loader {
                                   {"require", ServerTls::require},
                                   {"verify-ca", ServerTls::verify_ca},
                                   {"verify-full", ServerTls::verify_full}});
+      tls.read_choice<ChannelBinding>("channel_binding", backend.tls.channel_binding,
+                                      {{"disable", ChannelBinding::disable},
+                                       {"prefer", ChannelBinding::prefer},
+                                       {"require", ChannelBinding::require}});
+      if (backend.tls.channel_binding == ChannelBinding::require && backend.tls.mode == ServerTls::disable) {
+        tls.error("channel_binding", "require needs TLS towards the server (mode is disable)");
+      }
       read_tls_files(tls, backend.tls.files);
       if ((backend.tls.mode == ServerTls::verify_ca || backend.tls.mode == ServerTls::verify_full) &&
           backend.tls.files.ca.empty()) {

@@ -226,6 +226,13 @@ net::awaitable<bool> ServerConnection::startup(std::string& error) {
           error = request.error().message;
           co_return false;
         }
+        if (request->code == 0 && target_->channel_binding == ServerTarget::ChannelBinding::require &&
+            !channel_bound_) {
+          // libpq's channel_binding=require: a server that lets us in without a bound SCRAM exchange
+          // (trust, or an impostor that does not check) is not the one the setting trusts.
+          error = "the server authenticated pgsluice without SCRAM channel binding (tls.channel_binding require)";
+          co_return false;
+        }
         if (request->code != 0) {
           // Copy what the request carries: authenticate() reads more into the same buffer.
           std::string data = std::string(protocol::as_string_view(request->data));
@@ -272,6 +279,13 @@ net::awaitable<bool> ServerConnection::authenticate(const protocol::Authenticati
   const auto code = static_cast<AuthRequest>(request.code);
   Buffer out;
   auto need_password = [&]() -> bool {
+    if (code != AuthRequest::sasl && target_->channel_binding == ServerTarget::ChannelBinding::require) {
+      // The password in the clear or as MD5 would go to whoever answers; with channel binding
+      // required, it goes nowhere but into a bound SCRAM exchange.
+      error = std::string("the server asks for ") + (code == AuthRequest::md5 ? "an MD5" : "a cleartext") +
+              " password, but tls.channel_binding require allows only SCRAM-SHA-256-PLUS";
+      return false;
+    }
     if (target_->password) return true;
     error = "the server asks for a password but the service has no server_password";
     return false;
@@ -302,7 +316,8 @@ net::awaitable<bool> ServerConnection::authenticate(const protocol::Authenticati
       // hash cannot be named (Ed25519) logs in without binding ("n"; libpq fails there).
       protocol::scram::ClientExchange exchange(*target_->password);
       std::string_view mechanism = protocol::scram::kMechanism;
-      if (stream_.tls()) {
+      const auto binding = target_->channel_binding;
+      if (stream_.tls() && binding != ServerTarget::ChannelBinding::disable) {
         std::string end_point = offered_plus ? stream_.tls_server_end_point() : std::string();
         if (!end_point.empty()) {
           exchange.bind_channel(std::move(end_point));
@@ -310,6 +325,11 @@ net::awaitable<bool> ServerConnection::authenticate(const protocol::Authenticati
         } else if (!offered_plus) {
           exchange.could_bind();
         }
+      }
+      if (binding == ServerTarget::ChannelBinding::require && mechanism != protocol::scram::kMechanismPlus) {
+        error = stream_.tls() ? "the server does not offer SCRAM-SHA-256-PLUS (tls.channel_binding require)"
+                              : "channel binding needs TLS, and the server answered without (tls.channel_binding require)";
+        co_return false;
       }
       if (!offered && mechanism != protocol::scram::kMechanismPlus) {
         error = "the server offers no SASL mechanism pgsluice supports";
@@ -357,6 +377,7 @@ net::awaitable<bool> ServerConnection::authenticate(const protocol::Authenticati
           co_return false;
         }
       }
+      channel_bound_ = mechanism == protocol::scram::kMechanismPlus;
       co_return true;
     }
     default:

@@ -18,6 +18,7 @@ import ssl
 import struct
 import subprocess
 import time
+from contextlib import closing
 
 import psycopg2
 import pytest
@@ -261,6 +262,52 @@ def test_backend_verify_full_refuses_a_certificate_of_another_issuer(tls_pg):
             psycopg2.connect(target.dsn("app", sslmode="disable", connect_timeout=10)).close()
         assert "certificate verify failed" in str(failure.value), str(failure.value)
         assert failure.value.pgcode in (None, "57P03"), failure.value.pgcode
+    finally:
+        stop_pgsluice(target)
+
+
+def test_backend_channel_binding_require_logs_in_bound_with_scram(tls_pg):
+    pg, certs = tls_pg
+    config = tls_config(pg, certs, client_mode="allow")
+    config["backends"]["primary"]["tls"]["channel_binding"] = "require"
+    target = start_pgsluice(pg, config)
+    try:
+        with psycopg2.connect(target.dsn("app", sslmode="disable", connect_timeout=10)) as conn:
+            with conn.cursor() as cur:
+                cur.execute(SERVER_SIDE)
+                assert cur.fetchone()[0] is True
+    finally:
+        stop_pgsluice(target)
+
+
+@pytest.mark.parametrize("server_user, says", [
+    # Postgres asks these roles for a password pgsluice would send to whoever answers: it sends none.
+    ("md5_user", "asks for an MD5 password, but tls.channel_binding require allows only SCRAM-SHA-256-PLUS"),
+    ("plain_user", "asks for a cleartext password, but tls.channel_binding require"),
+    # And lets this one in without any exchange: not the server the setting trusts.
+    ("trust_user", "authenticated pgsluice without SCRAM channel binding (tls.channel_binding require)"),
+])
+def test_backend_channel_binding_require_refuses_a_server_login_without_it(tls_pg, server_user, says):
+    pg, certs = tls_pg
+    config = tls_config(pg, certs, client_mode="allow")
+    config["backends"]["primary"]["tls"]["channel_binding"] = "require"
+    config["services"]["app"]["server_user"] = server_user
+    config["services"]["app"]["server_password"] = pgharness.password_for(server_user)
+    target = start_pgsluice(pg, config)
+    try:
+        with pytest.raises(psycopg2.OperationalError) as failure:
+            psycopg2.connect(target.dsn("app", sslmode="disable", connect_timeout=10)).close()
+        assert says in str(failure.value), str(failure.value)
+    finally:
+        stop_pgsluice(target)
+    # The same server user with channel binding preferred (the default) gets in.
+    config["backends"]["primary"]["tls"]["channel_binding"] = "prefer"
+    target = start_pgsluice(pg, config)
+    try:
+        with closing(psycopg2.connect(target.dsn("app", sslmode="disable", connect_timeout=10))) as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT current_user")
+                assert cur.fetchone()[0] == server_user
     finally:
         stop_pgsluice(target)
 

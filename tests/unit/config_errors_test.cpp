@@ -116,6 +116,29 @@ services:
                                     6);
     CHECK(contains(error.message, "services.app.acquire_timeout: must be greater than 0"));
   }
+  SECTION("channel binding required without TLS towards the server") {
+    const auto error = single_error(load(R"(
+backends:
+  db:
+    tls:
+      mode: disable
+      channel_binding: require
+users: { app: { password: pw } }
+services: { app: { match: { user: app, database: d } } }
+)"),
+                                    5);
+    CHECK(contains(error.message, "backends.db.tls.channel_binding: require needs TLS towards the server"));
+  }
+  SECTION("a channel binding that is not one of the choices") {
+    const auto error = single_error(load(R"(
+backends: { db: { tls: { channel_binding: always } } }
+users: { app: { password: pw } }
+services: { app: { match: { user: app, database: d } } }
+)"),
+                                    1);
+    CHECK(contains(error.message, "channel_binding"));
+    CHECK(contains(error.message, "always"));
+  }
   SECTION("a port out of range") {
     const auto error = single_error(load(R"(
 backends:

@@ -46,8 +46,11 @@ struct ClientTlsConfig {
 
 // `backends.<name>.tls` towards Postgres, with libpq's sslmode meanings.
 enum class ServerTls { disable, prefer, require, verify_ca, verify_full };
+// SCRAM channel binding in pgsluice's logins to the server, with libpq's channel_binding meanings.
+enum class ChannelBinding { disable, prefer, require };
 struct ServerTlsConfig {
   ServerTls mode = ServerTls::prefer;
+  ChannelBinding channel_binding = ChannelBinding::prefer;
   TlsFilesConfig files;
   int line = 0;
   bool operator==(const ServerTlsConfig&) const = default;

@@ -33,11 +33,17 @@ struct ServerTarget {
   net::ServerTlsMode tls_mode = net::ServerTlsMode::disable;
   net::TlsFiles tls_files;
   std::shared_ptr<net::TlsSource> tls_source;
+  // SCRAM channel binding (libpq's channel_binding): prefer binds when the server offers
+  // SCRAM-SHA-256-PLUS over TLS; require fails a login that does not end bound, and sends no
+  // password to a server that asks for one in the clear or as MD5.
+  enum class ChannelBinding : std::uint8_t { disable, prefer, require };
+  ChannelBinding channel_binding = ChannelBinding::prefer;
 
   bool operator==(const ServerTarget& other) const {
     return host == other.host && port == other.port && user == other.user && password == other.password &&
            database == other.database && connect_timeout == other.connect_timeout &&
-           max_message_size == other.max_message_size && tls_mode == other.tls_mode && tls_files == other.tls_files;
+           max_message_size == other.max_message_size && tls_mode == other.tls_mode && tls_files == other.tls_files &&
+           channel_binding == other.channel_binding;
   }
 };
 
@@ -123,6 +129,7 @@ class ServerConnection : public pool::Connection {
   // Values pgsluice set on this connection for parameters the server does not report.
   ParameterMap applied_;
   std::string applied_fingerprint_;
+  bool channel_bound_ = false;  // the login's SCRAM exchange was bound to the TLS session
 };
 
 // SSLRequest and the TLS handshake on a new connection to `target`, as its tls_mode says: true
