@@ -179,7 +179,29 @@ BACKEND = {
 
 # ---- SCRAM (RFC 7677 §3): client-first\nclient-final, and server-first\nserver-final ----
 
+def scram_plus_client():
+    """The RFC 7677 exchange with channel binding (SCRAM-SHA-256-PLUS) to the end point fuzz_scram
+    offers (32 bytes 0x5a): client-first and a client-final whose proof is right, so the fuzzer
+    starts from the bound success path too."""
+    import base64
+    import hashlib
+    import hmac
+    gs2 = b"p=tls-server-end-point,,"
+    first_bare = b"n=user,r=rOprNGfwEbeRWgbNEkqO"
+    nonce = b"rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+    salt = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
+    server_first = b"r=" + nonce + b",s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+    without_proof = b"c=" + base64.b64encode(gs2 + b"\x5a" * 32) + b",r=" + nonce
+    salted = hashlib.pbkdf2_hmac("sha256", b"pencil", salt, 4096)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    signature = hmac.new(stored_key, first_bare + b"," + server_first + b"," + without_proof, hashlib.sha256).digest()
+    proof = bytes(a ^ b for a, b in zip(client_key, signature))
+    return gs2 + first_bare + b"\n" + without_proof + b",p=" + base64.b64encode(proof)
+
+
 SCRAM = {
+    "plus_client": scram_plus_client(),
     "rfc7677_client": b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO\n"
                       b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
                       b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
