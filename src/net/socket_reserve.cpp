@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <new>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <vector>
@@ -29,23 +30,35 @@ void SocketStateReserve::grow(std::size_t open) {
     spdlog::debug("socket reserve: memfd_create failed: the reactor's states are made as sockets open");
     return;
   }
-  std::vector<boost::asio::posix::stream_descriptor> held;
-  held.reserve(target - open);
-  boost::system::error_code ec;
-  for (std::size_t i = open; i < target; ++i) {
-    held.emplace_back(io_);
-    held.back().assign(file_, ec);
-    if (ec) {
-      // Not the EPERM path (a kernel whose epoll takes the file): registered once, the next assign
-      // of the same file fails; stop reserving rather than leave states Asio cannot take back.
-      held.pop_back();
-      failed_ = true;
-      spdlog::debug("socket reserve: {}: the reactor's states are made as sockets open", ec.message());
-      break;
+  // Released, never destroyed open: a descriptor's destructor would close the shared file (and
+  // the next one whatever took its number).
+  struct Held {
+    std::vector<boost::asio::posix::stream_descriptor> descriptors;
+    ~Held() {
+      for (auto& each : descriptors) each.release();
     }
+  };
+  try {
+    Held held;
+    held.descriptors.reserve(target - open);
+    boost::system::error_code ec;
+    for (std::size_t i = open; i < target; ++i) {
+      held.descriptors.emplace_back(io_);
+      held.descriptors.back().assign(file_, ec);
+      if (ec) {
+        // Not the EPERM path (a kernel whose epoll takes the file): registered once, the next
+        // assign of the same file fails; stop reserving rather than leave states Asio cannot take
+        // back.
+        held.descriptors.pop_back();
+        failed_ = true;
+        spdlog::debug("socket reserve: {}: the reactor's states are made as sockets open", ec.message());
+        return;
+      }
+    }
+  } catch (const std::bad_alloc&) {
+    return;  // out of memory: the states are made as sockets open, and the next accept tries again
   }
-  for (auto& each : held) each.release();
-  if (!failed_) reserved_ = target;
+  reserved_ = target;
 }
 
 }  // namespace pgsluice::net
