@@ -1,23 +1,23 @@
 #include "daemon.hpp"
 
+#include <fmt/ranges.h>
+#include <malloc.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
-#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/this_coro.hpp>
-#include <fmt/ranges.h>
-#include <spdlog/spdlog.h>
-#include <algorithm>
-#include <atomic>
-#include <mutex>
-#include <malloc.h>
-
 #include <csignal>
-#include <unistd.h>
 #include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -84,7 +84,10 @@ void listen_on(tcp::acceptor& acceptor, const tcp::endpoint& endpoint, bool grou
 class AcceptLoop : public std::enable_shared_from_this<AcceptLoop> {
  public:
   AcceptLoop(Worker& worker, tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context)
-      : acceptor_(acceptor), context_(std::move(context)), pause_(acceptor.get_executor()), reserve_(worker) {}
+      : acceptor_(acceptor),
+        context_(std::move(context)),
+        pause_(acceptor.get_executor()),
+        reserve_(worker) {}
 
   void accept_next() {
     reserve_.ensure(net::t_open_client_sockets + 1);
@@ -117,9 +120,8 @@ class AcceptLoop : public std::enable_shared_from_this<AcceptLoop> {
 };
 
 void accept_loop(Worker& worker, tcp::acceptor& acceptor, std::shared_ptr<session::SessionContext> context) {
-  asio::post(acceptor.get_executor(), [loop = std::make_shared<AcceptLoop>(worker, acceptor, std::move(context))] {
-    loop->accept_next();
-  });
+  asio::post(acceptor.get_executor(), [loop = std::make_shared<AcceptLoop>(
+                                           worker, acceptor, std::move(context))] { loop->accept_next(); });
 }
 
 // After a storm of clients has left, gives the memory they used back to the system: glibc keeps
@@ -323,7 +325,8 @@ int run_daemon(std::shared_ptr<const config::Config> config, const std::string& 
                config->listen.host, config->listen.port, workers, config->services.size());
 
   accept_loop(io, acceptor, context);
-  for (std::size_t i = 0; i < worker_acceptors.size(); ++i) accept_loop(*contexts[i + 1], *worker_acceptors[i], context);
+  for (std::size_t i = 0; i < worker_acceptors.size(); ++i)
+    accept_loop(*contexts[i + 1], *worker_acceptors[i], context);
   // Stops taking clients; each acceptor is closed on its own worker's thread.
   const auto stop_accepting = [&] {
     net::error_code ignored;

@@ -206,7 +206,8 @@ class Loader {
         breaker.error(breaker.has("max_open_for") ? "max_open_for" : "open_for",
                       "max_open_for must not be shorter than open_for (open_for doubles up to max_open_for)");
       }
-      const Section tls = s.child("tls", {"mode", "cert", "key", "ca", "min_version", "ciphers", "channel_binding"});
+      const Section tls =
+          s.child("tls", {"mode", "cert", "key", "ca", "min_version", "ciphers", "channel_binding"});
       backend.tls.line = tls.line();
       tls.read_choice<ServerTls>("mode", backend.tls.mode,
                                  {{"disable", ServerTls::disable},

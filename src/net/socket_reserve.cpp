@@ -1,15 +1,14 @@
 #include "pgsluice/net/socket_reserve.hpp"
 
+#include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <new>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <new>
 #include <vector>
-
-#include <spdlog/spdlog.h>
 
 namespace pgsluice::net {
 
@@ -35,7 +34,8 @@ void SocketStateReserve::grow(std::size_t open) {
   struct Held {
     std::vector<boost::asio::posix::stream_descriptor> descriptors;
     ~Held() {
-      for (auto& each : descriptors) each.release();
+      for (auto& each : descriptors)
+        each.release();
     }
   };
   try {

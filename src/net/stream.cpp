@@ -10,11 +10,10 @@
 #include <unistd.h>
 
 #include <array>
+#include <boost/asio/post.hpp>
 #include <cerrno>
 #include <climits>
 #include <cstring>
-
-#include <boost/asio/post.hpp>
 
 namespace pgsluice::net {
 
@@ -106,7 +105,8 @@ std::string Stream::tls_server_end_point() const {
   }
   std::string hash;
   int algorithm = NID_undef;
-  if (certificate != nullptr && OBJ_find_sigid_algs(X509_get_signature_nid(certificate), &algorithm, nullptr) &&
+  if (certificate != nullptr &&
+      OBJ_find_sigid_algs(X509_get_signature_nid(certificate), &algorithm, nullptr) &&
       algorithm != NID_undef) {
     if (algorithm == NID_md5 || algorithm == NID_sha1) algorithm = NID_sha256;
     const EVP_MD* digest = EVP_get_digestbynid(algorithm);

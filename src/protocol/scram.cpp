@@ -319,7 +319,8 @@ Result<std::string> ServerExchange::handle_client_first(std::string_view client_
   } else if (client_first.starts_with("n,") || client_first.starts_with("y,")) {
     if (plus_) {
       return malformed(
-          "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data");
+          "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding "
+          "data");
     }
     // Only a server that offered -PLUS must refuse "y" (RFC 5802 §6): the client was made to believe
     // there was none, or does not see this connection's TLS.

@@ -230,7 +230,8 @@ net::awaitable<bool> ServerConnection::startup(std::string& error) {
             !channel_bound_) {
           // libpq's channel_binding=require: a server that lets us in without a bound SCRAM exchange
           // (trust, or an impostor that does not check) is not the one the setting trusts.
-          error = "the server authenticated pgsluice without SCRAM channel binding (tls.channel_binding require)";
+          error =
+              "the server authenticated pgsluice without SCRAM channel binding (tls.channel_binding require)";
           co_return false;
         }
         if (request->code != 0) {
@@ -327,15 +328,18 @@ net::awaitable<bool> ServerConnection::authenticate(const protocol::Authenticati
         }
       }
       if (binding == ServerTarget::ChannelBinding::require && mechanism != protocol::scram::kMechanismPlus) {
-        error = stream_.tls() ? "the server does not offer SCRAM-SHA-256-PLUS (tls.channel_binding require)"
-                              : "channel binding needs TLS, and the server answered without (tls.channel_binding require)";
+        error =
+            stream_.tls()
+                ? "the server does not offer SCRAM-SHA-256-PLUS (tls.channel_binding require)"
+                : "channel binding needs TLS, and the server answered without (tls.channel_binding require)";
         co_return false;
       }
       if (!offered && mechanism != protocol::scram::kMechanismPlus) {
         error = "the server offers no SASL mechanism pgsluice supports";
         co_return false;
       }
-      spdlog::debug("server {}:{}: SCRAM login as {} with {}", target_->host, target_->port, target_->user, mechanism);
+      spdlog::debug("server {}:{}: SCRAM login as {} with {}", target_->host, target_->port, target_->user,
+                    mechanism);
       protocol::append_sasl_initial_response(out, mechanism, exchange.client_first());
       if (auto ec = co_await net::write_all(stream_, out)) {
         error = "write failed: " + ec.message();

@@ -236,7 +236,8 @@ ClientSession::AuthStep ClientSession::take_password_message(const protocol::Mes
         queue_fatal(sasl.error().sqlstate, sasl.error().message);
         return AuthStep::closed;
       }
-      const bool plus = sasl->mechanism == protocol::scram::kMechanismPlus && scram_->offers_channel_binding();
+      const bool plus =
+          sasl->mechanism == protocol::scram::kMechanismPlus && scram_->offers_channel_binding();
       if (sasl->mechanism != protocol::scram::kMechanism && !plus) {
         queue_fatal("28000", "client selected an invalid SASL authentication mechanism");
         return AuthStep::closed;

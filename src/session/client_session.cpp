@@ -1,24 +1,24 @@
 // The relay half of a client session (see client_session.hpp for the two-coroutine design).
 #include "pgsluice/session/client_session.hpp"
-#include "pgsluice/sql/statement_shape.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/recycling_allocator.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/write.hpp>
-#include <spdlog/spdlog.h>
-#include <sys/socket.h>
-
 #include <cerrno>
 #include <cstring>
 
 #include "pgsluice/net/socket_reserve.hpp"
 #include "pgsluice/protocol/backend_messages.hpp"
 #include "pgsluice/session/listener_hub.hpp"
+#include "pgsluice/sql/statement_shape.hpp"
 
 namespace pgsluice::session {
 

@@ -48,7 +48,8 @@ bool asks_for_too_many_iterations(std::string_view server_first) {
 // Channel binding on offer or not (plain text / TLS), and SCRAM-SHA-256-PLUS chosen or not.
 enum class Binding { none, offered, chosen };
 
-void run_server(std::string_view client_first, std::string_view client_final, bool has_final, Binding binding) {
+void run_server(std::string_view client_first, std::string_view client_final, bool has_final,
+                Binding binding) {
   static const auto verifier = scram::make_verifier(kPassword, *scram::base64_decode(kSalt), 4096);
   scram::ServerExchange exchange(verifier, std::string(kServerNonce));
   if (binding != Binding::none) exchange.offer_channel_binding(std::string(32, '\x5a'));
@@ -101,7 +102,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const bool has_final = newline != std::string_view::npos;
   const auto first = text.substr(0, newline);
   const auto final = has_final ? text.substr(newline + 1) : std::string_view();
-  for (auto binding : {Binding::none, Binding::offered, Binding::chosen}) run_server(first, final, has_final, binding);
+  for (auto binding : {Binding::none, Binding::offered, Binding::chosen})
+    run_server(first, final, has_final, binding);
   run_client(first, final, has_final);
   check_verifier(text);
   check_base64(text);

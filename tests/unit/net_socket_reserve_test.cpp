@@ -1,10 +1,10 @@
 // net/socket_reserve.hpp: the reactor's per-socket states made ahead of the sockets, many at once.
-#include <catch.hpp>
 #include <malloc.h>
 #include <unistd.h>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <catch.hpp>
 #include <cstddef>
 #include <vector>
 
@@ -33,9 +33,11 @@ std::size_t allocated_bytes() {
 std::size_t bytes_to_open(asio::io_context& io, int fd, std::size_t count) {
   std::vector<asio::posix::stream_descriptor> open;
   open.reserve(count);
-  for (std::size_t i = 0; i < count; ++i) open.emplace_back(io);
+  for (std::size_t i = 0; i < count; ++i)
+    open.emplace_back(io);
   const std::size_t before = allocated_bytes();
-  for (auto& each : open) each.assign(::dup(fd));
+  for (auto& each : open)
+    each.assign(::dup(fd));
   const std::size_t after = allocated_bytes();
   return after > before ? after - before : 0;
 }

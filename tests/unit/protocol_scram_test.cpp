@@ -178,13 +178,15 @@ TEST_CASE("scram with channel binding: both ends bind to the certificate's hash"
   REQUIRE(server_first.ok());
   auto client_final = client.handle_server_first(*server_first);
   REQUIRE(client_final.ok());
-  CHECK(client_final->starts_with("c=" + scram::base64_encode("p=tls-server-end-point,," + end_point) + ",r="));
+  CHECK(
+      client_final->starts_with("c=" + scram::base64_encode("p=tls-server-end-point,," + end_point) + ",r="));
   auto server_final = server.handle_client_final(*client_final);
   REQUIRE(server_final.ok());
   CHECK(client.verify_server_final(*server_final).ok());
 }
 
-TEST_CASE("scram with channel binding: another certificate's hash is refused with 08P01", "[protocol][scram]") {
+TEST_CASE("scram with channel binding: another certificate's hash is refused with 08P01",
+          "[protocol][scram]") {
   // A man in the middle terminates the client's TLS with its own certificate: the client binds to
   // that certificate's hash, which is not pgsluice's.
   scram::ServerExchange server(test_verifier("pw"));

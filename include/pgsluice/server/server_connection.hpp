@@ -42,8 +42,8 @@ struct ServerTarget {
   bool operator==(const ServerTarget& other) const {
     return host == other.host && port == other.port && user == other.user && password == other.password &&
            database == other.database && connect_timeout == other.connect_timeout &&
-           max_message_size == other.max_message_size && tls_mode == other.tls_mode && tls_files == other.tls_files &&
-           channel_binding == other.channel_binding;
+           max_message_size == other.max_message_size && tls_mode == other.tls_mode &&
+           tls_files == other.tls_files && channel_binding == other.channel_binding;
   }
 };
 
