@@ -56,6 +56,19 @@ ExchangeOutcome run_exchange(const scram::Verifier& verifier, std::string client
   return {.server_error = std::nullopt, .client_verified_server = client.verify_server_final(*server_final).ok()};
 }
 
+// Runs client-first (which must start with `first_prefix`) and server-first between the two ends:
+// the client's client-final-message, for the server to judge.
+std::string client_final_of(scram::ServerExchange& server, scram::ClientExchange& client,
+                            std::string_view first_prefix) {
+  const auto first = client.client_first();
+  CHECK(first.starts_with(first_prefix));
+  auto server_first = server.handle_client_first(first);
+  REQUIRE(server_first.ok());
+  auto client_final = client.handle_server_first(*server_first);
+  REQUIRE(client_final.ok());
+  return *client_final;
+}
+
 // Drives a server exchange to the point where it expects the client-final-message.
 scram::ServerExchange server_after_first(std::string_view client_first = "n,,n=,r=clientnonce") {
   scram::ServerExchange server(test_verifier("secret"), "servernonce");
@@ -172,15 +185,9 @@ TEST_CASE("scram with channel binding: both ends bind to the certificate's hash"
   server.select(true);
   scram::ClientExchange client("pw");
   client.bind_channel(end_point);
-  const auto first = client.client_first();
-  CHECK(first.starts_with("p=tls-server-end-point,,n=,r="));
-  auto server_first = server.handle_client_first(first);
-  REQUIRE(server_first.ok());
-  auto client_final = client.handle_server_first(*server_first);
-  REQUIRE(client_final.ok());
-  CHECK(
-      client_final->starts_with("c=" + scram::base64_encode("p=tls-server-end-point,," + end_point) + ",r="));
-  auto server_final = server.handle_client_final(*client_final);
+  const auto client_final = client_final_of(server, client, "p=tls-server-end-point,,n=,r=");
+  CHECK(client_final.starts_with("c=" + scram::base64_encode("p=tls-server-end-point,," + end_point) + ",r="));
+  auto server_final = server.handle_client_final(client_final);
   REQUIRE(server_final.ok());
   CHECK(client.verify_server_final(*server_final).ok());
 }
@@ -194,11 +201,7 @@ TEST_CASE("scram with channel binding: another certificate's hash is refused wit
   server.select(true);
   scram::ClientExchange client("pw");
   client.bind_channel(std::string(32, 'b'));
-  auto server_first = server.handle_client_first(client.client_first());
-  REQUIRE(server_first.ok());
-  auto client_final = client.handle_server_first(*server_first);
-  REQUIRE(client_final.ok());
-  auto result = server.handle_client_final(*client_final);
+  auto result = server.handle_client_final(client_final_of(server, client, "p=tls-server-end-point,,"));
   REQUIRE_FALSE(result.ok());
   CHECK(result.error().sqlstate == "08P01");
   CHECK(result.error().message == "SCRAM channel binding check failed");
@@ -238,14 +241,9 @@ TEST_CASE("scram client that could bind sends y and c=eSws", "[protocol][scram]"
   scram::ServerExchange server(test_verifier("pw"));
   scram::ClientExchange client("pw");
   client.could_bind();
-  const auto first = client.client_first();
-  CHECK(first.starts_with("y,,n=,r="));
-  auto server_first = server.handle_client_first(first);
-  REQUIRE(server_first.ok());
-  auto client_final = client.handle_server_first(*server_first);
-  REQUIRE(client_final.ok());
-  CHECK(client_final->starts_with("c=eSws,r="));
-  CHECK(server.handle_client_final(*client_final).ok());
+  const auto client_final = client_final_of(server, client, "y,,n=,r=");
+  CHECK(client_final.starts_with("c=eSws,r="));
+  CHECK(server.handle_client_final(client_final).ok());
 }
 
 TEST_CASE("scram server rejects an authzid or a mandatory extension with 0A000 like Postgres",
