@@ -546,33 +546,43 @@ net::awaitable<bool> ClientSession::finish_login() {
 bool ClientSession::finish_login_now() {
   auto service = snapshot_->find_service(user_, database_);
   if (!service || service->config.mode == config::PoolMode::session) return false;
-  auto reported = service->reported_parameters();
+  const auto [reported, status_messages] = service->reported_parameters_and_messages();
   if (!reported) return false;
   // Every value of the client's that the server reports must be known as the server spells it.
-  for (const auto& [name, value] : *reported) {
-    auto it = parameters_.find(name);
-    if (it != parameters_.end() && it->second != value && !service->reported_spelling(name, it->second)) return false;
-  }
+  bool own_values = false;
   for (const auto& [name, value] : *reported) {
     auto it = parameters_.find(name);
     if (it == parameters_.end() || it->second == value) continue;
-    if (auto spelled = service->reported_spelling(name, it->second)) it->second = *spelled;
+    if (!service->reported_spelling(name, it->second)) return false;
+    own_values = true;
+  }
+  if (own_values) {
+    for (const auto& [name, value] : *reported) {
+      auto it = parameters_.find(name);
+      if (it == parameters_.end() || it->second == value) continue;
+      if (auto spelled = service->reported_spelling(name, it->second)) it->second = *spelled;
+    }
   }
   service_ = std::move(service);
   rewrite_statements_ = true;
-  return queue_login_reply(*reported, /*client_values=*/true);
+  return queue_login_reply(*reported, /*client_values=*/true, own_values ? nullptr : status_messages.get());
 }
 
-bool ClientSession::queue_login_reply(const server::ParameterMap& shown, bool client_values) {
+bool ClientSession::queue_login_reply(const server::ParameterMap& shown, bool client_values,
+                                      const Buffer* status_messages) {
   cancel_key_ = context_->cancels.add(shared_from_this());
   if (rewrite_statements_) startup_parameters_ = parameters_;  // RESET ALL returns to them (tracker())
   Buffer& out = login_scratch();  // after SCRAM's SASLFinal, if any
   out.insert(out.end(), login_reply_.begin(), login_reply_.end());
   Buffer().swap(login_reply_);
   protocol::append_authentication_ok(out);
-  for (const auto& [name, value] : shown) {
-    auto own = client_values ? parameters_.find(name) : parameters_.end();
-    protocol::append_parameter_status(out, name, own != parameters_.end() ? own->second : value);
+  if (status_messages != nullptr) {
+    out.insert(out.end(), status_messages->begin(), status_messages->end());
+  } else {
+    for (const auto& [name, value] : shown) {
+      auto own = client_values ? parameters_.find(name) : parameters_.end();
+      protocol::append_parameter_status(out, name, own != parameters_.end() ? own->second : value);
+    }
   }
   protocol::append_backend_key_data(out, cancel_key_->process_id, cancel_key_->secret_key);
   protocol::append_ready_for_query(out, 'I');

@@ -1,8 +1,18 @@
 #include "pgsluice/session/session_context.hpp"
 
+#include "pgsluice/protocol/backend_messages.hpp"
 #include "pgsluice/protocol/md5.hpp"
 
 namespace pgsluice::session {
+
+void Service::remember_reported_parameters(const server::ParameterMap& parameters) {
+  auto values = std::make_shared<const server::ParameterMap>(parameters);
+  auto messages = std::make_shared<protocol::Buffer>();
+  for (const auto& [name, value] : parameters) protocol::append_parameter_status(*messages, name, value);
+  std::lock_guard lock(mutex_);
+  reported_parameters_ = std::move(values);
+  reported_status_messages_ = std::move(messages);
+}
 
 std::shared_ptr<Service> Snapshot::find_service(const std::string& user, const std::string& database) const {
   const auto* service = config->find_service(user, database);

@@ -89,8 +89,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // cannot (nothing was changed), finish_login does it.
   bool finish_login_now();
   // AuthenticationOk, ParameterStatus (the `shown` values, or the client's own in their place),
-  // BackendKeyData and ReadyForQuery, after what login_reply_ holds.
-  bool queue_login_reply(const server::ParameterMap& shown, bool client_values);
+  // BackendKeyData and ReadyForQuery, after what login_reply_ holds. `status_messages`: the
+  // ParameterStatus messages of `shown` already built (the client changes none of them).
+  bool queue_login_reply(const server::ParameterMap& shown, bool client_values,
+                         const protocol::Buffer* status_messages = nullptr);
   bool queue_client(const protocol::Buffer& bytes);
   static protocol::Buffer& login_scratch();  // cleared; valid until the next call on this thread
   void queue_fatal(std::string_view sqlstate, std::string_view message);

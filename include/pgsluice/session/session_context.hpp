@@ -48,11 +48,17 @@ struct Service {
     std::lock_guard lock(mutex_);
     return reported_parameters_;
   }
-  void remember_reported_parameters(const server::ParameterMap& parameters) {
-    auto shared = std::make_shared<const server::ParameterMap>(parameters);
+  // Them with their ParameterStatus messages, built once when they are learned: a login whose
+  // startup parameters change none of them sends these bytes as they are.
+  struct ReportedParameters {
+    std::shared_ptr<const server::ParameterMap> values;
+    std::shared_ptr<const protocol::Buffer> status_messages;
+  };
+  ReportedParameters reported_parameters_and_messages() const {
     std::lock_guard lock(mutex_);
-    reported_parameters_ = std::move(shared);
+    return {reported_parameters_, reported_status_messages_};
   }
+  void remember_reported_parameters(const server::ParameterMap& parameters);
   // How the server reports a reported setting a client asked for at startup (DateStyle "German"
   // is reported "German, DMY"), once a server connection has applied it; nullopt: not known yet.
   std::optional<std::string> reported_spelling(const std::string& name, const std::string& value) const {
@@ -81,6 +87,7 @@ struct Service {
  private:
   mutable std::mutex mutex_;
   std::shared_ptr<const server::ParameterMap> reported_parameters_;
+  std::shared_ptr<const protocol::Buffer> reported_status_messages_;
   std::map<std::string, std::string> spellings_;
   bool fetching_parameters_ = false;
 };
