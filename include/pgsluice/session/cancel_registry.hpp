@@ -1,6 +1,8 @@
 #pragma once
 // pgsluice's own BackendKeyData keys (random, CSPRNG) and the sessions they belong to, so that a
 // CancelRequest arriving on a new connection reaches the server connection that session holds.
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <unordered_map>
 #include <memory>
@@ -27,10 +29,20 @@ class CancelRegistry {
   // Every live session (for shutdown).
   std::vector<std::shared_ptr<ClientSession>> sessions() const;
 
+  // Keys live in shards, each with its lock on its own cache line; a thread registers its sessions
+  // in a shard of its own (the low bits of the process id name it), so workers adding and removing
+  // keys in a login storm neither contend for one lock nor pass its cache line between them.
+  static constexpr std::size_t kShards = 16;  // a power of two: the low bits of a process id
+  static_assert((kShards & (kShards - 1)) == 0);
+
  private:
-  mutable std::mutex mutex_;
-  // By process id << 32 | secret key (random, so the identity hash spreads them).
-  std::unordered_map<std::uint64_t, std::weak_ptr<ClientSession>> sessions_;
+  struct alignas(64) Shard {
+    mutable std::mutex mutex;
+    // By process id << 32 | secret key (random, so the identity hash spreads them).
+    std::unordered_map<std::uint64_t, std::weak_ptr<ClientSession>> sessions;
+  };
+  static std::size_t shard_of(Key key) { return key.process_id % kShards; }
+  std::array<Shard, kShards> shards_;
 };
 
 }  // namespace pgsluice::session
