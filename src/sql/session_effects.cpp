@@ -15,18 +15,25 @@ namespace json = boost::json;
 
 namespace {
 
+// SQL keywords are ASCII, and so is their case folding here (std::tolower is a call into the C
+// library per character: may_have_session_effects runs on every statement a pooled client sends,
+// and its scans of the text were 8 % of the relay's user CPU at pgbench -S).
+constexpr char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
+
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (std::size_t i = 0; i < a.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
   }
   return true;
 }
 
 bool icontains(std::string_view text, std::string_view needle) {
+  if (needle.empty()) return true;
   if (needle.size() > text.size()) return false;
+  const char first = ascii_lower(needle[0]);
   for (std::size_t i = 0; i + needle.size() <= text.size(); ++i) {
-    if (iequals(text.substr(i, needle.size()), needle)) return true;
+    if (ascii_lower(text[i]) == first && iequals(text.substr(i + 1, needle.size() - 1), needle.substr(1))) return true;
   }
   return false;
 }
