@@ -30,6 +30,14 @@ namespace {
 
 // "address:port" for logs and SHOW CLIENTS. An IPv4 address is written here: Asio's to_string goes
 // through inet_ntop, which formats with sprintf, a measurable part of a login's CPU in a storm.
+// Whether trace logging is on. spdlog::should_log looks the default logger up in spdlog's registry
+// on every call, and the relay asks for every message; the logger is set up before any session
+// starts and stays (a reload changes its level, which this reads).
+bool tracing() {
+  static spdlog::logger* const logger = spdlog::default_logger_raw();
+  return logger->should_log(spdlog::level::trace);
+}
+
 std::string peer_text(const net::tcp::endpoint& peer) {
   const auto address = peer.address();
   if (address.is_v4()) {
@@ -1107,18 +1115,18 @@ bool ClientSession::build_chunk(std::size_t& at, Outgoing& out) {
   while (at < run_.offset) {
     auto frame = protocol::next_frame(run.subspan(at), max_message_size_);
     const bool taken = tracker().client_message(frame.message, server_->statements(), out);
-    if (spdlog::should_log(spdlog::level::trace)) {
+    if (tracing()) {
       spdlog::trace("session {}: client '{}' ({} bytes){}", peer_, frame.message.type, frame.message.frame.size(),
                     taken ? "" : ", held");
     }
     expected_ready_ -= tracker_->take_ignored_queries();
     if (!taken) {
-      if (spdlog::should_log(spdlog::level::trace)) trace_sent(peer_, out, max_message_size_);
+      if (tracing()) trace_sent(peer_, out, max_message_size_);
       return true;
     }
     at += frame.message.frame.size();
   }
-  if (spdlog::should_log(spdlog::level::trace)) trace_sent(peer_, out, max_message_size_);
+  if (tracing()) trace_sent(peer_, out, max_message_size_);
   return false;
 }
 
@@ -1327,8 +1335,10 @@ void ClientSession::relay_server_buffer(std::shared_ptr<ClientSession> self) {
           tracker.take_due_replies(out);
           const auto disposition = tracker.server_message(message, server_->statements());
           // Types and sizes only: an error's text can quote a parameter value.
-          spdlog::trace("session {}: server '{}' ({} bytes) {}", peer_, message.type, message.frame.size(),
-                        static_cast<int>(disposition));
+          if (tracing()) {
+            spdlog::trace("session {}: server '{}' ({} bytes) {}", peer_, message.type, message.frame.size(),
+                          static_cast<int>(disposition));
+          }
           if (message.type == 'Z' && disposition != StatementTracker::Disposition::swallow && expected_ready_ > 0) {
             --expected_ready_;
           }
