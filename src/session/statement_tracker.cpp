@@ -27,7 +27,10 @@ bool take_keyword(std::string_view& text, std::string_view keyword) {
   while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.remove_prefix(1);
   if (text.size() < keyword.size()) return false;
   for (std::size_t i = 0; i < keyword.size(); ++i) {
-    if (std::toupper(static_cast<unsigned char>(text[i])) != keyword[i]) return false;
+    // ASCII folding inline (keywords are ASCII): std::toupper is a C library call, and every Query
+    // of a pooled client is looked at for DEALLOCATE and DISCARD ALL.
+    const char c = text[i];
+    if ((c >= 'a' && c <= 'z' ? static_cast<char>(c - 'a' + 'A') : c) != keyword[i]) return false;
   }
   if (text.size() > keyword.size()) {
     const char next = text[keyword.size()];
