@@ -79,7 +79,8 @@ Stream::Stream(Stream&& other) noexcept
       ssl_(std::exchange(other.ssl_, nullptr)),
       staged_(std::move(other.staged_)),
       staged_from_(std::exchange(other.staged_from_, 0)),
-      wants_write_(other.wants_write_) {}
+      wants_write_(other.wants_write_),
+      protocol_(std::exchange(other.protocol_, std::nullopt)) {}
 
 Stream& Stream::operator=(Stream&& other) noexcept {
   if (this != &other) {
@@ -89,6 +90,7 @@ Stream& Stream::operator=(Stream&& other) noexcept {
     staged_ = std::move(other.staged_);
     staged_from_ = std::exchange(other.staged_from_, 0);
     wants_write_ = other.wants_write_;
+    protocol_ = std::exchange(other.protocol_, std::nullopt);
   }
   return *this;
 }
@@ -396,9 +398,11 @@ void Stream::close() {
 
 bool Stream::move_to(const asio::any_io_executor& executor) {
   error_code ec;
-  // The protocol (v4 or v6) asked here, not in the constructor: every login would pay a getsockname.
-  const auto local = socket_.local_endpoint(ec);
-  const tcp protocol = ec ? tcp::v4() : local.protocol();
+  if (!protocol_) {
+    const auto local = socket_.local_endpoint(ec);
+    protocol_ = ec ? tcp::v4() : local.protocol();
+  }
+  const tcp protocol = *protocol_;
   const auto fd = socket_.release(ec);  // leaves the old worker's reactor
   if (ec) return false;
   tcp::socket moved(executor);

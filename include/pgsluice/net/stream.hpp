@@ -19,6 +19,7 @@
 #include <boost/asio/write.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -165,6 +166,9 @@ class Stream {
   std::vector<std::uint8_t> staged_;  // TLS: plaintext not yet taken by SSL_write
   std::size_t staged_from_ = 0;       // how much of staged_ it took
   bool wants_write_ = false;          // TLS: the last operation waits for the socket to be writable
+  // The socket's protocol (v4 or v6), which Asio needs to adopt the descriptor on another worker:
+  // asked of the kernel at the first move (a getsockname), not at every one, nor at every login.
+  std::optional<tcp> protocol_;
 };
 
 }  // namespace pgsluice::net
