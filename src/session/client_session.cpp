@@ -425,8 +425,7 @@ bool ClientSession::parameters_in_place() {
 
 void ClientSession::note_cancel_target() {
   std::lock_guard lock(cancel_mutex_);
-  cancel_target_ = server_->shared_target();  // the connection's own server, even after a reload
-  cancel_backend_key_ = server_->backend_key();
+  cancel_server_ = server_.get();  // its own server, even after a reload
 }
 
 net::awaitable<bool> ClientSession::attach_server(std::string& sqlstate, std::string& error) {
@@ -486,7 +485,7 @@ void ClientSession::release_server(bool reusable) {
   query_started_ = {};  // a statement the server did not answer is not timed
   {
     std::lock_guard lock(cancel_mutex_);
-    cancel_target_.reset();
+    cancel_server_ = nullptr;
   }
   if (!server_) return;
   server_->buffer().release_if_empty();  // an idle pooled connection holds no buffer
@@ -660,8 +659,10 @@ void ClientSession::forward_cancel() {
   protocol::BackendKeyData key;
   {
     std::lock_guard lock(cancel_mutex_);
-    target = cancel_target_;
-    key = cancel_backend_key_;
+    if (cancel_server_ != nullptr) {
+      target = cancel_server_->shared_target();
+      key = cancel_server_->backend_key();
+    }
   }
   if (!target) return cancel_coalesced();  // nothing running on a server for this client
   asio::co_spawn(stream_.get_executor(), server::send_cancel(stream_.get_executor(), *target, key), asio::detached);

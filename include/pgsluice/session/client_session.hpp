@@ -382,10 +382,12 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool draining_ = false;                // SIGTERM: close as soon as between transactions
   bool admin_busy_ = false;              // the admin console is running a command
 
-  // What forward_cancel() needs, guarded: it runs on another connection's worker.
+  // What forward_cancel() needs, guarded: it runs on another connection's worker. The server
+  // connection held (null: none), cleared under the lock before it is given back, so the other
+  // worker reads its target and key while it is still ours; not a copy of its target's shared
+  // pointer per lease, whose count every worker's leases would pass between them.
   std::mutex cancel_mutex_;
-  std::shared_ptr<const server::ServerTarget> cancel_target_;
-  protocol::BackendKeyData cancel_backend_key_;
+  const server::ServerConnection* cancel_server_ = nullptr;
   std::shared_ptr<CoalescedWait> coalesced_wait_;  // a statement the coalescer is answering
 };
 
