@@ -42,9 +42,9 @@ class JsonEscapedMessage final : public spdlog::custom_flag_formatter {
 
 // Lines on a descriptor (stderr), each formatted on the thread that logs it and written with one
 // write(2) of its own: workers logging at once share no lock and no stdio buffer. spdlog's stderr
-// sink took a process-wide mutex twice per line (write, then flush) and went through stdio's lock:
-// about 3 µs of a login's CPU for each of its two connection lines, and a lock the workers contend
-// for in a login storm. A line of up to PIPE_BUF bytes reaches a pipe whole (a container runtime's
+// sink took a process-wide mutex twice per line (write, then flush) and went through stdio's lock,
+// a lock the workers contended for in a login storm; a connection line cost a login about 3 µs of
+// CPU with it and 2 µs with this, most of it the write itself. A line of up to PIPE_BUF bytes reaches a pipe whole (a container runtime's
 // log pipe); a regular file serialises the writers' offsets. Longer lines (debug logging of long
 // statements) take a lock among themselves so that none is cut into another.
 class LineSink final : public spdlog::sinks::sink {
