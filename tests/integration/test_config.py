@@ -148,6 +148,46 @@ def test_log_format_json_writes_one_json_object_per_line(pg):
         proxy.cleanup()
 
 
+def test_log_lines_stay_whole_while_both_workers_log_at_once(pg):
+    # Each line is written with one write(2) from the thread that logs it, no lock between the
+    # workers: at trace level, 16 clients spread over the two workers' listeners log several lines
+    # per statement at once, and every line must still be one whole JSON object.
+    config = make_config(pg)
+    config["workers"] = 2
+    config["log"] = {"level": "trace"}
+    proxy = pgharness.Pgsluice(config, extra_args=["--log-format", "json"]).start()
+    errors: list[str] = []
+
+    def client(n: int) -> None:
+        try:
+            with closing(psycopg2.connect(pgharness.libpq_dsn("127.0.0.1", proxy.port, "app", "secret-app",
+                                                              "app"))) as c:
+                c.autocommit = True
+                with c.cursor() as cur:
+                    for i in range(40):
+                        cur.execute("select %s::int + %s", (n, i))
+                        assert cur.fetchone() == (n + i,)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"client {n}: {e!r}")
+
+    try:
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        code = proxy.stop()
+        assert not errors and code == 0, errors
+        lines = proxy.log_text().splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]  # raises on a broken line
+        assert all(isinstance(r, dict) and set(r) >= {"time", "level", "thread", "msg"} for r in records)
+        # A login and a close line per client at least; the pooled modes also trace every message.
+        assert len(records) >= 2 * 16 + (0 if config["services"]["app"]["mode"] == "session" else 16 * 40)
+        assert len({r["thread"] for r in records}) >= 2  # both workers logged
+    finally:
+        proxy.cleanup()
+
+
 def test_backend_host_given_by_name_is_looked_up_for_connections_and_cancels(pg):
     # A numeric backend host is connected to without a lookup (Asio's resolver would start a thread
     # of its own); a name, as a Kubernetes service gives, goes through the resolver. Both the
