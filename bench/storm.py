@@ -34,7 +34,8 @@ message helpers (tests/harness/pgwire.py) build and parse what they send.
    closes. Before and after (plus --settle seconds for the pooler to finish the closes) the pooler's
    user+system CPU is read from /proc/PID/stat (clock ticks, 10 ms each) and, finer, the run time
    of all its threads from /proc/PID/task/*/schedstat (ns); each divided by the clients started is
-   the CPU per connection. Once with MD5 and once with SCRAM-SHA-256:
+   the CPU per connection; the summary also splits it into user and system time, from the ticks
+   summed over all rounds. Once with MD5 and once with SCRAM-SHA-256:
      pgsluice: users `storm_md5` (plain password, `auth: md5`) and `storm_scram` (plain password,
        `auth: scram-sha-256`; pgsluice derives its verifier once at startup), one instance;
      PgBouncer: one instance with `auth_type = md5` and an md5 userlist entry ("md5" + md5(password
@@ -838,6 +839,16 @@ def storm_rounds_table(results: list[dict]) -> str:
                      "CPU µs/conn (stat)", "CPU µs/conn (schedstat)"], rows)
 
 
+def user_system_us(runs: list[dict]) -> dict:
+    ticked = [r for r in runs if r.get("ticks_user") is not None and r.get("connections")]
+    connections = sum(r["connections"] for r in ticked)
+    if not connections:
+        return {"user_us_per_conn": None, "system_us_per_conn": None}
+    per_tick = 1e6 / CLK_TCK / connections
+    return {"user_us_per_conn": sum(r["ticks_user"] for r in ticked) * per_tick,
+            "system_us_per_conn": sum(r["ticks_sys"] for r in ticked) * per_tick}
+
+
 def storm_summary(results: list[dict]) -> list[dict]:
     summary = []
     keys = []
@@ -854,7 +865,10 @@ def storm_summary(results: list[dict]) -> list[dict]:
                         "cpu_us_per_conn": statistics.median(stat) if stat else None,
                         "cpu_us_range": (min(stat), max(stat)) if stat else None,
                         "schedstat_us_per_conn": statistics.median(sched) if sched else None,
-                        "schedstat_us_range": (min(sched), max(sched)) if sched else None})
+                        "schedstat_us_range": (min(sched), max(sched)) if sched else None,
+                        # User and system time over all rounds (ticks summed, so the 10 ms tick
+                        # averages out): where the two poolers differ, kernel or user space.
+                        **user_system_us(runs)})
     bouncer = {s["auth"]: s for s in summary if s["target"] == "pgbouncer"}
     # Each round against PgBouncer's round with the same auth (they ran minutes apart at most): the
     # median of those ratios moves less with the machine's load than the ratio of the medians.
@@ -882,10 +896,11 @@ def storm_summary_table(summary: list[dict]) -> str:
                      num(s["schedstat_us_per_conn"], ".0f") + rng(s["schedstat_us_range"]),
                      num(s["schedstat_vs_pgbouncer"], ".2f"),
                      num(s["paired_vs_pgbouncer"], ".2f")
-                     + ("" if s["paired_range"] is None else f" ({s['paired_range'][0]:.2f}–{s['paired_range'][1]:.2f})")])
+                     + ("" if s["paired_range"] is None else f" ({s['paired_range'][0]:.2f}–{s['paired_range'][1]:.2f})"),
+                     num(s["user_us_per_conn"], ".0f") + " + " + num(s["system_us_per_conn"], ".0f")])
     return markdown(["target", "auth", "rounds", "refused", "CPU µs/conn (stat), median (range)",
                      "CPU µs/conn (schedstat), median (range)", "schedstat / PgBouncer",
-                     "per round / PgBouncer's, median (range)"], rows)
+                     "per round / PgBouncer's, median (range)", "user + system µs/conn, all rounds"], rows)
 
 
 # -- main ---------------------------------------------------------------------------------------------
