@@ -28,8 +28,6 @@ using protocol::Buffer;
 
 namespace {
 
-// "address:port" for logs and SHOW CLIENTS. An IPv4 address is written here: Asio's to_string goes
-// through inet_ntop, which formats with sprintf, a measurable part of a login's CPU in a storm.
 // Whether trace logging is on. spdlog::should_log looks the default logger up in spdlog's registry
 // on every call, and the relay asks for every message; the logger is set up before any session
 // starts and stays (a reload changes its level, which this reads).
@@ -38,6 +36,8 @@ bool tracing() {
   return logger->should_log(spdlog::level::trace);
 }
 
+// "address:port" for logs and SHOW CLIENTS. An IPv4 address is written here: Asio's to_string goes
+// through inet_ntop, which formats with sprintf, a measurable part of a login's CPU in a storm.
 std::string peer_text(const net::tcp::endpoint& peer) {
   const auto address = peer.address();
   if (address.is_v4()) {
